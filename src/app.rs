@@ -1,0 +1,80 @@
+//! The `dermaga` process: flags → Index settings and gateway options → providers → run until a
+//! signal, then drain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RunArgs;
+use crate::control::configmap::ReservedPorts;
+use crate::control::index::{Index, IndexSettings};
+use crate::control::names::Protocol;
+use crate::control::provider::file::FileProvider;
+use crate::data::listener::ListenAddress;
+use crate::data::tcp::TcpSettings;
+use crate::gateway::{Gateway, GatewayOptions};
+use crate::ops::signals;
+
+impl RunArgs {
+    /// What the Index needs to know from the flags.
+    pub fn index_settings(&self) -> IndexSettings {
+        let mut reserved = ReservedPorts::default();
+        reserved.reserve(
+            self.admin_address.port(),
+            format!("the admin server listens there (--admin-address {})", self.admin_address),
+        );
+        IndexSettings {
+            port_maps: vec![(Protocol::Tcp, self.tcp_services_configmap.clone())],
+            reserved,
+        }
+    }
+
+    /// Data-plane options from the flags.
+    pub fn gateway_options(&self) -> GatewayOptions {
+        GatewayOptions {
+            address: self.listen_address.map_or(ListenAddress::All, ListenAddress::Ip),
+            tcp: TcpSettings {
+                connect_timeout: self.connect_timeout,
+                connect_attempts: usize::from(self.connect_attempts),
+                proxy_header_timeout: self.proxy_header_timeout,
+            },
+            drain_timeout: self.drain_timeout,
+            max_pipes: self.max_pipes,
+            pipe_size: self.pipe_size as usize,
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(config) = args.config.clone() else {
+        bail!(
+            "no --config given, and this build has no Kubernetes provider yet: run with --config FILE \
+             (a YAML file of ConfigMaps, Services and EndpointSlices), or `dermaga demo`"
+        );
+    };
+    if let Some(udp) = &args.udp_services_configmap {
+        tracing::warn!(configmap = %udp, "--udp-services-configmap is set, but this version forwards TCP only; UDP ports are not opened");
+    }
+    run_with_file(args.clone(), config).await
+}
+
+async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
+    let gateway = Gateway::start(Index::new(args.index_settings()), args.gateway_options());
+    let provider = FileProvider::new(&config, args.config_poll_interval);
+    provider
+        .load(&gateway.controller)
+        .with_context(|| format!("cannot start with --config {}", config.display()))?;
+    tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
+
+    let shutdown = CancellationToken::new();
+    signals::install(shutdown.clone()).context("installing signal handlers")?;
+    let watcher = tokio::spawn(provider.watch(Arc::clone(&gateway.controller), shutdown.clone()));
+    shutdown.cancelled().await;
+    let _ = watcher.await;
+    gateway.shutdown().await;
+    tracing::info!("all connections closed; exiting");
+    Ok(())
+}

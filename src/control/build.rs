@@ -1,0 +1,204 @@
+//! `build()`: from the [`Index`] to an immutable [`RouteTable`]. Pure: no I/O, no clock.
+//!
+//! Rules (see `docs/configuration.md`):
+//! - the Service port is found by number (`spec.ports[].port`) or by name, with the map's protocol;
+//! - the endpoint port is found per EndpointSlice by that Service port's name, so pods behind one
+//!   Service may listen on different numbers;
+//! - `IPv4` and `IPv6` slices are used, `FQDN` slices are skipped; only an endpoint's first
+//!   address counts (as in kube-proxy);
+//! - ready endpoints take new connections; when none is ready, serving-and-terminating ones do;
+//!   when there are none, the route exists but refuses;
+//! - an entry that is invalid now keeps the previous table's route for its port until fixed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::configmap::{RouteSpec, parse_port_map};
+use super::index::Index;
+use super::names::{ObjectName, Protocol, RouteKey, ServicePortRef};
+use super::table::{ConfigProblem, Endpoint, Route, RouteTable};
+
+/// Builds the table. `previous` is the table in force, used to keep the last good route of a
+/// port whose entry has become invalid.
+pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
+    let mut routes = Vec::new();
+    let mut problems = Vec::new();
+    for (protocol, map_name) in &index.settings.port_maps {
+        let Some(cm) = index.config_map(map_name) else {
+            problems.push(ConfigProblem::MissingPortMap {
+                configmap: map_name.clone(),
+            });
+            continue;
+        };
+        let empty = BTreeMap::new();
+        let data = cm.data.as_ref().unwrap_or(&empty);
+        let parsed = parse_port_map(map_name, data, *protocol, &index.settings.reserved);
+        for (port, spec) in parsed.entries {
+            routes.push(resolve_route(index, RouteKey { port, protocol: *protocol }, spec));
+        }
+        for error in parsed.errors {
+            let kept = error.port.and_then(|port| {
+                let key = RouteKey { port, protocol: *protocol };
+                previous.and_then(|t| t.get(&key)).map(|old| (key, old.spec.clone()))
+            });
+            if let Some((key, spec)) = kept {
+                let mut route = resolve_route(index, key, spec);
+                route.kept_from_previous = true;
+                routes.push(route);
+            }
+            problems.push(ConfigProblem::Entry(error));
+        }
+    }
+    for route in &routes {
+        if let Some(problem) = &route.problem {
+            problems.push(ConfigProblem::Unresolved {
+                key: route.key,
+                spec: route.spec.to_string(),
+                problem: problem.clone(),
+            });
+        }
+    }
+    RouteTable::new(routes, problems)
+}
+
+fn resolve_route(index: &Index, key: RouteKey, spec: RouteSpec) -> Route {
+    let (endpoints, problem) = match resolve_endpoints(index, &spec, key.protocol) {
+        Ok(endpoints) => (endpoints, None),
+        Err(problem) => (Vec::new(), Some(problem)),
+    };
+    Route::new(key, spec, endpoints, problem)
+}
+
+/// The endpoints of the Service port an entry names, or why there are none to look for.
+fn resolve_endpoints(index: &Index, spec: &RouteSpec, protocol: Protocol) -> Result<Vec<Endpoint>, String> {
+    let service = index
+        .service(&spec.service)
+        .ok_or_else(|| format!("Service {} not found", spec.service))?;
+    let service_port = find_service_port(service, &spec.service_port, protocol).ok_or_else(|| {
+        format!(
+            "Service {} has no {protocol} port {} (it has: {})",
+            spec.service,
+            spec.service_port,
+            describe_ports(service)
+        )
+    })?;
+    let port_name = service_port.name.as_deref().unwrap_or("");
+    let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    for slice in index.slices_of(&spec.service) {
+        for endpoint in slice_endpoints(slice, port_name, protocol, &spec.service) {
+            by_addr
+                .entry(endpoint.addr)
+                .and_modify(|seen| {
+                    // The same address in two slices (during a slice migration): keep the better state.
+                    if rank(&endpoint) > rank(seen) {
+                        *seen = endpoint.clone();
+                    }
+                })
+                .or_insert(endpoint);
+        }
+    }
+    Ok(by_addr.into_values().collect())
+}
+
+fn rank(e: &Endpoint) -> u8 {
+    match (e.ready, e.serving) {
+        (true, _) => 2,
+        (false, true) => 1,
+        _ => 0,
+    }
+}
+
+fn find_service_port<'a>(
+    service: &'a Service,
+    wanted: &ServicePortRef,
+    protocol: Protocol,
+) -> Option<&'a ServicePort> {
+    let ports = service.spec.as_ref()?.ports.as_ref()?;
+    ports.iter().find(|p| {
+        let proto_ok = p.protocol.as_deref().unwrap_or("TCP") == protocol.as_k8s();
+        let id_ok = match wanted {
+            ServicePortRef::Number(n) => p.port == i32::from(*n),
+            ServicePortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+        };
+        proto_ok && id_ok
+    })
+}
+
+fn describe_ports(service: &Service) -> String {
+    let ports: Vec<String> = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| {
+                    let proto = p.protocol.as_deref().unwrap_or("TCP");
+                    match &p.name {
+                        Some(name) if !name.is_empty() => format!("{name} {}/{proto}", p.port),
+                        _ => format!("{}/{proto}", p.port),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if ports.is_empty() {
+        "no ports".into()
+    } else {
+        ports.join(", ")
+    }
+}
+
+/// The endpoints of one slice for the Service port named `port_name`.
+fn slice_endpoints<'a>(
+    slice: &'a EndpointSlice,
+    port_name: &'a str,
+    protocol: Protocol,
+    service: &'a ObjectName,
+) -> impl Iterator<Item = Endpoint> + 'a {
+    let slice_name = slice.metadata.name.as_deref().unwrap_or("");
+    let usable_type = matches!(slice.address_type.as_str(), "IPv4" | "IPv6");
+    if !usable_type {
+        tracing::debug!(service = %service, slice = slice_name, address_type = %slice.address_type, "EndpointSlice address type not supported; skipped");
+    }
+    let port = slice.ports.as_ref().and_then(|ports| {
+        ports.iter().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol.as_k8s()
+        })
+    });
+    let port = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
+    let endpoints = if usable_type { port.map(|_| slice.endpoints.as_deref().unwrap_or(&[]).iter()) } else { None };
+    endpoints.into_iter().flatten().filter_map(move |ep| {
+        let first = ep.addresses.first()?;
+        let ip: IpAddr = match first.parse() {
+            Ok(ip) => ip,
+            Err(_) => {
+                tracing::debug!(service = %service, slice = slice_name, address = %first, "endpoint address is not an IP; skipped");
+                return None;
+            }
+        };
+        let conditions = ep.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
+        let target = ep.target_ref.as_ref().map(|t| {
+            let kind = t.kind.as_deref().unwrap_or("Pod").to_ascii_lowercase();
+            let ns = t.namespace.as_deref().unwrap_or(&service.namespace);
+            format!("{kind} {ns}/{}", t.name.as_deref().unwrap_or("?"))
+        });
+        Some(Endpoint {
+            addr: SocketAddr::new(ip, port.expect("checked above")),
+            ready,
+            serving,
+            terminating,
+            target,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+//! Parser for the ingress-nginx `tcp-services` / `udp-services` port map.
+//!
+//! Grammar of one entry (ingress-nginx compatible; every value that works there means the same here):
+//!
+//! ```text
+//! "<external port>": "<namespace>/<service>:<service port or name>[:PROXY[:PROXY]]"
+//! ```
+//!
+//! The first `PROXY` (case-insensitive, as ingress-nginx compares it) makes the listener decode a
+//! PROXY protocol header; the second makes dermaga send one to the backend. An empty field means
+//! "off", so `ns/svc:22::PROXY` sends without decoding.
+//!
+//! Per-port options live in keys of their own, `"<port>.<option>"`, which ingress-nginx skips as
+//! non-numeric keys: no ingress-nginx value changes meaning. Known options: [`OPTION_SEND_PROXY_VERSION`].
+//!
+//! Invariant: every bad entry yields exactly one [`EntryError`] naming the key, the value and the
+//! problem; the other entries are unaffected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
+
+/// Per-port option: PROXY protocol version sent to the backend (`v1`, the default, or `v2`).
+pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";
+
+/// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ProxyFlags {
+    /// First `PROXY`: expect a header from the client (the load balancer in front).
+    pub decode: bool,
+    /// Second `PROXY`: write a header to the backend.
+    pub encode: bool,
+}
+
+/// Options set per port through `"<port>.<option>"` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct PortOptions {
+    /// Version of the PROXY header sent to backends (with the second `PROXY` flag).
+    pub send_proxy_version: ProxyVersion,
+}
+
+/// What one valid entry asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct RouteSpec {
+    /// The Service traffic goes to.
+    pub service: ObjectName,
+    /// Which of its ports.
+    pub service_port: ServicePortRef,
+    /// PROXY protocol handling.
+    pub proxy: ProxyFlags,
+    /// Per-port options.
+    pub options: PortOptions,
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.service, self.service_port)?;
+        match (self.proxy.decode, self.proxy.encode) {
+            (false, false) => Ok(()),
+            (true, false) => f.write_str(":PROXY"),
+            (false, true) => f.write_str("::PROXY"),
+            (true, true) => f.write_str(":PROXY:PROXY"),
+        }
+    }
+}
+
+/// One rejected entry of a port map.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EntryError {
+    /// The ConfigMap the entry is in.
+    pub configmap: ObjectName,
+    /// The data key as written.
+    pub key: String,
+    /// The data value as written.
+    pub value: String,
+    /// The port the key names, when the key itself is valid (then a previous good route for
+    /// this port may be kept).
+    pub port: Option<ListenPort>,
+    /// What is wrong, in words.
+    pub problem: String,
+}
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ConfigMap {}: entry {:?}: {:?}: {}",
+            self.configmap, self.key, self.value, self.problem
+        )
+    }
+}
+
+/// Ports that entries may not use, with the reason (e.g. the admin server's port).
+#[derive(Debug, Clone, Default)]
+pub struct ReservedPorts(BTreeMap<u16, String>);
+
+impl ReservedPorts {
+    /// Reserves `port`, saying who uses it.
+    pub fn reserve(&mut self, port: u16, why: impl Into<String>) {
+        self.0.insert(port, why.into());
+    }
+
+    fn reason(&self, port: u16) -> Option<&str> {
+        self.0.get(&port).map(String::as_str)
+    }
+}
+
+/// The result of parsing one port map: the good entries and one error per bad entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortMap {
+    /// Valid entries by external port.
+    pub entries: BTreeMap<ListenPort, RouteSpec>,
+    /// Rejected entries, in key order.
+    pub errors: Vec<EntryError>,
+}
+
+/// Parses a port map's `data`.
+pub fn parse_port_map(
+    configmap: &ObjectName,
+    data: &BTreeMap<String, String>,
+    protocol: Protocol,
+    reserved: &ReservedPorts,
+) -> PortMap {
+    let mut map = PortMap::default();
+    let mut seen_keys: BTreeMap<ListenPort, &str> = BTreeMap::new();
+    let mut options: Vec<(ListenPort, &str, &str, &str)> = Vec::new();
+    let error = |key: &str, value: &str, port: Option<ListenPort>, problem: String| EntryError {
+        configmap: configmap.clone(),
+        key: key.to_owned(),
+        value: value.to_owned(),
+        port,
+        problem,
+    };
+
+    for (key, value) in data {
+        let (port_part, option) = match key.split_once('.') {
+            Some((p, o)) => (p, Some(o)),
+            None => (key.as_str(), None),
+        };
+        let port = match parse_listen_port(port_part) {
+            Ok(p) => p,
+            Err(problem) => {
+                map.errors.push(error(key, value, None, problem));
+                continue;
+            }
+        };
+        if let Some(option) = option {
+            options.push((port, option, key, value));
+            continue;
+        }
+        if let Some(why) = reserved.reason(port.get()) {
+            map.errors.push(error(
+                key,
+                value,
+                None,
+                format!("port {port} is reserved: {why}"),
+            ));
+            continue;
+        }
+        if let Some(first) = seen_keys.get(&port) {
+            map.errors.push(error(
+                key,
+                value,
+                None,
+                format!("port {port} is already mapped by key {first:?}"),
+            ));
+            continue;
+        }
+        seen_keys.insert(port, key);
+        match parse_value(value, protocol) {
+            Ok(spec) => {
+                map.entries.insert(port, spec);
+            }
+            Err(problem) => map.errors.push(error(key, value, Some(port), problem)),
+        }
+    }
+
+    for (port, option, key, value) in options {
+        if !seen_keys.contains_key(&port) {
+            map.errors.push(error(
+                key,
+                value,
+                None,
+                format!("option {option:?} is set for port {port}, which has no entry"),
+            ));
+            continue;
+        }
+        let applied = match map.entries.get_mut(&port) {
+            Some(spec) => apply_option(&mut spec.options, &spec.proxy, option, value),
+            // The port's own entry is bad and already reported; check the option alone.
+            None => apply_option(&mut PortOptions::default(), &ProxyFlags::default(), option, value),
+        };
+        if let Err(problem) = applied {
+            // An option that cannot be applied makes the whole port's entry unusable: serving it
+            // without the option would do something the operator did not ask for.
+            map.entries.remove(&port);
+            map.errors.push(error(key, value, Some(port), problem));
+        }
+    }
+    map.errors.sort_by(|a, b| a.key.cmp(&b.key));
+    map
+}
+
+fn parse_listen_port(s: &str) -> Result<ListenPort, String> {
+    if s.is_empty() {
+        return Err("the key must be a port number (1-65535)".into());
+    }
+    if s.chars().any(char::is_whitespace) {
+        return Err("the key contains whitespace; it must be a port number (1-65535)".into());
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "the key {s:?} is not a port number (1-65535; per-port options are written \"<port>.<option>\")"
+        ));
+    }
+    match s.parse::<u32>() {
+        Ok(0) => Err("port 0 cannot be listened on; use 1-65535".into()),
+        Ok(n) if n <= 65535 => Ok(ListenPort::new(n as u16).expect("non-zero")),
+        _ => Err(format!("port {s} is out of range (1-65535)")),
+    }
+}
+
+/// Parses one value `<ns>/<svc>:<port>[:PROXY[:PROXY]]`.
+pub fn parse_value(value: &str, protocol: Protocol) -> Result<RouteSpec, String> {
+    if value.is_empty() {
+        return Err("empty value; expected <namespace>/<service>:<port>".into());
+    }
+    if let Some(c) = value.chars().find(|c| c.is_whitespace()) {
+        return Err(format!(
+            "the value contains whitespace ({c:?}); expected <namespace>/<service>:<port>[:PROXY[:PROXY]] with no spaces"
+        ));
+    }
+    let fields: Vec<&str> = value.split(':').collect();
+    if fields.len() < 2 {
+        return Err("no service port; expected <namespace>/<service>:<port>".into());
+    }
+    if fields.len() > 4 {
+        return Err(format!(
+            "{} fields; expected at most 4: <namespace>/<service>:<port>:<PROXY or empty>:<PROXY or empty>",
+            fields.len()
+        ));
+    }
+    let service = parse_service(fields[0])?;
+    let service_port = parse_service_port(fields[1])?;
+    let decode = parse_flag(fields.get(2).copied(), 3)?;
+    let encode = parse_flag(fields.get(3).copied(), 4)?;
+    if protocol == Protocol::Udp && (decode || encode) {
+        return Err("PROXY protocol is only supported for TCP ports, not in udp-services".into());
+    }
+    Ok(RouteSpec {
+        service,
+        service_port,
+        proxy: ProxyFlags { decode, encode },
+        options: PortOptions::default(),
+    })
+}
+
+fn parse_service(s: &str) -> Result<ObjectName, String> {
+    let Some((ns, name)) = s.split_once('/') else {
+        return Err(format!(
+            "{s:?} has no namespace; expected <namespace>/<service>"
+        ));
+    };
+    if ns.is_empty() {
+        return Err("empty namespace; expected <namespace>/<service>".into());
+    }
+    if name.is_empty() {
+        return Err("empty service name; expected <namespace>/<service>".into());
+    }
+    if name.contains('/') {
+        return Err(format!(
+            "{s:?} has more than one '/'; expected <namespace>/<service>"
+        ));
+    }
+    check_dns_label(ns, "namespace")?;
+    check_dns_label(name, "service name")?;
+    Ok(ObjectName::new(ns, name))
+}
+
+fn parse_service_port(s: &str) -> Result<ServicePortRef, String> {
+    if s.is_empty() {
+        return Err("empty service port; give the Service's port number or port name".into());
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(ServicePortRef::Number(n as u16)),
+            _ => Err(format!("service port {s} is out of range (1-65535)")),
+        };
+    }
+    check_dns_label(s, "service port name")?;
+    Ok(ServicePortRef::Name(s.to_owned()))
+}
+
+fn parse_flag(field: Option<&str>, position: usize) -> Result<bool, String> {
+    match field {
+        None | Some("") => Ok(false),
+        Some(f) if f.eq_ignore_ascii_case("PROXY") => Ok(true),
+        Some(f) => Err(format!(
+            "unknown flag {f:?} in field {position}; only \"PROXY\" or an empty field is allowed there"
+        )),
+    }
+}
+
+/// Checks an RFC 1123 label: lowercase alphanumerics and '-', alphanumeric at both ends, <= 63.
+fn check_dns_label(s: &str, what: &str) -> Result<(), String> {
+    let ok_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_ends = !s.starts_with('-') && !s.ends_with('-');
+    if s.len() > 63 || !ok_chars || !ok_ends {
+        return Err(format!(
+            "{what} {s:?} is not a valid Kubernetes name (lowercase letters, digits and '-', at most 63 characters)"
+        ));
+    }
+    Ok(())
+}
+
+fn apply_option(
+    options: &mut PortOptions,
+    proxy: &ProxyFlags,
+    option: &str,
+    value: &str,
+) -> Result<(), String> {
+    match option {
+        OPTION_SEND_PROXY_VERSION => {
+            options.send_proxy_version = match value.to_ascii_lowercase().as_str() {
+                "v1" | "1" => ProxyVersion::V1,
+                "v2" | "2" => ProxyVersion::V2,
+                _ => {
+                    return Err(format!(
+                        "option {option:?} takes \"v1\" or \"v2\", not {value:?}"
+                    ));
+                }
+            };
+            if !proxy.encode && options.send_proxy_version == ProxyVersion::V2 {
+                tracing::debug!(option, "send-proxy-version set on a port that sends no PROXY header");
+            }
+            Ok(())
+        }
+        _ => Err(format!(
+            "unknown per-port option {option:?}; known options: {OPTION_SEND_PROXY_VERSION}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Table-driven tests of the port-map grammar.
+
+use super::*;
+
+fn map(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn cm() -> ObjectName {
+    ObjectName::new("dermaga", "tcp-services")
+}
+
+fn reserved() -> ReservedPorts {
+    let mut r = ReservedPorts::default();
+    r.reserve(10254, "the admin server listens there (--admin-address)");
+    r
+}
+
+fn port(n: u16) -> ListenPort {
+    ListenPort::new(n).unwrap()
+}
+
+#[test]
+fn valid_forms_mean_what_ingress_nginx_means() {
+    let svc = ObjectName::new("default", "svc");
+    let cases: &[(&str, ServicePortRef, bool, bool)] = &[
+        ("default/svc:10000", ServicePortRef::Number(10000), false, false),
+        ("default/svc:http", ServicePortRef::Name("http".into()), false, false),
+        ("default/svc:22:PROXY", ServicePortRef::Number(22), true, false),
+        ("default/svc:22:proxy", ServicePortRef::Number(22), true, false),
+        ("default/svc:22:PROXY:PROXY", ServicePortRef::Number(22), true, true),
+        ("default/svc:22::PROXY", ServicePortRef::Number(22), false, true),
+        ("default/svc:22:PROXY:", ServicePortRef::Number(22), true, false),
+        ("default/svc:22:", ServicePortRef::Number(22), false, false),
+        ("default/svc:22::", ServicePortRef::Number(22), false, false),
+    ];
+    for (value, sp, decode, encode) in cases {
+        let spec = parse_value(value, Protocol::Tcp).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(spec.service, svc, "{value}");
+        assert_eq!(&spec.service_port, sp, "{value}");
+        assert_eq!(spec.proxy, ProxyFlags { decode: *decode, encode: *encode }, "{value}");
+    }
+}
+
+#[test]
+fn each_bad_entry_gets_one_error_naming_key_value_and_problem() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("0", "default/svc:80", "port 0"),
+        ("65536", "default/svc:80", "out of range"),
+        ("99999999999", "default/svc:80", "out of range"),
+        ("http", "default/svc:80", "not a port number"),
+        ("-5", "default/svc:80", "not a port number"),
+        ("", "default/svc:80", "must be a port number"),
+        (" 8080", "default/svc:80", "whitespace"),
+        ("10001", "svc:80", "no namespace"),
+        ("10002", "/svc:80", "empty namespace"),
+        ("10003", "default/:80", "empty service name"),
+        ("10004", "default/svc", "no service port"),
+        ("10005", "default/svc:", "empty service port"),
+        ("10006", "default/svc:80:FOO", "unknown flag \"FOO\" in field 3"),
+        ("10007", "default/svc:80:PROXY:SEND", "unknown flag \"SEND\" in field 4"),
+        ("10008", "default/svc:80:PROXY:PROXY:PROXY", "5 fields"),
+        ("10009", "default/svc: 80", "whitespace"),
+        ("10010", "default/svc:80 ", "whitespace"),
+        ("10011", "default/svc:0", "out of range"),
+        ("10012", "default/svc:70000", "out of range"),
+        ("10013", "Default/svc:80", "namespace \"Default\" is not a valid"),
+        ("10014", "default/my_svc:80", "service name \"my_svc\" is not a valid"),
+        ("10015", "a/b/c:80", "more than one '/'"),
+        ("10016", "", "empty value"),
+        ("10254", "default/svc:80", "reserved: the admin server"),
+        ("10017.nosuch", "x", "no entry"),
+        ("10018.bogus-option", "v1", "unknown per-port option"),
+        ("10019.send-proxy-version", "v3", "takes \"v1\" or \"v2\""),
+    ];
+    for (key, value, want) in cases {
+        let mut entries = vec![(*key, *value), ("20000", "default/good:80")];
+        if key.starts_with("10018") || key.starts_with("10019") {
+            entries.push((&key[..5], "default/svc:80"));
+        }
+        let parsed = parse_port_map(&cm(), &map(&entries), Protocol::Tcp, &reserved());
+        assert_eq!(parsed.errors.len(), 1, "{key}={value}: {:?}", parsed.errors);
+        let err = &parsed.errors[0];
+        let text = err.to_string();
+        assert!(text.contains(want), "{key}={value}: {text}");
+        assert!(text.contains(&format!("{key:?}")), "names the key: {text}");
+        assert!(text.contains(&format!("{value:?}")), "names the value: {text}");
+        assert!(text.contains("dermaga/tcp-services"), "names the ConfigMap: {text}");
+        assert!(
+            parsed.entries.contains_key(&port(20000)),
+            "{key}={value}: the good entry still applies"
+        );
+    }
+}
+
+#[test]
+fn bad_value_with_good_key_remembers_the_port() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[("10000", "default/svc:80:NOPE")]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert_eq!(parsed.errors[0].port, Some(port(10000)));
+    let parsed = parse_port_map(&cm(), &map(&[("x", "default/svc:80")]), Protocol::Tcp, &reserved());
+    assert_eq!(parsed.errors[0].port, None);
+}
+
+#[test]
+fn leading_zeros_collide_with_the_plain_key() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[("10000", "default/a:80"), ("010000", "default/b:80")]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert_eq!(parsed.entries.len(), 1);
+    assert_eq!(parsed.errors.len(), 1);
+    assert!(parsed.errors[0].problem.contains("already mapped by key"), "{:?}", parsed.errors);
+}
+
+#[test]
+fn send_proxy_version_option_applies_to_its_port() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[
+            ("10000", "default/a:80::PROXY"),
+            ("10000.send-proxy-version", "v2"),
+            ("10001", "default/b:80::PROXY"),
+        ]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.entries[&port(10000)].options.send_proxy_version, ProxyVersion::V2);
+    assert_eq!(parsed.entries[&port(10001)].options.send_proxy_version, ProxyVersion::V1);
+}
+
+#[test]
+fn a_bad_option_takes_its_port_out_but_no_other() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[
+            ("10000", "default/a:80::PROXY"),
+            ("10000.send-proxy-version", "v9"),
+            ("10001", "default/b:80"),
+        ]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert!(!parsed.entries.contains_key(&port(10000)));
+    assert!(parsed.entries.contains_key(&port(10001)));
+    assert_eq!(parsed.errors[0].port, Some(port(10000)));
+}
+
+#[test]
+fn proxy_flags_are_rejected_for_udp() {
+    let err = parse_value("kube-system/dns:53:PROXY", Protocol::Udp).unwrap_err();
+    assert!(err.contains("only supported for TCP"), "{err}");
+    assert!(parse_value("kube-system/dns:53", Protocol::Udp).is_ok());
+}
+
+#[test]
+fn spec_display_round_trips() {
+    for value in [
+        "default/svc:80",
+        "default/svc:http:PROXY",
+        "default/svc:22::PROXY",
+        "default/svc:22:PROXY:PROXY",
+    ] {
+        let spec = parse_value(value, Protocol::Tcp).unwrap();
+        assert_eq!(spec.to_string(), value);
+        assert_eq!(parse_value(&spec.to_string(), Protocol::Tcp).unwrap(), spec);
+    }
+}

@@ -1,0 +1,71 @@
+//! The control loop's single writer: owns the [`Index`], rebuilds the table after each batch of
+//! provider updates, publishes it, and logs configuration problems once per change.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use super::build::build;
+use super::diff::diff;
+use super::index::Index;
+use super::snapshot::Snapshot;
+
+/// Applies provider updates to the Index and publishes the resulting tables.
+#[derive(Debug)]
+pub struct Controller {
+    index: Mutex<Index>,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Controller {
+    /// A controller publishing into `snapshot`.
+    pub fn new(index: Index, snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            index: Mutex::new(index),
+            snapshot,
+        }
+    }
+
+    /// The snapshot this controller publishes to.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Changes the Index with `update`, rebuilds, and publishes if anything changed.
+    /// Returns the published generation, or `None` when the table stayed the same.
+    pub fn update(&self, update: impl FnOnce(&mut Index)) -> Option<u64> {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        update(&mut index);
+        let previous = self.snapshot.load();
+        let table = build(&index, Some(&previous));
+        drop(index);
+
+        let old_problems: BTreeSet<String> = previous.problems.iter().map(|p| p.to_string()).collect();
+        for problem in &table.problems {
+            let text = problem.to_string();
+            if !old_problems.contains(&text) {
+                tracing::warn!(problem = %text, "configuration problem");
+            }
+        }
+        let new_problems: BTreeSet<String> = table.problems.iter().map(|p| p.to_string()).collect();
+        for fixed in old_problems.difference(&new_problems) {
+            tracing::info!(problem = %fixed, "configuration problem resolved");
+        }
+
+        let d = diff(&previous, &table);
+        if d.is_empty() && previous.generation > 0 && old_problems == new_problems {
+            return None;
+        }
+        for key in &d.added {
+            let route = table.get(key).expect("added key is in the new table");
+            tracing::info!(port = %key, route = %route.spec, endpoints = route.active_count(), "route added");
+        }
+        for key in &d.changed {
+            let route = table.get(key).expect("changed key is in the new table");
+            tracing::info!(port = %key, route = %route.spec, endpoints = route.active_count(), "route changed");
+        }
+        for key in &d.removed {
+            tracing::info!(port = %key, "route removed");
+        }
+        Some(self.snapshot.publish(table))
+    }
+}

@@ -1,0 +1,188 @@
+//! The current Kubernetes objects that routing depends on, as providers last reported them.
+//!
+//! Providers only call [`Index::apply`], [`Index::delete`] and [`Index::reset`]; the Index does
+//! no I/O and knows nothing of sockets. [`crate::control::build`] turns it into a table.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::configmap::ReservedPorts;
+use super::names::{ObjectName, Protocol};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One object a provider can report.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// A port map (or any other ConfigMap, which is ignored).
+    ConfigMap(ConfigMap),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+}
+
+/// The kinds of object the Index holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `v1/ConfigMap`.
+    ConfigMap,
+    /// `v1/Service`.
+    Service,
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice,
+}
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::ConfigMap(_) => Kind::ConfigMap,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+        }
+    }
+
+    /// `namespace/name`; a missing namespace counts as `default`, as kubectl does.
+    pub fn name(&self) -> ObjectName {
+        let meta = match self {
+            Object::ConfigMap(o) => &o.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+        };
+        ObjectName::new(
+            meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// What the Index is told at start: which ConfigMaps are port maps, and reserved ports.
+#[derive(Debug, Clone)]
+pub struct IndexSettings {
+    /// The port maps, one per protocol (`--tcp-services-configmap`, `--udp-services-configmap`).
+    pub port_maps: Vec<(Protocol, ObjectName)>,
+    /// Ports no entry may use.
+    pub reserved: ReservedPorts,
+}
+
+/// The objects routing depends on.
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// Settings given at start.
+    pub settings: IndexSettings,
+    config_maps: BTreeMap<ObjectName, ConfigMap>,
+    services: BTreeMap<ObjectName, Service>,
+    /// Slices by the Service they belong to, then by slice name.
+    slices: BTreeMap<ObjectName, BTreeMap<String, EndpointSlice>>,
+    /// Slice name → the Service it was filed under, so a relabelled slice moves.
+    slice_owner: BTreeMap<ObjectName, ObjectName>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new(settings: IndexSettings) -> Self {
+        Self {
+            settings,
+            config_maps: BTreeMap::new(),
+            services: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            slice_owner: BTreeMap::new(),
+        }
+    }
+
+    /// Adds or replaces an object.
+    pub fn apply(&mut self, object: Object) {
+        let name = object.name();
+        match object {
+            Object::ConfigMap(cm) => {
+                self.config_maps.insert(name, cm);
+            }
+            Object::Service(svc) => {
+                self.services.insert(name, svc);
+            }
+            Object::EndpointSlice(slice) => {
+                self.delete(Kind::EndpointSlice, &name);
+                let Some(service) = slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                else {
+                    tracing::debug!(slice = %name, "EndpointSlice without {SERVICE_NAME_LABEL} label ignored");
+                    return;
+                };
+                let owner = ObjectName::new(name.namespace.clone(), service.clone());
+                self.slices
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(name.name.clone(), slice);
+                self.slice_owner.insert(name, owner);
+            }
+        }
+    }
+
+    /// Removes an object; removing one that is not there is not an error.
+    pub fn delete(&mut self, kind: Kind, name: &ObjectName) {
+        match kind {
+            Kind::ConfigMap => {
+                self.config_maps.remove(name);
+            }
+            Kind::Service => {
+                self.services.remove(name);
+            }
+            Kind::EndpointSlice => {
+                if let Some(owner) = self.slice_owner.remove(name)
+                    && let Some(set) = self.slices.get_mut(&owner)
+                {
+                    set.remove(&name.name);
+                    if set.is_empty() {
+                        self.slices.remove(&owner);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces every object of `kind` with `objects` (a re-list).
+    pub fn reset(&mut self, kind: Kind, objects: impl IntoIterator<Item = Object>) {
+        match kind {
+            Kind::ConfigMap => self.config_maps.clear(),
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => {
+                self.slices.clear();
+                self.slice_owner.clear();
+            }
+        }
+        for object in objects {
+            if object.kind() == kind {
+                self.apply(object);
+            }
+        }
+    }
+
+    /// Replaces everything with `objects` (what the file provider does on each reload).
+    pub fn reset_all(&mut self, objects: Vec<Object>) {
+        for kind in [Kind::ConfigMap, Kind::Service, Kind::EndpointSlice] {
+            self.reset(kind, objects.iter().filter(|o| o.kind() == kind).cloned());
+        }
+    }
+
+    /// A ConfigMap by name.
+    pub fn config_map(&self, name: &ObjectName) -> Option<&ConfigMap> {
+        self.config_maps.get(name)
+    }
+
+    /// A Service by name.
+    pub fn service(&self, name: &ObjectName) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// The EndpointSlices of a Service, in slice-name order.
+    pub fn slices_of(&self, service: &ObjectName) -> impl Iterator<Item = &EndpointSlice> {
+        self.slices.get(service).into_iter().flat_map(|m| m.values())
+    }
+}

@@ -1,0 +1,123 @@
+//! File provider (`--config PATH`): the objects come from a YAML file, reloaded when it changes.
+//!
+//! The file is checked every `poll` interval (its size, modification time and inode, following
+//! symlinks, so the atomic symlink swap of a mounted ConfigMap volume is seen too). A file that
+//! cannot be read or parsed is logged and the last good table stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::manifest::{ManifestError, parse_manifest};
+use crate::control::controller::Controller;
+
+/// Why the config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid manifest.
+    #[error("{path}: {source}")]
+    Manifest {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: ManifestError,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode: meta.ino(),
+    })
+}
+
+/// Watches one file and feeds its objects to a [`Controller`].
+#[derive(Debug, Clone)]
+pub struct FileProvider {
+    path: PathBuf,
+    poll: Duration,
+}
+
+impl FileProvider {
+    /// A provider for `path`, checking it every `poll`.
+    pub fn new(path: impl Into<PathBuf>, poll: Duration) -> Self {
+        Self { path: path.into(), poll }
+    }
+
+    /// Reads and applies the file once. Used at start, where a bad file is a fatal error.
+    pub fn load(&self, controller: &Controller) -> Result<(), FileError> {
+        let text = std::fs::read_to_string(&self.path).map_err(|source| FileError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.apply(&text, controller)
+    }
+
+    fn apply(&self, text: &str, controller: &Controller) -> Result<(), FileError> {
+        let manifest = parse_manifest(text).map_err(|source| FileError::Manifest {
+            path: self.path.clone(),
+            source,
+        })?;
+        if !manifest.skipped.is_empty() {
+            tracing::debug!(skipped = ?manifest.skipped, "objects of kinds dermaga does not use were skipped");
+        }
+        let objects = manifest.objects;
+        controller.update(|index| index.reset_all(objects));
+        Ok(())
+    }
+
+    /// Reloads the file whenever it changes, until `shutdown`.
+    pub async fn watch(self, controller: Arc<Controller>, shutdown: CancellationToken) {
+        let mut last = fingerprint(&self.path);
+        let mut last_text = std::fs::read_to_string(&self.path).ok();
+        let mut interval = tokio::time::interval(self.poll);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let now = fingerprint(&self.path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let text = match tokio::fs::read_to_string(&self.path).await {
+                Ok(text) => text,
+                Err(source) => {
+                    let err = FileError::Read { path: self.path.clone(), source };
+                    tracing::error!(error = %err, "config reload failed; keeping the last good configuration");
+                    continue;
+                }
+            };
+            if last_text.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            match self.apply(&text, &controller) {
+                Ok(()) => tracing::info!(path = %self.path.display(), "config reloaded"),
+                Err(err) => tracing::error!(error = %err, "config reload failed; keeping the last good configuration"),
+            }
+            last_text = Some(text);
+        }
+    }
+}

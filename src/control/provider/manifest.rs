@@ -1,0 +1,188 @@
+//! Reads Kubernetes objects from YAML text: several documents separated by `---`, or a
+//! `kind: List` as `kubectl get -o yaml` prints it (both may be mixed).
+//!
+//! Objects of other kinds are skipped (a whole deployment manifest can be given), numeric
+//! ConfigMap keys written without quotes (`10000: "default/svc:10000"`) are read as strings, as
+//! kubectl does. Any object that cannot be read makes the whole text invalid, with an error that
+//! names the document and the object.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::Deserialize;
+
+use crate::control::index::Object;
+
+/// Why a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The text is not YAML.
+    #[error("document {document}: not valid YAML: {source}")]
+    Yaml {
+        /// 1-based document number.
+        document: usize,
+        /// The parser's error (with line and column).
+        source: serde_yaml::Error,
+    },
+    /// An object of a known kind does not match its schema.
+    #[error("document {document}: {kind} {name:?}: {message}")]
+    Object {
+        /// 1-based document number.
+        document: usize,
+        /// `kind` of the object.
+        kind: String,
+        /// `metadata.name`, if any.
+        name: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// A document that is not a mapping with `kind`.
+    #[error("document {document}: {message}")]
+    Shape {
+        /// 1-based document number.
+        document: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The objects found in a manifest, and how many documents of other kinds were skipped.
+#[derive(Debug, Default)]
+pub struct Manifest {
+    /// ConfigMaps, Services and EndpointSlices, in file order.
+    pub objects: Vec<Object>,
+    /// Kinds that were present but are not used by dermaga.
+    pub skipped: Vec<String>,
+}
+
+/// Parses YAML text into objects.
+pub fn parse_manifest(text: &str) -> Result<Manifest, ManifestError> {
+    let mut manifest = Manifest::default();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = i + 1;
+        let value = serde_yaml::Value::deserialize(doc).map_err(|source| ManifestError::Yaml { document, source })?;
+        if value.is_null() {
+            continue;
+        }
+        let json = to_json(value).map_err(|message| ManifestError::Shape { document, message })?;
+        collect(json, document, &mut manifest)?;
+    }
+    Ok(manifest)
+}
+
+fn collect(json: serde_json::Value, document: usize, manifest: &mut Manifest) -> Result<(), ManifestError> {
+    let kind = json.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_owned();
+    let api_version = json.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_owned();
+    let name = json
+        .pointer("/metadata/name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let bad = |message: String| ManifestError::Object {
+        document,
+        kind: kind.clone(),
+        name: name.clone(),
+        message,
+    };
+    match (api_version.as_str(), kind.as_str()) {
+        (_, "") => {
+            return Err(ManifestError::Shape {
+                document,
+                message: "no `kind`; expected a Kubernetes object or a List".into(),
+            });
+        }
+        ("v1", "List") => {
+            let items = json.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            for item in items {
+                collect(item, document, manifest)?;
+            }
+        }
+        ("v1", "ConfigMap") => {
+            let cm: ConfigMap = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::ConfigMap(cm));
+        }
+        ("v1", "Service") => {
+            let svc: Service = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::Service(svc));
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let slice: EndpointSlice = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::EndpointSlice(slice));
+        }
+        (_, "ConfigMap" | "Service" | "EndpointSlice") => {
+            return Err(bad(format!(
+                "apiVersion {api_version:?} is not supported; use v1 (ConfigMap, Service) or discovery.k8s.io/v1 (EndpointSlice)"
+            )));
+        }
+        _ => manifest.skipped.push(format!("{api_version}/{kind} {name}")),
+    }
+    Ok(())
+}
+
+/// YAML → JSON, turning scalar mapping keys (`10000:`) into strings as kubectl does.
+fn to_json(value: serde_yaml::Value) -> Result<serde_json::Value, String> {
+    use serde_yaml::Value as Y;
+    Ok(match value {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => b.into(),
+        Y::Number(n) => serde_json::to_value(&n).map_err(|e| e.to_string())?,
+        Y::String(s) => s.into(),
+        Y::Sequence(items) => items.into_iter().map(to_json).collect::<Result<Vec<_>, _>>()?.into(),
+        Y::Mapping(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                let key = match k {
+                    Y::String(s) => s,
+                    Y::Number(n) => n.to_string(),
+                    Y::Bool(b) => b.to_string(),
+                    other => return Err(format!("unsupported mapping key {other:?}")),
+                };
+                out.insert(key, to_json(v)?);
+            }
+            out.into()
+        }
+        Y::Tagged(t) => to_json(t.value)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_with_unquoted_numeric_keys() {
+        let m = parse_manifest(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata:\n  10000: default/a:10000\n---\n\
+             ---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: default}\nspec:\n  ports: [{port: 10000}]\n",
+        )
+        .unwrap();
+        assert_eq!(m.objects.len(), 2);
+        let Object::ConfigMap(cm) = &m.objects[0] else { panic!() };
+        assert_eq!(cm.data.as_ref().unwrap()["10000"], "default/a:10000");
+        assert_eq!(m.skipped, vec!["apps/v1/Deployment x"]);
+    }
+
+    #[test]
+    fn kind_list_as_kubectl_prints_it() {
+        let m = parse_manifest(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {name: a-1, namespace: default, labels: {kubernetes.io/service-name: a}}\n  addressType: IPv4\n  endpoints: [{addresses: [127.0.0.2]}]\n  ports: [{port: 80}]\nmetadata: {resourceVersion: \"\"}\n",
+        )
+        .unwrap();
+        assert_eq!(m.objects.len(), 1);
+        assert!(matches!(m.objects[0], Object::EndpointSlice(_)));
+    }
+
+    #[test]
+    fn errors_name_document_and_object() {
+        let e = parse_manifest("a: [unclosed").unwrap_err().to_string();
+        assert!(e.starts_with("document 1: not valid YAML"), "{e}");
+        let e = parse_manifest("---\nkind: ConfigMap\napiVersion: v1\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: \"eighty\"}]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("document 2: Service \"web\":"), "{e}");
+        let e = parse_manifest("just a string").unwrap_err().to_string();
+        assert!(e.contains("no `kind`"), "{e}");
+        let e = parse_manifest("apiVersion: v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n").unwrap_err().to_string();
+        assert!(e.contains("not supported"), "{e}");
+    }
+}

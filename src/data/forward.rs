@@ -1,0 +1,213 @@
+//! Moves bytes both ways between client and upstream until both directions are done.
+//!
+//! Each direction is a pump: fill a stage from the source socket, drain the stage into the
+//! destination socket, repeat. The stage is a pipe (`splice(2)`, no copy through user space)
+//! when the pool has two to lend, else a 16 KiB buffer. Invariants:
+//! - a splice call moves at most one pipe's capacity (bounded length per call);
+//! - the pipe is always empty before it is filled, so EAGAIN from socket→pipe can only mean
+//!   "no data" and clearing the socket's readiness then is right (no lost wake-up, no spin);
+//! - byte counts come from the syscalls' return values;
+//! - EOF one way shuts the write side of the other socket; the other direction keeps flowing;
+//! - an error on either side ends both directions and says whose side failed.
+
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::pipes::{PipePool, PooledPipe};
+use super::sys;
+
+/// How the bytes were moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ForwardMode {
+    /// `splice(2)` through a pipe pair.
+    Splice,
+    /// Buffered copy (no pipes available).
+    Copy,
+}
+
+/// Which peer an I/O error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The downstream client.
+    Client,
+    /// The backend.
+    Upstream,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        })
+    }
+}
+
+/// An I/O error while forwarding, with the side it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{side} side: {source}")]
+pub struct ForwardError {
+    /// Whose socket failed.
+    pub side: Side,
+    /// The error.
+    pub source: io::Error,
+}
+
+/// What a finished forwarding did.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// Bytes from the client to the upstream.
+    pub to_upstream: u64,
+    /// Bytes from the upstream to the client.
+    pub to_client: u64,
+    /// Splice or copy.
+    pub mode: ForwardMode,
+    /// Set when forwarding ended on an error rather than on EOF both ways.
+    pub error: Option<ForwardError>,
+}
+
+/// Forwards until both directions have seen EOF, or one fails.
+pub async fn forward(client: &TcpStream, upstream: &TcpStream, pool: &PipePool) -> Forwarded {
+    let mut to_upstream = 0u64;
+    let mut to_client = 0u64;
+    let pipes = pool.acquire().and_then(|a| pool.acquire().map(|b| (a, b)));
+    let (mode, result) = match pipes {
+        Some((mut up, mut down)) => {
+            let mut up = SpliceStage(&mut up);
+            let mut down = SpliceStage(&mut down);
+            let result = tokio::try_join!(
+                pump(client, upstream, Side::Client, Side::Upstream, &mut up, &mut to_upstream),
+                pump(upstream, client, Side::Upstream, Side::Client, &mut down, &mut to_client),
+            );
+            (ForwardMode::Splice, result)
+        }
+        None => {
+            let mut up = CopyStage::new();
+            let mut down = CopyStage::new();
+            let result = tokio::try_join!(
+                pump(client, upstream, Side::Client, Side::Upstream, &mut up, &mut to_upstream),
+                pump(upstream, client, Side::Upstream, Side::Client, &mut down, &mut to_client),
+            );
+            (ForwardMode::Copy, result)
+        }
+    };
+    Forwarded {
+        to_upstream,
+        to_client,
+        mode,
+        error: result.err(),
+    }
+}
+
+/// One direction's intermediate storage.
+trait Stage {
+    /// Moves what `src` has into the stage (which is empty). 0 = EOF.
+    fn fill(&mut self, src: &TcpStream) -> io::Result<usize>;
+    /// Moves bytes from the stage into `dst`.
+    fn drain(&mut self, dst: &TcpStream) -> io::Result<usize>;
+    /// Bytes in the stage.
+    fn pending(&self) -> usize;
+}
+
+struct SpliceStage<'p, 'a>(&'p mut PooledPipe<'a>);
+
+impl Stage for SpliceStage<'_, '_> {
+    fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        let n = sys::splice(src.as_fd(), self.0.pipe().write.as_fd(), self.0.pipe().capacity)?;
+        self.0.pending = n;
+        Ok(n)
+    }
+    fn drain(&mut self, dst: &TcpStream) -> io::Result<usize> {
+        let n = sys::splice(self.0.pipe().read.as_fd(), dst.as_fd(), self.0.pending)?;
+        self.0.pending -= n;
+        Ok(n)
+    }
+    fn pending(&self) -> usize {
+        self.0.pending
+    }
+}
+
+const COPY_BUFFER: usize = 16 * 1024;
+
+struct CopyStage {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl CopyStage {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; COPY_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl Stage for CopyStage {
+    fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+        let n = src.try_read(&mut self.buf)?;
+        self.start = 0;
+        self.end = n;
+        Ok(n)
+    }
+    fn drain(&mut self, dst: &TcpStream) -> io::Result<usize> {
+        let n = dst.try_write(&self.buf[self.start..self.end])?;
+        self.start += n;
+        Ok(n)
+    }
+    fn pending(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    src_side: Side,
+    dst_side: Side,
+    stage: &mut impl Stage,
+    moved: &mut u64,
+) -> Result<(), ForwardError> {
+    loop {
+        let n = when_ready(src, Interest::READABLE, || stage.fill(src))
+            .await
+            .map_err(|source| ForwardError { side: src_side, source })?;
+        if n == 0 {
+            // EOF from src: pass the half-close on; the other direction is not affected.
+            if let Err(err) = socket2::SockRef::from(dst).shutdown(Shutdown::Write)
+                && err.kind() != io::ErrorKind::NotConnected
+            {
+                return Err(ForwardError { side: dst_side, source: err });
+            }
+            return Ok(());
+        }
+        while stage.pending() > 0 {
+            let m = when_ready(dst, Interest::WRITABLE, || stage.drain(dst))
+                .await
+                .map_err(|source| ForwardError { side: dst_side, source })?;
+            *moved += m as u64;
+        }
+    }
+}
+
+/// Runs the non-blocking `op` when `socket` is ready; readiness is cleared only when `op`
+/// reports WouldBlock, and then we wait again.
+async fn when_ready<R>(
+    socket: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> io::Result<R> {
+    loop {
+        socket.ready(interest).await?;
+        match socket.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The listener manager: keeps one listening socket per TCP route of the published table.
+//!
+//! On every new table it binds ports that appeared, leaves every other listener untouched (a
+//! route whose endpoints changed keeps its socket: connections read the table themselves), and
+//! drains ports that disappeared: the socket is closed at once (new connections are refused),
+//! open connections may finish for up to `drain_timeout`, then are closed. A port that cannot
+//! be bound (in use, no permission) is reported on its own and retried; the others work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::stats::TcpStats;
+use super::tcp::{ConnContext, canonical, serve_connection};
+use crate::control::names::{Protocol, RouteKey};
+
+/// The state of one port, as the manager last left it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum PortState {
+    /// Accepting on this address.
+    Bound(SocketAddr),
+    /// Could not bind; retried periodically.
+    Failed(String),
+}
+
+/// Every port's state; published on a watch channel after each change.
+pub type PortStates = BTreeMap<RouteKey, PortState>;
+
+/// Where data ports are bound.
+#[derive(Debug, Clone, Copy)]
+pub enum ListenAddress {
+    /// All addresses: `[::]` accepting IPv4 too, or `0.0.0.0` where IPv6 is unavailable.
+    All,
+    /// One address.
+    Ip(IpAddr),
+}
+
+/// Binds a listening TCP socket the way every data port is bound.
+pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let attempt = |ip: IpAddr| -> io::Result<TcpListener> {
+        let addr = SocketAddr::new(ip, port);
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_tcp_nodelay(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        socket.set_nonblocking(true)?;
+        TcpListener::from_std(socket.into())
+    };
+    match address {
+        ListenAddress::Ip(ip) => attempt(ip),
+        ListenAddress::All => match attempt(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => attempt(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            other => other,
+        },
+    }
+}
+
+struct RunningListener {
+    stop_accepting: CancellationToken,
+    close_connections: CancellationToken,
+    connections: TaskTracker,
+}
+
+/// Reconciles listening sockets with the published table.
+pub struct ListenerManager {
+    ctx: Arc<ConnContext>,
+    address: ListenAddress,
+    drain_timeout: Duration,
+    running: HashMap<RouteKey, RunningListener>,
+    states: watch::Sender<PortStates>,
+    drains: TaskTracker,
+}
+
+impl ListenerManager {
+    /// A manager that binds on `address` and drains removed ports for up to `drain_timeout`.
+    pub fn new(ctx: Arc<ConnContext>, address: ListenAddress, drain_timeout: Duration) -> Self {
+        Self {
+            ctx,
+            address,
+            drain_timeout,
+            running: HashMap::new(),
+            states: watch::channel(PortStates::new()).0,
+            drains: TaskTracker::new(),
+        }
+    }
+
+    /// Port states, updated after every reconcile.
+    pub fn states(&self) -> watch::Receiver<PortStates> {
+        self.states.subscribe()
+    }
+
+    /// Follows the table until `shutdown`, then drains every port and returns when all open
+    /// connections have finished or been closed at the drain timeout.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut changed = self.ctx.snapshot.subscribe();
+        let mut retry = tokio::time::interval(Duration::from_secs(2));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.reconcile();
+        loop {
+            let has_failures = self.states.borrow().values().any(|s| matches!(s, PortState::Failed(_)));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = changed.changed() => {
+                    if r.is_err() { break; }
+                    self.reconcile();
+                }
+                _ = retry.tick(), if has_failures => self.reconcile(),
+            }
+        }
+        let keys: Vec<RouteKey> = self.running.keys().copied().collect();
+        for key in keys {
+            self.drain(key);
+        }
+        self.states.send_replace(PortStates::new());
+        self.drains.close();
+        self.drains.wait().await;
+    }
+
+    fn reconcile(&mut self) {
+        let table = self.ctx.snapshot.load();
+        let wanted: Vec<RouteKey> = table.keys().filter(|k| k.protocol == Protocol::Tcp).copied().collect();
+        let gone: Vec<RouteKey> = self.running.keys().filter(|k| table.get(k).is_none()).copied().collect();
+        for key in gone {
+            self.drain(key);
+        }
+        let mut states = self.states.borrow().clone();
+        states.retain(|k, _| table.get(k).is_some());
+        for key in wanted {
+            if self.running.contains_key(&key) {
+                continue;
+            }
+            match bind_tcp(self.address, key.port.get()) {
+                Ok(listener) => {
+                    let local = listener.local_addr().map(canonical).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], key.port.get())));
+                    tracing::info!(port = %key, address = %local, "listening");
+                    self.start(key, listener);
+                    states.insert(key, PortState::Bound(local));
+                }
+                Err(err) => {
+                    let text = format!("cannot listen on port {}: {err}", key.port);
+                    if states.get(&key) != Some(&PortState::Failed(text.clone())) {
+                        tracing::error!(port = %key, error = %err, "cannot listen on this port; other ports are not affected; retrying every 2s");
+                    }
+                    states.insert(key, PortState::Failed(text));
+                }
+            }
+        }
+        self.states.send_replace(states);
+    }
+
+    fn start(&mut self, key: RouteKey, listener: TcpListener) {
+        let running = RunningListener {
+            stop_accepting: CancellationToken::new(),
+            close_connections: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        };
+        tokio::spawn(accept_loop(
+            listener,
+            key,
+            self.ctx.clone(),
+            running.stop_accepting.clone(),
+            running.close_connections.clone(),
+            running.connections.clone(),
+        ));
+        self.running.insert(key, running);
+    }
+
+    fn drain(&mut self, key: RouteKey) {
+        let Some(running) = self.running.remove(&key) else { return };
+        running.stop_accepting.cancel();
+        running.connections.close();
+        let timeout = self.drain_timeout;
+        self.drains.spawn(async move {
+            let open = running.connections.len();
+            if open > 0 {
+                tracing::info!(port = %key, open, timeout = ?timeout, "port removed; draining open connections");
+            }
+            if tokio::time::timeout(timeout, running.connections.wait()).await.is_err() {
+                tracing::warn!(port = %key, open = running.connections.len(), "drain timeout reached; closing the remaining connections");
+                running.close_connections.cancel();
+                running.connections.wait().await;
+            }
+            tracing::info!(port = %key, "port closed");
+        });
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    key: RouteKey,
+    ctx: Arc<ConnContext>,
+    stop: CancellationToken,
+    close: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                TcpStats::inc(&ctx.stats.accepted);
+                let ctx = ctx.clone();
+                let close = close.clone();
+                connections.spawn(async move {
+                    tokio::select! {
+                        _ = serve_connection(&ctx, key, stream, canonical(peer)) => {}
+                        _ = close.cancelled() => {}
+                    }
+                });
+            }
+            Err(err) => {
+                TcpStats::inc(&ctx.stats.accept_errors);
+                let out_of_resources = matches!(
+                    err.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                );
+                if out_of_resources {
+                    tracing::error!(port = %key, error = %err, "accept failed: out of resources; pausing this port's accepts for 100ms");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                } else {
+                    tracing::debug!(port = %key, error = %err, "accept failed");
+                }
+            }
+        }
+    }
+    // Dropping the listener closes the socket: new connections to this port are refused.
+    drop(listener);
+}

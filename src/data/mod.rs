@@ -1,0 +1,11 @@
+//! Data plane: listening sockets per route ([`listener`]), one task per TCP connection
+//! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
+//! [`pipes`], [`sys`]) or a buffered copy, and PROXY protocol framing ([`proxy_protocol`]).
+
+pub mod forward;
+pub mod listener;
+pub mod pipes;
+pub mod proxy_protocol;
+pub mod stats;
+pub mod sys;
+pub mod tcp;

@@ -1,0 +1,143 @@
+//! A bounded pool of pipes for `splice(2)`.
+//!
+//! At most `max` pipes exist at once (in use or idle); idle ones are reused. When the pool is at
+//! its bound, when `pipe2` fails (EMFILE/ENFILE), or when the kernel grants less than the asked
+//! capacity (the per-user `pipe-user-pages-soft` limit, reached at about 500 connections for a
+//! non-root process with default settings), `acquire` returns `None` and the connection falls
+//! back to a buffered copy.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::sys::{self, Pipe};
+
+/// Counters the pool keeps (exported as metrics by the ops layer).
+#[derive(Debug, Default)]
+pub struct PipeStats {
+    /// Pipes created.
+    pub created: AtomicU64,
+    /// Acquisitions that found no pipe (pool at its bound, or the kernel refused).
+    pub exhausted: AtomicU64,
+    /// Pipes closed because they still held data after an error.
+    pub discarded: AtomicU64,
+}
+
+/// The pool.
+#[derive(Debug)]
+pub struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+    live: AtomicUsize,
+    max: usize,
+    size: usize,
+    /// Counters.
+    pub stats: PipeStats,
+}
+
+impl PipePool {
+    /// A pool of at most `max` pipes of `size` bytes each. `max == 0` disables splicing.
+    pub fn new(max: usize, size: usize) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            live: AtomicUsize::new(0),
+            max,
+            size,
+            stats: PipeStats::default(),
+        }
+    }
+
+    /// Bytes per pipe.
+    pub fn pipe_size(&self) -> usize {
+        self.size
+    }
+
+    /// Pipes that exist now (in use and idle).
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Takes a pipe, or `None` when none can be had.
+    pub fn acquire(&self) -> Option<PooledPipe<'_>> {
+        if let Some(pipe) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(PooledPipe { pool: self, pipe: Some(pipe), pending: 0 });
+        }
+        // Reserve a slot before creating, so concurrent acquires cannot overshoot `max`.
+        let reserved = self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+        if reserved.is_err() {
+            self.stats.exhausted.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match sys::pipe(self.size) {
+            Ok(pipe) if pipe.capacity >= self.size => {
+                self.stats.created.fetch_add(1, Ordering::Relaxed);
+                Some(PooledPipe { pool: self, pipe: Some(pipe), pending: 0 })
+            }
+            Ok(small) => {
+                tracing::debug!(granted = small.capacity, wanted = self.size, "kernel granted a smaller pipe (pipe-user-pages-soft reached); copying instead");
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                self.stats.exhausted.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot create a pipe; copying instead");
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                self.stats.exhausted.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// A pipe on loan from the pool. It goes back when dropped if it is empty, and is closed if it
+/// still holds bytes (they belong to a connection that failed).
+#[derive(Debug)]
+pub struct PooledPipe<'a> {
+    pool: &'a PipePool,
+    pipe: Option<Pipe>,
+    /// Bytes spliced in and not yet spliced out.
+    pub pending: usize,
+}
+
+impl PooledPipe<'_> {
+    /// The pipe.
+    pub fn pipe(&self) -> &Pipe {
+        self.pipe.as_ref().expect("present until drop")
+    }
+}
+
+impl Drop for PooledPipe<'_> {
+    fn drop(&mut self) {
+        let Some(pipe) = self.pipe.take() else { return };
+        if self.pending == 0 {
+            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(pipe);
+        } else {
+            self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            drop(pipe);
+            self.pool.live.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_reused_and_dirty_pipes_closed() {
+        let pool = PipePool::new(2, 64 * 1024);
+        let a = pool.acquire().unwrap();
+        let mut b = pool.acquire().unwrap();
+        assert!(pool.acquire().is_none(), "bound reached");
+        assert_eq!(pool.stats.exhausted.load(Ordering::Relaxed), 1);
+        drop(a);
+        assert_eq!(pool.live(), 2);
+        let a = pool.acquire().expect("idle pipe reused");
+        assert_eq!(pool.stats.created.load(Ordering::Relaxed), 2);
+        b.pending = 10;
+        drop(b);
+        assert_eq!(pool.live(), 1, "a pipe holding data is closed");
+        drop(a);
+        assert!(PipePool::new(0, 65536).acquire().is_none(), "max 0 disables splicing");
+    }
+}
