@@ -1,0 +1,150 @@
+//! Routing through real sockets: S1 (each port to its own Service), ports without endpoints
+//! refusing at once, bad entries costing nothing else, endpoint changes without a new socket.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const LISTEN: &str = "127.1.0.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_each_port_reaches_its_own_service_1000_times() {
+    // Two "StatefulSets" sharing a label; each port of the map goes to its own Service.
+    let a = Backend::start("127.0.0.2", "respon dari port 10000").await;
+    let b = Backend::start("127.0.0.3", "respon dari port 20000").await;
+    let yaml = configmap_yaml(&[("10000", "default/xyz-10000:10000"), ("20000", "default/xyz-20000:20000")])
+        + &service_yaml("xyz-10000", 10000)
+        + &service_yaml("xyz-20000", 20000)
+        + &slices_yaml("xyz-10000", &[(a.addr, true)])
+        + &slices_yaml("xyz-20000", &[(b.addr, true)]);
+    let gw = gateway(&yaml, options(LISTEN));
+    let p1 = gw.wait_bound(tcp(10000)).await;
+    let p2 = gw.wait_bound(tcp(20000)).await;
+    for i in 0..1000 {
+        let (addr, want) = if i % 2 == 0 { (p1, &a.tag) } else { (p2, &b.tag) };
+        assert_eq!(&greeting(addr).await.unwrap(), want, "connection {i}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_without_endpoints_refuses_at_once_and_opens_when_they_appear() {
+    let listen = "127.1.0.2";
+    let yaml = configmap_yaml(&[("10000", "default/empty:80")]) + &service_yaml("empty", 80);
+    let gw = gateway(&yaml, options(listen));
+    let addr = gw.wait_bound(tcp(10000)).await;
+
+    // The kernel completes the handshake (the port is bound), then dermaga resets; depending
+    // on timing the client sees the reset on connect or on its first read.
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut buf = [0u8; 16];
+        s.read(&mut buf).await
+    })
+    .await
+    .expect("not left hanging");
+    let elapsed = started.elapsed();
+    assert_eq!(outcome.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+    println!("no-endpoints port: reset after {elapsed:?}");
+    assert_eq!(gw.stats.refused_no_endpoints.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // Endpoints appear: the same socket starts serving.
+    let backend = Backend::start("127.0.0.2", "now-here").await;
+    let yaml = yaml + &slices_yaml("empty", &[(backend.addr, true)]);
+    apply(&gw, &yaml);
+    assert_eq!(greeting(addr).await.unwrap(), "now-here");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_service_keeps_the_port_bound_and_refusing() {
+    let gw = gateway(&configmap_yaml(&[("10000", "default/not-yet:80")]), options("127.1.0.3"));
+    let addr = gw.wait_bound(tcp(10000)).await;
+    let outcome = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.read(&mut [0u8; 1]).await
+    };
+    assert_eq!(outcome.await.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+    let table = gw.controller.snapshot().load();
+    let problems: Vec<String> = table.problems.iter().map(|p| p.to_string()).collect();
+    assert!(problems.iter().any(|p| p.contains("Service default/not-yet not found")), "{problems:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_entries_are_reported_and_the_good_ones_still_serve() {
+    let good = Backend::start("127.0.0.2", "good").await;
+    let bad_entries = [
+        ("0", "default/good:80"),
+        ("70000", "default/good:80"),
+        ("http", "default/good:80"),
+        ("10001", "good:80"),
+        ("10002", "default/:80"),
+        ("10003", "default/good:80:FOO"),
+        ("10004", "default/good :80"),
+        ("10254", "default/good:80"),
+    ];
+    let mut entries = vec![("10000", "default/good:80")];
+    entries.extend(bad_entries);
+    let yaml = configmap_yaml(&entries) + &service_yaml("good", 80) + &slices_yaml("good", &[(good.addr, true)]);
+    let gw = gateway(&yaml, options("127.1.0.4"));
+    let addr = gw.wait_bound(tcp(10000)).await;
+    assert_eq!(greeting(addr).await.unwrap(), "good");
+
+    let table = gw.controller.snapshot().load();
+    let problems: Vec<String> = table.problems.iter().map(|p| p.to_string()).collect();
+    let expect = [
+        ("\"0\"", "port 0"),
+        ("\"70000\"", "out of range"),
+        ("\"http\"", "not a port number"),
+        ("\"10001\"", "no namespace"),
+        ("\"10002\"", "empty service name"),
+        ("\"10003\"", "unknown flag \"FOO\""),
+        ("\"10004\"", "whitespace"),
+        ("\"10254\"", "reserved"),
+    ];
+    assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    for (key, what) in expect {
+        assert!(
+            problems.iter().any(|p| p.contains(&format!("entry {key}")) && p.contains(what)),
+            "no problem for {key} mentioning {what}: {problems:#?}"
+        );
+    }
+    // None of the bad ports is listening; only the good one is.
+    assert_eq!(gw.port_states().len(), 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
+    let one = Backend::start("127.0.0.2", "one").await;
+    let two = Backend::start("127.0.0.3", "two").await;
+    let base = configmap_yaml(&[("10000", "default/web:80")]) + &service_yaml("web", 80);
+    let gw = gateway(&(base.clone() + &slices_yaml("web", &[(one.addr, true)])), options("127.1.0.5"));
+    let addr = gw.wait_bound(tcp(10000)).await;
+
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    let mut greeting_buf = [0u8; 4];
+    open.read_exact(&mut greeting_buf).await.unwrap();
+    assert_eq!(&greeting_buf, b"one\n");
+
+    // Move the Service to the other pod; then mark it not ready while "one" is ready again.
+    apply(&gw, &(base.clone() + &slices_yaml("web", &[(two.addr, true)])));
+    assert_eq!(greeting(addr).await.unwrap(), "two");
+    apply(&gw, &(base.clone() + &slices_yaml("web", &[(two.addr, false), (one.addr, true)])));
+    assert_eq!(greeting(addr).await.unwrap(), "one");
+
+    // The first connection was never disturbed.
+    use tokio::io::AsyncWriteExt;
+    open.write_all(b"still here").await.unwrap();
+    let mut echo = [0u8; 10];
+    open.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"still here");
+    drop(open);
+    gw.shutdown().await;
+}

@@ -1,0 +1,151 @@
+//! Shared test support: tagged fake backends on loopback, fixture YAML, an in-process gateway.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use dermaga::control::configmap::ReservedPorts;
+use dermaga::control::index::{Index, IndexSettings};
+use dermaga::control::names::{ListenPort, ObjectName, Protocol, RouteKey};
+use dermaga::control::provider::manifest::parse_manifest;
+use dermaga::data::listener::ListenAddress;
+use dermaga::gateway::{Gateway, GatewayOptions};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// An address where nothing listens: connecting is refused at once.
+pub const REFUSING: &str = "127.0.250.250:9";
+
+/// A fake backend that greets each connection with `<tag>\n` and then echoes.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub tag: String,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(ip: &str, tag: &str) -> Self {
+        let listener = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let greeting = format!("{tag}\n");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { continue };
+                let greeting = greeting.clone();
+                tokio::spawn(async move {
+                    if s.write_all(greeting.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, tag: tag.to_owned(), task }
+    }
+
+    /// Closes the listener (new connects are refused) and its accept loop.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects and reads the greeting line.
+pub async fn greeting(addr: SocketAddr) -> std::io::Result<String> {
+    let stream = TcpStream::connect(addr).await?;
+    let mut lines = BufReader::new(stream);
+    let mut line = String::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), lines.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no greeting in 10s"))??;
+    if n == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without greeting"));
+    }
+    Ok(line.trim_end().to_owned())
+}
+
+pub fn configmap_yaml(entries: &[(&str, &str)]) -> String {
+    let mut s = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata:\n");
+    for (k, v) in entries {
+        s.push_str(&format!("  {k:?}: {v:?}\n"));
+    }
+    s.push_str("---\n");
+    s
+}
+
+pub fn service_yaml(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports: [{{name: main, port: {port}}}]\n---\n"
+    )
+}
+
+/// One slice per endpoint, so each may have its own port (as pods may).
+pub fn slices_yaml(service: &str, endpoints: &[(SocketAddr, bool)]) -> String {
+    let mut s = String::new();
+    for (i, (addr, ready)) in endpoints.iter().enumerate() {
+        s.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{i}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: main, port: {}}}]\nendpoints:\n- addresses: [\"{}\"]\n  conditions: {{ready: {ready}}}\n  targetRef: {{kind: Pod, namespace: default, name: {service}-pod-{i}}}\n---\n",
+            addr.port(),
+            addr.ip()
+        ));
+    }
+    s
+}
+
+pub fn settings() -> IndexSettings {
+    let mut reserved = ReservedPorts::default();
+    reserved.reserve(10254, "the admin server listens there");
+    IndexSettings {
+        port_maps: vec![(Protocol::Tcp, ObjectName::new("dermaga", "tcp-services"))],
+        reserved,
+    }
+}
+
+pub fn options(listen: &str) -> GatewayOptions {
+    GatewayOptions {
+        address: ListenAddress::Ip(listen.parse().unwrap()),
+        drain_timeout: Duration::from_secs(5),
+        ..GatewayOptions::default()
+    }
+}
+
+/// Starts an in-process gateway and applies `yaml`.
+pub fn gateway(yaml: &str, options: GatewayOptions) -> Gateway {
+    let gw = Gateway::start(Index::new(settings()), options);
+    apply(&gw, yaml);
+    gw
+}
+
+pub fn apply(gw: &Gateway, yaml: &str) {
+    let objects = parse_manifest(yaml).expect("fixture parses").objects;
+    gw.controller.update(|i| i.reset_all(objects));
+}
+
+pub fn tcp(port: u16) -> RouteKey {
+    RouteKey::tcp(ListenPort::new(port).unwrap())
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can produce the same stream.
+pub fn random_block(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
