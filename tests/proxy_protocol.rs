@@ -1,0 +1,151 @@
+//! PROXY protocol through real sockets: decoding from the client, encoding to the backend (v1
+//! and v2), garbage headers and a slow partial header closed at the header timeout.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dermaga::control::names::ProxyVersion;
+use dermaga::data::proxy_protocol::{Decoded, decode, encode};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that reads until it has seen "hello\n", then sends back every byte it received.
+async fn recorder(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !seen.ends_with(b"hello\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(&seen).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `bytes`, returns what the backend saw.
+async fn roundtrip(gateway: SocketAddr, bytes: &[u8]) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+    let mut s = TcpStream::connect(gateway).await?;
+    let local = s.local_addr()?;
+    s.write_all(bytes).await?;
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut seen))
+        .await
+        .expect("answer or close in time")?;
+    Ok((seen, local))
+}
+
+const LISTEN: &str = "127.1.0.40";
+
+async fn setup() -> dermaga::gateway::Gateway {
+    let backend = recorder("127.0.0.2").await;
+    let yaml = configmap_yaml(&[
+        ("10000", "default/rec:80:PROXY:PROXY"),
+        ("10001", "default/rec:80::PROXY"),
+        ("10001.send-proxy-version", "v2"),
+        ("10002", "default/rec:80:PROXY"),
+    ]) + &service_yaml("rec", 80)
+        + &slices_yaml("rec", &[(backend, true)]);
+    let mut opts = options(LISTEN);
+    opts.tcp.proxy_header_timeout = Duration::from_millis(300);
+    let gw = gateway(&yaml, opts);
+    for port in [10000, 10001, 10002] {
+        gw.wait_bound(tcp(port)).await;
+    }
+    gw
+}
+
+fn at(port: u16) -> SocketAddr {
+    format!("{LISTEN}:{port}").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_v1_and_reencode_v1_to_the_backend() {
+    let gw = setup().await;
+    let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\n";
+    let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat()).await.unwrap();
+    assert_eq!(seen, [header.as_slice(), b"hello\n"].concat(), "{}", String::from_utf8_lossy(&seen));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_v2_and_reencode_v1() {
+    let gw = setup().await;
+    let source: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    let destination: SocketAddr = "[2001:db8::1]:10000".parse().unwrap();
+    let header = encode(ProxyVersion::V2, source, destination);
+    let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat()).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        "PROXY TCP6 2001:db8::7 2001:db8::1 40000 10000\r\nhello\n"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_only_v2_carries_the_real_client_address() {
+    let gw = setup().await;
+    let (seen, client) = roundtrip(at(10001), b"hello\n").await.unwrap();
+    let (decoded, len) = decode(&seen).unwrap().expect("a complete v2 header");
+    assert_eq!(decoded, Decoded::Proxied { source: client, destination: at(10001) });
+    assert_eq!(&seen[..12], b"\r\n\r\n\0\r\nQUIT\n", "binary v2 signature");
+    assert_eq!(&seen[len..], b"hello\n");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_only_strips_the_header() {
+    let gw = setup().await;
+    let (seen, _) = roundtrip(at(10002), b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\nhello\n").await.unwrap();
+    assert_eq!(seen, b"hello\n");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_headers_are_closed_and_counted() {
+    let gw = setup().await;
+    let garbage: [&[u8]; 4] = [
+        b"GET / HTTP/1.0\r\n\r\nhello\n",
+        b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\nhello\n",
+        b"\r\n\r\n\0\r\nQUIT\n\x99\x11\x00\x0c0123456789abhello\n",
+        b"PROXY TCP4 1.1.1.1 1.1.1.1 1 2 AND THEN SOME MORE TEXT THAT NEVER ENDS WITH A NEWLINE FOR MORE THAN 107 BYTES ................hello\n",
+    ];
+    for bytes in garbage {
+        match roundtrip(at(10002), bytes).await {
+            Ok((seen, _)) => assert!(seen.is_empty(), "backend must see nothing: {seen:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    let errors = gw.stats.proxy_header_errors.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(errors, 4);
+    // The port still serves good clients.
+    let (seen, _) = roundtrip(at(10002), b"PROXY UNKNOWN\r\nhello\n").await.unwrap();
+    assert_eq!(seen, b"hello\n");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_partial_header_is_closed_at_the_header_timeout() {
+    let gw = setup().await;
+    let mut s = TcpStream::connect(at(10002)).await.unwrap();
+    s.write_all(b"PROXY TCP4 1.2").await.unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut [0u8; 8])).await.expect("closed, not left open");
+    assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "not before the timeout: {elapsed:?}");
+    println!("partial header closed after {elapsed:?} (timeout 300ms)");
+    gw.shutdown().await;
+}
