@@ -1,0 +1,232 @@
+//! The `dermaga` binary end to end: the quick-start demo, hot reload of the --config file under
+//! traffic (add a port, change a port's endpoints, remove a port and drain it), a bad file
+//! keeping the last good configuration, and start-up errors.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A running `dermaga` process whose log lines arrive on a channel.
+struct Dermaga {
+    child: Child,
+    logs: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Dermaga {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dermaga"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dermaga");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, logs, seen: Vec::new() }
+    }
+
+    /// Waits for a log line containing every one of `parts` (an event, bounded by 20 s).
+    fn wait_log(&mut self, parts: &[&str]) -> String {
+        if let Some(line) = self.seen.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if parts.iter().all(|p| line.contains(p)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with {parts:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "dermaga did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dermaga {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces the file atomically, as `kubectl`-mounted ConfigMaps and editors do.
+fn write_config(path: &Path, yaml: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_demo_answers_on_both_ports_and_exits_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("quickstart.yaml");
+    let mut d = Dermaga::start(&["demo", "--write-config", config.to_str().unwrap()]);
+    d.wait_log(&["listening", "10000/TCP"]);
+    d.wait_log(&["listening", "20000/TCP"]);
+    for _ in 0..3 {
+        assert_eq!(greeting("127.0.0.1:10000".parse().unwrap()).await.unwrap(), "respon dari port 10000");
+        assert_eq!(greeting("127.0.0.1:20000".parse().unwrap()).await.unwrap(), "respon dari port 20000");
+    }
+    assert!(d.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
+    let listen = "127.1.0.50";
+    let at = |port: u16| -> SocketAddr { format!("{listen}:{port}").parse().unwrap() };
+    let a1 = Backend::start("127.0.0.2", "a1").await;
+    let a2 = Backend::start("127.0.0.3", "a2").await;
+    let b = Backend::start("127.0.0.4", "b").await;
+    let c = Backend::start("127.0.0.5", "c").await;
+    let v1 = configmap_yaml(&[("10000", "default/svc-a:80"), ("30000", "default/svc-c:80")])
+        + &service_yaml("svc-a", 80)
+        + &service_yaml("svc-c", 80)
+        + &slices_yaml("svc-a", &[(a1.addr, true)])
+        + &slices_yaml("svc-c", &[(c.addr, true)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(&config, &v1);
+    let mut d = Dermaga::start(&[
+        "--config", config.to_str().unwrap(),
+        "--listen-address", listen,
+        "--drain-timeout", "3s",
+        "--config-poll-interval", "100ms",
+    ]);
+    d.wait_log(&["listening", "10000/TCP"]);
+    d.wait_log(&["listening", "30000/TCP"]);
+
+    // A long-lived connection on A that keeps exchanging data through the reload.
+    let mut long_a = tokio::io::BufReader::new(TcpStream::connect(at(10000)).await.unwrap());
+    let mut line = String::new();
+    long_a.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "a1\n");
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pinger = tokio::spawn(async move {
+        let mut rounds = 0u32;
+        loop {
+            let msg = format!("ping {rounds}\n");
+            long_a.get_mut().write_all(msg.as_bytes()).await.expect("A connection undisturbed");
+            let mut echo = String::new();
+            long_a.read_line(&mut echo).await.expect("A connection undisturbed");
+            assert_eq!(echo, msg);
+            rounds += 1;
+            tokio::select! {
+                _ = &mut stop_rx => return rounds,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+    });
+    // An open connection on C, which is about to be removed.
+    let mut open_c = TcpStream::connect(at(30000)).await.unwrap();
+    let mut greet = [0u8; 2];
+    open_c.read_exact(&mut greet).await.unwrap();
+    assert_eq!(&greet, b"c\n");
+
+    // v2: B added, A moved to another endpoint, C removed.
+    let v2 = configmap_yaml(&[("10000", "default/svc-a:80"), ("20000", "default/svc-b:80")])
+        + &service_yaml("svc-a", 80)
+        + &service_yaml("svc-b", 80)
+        + &slices_yaml("svc-a", &[(a2.addr, true)])
+        + &slices_yaml("svc-b", &[(b.addr, true)]);
+    let changed = Instant::now();
+    write_config(&config, &v2);
+    let b_answered = loop {
+        if let Ok(tag) = greeting(at(20000)).await {
+            assert_eq!(tag, "b");
+            break changed.elapsed();
+        }
+        assert!(changed.elapsed() < Duration::from_secs(20), "port B never opened");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("port B answered {b_answered:?} after the config file changed");
+    d.wait_log(&["config reloaded"]);
+    assert_eq!(greeting(at(10000)).await.unwrap(), "a2", "new connections on A go to the new endpoint");
+    let refused = TcpStream::connect(at(30000)).await;
+    assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused, "C no longer accepts");
+
+    // C's open connection still works during the drain, and is closed at the drain timeout.
+    open_c.write_all(b"x").await.unwrap();
+    let mut x = [0u8; 1];
+    open_c.read_exact(&mut x).await.unwrap();
+    assert_eq!(&x, b"x");
+    let closed = tokio::time::timeout(Duration::from_secs(20), open_c.read(&mut x)).await.expect("closed by the drain timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let drained_after = changed.elapsed();
+    assert!(drained_after >= Duration::from_millis(2500), "not before the 3s drain timeout: {drained_after:?}");
+    d.wait_log(&["drain timeout reached", "30000/TCP"]);
+    println!("C's open connection closed {drained_after:?} after the change (drain timeout 3s)");
+
+    // A bad file keeps the last good configuration.
+    write_config(&config, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata: [not, a, map]\n");
+    let line = d.wait_log(&["config reload failed", "keeping the last good configuration"]);
+    assert!(line.contains("ConfigMap \\\"tcp-services\\\"") || line.contains("tcp-services"), "{line}");
+    assert_eq!(greeting(at(10000)).await.unwrap(), "a2");
+    assert_eq!(greeting(at(20000)).await.unwrap(), "b");
+
+    let _ = stop_tx.send(());
+    let rounds = pinger.await.unwrap();
+    assert!(rounds > 10, "the A connection kept talking through the reload: {rounds} round trips");
+    println!("A connection: {rounds} round trips, none failed");
+    assert!(d.terminate().success());
+}
+
+#[test]
+fn start_up_errors_are_clear_and_exit_non_zero() {
+    let bin = env!("CARGO_BIN_EXE_dermaga");
+    let out = Command::new(bin).args(["--config", "/nonexistent/dermaga.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/dermaga.yaml") && err.contains("No such file"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n").unwrap();
+    let out = Command::new(bin).args(["--config", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("document 1: Service \\\"web\\\"") || err.contains("document 1: Service \"web\""), "{err}");
+
+    let out = Command::new(bin).env_remove("DERMAGA_CONFIG").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+
+    let out = Command::new(bin).args(["--drain-timeout", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-timeout"));
+}
