@@ -23,7 +23,10 @@ impl RunArgs {
         let mut reserved = ReservedPorts::default();
         reserved.reserve(
             self.admin_address.port(),
-            format!("the admin server listens there (--admin-address {})", self.admin_address),
+            format!(
+                "the admin server listens there (--admin-address {})",
+                self.admin_address
+            ),
         );
         IndexSettings {
             port_maps: vec![(Protocol::Tcp, self.tcp_services_configmap.clone())],
@@ -34,7 +37,9 @@ impl RunArgs {
     /// Data-plane options from the flags.
     pub fn gateway_options(&self) -> GatewayOptions {
         GatewayOptions {
-            address: self.listen_address.map_or(ListenAddress::All, ListenAddress::Ip),
+            address: self
+                .listen_address
+                .map_or(ListenAddress::All, ListenAddress::Ip),
             tcp: TcpSettings {
                 connect_timeout: self.connect_timeout,
                 connect_attempts: usize::from(self.connect_attempts),

@@ -55,7 +55,12 @@ pub struct RunArgs {
     pub kubeconfig: Option<PathBuf>,
 
     /// The TCP port map, NAMESPACE/NAME (same flag as ingress-nginx).
-    #[arg(long, env = "DERMAGA_TCP_SERVICES_CONFIGMAP", value_name = "NS/NAME", default_value = "dermaga/tcp-services")]
+    #[arg(
+        long,
+        env = "DERMAGA_TCP_SERVICES_CONFIGMAP",
+        value_name = "NS/NAME",
+        default_value = "dermaga/tcp-services"
+    )]
     pub tcp_services_configmap: ObjectName,
 
     /// The UDP port map, NAMESPACE/NAME (same flag as ingress-nginx). Not served yet: UDP
@@ -68,7 +73,12 @@ pub struct RunArgs {
     pub listen_address: Option<IpAddr>,
 
     /// Address of the admin HTTP server. Its port is reserved: no port-map entry may use it.
-    #[arg(long, env = "DERMAGA_ADMIN_ADDRESS", value_name = "ADDR:PORT", default_value = "0.0.0.0:10254")]
+    #[arg(
+        long,
+        env = "DERMAGA_ADMIN_ADDRESS",
+        value_name = "ADDR:PORT",
+        default_value = "0.0.0.0:10254"
+    )]
     pub admin_address: SocketAddr,
 
     /// How long connections on a removed port (or at shutdown) may run before they are closed.
@@ -90,7 +100,12 @@ pub struct RunArgs {
 
     /// Pipes that may exist at once for zero-copy forwarding (two per connection); connections
     /// beyond that use a buffered copy. 0 disables splice.
-    #[arg(long, env = "DERMAGA_MAX_PIPES", value_name = "N", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "DERMAGA_MAX_PIPES",
+        value_name = "N",
+        default_value_t = 1024
+    )]
     pub max_pipes: usize,
 
     /// Capacity asked for each pipe, in bytes.

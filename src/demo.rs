@@ -49,7 +49,8 @@ pub async fn run(mut args: RunArgs, demo: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn write_config(path: &PathBuf) -> anyhow::Result<()> {
-    std::fs::write(path, QUICKSTART_YAML).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, QUICKSTART_YAML)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn serve_backend(listener: TcpListener, greeting: &'static str) {
@@ -67,7 +68,11 @@ async fn serve_backend(listener: TcpListener, greeting: &'static str) {
 }
 
 async fn greet_and_echo(mut stream: TcpStream, greeting: &str) {
-    if stream.write_all(format!("{greeting}\n").as_bytes()).await.is_err() {
+    if stream
+        .write_all(format!("{greeting}\n").as_bytes())
+        .await
+        .is_err()
+    {
         return;
     }
     let mut buf = [0u8; 4096];

@@ -93,7 +93,10 @@ impl Gateway {
     /// Waits until the port states satisfy `ready` (an event, not a sleep).
     pub async fn wait_for_ports(&self, mut ready: impl FnMut(&PortStates) -> bool) -> PortStates {
         let mut rx = self.states.clone();
-        rx.wait_for(|s| ready(s)).await.expect("listener manager alive").clone()
+        rx.wait_for(|s| ready(s))
+            .await
+            .expect("listener manager alive")
+            .clone()
     }
 
     /// Waits until `key` is bound and returns its address.

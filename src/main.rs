@@ -1,21 +1,32 @@
 //! The `dermaga` binary: parses flags, sets up logging and the runtime, runs the gateway or a
 //! subcommand. `anyhow` is used here only.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use dermaga::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     dermaga::ops::logging::init(cli.run.log_format, &cli.run.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Some(Command::Demo(demo)) => dermaga::demo::run(cli.run, demo).await,
-            None => dermaga::app::run(cli.run).await,
+    let result: anyhow::Result<()> = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| {
+            runtime.block_on(async move {
+                match cli.command {
+                    Some(Command::Demo(demo)) => dermaga::demo::run(cli.run, demo).await,
+                    None => dermaga::app::run(cli.run).await,
+                }
+            })
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The whole cause chain on one line, no backtrace: this is for operators.
+            tracing::error!("dermaga stopped: {err:#}");
+            ExitCode::FAILURE
         }
-    });
-    if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "dermaga stopped");
     }
-    result
 }

@@ -41,12 +41,20 @@ impl Dermaga {
                 }
             }
         });
-        Self { child, logs, seen: Vec::new() }
+        Self {
+            child,
+            logs,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for a log line containing every one of `parts` (an event, bounded by 20 s).
     fn wait_log(&mut self, parts: &[&str]) -> String {
-        if let Some(line) = self.seen.iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+        if let Some(line) = self
+            .seen
+            .iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+        {
             return line.clone();
         }
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -65,14 +73,17 @@ impl Dermaga {
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "dermaga did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "dermaga did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -100,8 +111,14 @@ async fn quick_start_demo_answers_on_both_ports_and_exits_on_sigterm() {
     d.wait_log(&["listening", "10000/TCP"]);
     d.wait_log(&["listening", "20000/TCP"]);
     for _ in 0..3 {
-        assert_eq!(greeting("127.0.0.1:10000".parse().unwrap()).await.unwrap(), "respon dari port 10000");
-        assert_eq!(greeting("127.0.0.1:20000".parse().unwrap()).await.unwrap(), "respon dari port 20000");
+        assert_eq!(
+            greeting("127.0.0.1:10000".parse().unwrap()).await.unwrap(),
+            "respon dari port 10000"
+        );
+        assert_eq!(
+            greeting("127.0.0.1:20000".parse().unwrap()).await.unwrap(),
+            "respon dari port 20000"
+        );
     }
     assert!(d.terminate().success());
 }
@@ -123,10 +140,14 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
     let config = dir.path().join("dermaga.yaml");
     write_config(&config, &v1);
     let mut d = Dermaga::start(&[
-        "--config", config.to_str().unwrap(),
-        "--listen-address", listen,
-        "--drain-timeout", "3s",
-        "--config-poll-interval", "100ms",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen-address",
+        listen,
+        "--drain-timeout",
+        "3s",
+        "--config-poll-interval",
+        "100ms",
     ]);
     d.wait_log(&["listening", "10000/TCP"]);
     d.wait_log(&["listening", "30000/TCP"]);
@@ -141,9 +162,16 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
         let mut rounds = 0u32;
         loop {
             let msg = format!("ping {rounds}\n");
-            long_a.get_mut().write_all(msg.as_bytes()).await.expect("A connection undisturbed");
+            long_a
+                .get_mut()
+                .write_all(msg.as_bytes())
+                .await
+                .expect("A connection undisturbed");
             let mut echo = String::new();
-            long_a.read_line(&mut echo).await.expect("A connection undisturbed");
+            long_a
+                .read_line(&mut echo)
+                .await
+                .expect("A connection undisturbed");
             assert_eq!(echo, msg);
             rounds += 1;
             tokio::select! {
@@ -171,37 +199,65 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
             assert_eq!(tag, "b");
             break changed.elapsed();
         }
-        assert!(changed.elapsed() < Duration::from_secs(20), "port B never opened");
+        assert!(
+            changed.elapsed() < Duration::from_secs(20),
+            "port B never opened"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!("port B answered {b_answered:?} after the config file changed");
     d.wait_log(&["config reloaded"]);
-    assert_eq!(greeting(at(10000)).await.unwrap(), "a2", "new connections on A go to the new endpoint");
+    assert_eq!(
+        greeting(at(10000)).await.unwrap(),
+        "a2",
+        "new connections on A go to the new endpoint"
+    );
     let refused = TcpStream::connect(at(30000)).await;
-    assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused, "C no longer accepts");
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "C no longer accepts"
+    );
 
     // C's open connection still works during the drain, and is closed at the drain timeout.
     open_c.write_all(b"x").await.unwrap();
     let mut x = [0u8; 1];
     open_c.read_exact(&mut x).await.unwrap();
     assert_eq!(&x, b"x");
-    let closed = tokio::time::timeout(Duration::from_secs(20), open_c.read(&mut x)).await.expect("closed by the drain timeout");
+    let closed = tokio::time::timeout(Duration::from_secs(20), open_c.read(&mut x))
+        .await
+        .expect("closed by the drain timeout");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     let drained_after = changed.elapsed();
-    assert!(drained_after >= Duration::from_millis(2500), "not before the 3s drain timeout: {drained_after:?}");
+    assert!(
+        drained_after >= Duration::from_millis(2500),
+        "not before the 3s drain timeout: {drained_after:?}"
+    );
     d.wait_log(&["drain timeout reached", "30000/TCP"]);
     println!("C's open connection closed {drained_after:?} after the change (drain timeout 3s)");
 
     // A bad file keeps the last good configuration.
-    write_config(&config, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata: [not, a, map]\n");
-    let line = d.wait_log(&["config reload failed", "keeping the last good configuration"]);
-    assert!(line.contains("ConfigMap \\\"tcp-services\\\"") || line.contains("tcp-services"), "{line}");
+    write_config(
+        &config,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata: [not, a, map]\n",
+    );
+    let line = d.wait_log(&[
+        "config reload failed",
+        "keeping the last good configuration",
+    ]);
+    assert!(
+        line.contains("ConfigMap \\\"tcp-services\\\"") || line.contains("tcp-services"),
+        "{line}"
+    );
     assert_eq!(greeting(at(10000)).await.unwrap(), "a2");
     assert_eq!(greeting(at(20000)).await.unwrap(), "b");
 
     let _ = stop_tx.send(());
     let rounds = pinger.await.unwrap();
-    assert!(rounds > 10, "the A connection kept talking through the reload: {rounds} round trips");
+    assert!(
+        rounds > 10,
+        "the A connection kept talking through the reload: {rounds} round trips"
+    );
     println!("A connection: {rounds} round trips, none failed");
     assert!(d.terminate().success());
 }
@@ -209,24 +265,47 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
 #[test]
 fn start_up_errors_are_clear_and_exit_non_zero() {
     let bin = env!("CARGO_BIN_EXE_dermaga");
-    let out = Command::new(bin).args(["--config", "/nonexistent/dermaga.yaml"]).output().unwrap();
+    let out = Command::new(bin)
+        .args(["--config", "/nonexistent/dermaga.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/dermaga.yaml") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/dermaga.yaml") && err.contains("No such file"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n").unwrap();
-    let out = Command::new(bin).args(["--config", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: eighty}]}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .args(["--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("document 1: Service \\\"web\\\"") || err.contains("document 1: Service \"web\""), "{err}");
+    assert!(
+        err.contains("document 1: Service \\\"web\\\"")
+            || err.contains("document 1: Service \"web\""),
+        "{err}"
+    );
 
-    let out = Command::new(bin).env_remove("DERMAGA_CONFIG").output().unwrap();
+    let out = Command::new(bin)
+        .env_remove("DERMAGA_CONFIG")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 
-    let out = Command::new(bin).args(["--drain-timeout", "soon"]).output().unwrap();
+    let out = Command::new(bin)
+        .args(["--drain-timeout", "soon"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-timeout"));
 }

@@ -89,7 +89,11 @@ async fn transfer(gateway: SocketAddr, total: u64) {
     let got = receive(&mut r, total).await;
     let mut trailer = [0u8; 12];
     r.read_exact(&mut trailer).await.unwrap();
-    assert_eq!(r.read(&mut [0u8; 1]).await.unwrap(), 0, "clean EOF after the trailer");
+    assert_eq!(
+        r.read(&mut [0u8; 1]).await.unwrap(),
+        0,
+        "clean EOF after the trailer"
+    );
     let sent_crc = writer.await.unwrap();
 
     let mut expected = crc32fast::Hasher::new();
@@ -101,12 +105,22 @@ async fn transfer(gateway: SocketAddr, total: u64) {
         left -= n as u64;
     }
     assert_eq!(got, expected.finalize(), "backend → client bytes intact");
-    assert_eq!(u32::from_be_bytes(trailer[..4].try_into().unwrap()), sent_crc, "client → backend bytes intact");
-    assert_eq!(u64::from_be_bytes(trailer[4..].try_into().unwrap()), total, "client → backend byte count");
+    assert_eq!(
+        u32::from_be_bytes(trailer[..4].try_into().unwrap()),
+        sent_crc,
+        "client → backend bytes intact"
+    );
+    assert_eq!(
+        u64::from_be_bytes(trailer[4..].try_into().unwrap()),
+        total,
+        "client → backend byte count"
+    );
 }
 
 fn yaml(backend: SocketAddr) -> String {
-    configmap_yaml(&[("10000", "default/bulk:80")]) + &service_yaml("bulk", 80) + &slices_yaml("bulk", &[(backend, true)])
+    configmap_yaml(&[("10000", "default/bulk:80")])
+        + &service_yaml("bulk", 80)
+        + &slices_yaml("bulk", &[(backend, true)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +160,9 @@ async fn pool_exhaustion_falls_back_to_copy_per_connection() {
     opts.max_pipes = 4; // room for two spliced connections
     let gw = gateway(&yaml(backend), opts);
     let addr = gw.wait_bound(tcp(10000)).await;
-    let clients: Vec<_> = (0..10).map(|_| tokio::spawn(transfer(addr, 8 * MIB))).collect();
+    let clients: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(transfer(addr, 8 * MIB)))
+        .collect();
     for c in clients {
         c.await.unwrap();
     }

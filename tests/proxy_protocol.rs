@@ -75,8 +75,15 @@ fn at(port: u16) -> SocketAddr {
 async fn decode_v1_and_reencode_v1_to_the_backend() {
     let gw = setup().await;
     let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\n";
-    let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat()).await.unwrap();
-    assert_eq!(seen, [header.as_slice(), b"hello\n"].concat(), "{}", String::from_utf8_lossy(&seen));
+    let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat())
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        [header.as_slice(), b"hello\n"].concat(),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
     gw.shutdown().await;
 }
 
@@ -86,7 +93,9 @@ async fn decode_v2_and_reencode_v1() {
     let source: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
     let destination: SocketAddr = "[2001:db8::1]:10000".parse().unwrap();
     let header = encode(ProxyVersion::V2, source, destination);
-    let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat()).await.unwrap();
+    let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat())
+        .await
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&seen),
         "PROXY TCP6 2001:db8::7 2001:db8::1 40000 10000\r\nhello\n"
@@ -99,7 +108,13 @@ async fn send_only_v2_carries_the_real_client_address() {
     let gw = setup().await;
     let (seen, client) = roundtrip(at(10001), b"hello\n").await.unwrap();
     let (decoded, len) = decode(&seen).unwrap().expect("a complete v2 header");
-    assert_eq!(decoded, Decoded::Proxied { source: client, destination: at(10001) });
+    assert_eq!(
+        decoded,
+        Decoded::Proxied {
+            source: client,
+            destination: at(10001)
+        }
+    );
     assert_eq!(&seen[..12], b"\r\n\r\n\0\r\nQUIT\n", "binary v2 signature");
     assert_eq!(&seen[len..], b"hello\n");
     gw.shutdown().await;
@@ -108,7 +123,12 @@ async fn send_only_v2_carries_the_real_client_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_only_strips_the_header() {
     let gw = setup().await;
-    let (seen, _) = roundtrip(at(10002), b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\nhello\n").await.unwrap();
+    let (seen, _) = roundtrip(
+        at(10002),
+        b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\nhello\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(seen, b"hello\n");
     gw.shutdown().await;
 }
@@ -128,10 +148,15 @@ async fn garbage_headers_are_closed_and_counted() {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
     }
-    let errors = gw.stats.proxy_header_errors.load(std::sync::atomic::Ordering::Relaxed);
+    let errors = gw
+        .stats
+        .proxy_header_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(errors, 4);
     // The port still serves good clients.
-    let (seen, _) = roundtrip(at(10002), b"PROXY UNKNOWN\r\nhello\n").await.unwrap();
+    let (seen, _) = roundtrip(at(10002), b"PROXY UNKNOWN\r\nhello\n")
+        .await
+        .unwrap();
     assert_eq!(seen, b"hello\n");
     gw.shutdown().await;
 }
@@ -142,10 +167,15 @@ async fn slow_partial_header_is_closed_at_the_header_timeout() {
     let mut s = TcpStream::connect(at(10002)).await.unwrap();
     s.write_all(b"PROXY TCP4 1.2").await.unwrap();
     let started = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut [0u8; 8])).await.expect("closed, not left open");
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut [0u8; 8]))
+        .await
+        .expect("closed, not left open");
     assert!(matches!(r, Err(_) | Ok(0)), "{r:?}");
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(250), "not before the timeout: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "not before the timeout: {elapsed:?}"
+    );
     println!("partial header closed after {elapsed:?} (timeout 300ms)");
     gw.shutdown().await;
 }

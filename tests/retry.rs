@@ -43,20 +43,34 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
 
     let mut seen = std::collections::BTreeMap::new();
     for i in 0..1000 {
-        let tag = greeting(addr).await.unwrap_or_else(|e| panic!("client connection {i} failed: {e}"));
+        let tag = greeting(addr)
+            .await
+            .unwrap_or_else(|e| panic!("client connection {i} failed: {e}"));
         *seen.entry(tag).or_insert(0) += 1;
     }
     // The refusing endpoint is first in line for a third of the connections; each of those
     // moved on to the next endpoint.
     assert_eq!(seen.values().sum::<i32>(), 1000);
     assert!(seen["a"] > 300 && seen["b"] > 300, "{seen:?}");
-    let failures = gw.stats.connect_failures.load(std::sync::atomic::Ordering::Relaxed);
+    let failures = gw
+        .stats
+        .connect_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
     let retried = gw.stats.retried.load(std::sync::atomic::Ordering::Relaxed);
-    assert!((300..=340).contains(&failures), "refused connects: {failures}");
-    assert_eq!(failures, retried, "every refused connect was retried once and succeeded");
+    assert!(
+        (300..=340).contains(&failures),
+        "refused connects: {failures}"
+    );
+    assert_eq!(
+        failures, retried,
+        "every refused connect was retried once and succeeded"
+    );
 
     let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    let line = log.lines().find(|l| l.contains("upstream connect failed")).expect("attempt logged");
+    let line = log
+        .lines()
+        .find(|l| l.contains("upstream connect failed"))
+        .expect("attempt logged");
     assert!(line.contains("endpoint=127.0.250.250:9"), "{line}");
     assert!(line.contains("target=\"pod default/api-pod-1\""), "{line}");
     assert!(line.contains("attempt=1"), "{line}");

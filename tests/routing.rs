@@ -16,8 +16,10 @@ async fn s1_each_port_reaches_its_own_service_1000_times() {
     // Two "StatefulSets" sharing a label; each port of the map goes to its own Service.
     let a = Backend::start("127.0.0.2", "respon dari port 10000").await;
     let b = Backend::start("127.0.0.3", "respon dari port 20000").await;
-    let yaml = configmap_yaml(&[("10000", "default/xyz-10000:10000"), ("20000", "default/xyz-20000:20000")])
-        + &service_yaml("xyz-10000", 10000)
+    let yaml = configmap_yaml(&[
+        ("10000", "default/xyz-10000:10000"),
+        ("20000", "default/xyz-20000:20000"),
+    ]) + &service_yaml("xyz-10000", 10000)
         + &service_yaml("xyz-20000", 20000)
         + &slices_yaml("xyz-10000", &[(a.addr, true)])
         + &slices_yaml("xyz-20000", &[(b.addr, true)]);
@@ -25,7 +27,11 @@ async fn s1_each_port_reaches_its_own_service_1000_times() {
     let p1 = gw.wait_bound(tcp(10000)).await;
     let p2 = gw.wait_bound(tcp(20000)).await;
     for i in 0..1000 {
-        let (addr, want) = if i % 2 == 0 { (p1, &a.tag) } else { (p2, &b.tag) };
+        let (addr, want) = if i % 2 == 0 {
+            (p1, &a.tag)
+        } else {
+            (p2, &b.tag)
+        };
         assert_eq!(&greeting(addr).await.unwrap(), want, "connection {i}");
     }
     gw.shutdown().await;
@@ -49,9 +55,17 @@ async fn port_without_endpoints_refuses_at_once_and_opens_when_they_appear() {
     .await
     .expect("not left hanging");
     let elapsed = started.elapsed();
-    assert_eq!(outcome.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        outcome.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
     println!("no-endpoints port: reset after {elapsed:?}");
-    assert_eq!(gw.stats.refused_no_endpoints.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        gw.stats
+            .refused_no_endpoints
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     // Endpoints appear: the same socket starts serving.
     let backend = Backend::start("127.0.0.2", "now-here").await;
@@ -63,16 +77,27 @@ async fn port_without_endpoints_refuses_at_once_and_opens_when_they_appear() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_service_keeps_the_port_bound_and_refusing() {
-    let gw = gateway(&configmap_yaml(&[("10000", "default/not-yet:80")]), options("127.1.0.3"));
+    let gw = gateway(
+        &configmap_yaml(&[("10000", "default/not-yet:80")]),
+        options("127.1.0.3"),
+    );
     let addr = gw.wait_bound(tcp(10000)).await;
     let outcome = async {
         let mut s = TcpStream::connect(addr).await?;
         s.read(&mut [0u8; 1]).await
     };
-    assert_eq!(outcome.await.unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+    assert_eq!(
+        outcome.await.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionReset
+    );
     let table = gw.controller.snapshot().load();
     let problems: Vec<String> = table.problems.iter().map(|p| p.to_string()).collect();
-    assert!(problems.iter().any(|p| p.contains("Service default/not-yet not found")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("Service default/not-yet not found")),
+        "{problems:?}"
+    );
     gw.shutdown().await;
 }
 
@@ -91,7 +116,9 @@ async fn bad_entries_are_reported_and_the_good_ones_still_serve() {
     ];
     let mut entries = vec![("10000", "default/good:80")];
     entries.extend(bad_entries);
-    let yaml = configmap_yaml(&entries) + &service_yaml("good", 80) + &slices_yaml("good", &[(good.addr, true)]);
+    let yaml = configmap_yaml(&entries)
+        + &service_yaml("good", 80)
+        + &slices_yaml("good", &[(good.addr, true)]);
     let gw = gateway(&yaml, options("127.1.0.4"));
     let addr = gw.wait_bound(tcp(10000)).await;
     assert_eq!(greeting(addr).await.unwrap(), "good");
@@ -111,7 +138,9 @@ async fn bad_entries_are_reported_and_the_good_ones_still_serve() {
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     for (key, what) in expect {
         assert!(
-            problems.iter().any(|p| p.contains(&format!("entry {key}")) && p.contains(what)),
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("entry {key}")) && p.contains(what)),
             "no problem for {key} mentioning {what}: {problems:#?}"
         );
     }
@@ -125,7 +154,10 @@ async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
     let one = Backend::start("127.0.0.2", "one").await;
     let two = Backend::start("127.0.0.3", "two").await;
     let base = configmap_yaml(&[("10000", "default/web:80")]) + &service_yaml("web", 80);
-    let gw = gateway(&(base.clone() + &slices_yaml("web", &[(one.addr, true)])), options("127.1.0.5"));
+    let gw = gateway(
+        &(base.clone() + &slices_yaml("web", &[(one.addr, true)])),
+        options("127.1.0.5"),
+    );
     let addr = gw.wait_bound(tcp(10000)).await;
 
     let mut open = TcpStream::connect(addr).await.unwrap();
@@ -134,9 +166,15 @@ async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
     assert_eq!(&greeting_buf, b"one\n");
 
     // Move the Service to the other pod; then mark it not ready while "one" is ready again.
-    apply(&gw, &(base.clone() + &slices_yaml("web", &[(two.addr, true)])));
+    apply(
+        &gw,
+        &(base.clone() + &slices_yaml("web", &[(two.addr, true)])),
+    );
     assert_eq!(greeting(addr).await.unwrap(), "two");
-    apply(&gw, &(base.clone() + &slices_yaml("web", &[(two.addr, false), (one.addr, true)])));
+    apply(
+        &gw,
+        &(base.clone() + &slices_yaml("web", &[(two.addr, false), (one.addr, true)])),
+    );
     assert_eq!(greeting(addr).await.unwrap(), "one");
 
     // The first connection was never disturbed.

@@ -37,12 +37,24 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
         let data = cm.data.as_ref().unwrap_or(&empty);
         let parsed = parse_port_map(map_name, data, *protocol, &index.settings.reserved);
         for (port, spec) in parsed.entries {
-            routes.push(resolve_route(index, RouteKey { port, protocol: *protocol }, spec));
+            routes.push(resolve_route(
+                index,
+                RouteKey {
+                    port,
+                    protocol: *protocol,
+                },
+                spec,
+            ));
         }
         for error in parsed.errors {
             let kept = error.port.and_then(|port| {
-                let key = RouteKey { port, protocol: *protocol };
-                previous.and_then(|t| t.get(&key)).map(|old| (key, old.spec.clone()))
+                let key = RouteKey {
+                    port,
+                    protocol: *protocol,
+                };
+                previous
+                    .and_then(|t| t.get(&key))
+                    .map(|old| (key, old.spec.clone()))
             });
             if let Some((key, spec)) = kept {
                 let mut route = resolve_route(index, key, spec);
@@ -73,18 +85,23 @@ fn resolve_route(index: &Index, key: RouteKey, spec: RouteSpec) -> Route {
 }
 
 /// The endpoints of the Service port an entry names, or why there are none to look for.
-fn resolve_endpoints(index: &Index, spec: &RouteSpec, protocol: Protocol) -> Result<Vec<Endpoint>, String> {
+fn resolve_endpoints(
+    index: &Index,
+    spec: &RouteSpec,
+    protocol: Protocol,
+) -> Result<Vec<Endpoint>, String> {
     let service = index
         .service(&spec.service)
         .ok_or_else(|| format!("Service {} not found", spec.service))?;
-    let service_port = find_service_port(service, &spec.service_port, protocol).ok_or_else(|| {
-        format!(
-            "Service {} has no {protocol} port {} (it has: {})",
-            spec.service,
-            spec.service_port,
-            describe_ports(service)
-        )
-    })?;
+    let service_port =
+        find_service_port(service, &spec.service_port, protocol).ok_or_else(|| {
+            format!(
+                "Service {} has no {protocol} port {} (it has: {})",
+                spec.service,
+                spec.service_port,
+                describe_ports(service)
+            )
+        })?;
     let port_name = service_port.name.as_deref().unwrap_or("");
     let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
     for slice in index.slices_of(&spec.service) {
@@ -170,8 +187,15 @@ fn slice_endpoints<'a>(
                 && p.protocol.as_deref().unwrap_or("TCP") == protocol.as_k8s()
         })
     });
-    let port = port.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
-    let endpoints = if usable_type { port.map(|_| slice.endpoints.as_deref().unwrap_or(&[]).iter()) } else { None };
+    let port = port
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0);
+    let endpoints = if usable_type {
+        port.map(|_| slice.endpoints.as_deref().unwrap_or(&[]).iter())
+    } else {
+        None
+    };
     endpoints.into_iter().flatten().filter_map(move |ep| {
         let first = ep.addresses.first()?;
         let ip: IpAddr = match first.parse() {

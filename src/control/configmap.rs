@@ -189,7 +189,12 @@ pub fn parse_port_map(
         let applied = match map.entries.get_mut(&port) {
             Some(spec) => apply_option(&mut spec.options, &spec.proxy, option, value),
             // The port's own entry is bad and already reported; check the option alone.
-            None => apply_option(&mut PortOptions::default(), &ProxyFlags::default(), option, value),
+            None => apply_option(
+                &mut PortOptions::default(),
+                &ProxyFlags::default(),
+                option,
+                value,
+            ),
         };
         if let Err(problem) = applied {
             // An option that cannot be applied makes the whole port's entry unusable: serving it
@@ -334,7 +339,10 @@ fn apply_option(
                 }
             };
             if !proxy.encode && options.send_proxy_version == ProxyVersion::V2 {
-                tracing::debug!(option, "send-proxy-version set on a port that sends no PROXY header");
+                tracing::debug!(
+                    option,
+                    "send-proxy-version set on a port that sends no PROXY header"
+                );
             }
             Ok(())
         }

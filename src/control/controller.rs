@@ -39,7 +39,8 @@ impl Controller {
         let table = build(&index, Some(&previous));
         drop(index);
 
-        let old_problems: BTreeSet<String> = previous.problems.iter().map(|p| p.to_string()).collect();
+        let old_problems: BTreeSet<String> =
+            previous.problems.iter().map(|p| p.to_string()).collect();
         for problem in &table.problems {
             let text = problem.to_string();
             if !old_problems.contains(&text) {

@@ -34,7 +34,11 @@ pub fn diff(old: &RouteTable, new: &RouteTable) -> TableDiff {
             Some(_) => {}
         }
     }
-    d.removed = old.keys().filter(|k| new.get(k).is_none()).copied().collect();
+    d.removed = old
+        .keys()
+        .filter(|k| new.get(k).is_none())
+        .copied()
+        .collect();
     d
 }
 
@@ -57,11 +61,19 @@ mod tests {
                 target: None,
             })
             .collect();
-        Route::new(key, parse_value(value, Protocol::Tcp).unwrap(), endpoints, None)
+        Route::new(
+            key,
+            parse_value(value, Protocol::Tcp).unwrap(),
+            endpoints,
+            None,
+        )
     }
 
     fn keys(ports: &[u16]) -> Vec<RouteKey> {
-        ports.iter().map(|p| RouteKey::tcp(ListenPort::new(*p).unwrap())).collect()
+        ports
+            .iter()
+            .map(|p| RouteKey::tcp(ListenPort::new(*p).unwrap()))
+            .collect()
     }
 
     #[test]
@@ -74,16 +86,58 @@ mod tests {
             want: (Vec<u16>, Vec<u16>, Vec<u16>),
         }
         let cases = vec![
-            Case { name: "same", old: vec![a()], new: vec![a()], want: (vec![], vec![], vec![]) },
-            Case { name: "add", old: vec![a()], new: vec![a(), route(2, "d/b:80", &[])], want: (vec![2], vec![], vec![]) },
-            Case { name: "remove", old: vec![a(), route(2, "d/b:80", &[])], new: vec![a()], want: (vec![], vec![], vec![2]) },
-            Case { name: "endpoints change", old: vec![a()], new: vec![route(1, "d/a:80", &["10.0.0.2:80"])], want: (vec![], vec![1], vec![]) },
-            Case { name: "flags change", old: vec![a()], new: vec![route(1, "d/a:80:PROXY", &["10.0.0.1:80"])], want: (vec![], vec![1], vec![]) },
-            Case { name: "all at once", old: vec![a(), route(3, "d/c:80", &[])], new: vec![route(1, "d/a:81", &[]), route(2, "d/b:80", &[])], want: (vec![2], vec![1], vec![3]) },
+            Case {
+                name: "same",
+                old: vec![a()],
+                new: vec![a()],
+                want: (vec![], vec![], vec![]),
+            },
+            Case {
+                name: "add",
+                old: vec![a()],
+                new: vec![a(), route(2, "d/b:80", &[])],
+                want: (vec![2], vec![], vec![]),
+            },
+            Case {
+                name: "remove",
+                old: vec![a(), route(2, "d/b:80", &[])],
+                new: vec![a()],
+                want: (vec![], vec![], vec![2]),
+            },
+            Case {
+                name: "endpoints change",
+                old: vec![a()],
+                new: vec![route(1, "d/a:80", &["10.0.0.2:80"])],
+                want: (vec![], vec![1], vec![]),
+            },
+            Case {
+                name: "flags change",
+                old: vec![a()],
+                new: vec![route(1, "d/a:80:PROXY", &["10.0.0.1:80"])],
+                want: (vec![], vec![1], vec![]),
+            },
+            Case {
+                name: "all at once",
+                old: vec![a(), route(3, "d/c:80", &[])],
+                new: vec![route(1, "d/a:81", &[]), route(2, "d/b:80", &[])],
+                want: (vec![2], vec![1], vec![3]),
+            },
         ];
         for c in cases {
-            let d = diff(&RouteTable::new(c.old, vec![]), &RouteTable::new(c.new, vec![]));
-            assert_eq!(d, TableDiff { added: keys(&c.want.0), changed: keys(&c.want.1), removed: keys(&c.want.2) }, "{}", c.name);
+            let d = diff(
+                &RouteTable::new(c.old, vec![]),
+                &RouteTable::new(c.new, vec![]),
+            );
+            assert_eq!(
+                d,
+                TableDiff {
+                    added: keys(&c.want.0),
+                    changed: keys(&c.want.1),
+                    removed: keys(&c.want.2)
+                },
+                "{}",
+                c.name
+            );
         }
     }
 }

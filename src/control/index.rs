@@ -16,6 +16,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// One object a provider can report.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // short-lived: objects move straight into the Index
 pub enum Object {
     /// A port map (or any other ConfigMap, which is ignored).
     ConfigMap(ConfigMap),
@@ -183,6 +184,9 @@ impl Index {
 
     /// The EndpointSlices of a Service, in slice-name order.
     pub fn slices_of(&self, service: &ObjectName) -> impl Iterator<Item = &EndpointSlice> {
-        self.slices.get(service).into_iter().flat_map(|m| m.values())
+        self.slices
+            .get(service)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 }

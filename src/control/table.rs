@@ -61,8 +61,15 @@ pub struct Route {
 
 impl Route {
     /// Builds a route, choosing the active endpoints by the design's rule.
-    pub fn new(key: RouteKey, spec: RouteSpec, endpoints: Vec<Endpoint>, problem: Option<String>) -> Self {
-        let ready: Vec<usize> = (0..endpoints.len()).filter(|&i| endpoints[i].ready).collect();
+    pub fn new(
+        key: RouteKey,
+        spec: RouteSpec,
+        endpoints: Vec<Endpoint>,
+        problem: Option<String>,
+    ) -> Self {
+        let ready: Vec<usize> = (0..endpoints.len())
+            .filter(|&i| endpoints[i].ready)
+            .collect();
         let (active, selection) = if !ready.is_empty() {
             (ready, Selection::Ready)
         } else {
@@ -115,7 +122,9 @@ impl Route {
 
     /// True when both routes would send traffic the same way.
     pub fn same_as(&self, other: &Route) -> bool {
-        self.spec == other.spec && self.endpoints == other.endpoints && self.problem == other.problem
+        self.spec == other.spec
+            && self.endpoints == other.endpoints
+            && self.problem == other.problem
     }
 }
 

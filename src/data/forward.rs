@@ -80,8 +80,22 @@ pub async fn forward(client: &TcpStream, upstream: &TcpStream, pool: &PipePool) 
             let mut up = SpliceStage(&mut up);
             let mut down = SpliceStage(&mut down);
             let result = tokio::try_join!(
-                pump(client, upstream, Side::Client, Side::Upstream, &mut up, &mut to_upstream),
-                pump(upstream, client, Side::Upstream, Side::Client, &mut down, &mut to_client),
+                pump(
+                    client,
+                    upstream,
+                    Side::Client,
+                    Side::Upstream,
+                    &mut up,
+                    &mut to_upstream
+                ),
+                pump(
+                    upstream,
+                    client,
+                    Side::Upstream,
+                    Side::Client,
+                    &mut down,
+                    &mut to_client
+                ),
             );
             (ForwardMode::Splice, result)
         }
@@ -89,8 +103,22 @@ pub async fn forward(client: &TcpStream, upstream: &TcpStream, pool: &PipePool) 
             let mut up = CopyStage::new();
             let mut down = CopyStage::new();
             let result = tokio::try_join!(
-                pump(client, upstream, Side::Client, Side::Upstream, &mut up, &mut to_upstream),
-                pump(upstream, client, Side::Upstream, Side::Client, &mut down, &mut to_client),
+                pump(
+                    client,
+                    upstream,
+                    Side::Client,
+                    Side::Upstream,
+                    &mut up,
+                    &mut to_upstream
+                ),
+                pump(
+                    upstream,
+                    client,
+                    Side::Upstream,
+                    Side::Client,
+                    &mut down,
+                    &mut to_client
+                ),
             );
             (ForwardMode::Copy, result)
         }
@@ -117,7 +145,11 @@ struct SpliceStage<'p, 'a>(&'p mut PooledPipe<'a>);
 
 impl Stage for SpliceStage<'_, '_> {
     fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
-        let n = sys::splice(src.as_fd(), self.0.pipe().write.as_fd(), self.0.pipe().capacity)?;
+        let n = sys::splice(
+            src.as_fd(),
+            self.0.pipe().write.as_fd(),
+            self.0.pipe().capacity,
+        )?;
         self.0.pending = n;
         Ok(n)
     }
@@ -177,20 +209,29 @@ async fn pump(
     loop {
         let n = when_ready(src, Interest::READABLE, || stage.fill(src))
             .await
-            .map_err(|source| ForwardError { side: src_side, source })?;
+            .map_err(|source| ForwardError {
+                side: src_side,
+                source,
+            })?;
         if n == 0 {
             // EOF from src: pass the half-close on; the other direction is not affected.
             if let Err(err) = socket2::SockRef::from(dst).shutdown(Shutdown::Write)
                 && err.kind() != io::ErrorKind::NotConnected
             {
-                return Err(ForwardError { side: dst_side, source: err });
+                return Err(ForwardError {
+                    side: dst_side,
+                    source: err,
+                });
             }
             return Ok(());
         }
         while stage.pending() > 0 {
             let m = when_ready(dst, Interest::WRITABLE, || stage.drain(dst))
                 .await
-                .map_err(|source| ForwardError { side: dst_side, source })?;
+                .map_err(|source| ForwardError {
+                    side: dst_side,
+                    source,
+                })?;
             *moved += m as u64;
         }
     }

@@ -61,7 +61,9 @@ pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
     match address {
         ListenAddress::Ip(ip) => attempt(ip),
         ListenAddress::All => match attempt(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => attempt(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                attempt(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            }
             other => other,
         },
     }
@@ -109,7 +111,11 @@ impl ListenerManager {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.reconcile();
         loop {
-            let has_failures = self.states.borrow().values().any(|s| matches!(s, PortState::Failed(_)));
+            let has_failures = self
+                .states
+                .borrow()
+                .values()
+                .any(|s| matches!(s, PortState::Failed(_)));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = changed.changed() => {
@@ -130,8 +136,17 @@ impl ListenerManager {
 
     fn reconcile(&mut self) {
         let table = self.ctx.snapshot.load();
-        let wanted: Vec<RouteKey> = table.keys().filter(|k| k.protocol == Protocol::Tcp).copied().collect();
-        let gone: Vec<RouteKey> = self.running.keys().filter(|k| table.get(k).is_none()).copied().collect();
+        let wanted: Vec<RouteKey> = table
+            .keys()
+            .filter(|k| k.protocol == Protocol::Tcp)
+            .copied()
+            .collect();
+        let gone: Vec<RouteKey> = self
+            .running
+            .keys()
+            .filter(|k| table.get(k).is_none())
+            .copied()
+            .collect();
         for key in gone {
             self.drain(key);
         }
@@ -143,7 +158,10 @@ impl ListenerManager {
             }
             match bind_tcp(self.address, key.port.get()) {
                 Ok(listener) => {
-                    let local = listener.local_addr().map(canonical).unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], key.port.get())));
+                    let local = listener
+                        .local_addr()
+                        .map(canonical)
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], key.port.get())));
                     tracing::info!(port = %key, address = %local, "listening");
                     self.start(key, listener);
                     states.insert(key, PortState::Bound(local));
@@ -178,7 +196,9 @@ impl ListenerManager {
     }
 
     fn drain(&mut self, key: RouteKey) {
-        let Some(running) = self.running.remove(&key) else { return };
+        let Some(running) = self.running.remove(&key) else {
+            return;
+        };
         running.stop_accepting.cancel();
         running.connections.close();
         let timeout = self.drain_timeout;

@@ -58,12 +58,18 @@ impl PipePool {
     /// Takes a pipe, or `None` when none can be had.
     pub fn acquire(&self) -> Option<PooledPipe<'_>> {
         if let Some(pipe) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Some(PooledPipe { pool: self, pipe: Some(pipe), pending: 0 });
+            return Some(PooledPipe {
+                pool: self,
+                pipe: Some(pipe),
+                pending: 0,
+            });
         }
         // Reserve a slot before creating, so concurrent acquires cannot overshoot `max`.
         let reserved = self
             .live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            });
         if reserved.is_err() {
             self.stats.exhausted.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -71,10 +77,18 @@ impl PipePool {
         match sys::pipe(self.size) {
             Ok(pipe) if pipe.capacity >= self.size => {
                 self.stats.created.fetch_add(1, Ordering::Relaxed);
-                Some(PooledPipe { pool: self, pipe: Some(pipe), pending: 0 })
+                Some(PooledPipe {
+                    pool: self,
+                    pipe: Some(pipe),
+                    pending: 0,
+                })
             }
             Ok(small) => {
-                tracing::debug!(granted = small.capacity, wanted = self.size, "kernel granted a smaller pipe (pipe-user-pages-soft reached); copying instead");
+                tracing::debug!(
+                    granted = small.capacity,
+                    wanted = self.size,
+                    "kernel granted a smaller pipe (pipe-user-pages-soft reached); copying instead"
+                );
                 self.live.fetch_sub(1, Ordering::AcqRel);
                 self.stats.exhausted.fetch_add(1, Ordering::Relaxed);
                 None
@@ -110,7 +124,11 @@ impl Drop for PooledPipe<'_> {
     fn drop(&mut self) {
         let Some(pipe) = self.pipe.take() else { return };
         if self.pending == 0 {
-            self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(pipe);
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(pipe);
         } else {
             self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
             drop(pipe);
@@ -138,6 +156,9 @@ mod tests {
         drop(b);
         assert_eq!(pool.live(), 1, "a pipe holding data is closed");
         drop(a);
-        assert!(PipePool::new(0, 65536).acquire().is_none(), "max 0 disables splicing");
+        assert!(
+            PipePool::new(0, 65536).acquire().is_none(),
+            "max 0 disables splicing"
+        );
     }
 }

@@ -137,7 +137,9 @@ fn decode_v2(buf: &[u8]) -> Result<Option<(Decoded, usize)>, HeaderError> {
 
 /// Reads a header from `stream`. Returns it and the bytes that followed it in the same reads
 /// (client payload, to be sent upstream first). The caller bounds the time this may take.
-pub async fn read_header<R: AsyncRead + Unpin>(stream: &mut R) -> Result<(Decoded, Vec<u8>), HeaderError> {
+pub async fn read_header<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<(Decoded, Vec<u8>), HeaderError> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
@@ -184,7 +186,11 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
         IpAddr::V4(ip) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), s.port()),
         IpAddr::V6(_) => s,
     };
-    if a.is_ipv4() == b.is_ipv4() { (a, b) } else { (v6(a), v6(b)) }
+    if a.is_ipv4() == b.is_ipv4() {
+        (a, b)
+    } else {
+        (v6(a), v6(b))
+    }
 }
 
 #[cfg(test)]

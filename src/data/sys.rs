@@ -82,10 +82,14 @@ mod tests {
         let a = pipe(128 * 1024).unwrap();
         assert!(a.capacity >= 4096);
         let b = pipe(64 * 1024).unwrap();
-        std::fs::File::from(a.write.try_clone().unwrap()).write_all(b"hello").unwrap();
+        std::fs::File::from(a.write.try_clone().unwrap())
+            .write_all(b"hello")
+            .unwrap();
         assert_eq!(splice(a.read.as_fd(), b.write.as_fd(), 1024).unwrap(), 5);
         let mut buf = [0u8; 5];
-        std::fs::File::from(b.read.try_clone().unwrap()).read_exact(&mut buf).unwrap();
+        std::fs::File::from(b.read.try_clone().unwrap())
+            .read_exact(&mut buf)
+            .unwrap();
         assert_eq!(&buf, b"hello");
         // Empty non-blocking pipe: EAGAIN, not a hang.
         let err = splice(a.read.as_fd(), b.write.as_fd(), 1024).unwrap_err();

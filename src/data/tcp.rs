@@ -59,7 +59,12 @@ pub fn reset(stream: TcpStream) {
 }
 
 /// Handles one accepted connection to the end.
-pub async fn serve_connection(ctx: &ConnContext, key: RouteKey, mut client: TcpStream, peer: SocketAddr) {
+pub async fn serve_connection(
+    ctx: &ConnContext,
+    key: RouteKey,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
     let started = Instant::now();
     let route = ctx.snapshot.load().get(&key).cloned();
     let Some(route) = route.filter(|r| r.active_count() > 0) else {
@@ -71,9 +76,19 @@ pub async fn serve_connection(ctx: &ConnContext, key: RouteKey, mut client: TcpS
     let _ = client.set_nodelay(true);
     let local = client.local_addr().map(canonical).unwrap_or(peer);
     let (source, destination, early_data) = if route.spec.proxy.decode {
-        let read = tokio::time::timeout(ctx.settings.proxy_header_timeout, proxy_protocol::read_header(&mut client)).await;
+        let read = tokio::time::timeout(
+            ctx.settings.proxy_header_timeout,
+            proxy_protocol::read_header(&mut client),
+        )
+        .await;
         match read {
-            Ok(Ok((Decoded::Proxied { source, destination }, rest))) => (source, destination, rest),
+            Ok(Ok((
+                Decoded::Proxied {
+                    source,
+                    destination,
+                },
+                rest,
+            ))) => (source, destination, rest),
             Ok(Ok((Decoded::Local, rest))) => (peer, local, rest),
             Ok(Err(err)) => {
                 TcpStats::inc(&ctx.stats.proxy_header_errors);
@@ -116,14 +131,20 @@ pub async fn serve_connection(ctx: &ConnContext, key: RouteKey, mut client: TcpS
 
     let done = forward(&client, &upstream, &ctx.pipes).await;
     let stats = &ctx.stats;
-    stats.bytes_to_upstream.fetch_add(done.to_upstream, Ordering::Relaxed);
-    stats.bytes_to_client.fetch_add(done.to_client, Ordering::Relaxed);
+    stats
+        .bytes_to_upstream
+        .fetch_add(done.to_upstream, Ordering::Relaxed);
+    stats
+        .bytes_to_client
+        .fetch_add(done.to_client, Ordering::Relaxed);
     TcpStats::inc(match done.mode {
         ForwardMode::Splice => &stats.spliced,
         ForwardMode::Copy => &stats.copied,
     });
     match &done.error {
-        None => tracing::debug!(port = %key, client = %source, endpoint = %endpoint, attempts, to_upstream = done.to_upstream, to_client = done.to_client, mode = ?done.mode, duration = ?started.elapsed(), "connection closed"),
+        None => {
+            tracing::debug!(port = %key, client = %source, endpoint = %endpoint, attempts, to_upstream = done.to_upstream, to_client = done.to_client, mode = ?done.mode, duration = ?started.elapsed(), "connection closed")
+        }
         Some(err) => {
             tracing::debug!(port = %key, client = %source, endpoint = %endpoint, attempts, to_upstream = done.to_upstream, to_client = done.to_client, mode = ?done.mode, duration = ?started.elapsed(), error = %err, "connection ended on error");
             // Tell both peers the stream broke, instead of a clean FIN that would read as success.
@@ -134,12 +155,20 @@ pub async fn serve_connection(ctx: &ConnContext, key: RouteKey, mut client: TcpS
 }
 
 /// Tries the route's endpoints in round-robin order, a different one per attempt.
-async fn connect(ctx: &ConnContext, route: &Route, client: SocketAddr) -> Option<(TcpStream, SocketAddr, usize)> {
+async fn connect(
+    ctx: &ConnContext,
+    route: &Route,
+    client: SocketAddr,
+) -> Option<(TcpStream, SocketAddr, usize)> {
     let attempts = ctx.settings.connect_attempts.max(1);
     let mut tried = 0;
     for endpoint in route.pick_order().take(attempts) {
         tried += 1;
-        let result = tokio::time::timeout(ctx.settings.connect_timeout, TcpStream::connect(endpoint.addr)).await;
+        let result = tokio::time::timeout(
+            ctx.settings.connect_timeout,
+            TcpStream::connect(endpoint.addr),
+        )
+        .await;
         let error = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);

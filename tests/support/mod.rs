@@ -26,12 +26,16 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(ip: &str, tag: &str) -> Self {
-        let listener = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0)).await.unwrap();
+        let listener = TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let greeting = format!("{tag}\n");
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { continue };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
                 let greeting = greeting.clone();
                 tokio::spawn(async move {
                     if s.write_all(greeting.as_bytes()).await.is_err() {
@@ -46,7 +50,11 @@ impl Backend {
                 });
             }
         });
-        Self { addr, tag: tag.to_owned(), task }
+        Self {
+            addr,
+            tag: tag.to_owned(),
+            task,
+        }
     }
 
     /// Closes the listener (new connects are refused) and its accept loop.
@@ -70,13 +78,18 @@ pub async fn greeting(addr: SocketAddr) -> std::io::Result<String> {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no greeting in 10s"))??;
     if n == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without greeting"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without greeting",
+        ));
     }
     Ok(line.trim_end().to_owned())
 }
 
 pub fn configmap_yaml(entries: &[(&str, &str)]) -> String {
-    let mut s = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata:\n");
+    let mut s = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata:\n",
+    );
     for (k, v) in entries {
         s.push_str(&format!("  {k:?}: {v:?}\n"));
     }

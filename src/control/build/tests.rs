@@ -29,7 +29,13 @@ fn service(name: &str, ports: serde_json::Value) -> Object {
     )
 }
 
-fn slice(name: &str, svc: &str, address_type: &str, ports: serde_json::Value, endpoints: serde_json::Value) -> Object {
+fn slice(
+    name: &str,
+    svc: &str,
+    address_type: &str,
+    ports: serde_json::Value,
+    endpoints: serde_json::Value,
+) -> Object {
     Object::EndpointSlice(
         serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -43,7 +49,12 @@ fn slice(name: &str, svc: &str, address_type: &str, ports: serde_json::Value, en
     )
 }
 
-fn ep(addr: &str, ready: Option<bool>, serving: Option<bool>, terminating: Option<bool>) -> serde_json::Value {
+fn ep(
+    addr: &str,
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+) -> serde_json::Value {
     let mut conditions = serde_json::Map::new();
     if let Some(v) = ready {
         conditions.insert("ready".into(), json!(v));
@@ -74,18 +85,37 @@ fn key(port: u16) -> RouteKey {
 }
 
 fn active(table: &RouteTable, port: u16) -> Vec<String> {
-    table.get(&key(port)).unwrap().active_endpoints().map(|e| e.addr.to_string()).collect()
+    table
+        .get(&key(port))
+        .unwrap()
+        .active_endpoints()
+        .map(|e| e.addr.to_string())
+        .collect()
 }
 
 #[test]
 fn s1_each_port_reaches_its_own_service() {
     let t = build(
         &index(vec![
-            configmap(json!({"10000": "default/xyz-10000:10000", "20000": "default/xyz-20000:20000"})),
+            configmap(
+                json!({"10000": "default/xyz-10000:10000", "20000": "default/xyz-20000:20000"}),
+            ),
             service("xyz-10000", json!([{"port": 10000}])),
             service("xyz-20000", json!([{"port": 20000}])),
-            slice("xyz-10000-a", "xyz-10000", "IPv4", json!([{"port": 10000}]), json!([ep("10.0.0.1", Some(true), None, None)])),
-            slice("xyz-20000-a", "xyz-20000", "IPv4", json!([{"port": 20000}]), json!([ep("10.0.0.2", Some(true), None, None)])),
+            slice(
+                "xyz-10000-a",
+                "xyz-10000",
+                "IPv4",
+                json!([{"port": 10000}]),
+                json!([ep("10.0.0.1", Some(true), None, None)]),
+            ),
+            slice(
+                "xyz-20000-a",
+                "xyz-20000",
+                "IPv4",
+                json!([{"port": 20000}]),
+                json!([ep("10.0.0.2", Some(true), None, None)]),
+            ),
         ]),
         None,
     );
@@ -100,11 +130,24 @@ fn service_port_by_name_and_endpoint_port_per_slice() {
     let t = build(
         &index(vec![
             configmap(json!({"5432": "default/pg:db", "5433": "default/pg:5432"})),
-            service("pg", json!([{"name": "db", "port": 5432, "targetPort": "db"}, {"name": "metrics", "port": 9187}])),
-            slice("pg-a", "pg", "IPv4", json!([{"name": "db", "port": 15432}, {"name": "metrics", "port": 9187}]),
-                  json!([ep("10.0.0.1", Some(true), None, None)])),
-            slice("pg-b", "pg", "IPv4", json!([{"name": "db", "port": 25432}]),
-                  json!([ep("10.0.0.2", Some(true), None, None)])),
+            service(
+                "pg",
+                json!([{"name": "db", "port": 5432, "targetPort": "db"}, {"name": "metrics", "port": 9187}]),
+            ),
+            slice(
+                "pg-a",
+                "pg",
+                "IPv4",
+                json!([{"name": "db", "port": 15432}, {"name": "metrics", "port": 9187}]),
+                json!([ep("10.0.0.1", Some(true), None, None)]),
+            ),
+            slice(
+                "pg-b",
+                "pg",
+                "IPv4",
+                json!([{"name": "db", "port": 25432}]),
+                json!([ep("10.0.0.2", Some(true), None, None)]),
+            ),
         ]),
         None,
     );
@@ -123,7 +166,10 @@ fn endpoint_conditions_follow_the_kube_proxy_rule() {
     let cases = vec![
         Case {
             name: "ready only",
-            endpoints: json!([ep("10.0.0.1", Some(true), Some(true), Some(false)), ep("10.0.0.2", Some(false), Some(true), Some(true))]),
+            endpoints: json!([
+                ep("10.0.0.1", Some(true), Some(true), Some(false)),
+                ep("10.0.0.2", Some(false), Some(true), Some(true))
+            ]),
             want: vec!["10.0.0.1:80"],
             selection: Selection::Ready,
         },
@@ -135,13 +181,20 @@ fn endpoint_conditions_follow_the_kube_proxy_rule() {
         },
         Case {
             name: "no ready: serving and terminating",
-            endpoints: json!([ep("10.0.0.1", Some(false), Some(true), Some(true)), ep("10.0.0.2", Some(false), Some(false), Some(true)), ep("10.0.0.3", Some(false), Some(false), Some(false))]),
+            endpoints: json!([
+                ep("10.0.0.1", Some(false), Some(true), Some(true)),
+                ep("10.0.0.2", Some(false), Some(false), Some(true)),
+                ep("10.0.0.3", Some(false), Some(false), Some(false))
+            ]),
             want: vec!["10.0.0.1:80"],
             selection: Selection::ServingTerminating,
         },
         Case {
             name: "nothing usable",
-            endpoints: json!([ep("10.0.0.2", Some(false), Some(false), Some(true)), ep("10.0.0.3", Some(false), None, None)]),
+            endpoints: json!([
+                ep("10.0.0.2", Some(false), Some(false), Some(true)),
+                ep("10.0.0.3", Some(false), None, None)
+            ]),
             want: vec![],
             selection: Selection::None,
         },
@@ -157,12 +210,23 @@ fn endpoint_conditions_follow_the_kube_proxy_rule() {
             &index(vec![
                 configmap(json!({"80": "default/web:80"})),
                 service("web", json!([{"port": 80}])),
-                slice("web-a", "web", "IPv4", json!([{"port": 80}]), case.endpoints),
+                slice(
+                    "web-a",
+                    "web",
+                    "IPv4",
+                    json!([{"port": 80}]),
+                    case.endpoints,
+                ),
             ]),
             None,
         );
         assert_eq!(active(&t, 80), case.want, "{}", case.name);
-        assert_eq!(t.get(&key(80)).unwrap().selection, case.selection, "{}", case.name);
+        assert_eq!(
+            t.get(&key(80)).unwrap().selection,
+            case.selection,
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -172,25 +236,60 @@ fn address_types_and_duplicates() {
         &index(vec![
             configmap(json!({"80": "default/web:80"})),
             service("web", json!([{"port": 80}])),
-            slice("web-v4", "web", "IPv4", json!([{"port": 8080}]), json!([ep("10.0.0.1", Some(true), None, None), ep("not-an-ip", Some(true), None, None)])),
-            slice("web-v6", "web", "IPv6", json!([{"port": 8080}]), json!([ep("fd00::1", Some(true), None, None)])),
-            slice("web-fqdn", "web", "FQDN", json!([{"port": 8080}]), json!([ep("example.com", Some(true), None, None)])),
+            slice(
+                "web-v4",
+                "web",
+                "IPv4",
+                json!([{"port": 8080}]),
+                json!([
+                    ep("10.0.0.1", Some(true), None, None),
+                    ep("not-an-ip", Some(true), None, None)
+                ]),
+            ),
+            slice(
+                "web-v6",
+                "web",
+                "IPv6",
+                json!([{"port": 8080}]),
+                json!([ep("fd00::1", Some(true), None, None)]),
+            ),
+            slice(
+                "web-fqdn",
+                "web",
+                "FQDN",
+                json!([{"port": 8080}]),
+                json!([ep("example.com", Some(true), None, None)]),
+            ),
             // The same address again, not ready, in a second IPv4 slice: the ready copy wins.
-            slice("web-v4-dup", "web", "IPv4", json!([{"port": 8080}]), json!([ep("10.0.0.1", Some(false), None, None)])),
+            slice(
+                "web-v4-dup",
+                "web",
+                "IPv4",
+                json!([{"port": 8080}]),
+                json!([ep("10.0.0.1", Some(false), None, None)]),
+            ),
         ]),
         None,
     );
     assert_eq!(active(&t, 80), vec!["10.0.0.1:8080", "[fd00::1]:8080"]);
     let route = t.get(&key(80)).unwrap();
-    assert_eq!(route.endpoints[0].target.as_deref(), Some("pod default/pod-10.0.0.1"));
+    assert_eq!(
+        route.endpoints[0].target.as_deref(),
+        Some("pod default/pod-10.0.0.1")
+    );
 }
 
 #[test]
 fn missing_service_or_port_keeps_the_route_and_says_why() {
     let t = build(
         &index(vec![
-            configmap(json!({"80": "default/nosuch:80", "81": "default/web:9999", "82": "default/web:http", "83": "default/web:80"})),
-            service("web", json!([{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}])),
+            configmap(
+                json!({"80": "default/nosuch:80", "81": "default/web:9999", "82": "default/web:http", "83": "default/web:80"}),
+            ),
+            service(
+                "web",
+                json!([{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
+            ),
         ]),
         None,
     );
@@ -199,10 +298,22 @@ fn missing_service_or_port_keeps_the_route_and_says_why() {
         assert!(active(&t, port).is_empty());
     }
     let problem = |p| t.get(&key(p)).unwrap().problem.clone().unwrap_or_default();
-    assert!(problem(80).contains("Service default/nosuch not found"), "{}", problem(80));
-    assert!(problem(81).contains("has no TCP port 9999 (it has: http 80/TCP, dns 53/UDP)"), "{}", problem(81));
+    assert!(
+        problem(80).contains("Service default/nosuch not found"),
+        "{}",
+        problem(80)
+    );
+    assert!(
+        problem(81).contains("has no TCP port 9999 (it has: http 80/TCP, dns 53/UDP)"),
+        "{}",
+        problem(81)
+    );
     assert_eq!(problem(82), "", "port found by name, just no slices yet");
-    assert!(t.problems.iter().any(|p| matches!(p, ConfigProblem::Unresolved { .. })));
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| matches!(p, ConfigProblem::Unresolved { .. }))
+    );
 }
 
 #[test]
@@ -214,14 +325,24 @@ fn udp_service_port_does_not_match_a_tcp_entry() {
         ]),
         None,
     );
-    assert!(t.get(&key(53)).unwrap().problem.as_deref().unwrap().contains("no TCP port 53"));
+    assert!(
+        t.get(&key(53))
+            .unwrap()
+            .problem
+            .as_deref()
+            .unwrap()
+            .contains("no TCP port 53")
+    );
 }
 
 #[test]
 fn missing_port_map_is_reported() {
     let t = build(&index(vec![service("web", json!([{"port": 80}]))]), None);
     assert!(t.is_empty());
-    assert!(matches!(t.problems[0], ConfigProblem::MissingPortMap { .. }));
+    assert!(matches!(
+        t.problems[0],
+        ConfigProblem::MissingPortMap { .. }
+    ));
 }
 
 #[test]
@@ -230,7 +351,13 @@ fn an_entry_that_turns_bad_keeps_its_previous_good_route() {
         vec![
             configmap(json!({"80": value, "81": "default/web:80"})),
             service("web", json!([{"port": 80}])),
-            slice("web-a", "web", "IPv4", json!([{"port": 8080}]), json!([ep("10.0.0.1", Some(true), None, None)])),
+            slice(
+                "web-a",
+                "web",
+                "IPv4",
+                json!([{"port": 8080}]),
+                json!([ep("10.0.0.1", Some(true), None, None)]),
+            ),
         ]
     };
     let good = build(&index(objects("default/web:80")), None);
@@ -238,7 +365,11 @@ fn an_entry_that_turns_bad_keeps_its_previous_good_route() {
     let kept = bad.get(&key(80)).expect("kept");
     assert!(kept.kept_from_previous);
     assert_eq!(active(&bad, 80), vec!["10.0.0.1:8080"]);
-    assert!(bad.problems.iter().any(|p| matches!(p, ConfigProblem::Entry(e) if e.key == "80")));
+    assert!(
+        bad.problems
+            .iter()
+            .any(|p| matches!(p, ConfigProblem::Entry(e) if e.key == "80"))
+    );
     // Without a previous table there is nothing to keep.
     let fresh = build(&index(objects("default/web:80:BROKEN")), None);
     assert!(fresh.get(&key(80)).is_none());
@@ -250,13 +381,31 @@ fn index_follows_deletes_and_relabels() {
     let mut idx = index(vec![
         configmap(json!({"80": "default/web:80"})),
         service("web", json!([{"port": 80}])),
-        slice("s1", "web", "IPv4", json!([{"port": 80}]), json!([ep("10.0.0.1", Some(true), None, None)])),
+        slice(
+            "s1",
+            "web",
+            "IPv4",
+            json!([{"port": 80}]),
+            json!([ep("10.0.0.1", Some(true), None, None)]),
+        ),
     ]);
     assert_eq!(active(&build(&idx, None), 80), vec!["10.0.0.1:80"]);
     // The slice is relabelled to another Service: it leaves web.
-    idx.apply(slice("s1", "other", "IPv4", json!([{"port": 80}]), json!([ep("10.0.0.1", Some(true), None, None)])));
+    idx.apply(slice(
+        "s1",
+        "other",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([ep("10.0.0.1", Some(true), None, None)]),
+    ));
     assert!(active(&build(&idx, None), 80).is_empty());
-    idx.apply(slice("s1", "web", "IPv4", json!([{"port": 80}]), json!([ep("10.0.0.9", Some(true), None, None)])));
+    idx.apply(slice(
+        "s1",
+        "web",
+        "IPv4",
+        json!([{"port": 80}]),
+        json!([ep("10.0.0.9", Some(true), None, None)]),
+    ));
     assert_eq!(active(&build(&idx, None), 80), vec!["10.0.0.9:80"]);
     idx.delete(Kind::EndpointSlice, &ObjectName::new("default", "s1"));
     assert!(active(&build(&idx, None), 80).is_empty());
@@ -270,14 +419,33 @@ fn round_robin_then_the_others_for_retries() {
         &index(vec![
             configmap(json!({"80": "default/web:80"})),
             service("web", json!([{"port": 80}])),
-            slice("web-a", "web", "IPv4", json!([{"port": 80}]),
-                  json!([ep("10.0.0.1", Some(true), None, None), ep("10.0.0.2", Some(true), None, None), ep("10.0.0.3", Some(true), None, None)])),
+            slice(
+                "web-a",
+                "web",
+                "IPv4",
+                json!([{"port": 80}]),
+                json!([
+                    ep("10.0.0.1", Some(true), None, None),
+                    ep("10.0.0.2", Some(true), None, None),
+                    ep("10.0.0.3", Some(true), None, None)
+                ]),
+            ),
         ]),
         None,
     );
     let route = t.get(&key(80)).unwrap();
-    let firsts: Vec<String> = (0..6).map(|_| route.pick_order().next().unwrap().addr.ip().to_string()).collect();
-    assert_eq!(firsts, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.2", "10.0.0.3"]);
-    let order: Vec<String> = route.pick_order().map(|e| e.addr.ip().to_string()).collect();
+    let firsts: Vec<String> = (0..6)
+        .map(|_| route.pick_order().next().unwrap().addr.ip().to_string())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.1", "10.0.0.2", "10.0.0.3"
+        ]
+    );
+    let order: Vec<String> = route
+        .pick_order()
+        .map(|e| e.addr.ip().to_string())
+        .collect();
     assert_eq!(order, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
 }

@@ -27,13 +27,48 @@ fn port(n: u16) -> ListenPort {
 fn valid_forms_mean_what_ingress_nginx_means() {
     let svc = ObjectName::new("default", "svc");
     let cases: &[(&str, ServicePortRef, bool, bool)] = &[
-        ("default/svc:10000", ServicePortRef::Number(10000), false, false),
-        ("default/svc:http", ServicePortRef::Name("http".into()), false, false),
-        ("default/svc:22:PROXY", ServicePortRef::Number(22), true, false),
-        ("default/svc:22:proxy", ServicePortRef::Number(22), true, false),
-        ("default/svc:22:PROXY:PROXY", ServicePortRef::Number(22), true, true),
-        ("default/svc:22::PROXY", ServicePortRef::Number(22), false, true),
-        ("default/svc:22:PROXY:", ServicePortRef::Number(22), true, false),
+        (
+            "default/svc:10000",
+            ServicePortRef::Number(10000),
+            false,
+            false,
+        ),
+        (
+            "default/svc:http",
+            ServicePortRef::Name("http".into()),
+            false,
+            false,
+        ),
+        (
+            "default/svc:22:PROXY",
+            ServicePortRef::Number(22),
+            true,
+            false,
+        ),
+        (
+            "default/svc:22:proxy",
+            ServicePortRef::Number(22),
+            true,
+            false,
+        ),
+        (
+            "default/svc:22:PROXY:PROXY",
+            ServicePortRef::Number(22),
+            true,
+            true,
+        ),
+        (
+            "default/svc:22::PROXY",
+            ServicePortRef::Number(22),
+            false,
+            true,
+        ),
+        (
+            "default/svc:22:PROXY:",
+            ServicePortRef::Number(22),
+            true,
+            false,
+        ),
         ("default/svc:22:", ServicePortRef::Number(22), false, false),
         ("default/svc:22::", ServicePortRef::Number(22), false, false),
     ];
@@ -41,7 +76,14 @@ fn valid_forms_mean_what_ingress_nginx_means() {
         let spec = parse_value(value, Protocol::Tcp).unwrap_or_else(|e| panic!("{value}: {e}"));
         assert_eq!(spec.service, svc, "{value}");
         assert_eq!(&spec.service_port, sp, "{value}");
-        assert_eq!(spec.proxy, ProxyFlags { decode: *decode, encode: *encode }, "{value}");
+        assert_eq!(
+            spec.proxy,
+            ProxyFlags {
+                decode: *decode,
+                encode: *encode
+            },
+            "{value}"
+        );
     }
 }
 
@@ -60,15 +102,31 @@ fn each_bad_entry_gets_one_error_naming_key_value_and_problem() {
         ("10003", "default/:80", "empty service name"),
         ("10004", "default/svc", "no service port"),
         ("10005", "default/svc:", "empty service port"),
-        ("10006", "default/svc:80:FOO", "unknown flag \"FOO\" in field 3"),
-        ("10007", "default/svc:80:PROXY:SEND", "unknown flag \"SEND\" in field 4"),
+        (
+            "10006",
+            "default/svc:80:FOO",
+            "unknown flag \"FOO\" in field 3",
+        ),
+        (
+            "10007",
+            "default/svc:80:PROXY:SEND",
+            "unknown flag \"SEND\" in field 4",
+        ),
         ("10008", "default/svc:80:PROXY:PROXY:PROXY", "5 fields"),
         ("10009", "default/svc: 80", "whitespace"),
         ("10010", "default/svc:80 ", "whitespace"),
         ("10011", "default/svc:0", "out of range"),
         ("10012", "default/svc:70000", "out of range"),
-        ("10013", "Default/svc:80", "namespace \"Default\" is not a valid"),
-        ("10014", "default/my_svc:80", "service name \"my_svc\" is not a valid"),
+        (
+            "10013",
+            "Default/svc:80",
+            "namespace \"Default\" is not a valid",
+        ),
+        (
+            "10014",
+            "default/my_svc:80",
+            "service name \"my_svc\" is not a valid",
+        ),
         ("10015", "a/b/c:80", "more than one '/'"),
         ("10016", "", "empty value"),
         ("10254", "default/svc:80", "reserved: the admin server"),
@@ -87,8 +145,14 @@ fn each_bad_entry_gets_one_error_naming_key_value_and_problem() {
         let text = err.to_string();
         assert!(text.contains(want), "{key}={value}: {text}");
         assert!(text.contains(&format!("{key:?}")), "names the key: {text}");
-        assert!(text.contains(&format!("{value:?}")), "names the value: {text}");
-        assert!(text.contains("dermaga/tcp-services"), "names the ConfigMap: {text}");
+        assert!(
+            text.contains(&format!("{value:?}")),
+            "names the value: {text}"
+        );
+        assert!(
+            text.contains("dermaga/tcp-services"),
+            "names the ConfigMap: {text}"
+        );
         assert!(
             parsed.entries.contains_key(&port(20000)),
             "{key}={value}: the good entry still applies"
@@ -105,7 +169,12 @@ fn bad_value_with_good_key_remembers_the_port() {
         &reserved(),
     );
     assert_eq!(parsed.errors[0].port, Some(port(10000)));
-    let parsed = parse_port_map(&cm(), &map(&[("x", "default/svc:80")]), Protocol::Tcp, &reserved());
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[("x", "default/svc:80")]),
+        Protocol::Tcp,
+        &reserved(),
+    );
     assert_eq!(parsed.errors[0].port, None);
 }
 
@@ -119,7 +188,11 @@ fn leading_zeros_collide_with_the_plain_key() {
     );
     assert_eq!(parsed.entries.len(), 1);
     assert_eq!(parsed.errors.len(), 1);
-    assert!(parsed.errors[0].problem.contains("already mapped by key"), "{:?}", parsed.errors);
+    assert!(
+        parsed.errors[0].problem.contains("already mapped by key"),
+        "{:?}",
+        parsed.errors
+    );
 }
 
 #[test]
@@ -135,8 +208,14 @@ fn send_proxy_version_option_applies_to_its_port() {
         &reserved(),
     );
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    assert_eq!(parsed.entries[&port(10000)].options.send_proxy_version, ProxyVersion::V2);
-    assert_eq!(parsed.entries[&port(10001)].options.send_proxy_version, ProxyVersion::V1);
+    assert_eq!(
+        parsed.entries[&port(10000)].options.send_proxy_version,
+        ProxyVersion::V2
+    );
+    assert_eq!(
+        parsed.entries[&port(10001)].options.send_proxy_version,
+        ProxyVersion::V1
+    );
 }
 
 #[test]

@@ -17,20 +17,20 @@ use crate::control::controller::Controller;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a valid manifest.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Manifest {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        source: ManifestError,
+        error: ManifestError,
     },
 }
 
@@ -61,22 +61,25 @@ pub struct FileProvider {
 impl FileProvider {
     /// A provider for `path`, checking it every `poll`.
     pub fn new(path: impl Into<PathBuf>, poll: Duration) -> Self {
-        Self { path: path.into(), poll }
+        Self {
+            path: path.into(),
+            poll,
+        }
     }
 
     /// Reads and applies the file once. Used at start, where a bad file is a fatal error.
     pub fn load(&self, controller: &Controller) -> Result<(), FileError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|source| FileError::Read {
+        let text = std::fs::read_to_string(&self.path).map_err(|error| FileError::Read {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         self.apply(&text, controller)
     }
 
     fn apply(&self, text: &str, controller: &Controller) -> Result<(), FileError> {
-        let manifest = parse_manifest(text).map_err(|source| FileError::Manifest {
+        let manifest = parse_manifest(text).map_err(|error| FileError::Manifest {
             path: self.path.clone(),
-            source,
+            error,
         })?;
         if !manifest.skipped.is_empty() {
             tracing::debug!(skipped = ?manifest.skipped, "objects of kinds dermaga does not use were skipped");
@@ -104,8 +107,11 @@ impl FileProvider {
             last = now;
             let text = match tokio::fs::read_to_string(&self.path).await {
                 Ok(text) => text,
-                Err(source) => {
-                    let err = FileError::Read { path: self.path.clone(), source };
+                Err(error) => {
+                    let err = FileError::Read {
+                        path: self.path.clone(),
+                        error,
+                    };
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration");
                     continue;
                 }
@@ -115,7 +121,9 @@ impl FileProvider {
             }
             match self.apply(&text, &controller) {
                 Ok(()) => tracing::info!(path = %self.path.display(), "config reloaded"),
-                Err(err) => tracing::error!(error = %err, "config reload failed; keeping the last good configuration"),
+                Err(err) => {
+                    tracing::error!(error = %err, "config reload failed; keeping the last good configuration")
+                }
             }
             last_text = Some(text);
         }

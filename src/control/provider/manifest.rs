@@ -16,12 +16,12 @@ use crate::control::index::Object;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The text is not YAML.
-    #[error("document {document}: not valid YAML: {source}")]
+    #[error("document {document}: not valid YAML: {error}")]
     Yaml {
         /// 1-based document number.
         document: usize,
         /// The parser's error (with line and column).
-        source: serde_yaml::Error,
+        error: serde_yaml::Error,
     },
     /// An object of a known kind does not match its schema.
     #[error("document {document}: {kind} {name:?}: {message}")]
@@ -59,7 +59,8 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, ManifestError> {
     let mut manifest = Manifest::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
-        let value = serde_yaml::Value::deserialize(doc).map_err(|source| ManifestError::Yaml { document, source })?;
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|error| ManifestError::Yaml { document, error })?;
         if value.is_null() {
             continue;
         }
@@ -69,9 +70,21 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, ManifestError> {
     Ok(manifest)
 }
 
-fn collect(json: serde_json::Value, document: usize, manifest: &mut Manifest) -> Result<(), ManifestError> {
-    let kind = json.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_owned();
-    let api_version = json.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("").to_owned();
+fn collect(
+    json: serde_json::Value,
+    document: usize,
+    manifest: &mut Manifest,
+) -> Result<(), ManifestError> {
+    let kind = json
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let api_version = json
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_owned();
     let name = json
         .pointer("/metadata/name")
         .and_then(|n| n.as_str())
@@ -91,7 +104,11 @@ fn collect(json: serde_json::Value, document: usize, manifest: &mut Manifest) ->
             });
         }
         ("v1", "List") => {
-            let items = json.get("items").and_then(|i| i.as_array()).cloned().unwrap_or_default();
+            let items = json
+                .get("items")
+                .and_then(|i| i.as_array())
+                .cloned()
+                .unwrap_or_default();
             for item in items {
                 collect(item, document, manifest)?;
             }
@@ -105,7 +122,8 @@ fn collect(json: serde_json::Value, document: usize, manifest: &mut Manifest) ->
             manifest.objects.push(Object::Service(svc));
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            let slice: EndpointSlice = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            let slice: EndpointSlice =
+                serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
             manifest.objects.push(Object::EndpointSlice(slice));
         }
         (_, "ConfigMap" | "Service" | "EndpointSlice") => {
@@ -113,7 +131,9 @@ fn collect(json: serde_json::Value, document: usize, manifest: &mut Manifest) ->
                 "apiVersion {api_version:?} is not supported; use v1 (ConfigMap, Service) or discovery.k8s.io/v1 (EndpointSlice)"
             )));
         }
-        _ => manifest.skipped.push(format!("{api_version}/{kind} {name}")),
+        _ => manifest
+            .skipped
+            .push(format!("{api_version}/{kind} {name}")),
     }
     Ok(())
 }
@@ -126,7 +146,11 @@ fn to_json(value: serde_yaml::Value) -> Result<serde_json::Value, String> {
         Y::Bool(b) => b.into(),
         Y::Number(n) => serde_json::to_value(&n).map_err(|e| e.to_string())?,
         Y::String(s) => s.into(),
-        Y::Sequence(items) => items.into_iter().map(to_json).collect::<Result<Vec<_>, _>>()?.into(),
+        Y::Sequence(items) => items
+            .into_iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()?
+            .into(),
         Y::Mapping(map) => {
             let mut out = serde_json::Map::new();
             for (k, v) in map {
@@ -157,7 +181,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.objects.len(), 2);
-        let Object::ConfigMap(cm) = &m.objects[0] else { panic!() };
+        let Object::ConfigMap(cm) = &m.objects[0] else {
+            panic!()
+        };
         assert_eq!(cm.data.as_ref().unwrap()["10000"], "default/a:10000");
         assert_eq!(m.skipped, vec!["apps/v1/Deployment x"]);
     }
@@ -182,7 +208,9 @@ mod tests {
         assert!(e.starts_with("document 2: Service \"web\":"), "{e}");
         let e = parse_manifest("just a string").unwrap_err().to_string();
         assert!(e.contains("no `kind`"), "{e}");
-        let e = parse_manifest("apiVersion: v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n").unwrap_err().to_string();
+        let e = parse_manifest("apiVersion: v1beta1\nkind: EndpointSlice\nmetadata: {name: s}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not supported"), "{e}");
     }
 }
