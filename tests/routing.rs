@@ -186,3 +186,27 @@ async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
     drop(open);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_fails_alone_and_is_retried() {
+    use dermaga::data::listener::PortState;
+    let listen = "127.1.0.6";
+    let squatter = std::net::TcpListener::bind((listen, 10001)).unwrap();
+    let backend = Backend::start("127.0.0.2", "web").await;
+    let yaml = configmap_yaml(&[("10000", "default/web:80"), ("10001", "default/web:80")])
+        + &service_yaml("web", 80)
+        + &slices_yaml("web", &[(backend.addr, true)]);
+    let gw = gateway(&yaml, options(listen));
+    let states = gw
+        .wait_for_ports(|s| s.contains_key(&tcp(10000)) && s.contains_key(&tcp(10001)))
+        .await;
+    match &states[&tcp(10001)] {
+        PortState::Failed(why) => assert!(why.contains("port 10001") && why.contains("in use"), "{why}"),
+        other => panic!("expected a bind failure, got {other:?}"),
+    }
+    assert_eq!(greeting(gw.wait_bound(tcp(10000)).await).await.unwrap(), "web", "the other port works");
+    drop(squatter);
+    let addr = gw.wait_bound(tcp(10001)).await; // retried until the port is free
+    assert_eq!(greeting(addr).await.unwrap(), "web");
+    gw.shutdown().await;
+}
