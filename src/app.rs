@@ -1,5 +1,5 @@
-//! The `dermaga` process: flags → Index settings and gateway options → providers → run until a
-//! signal, then drain.
+//! The `dermaga` process: flags → Index settings and gateway options → admin server, access log,
+//! providers → run until a signal, then drain.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +15,9 @@ use crate::control::provider::file::FileProvider;
 use crate::data::listener::ListenAddress;
 use crate::data::tcp::TcpSettings;
 use crate::gateway::{Gateway, GatewayOptions};
+use crate::ops::access_log::AccessLog;
+use crate::ops::admin::{self, AdminState};
+use crate::ops::metrics::Metrics;
 use crate::ops::signals;
 
 impl RunArgs {
@@ -63,23 +66,61 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(udp) = &args.udp_services_configmap {
         tracing::warn!(configmap = %udp, "--udp-services-configmap is set, but this version forwards TCP only; UDP ports are not opened");
     }
-    run_with_file(args.clone(), config).await
+    run_with_file(args, config).await
 }
 
 async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
-    let gateway = Gateway::start(Index::new(args.index_settings()), args.gateway_options());
-    let provider = FileProvider::new(&config, args.config_poll_interval);
+    let metrics = Arc::new(Metrics::new());
+    let access_log = Arc::new(AccessLog::start(
+        args.access_log,
+        args.access_log_buffer,
+        Box::new(std::io::stdout()),
+        metrics.clone(),
+    ));
+    let gateway = Gateway::start_with(
+        Index::new(args.index_settings()),
+        args.gateway_options(),
+        metrics.clone(),
+        access_log,
+    );
+
+    let mut provider = FileProvider::new(&config, args.config_poll_interval);
     provider
         .load(&gateway.controller)
         .with_context(|| format!("cannot start with --config {}", config.display()))?;
     tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
 
-    let shutdown = CancellationToken::new();
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_address)
+        .await
+        .with_context(|| {
+            format!(
+                "admin server cannot listen on --admin-address {}",
+                args.admin_address
+            )
+        })?;
+    let admin_address = admin_listener.local_addr()?;
+    let shutdown = gateway.shutdown_token();
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState {
+            snapshot: gateway.controller.snapshot().clone(),
+            status: gateway.status(),
+            metrics,
+            pipes: gateway.pipes.clone(),
+            draining: shutdown.clone(),
+        },
+        admin_stop.clone(),
+    ));
+    tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
+
     signals::install(shutdown.clone()).context("installing signal handlers")?;
     let watcher = tokio::spawn(provider.watch(Arc::clone(&gateway.controller), shutdown.clone()));
     shutdown.cancelled().await;
     let _ = watcher.await;
     gateway.shutdown().await;
+    admin_stop.cancel();
+    let _ = admin.await;
     tracing::info!("all connections closed; exiting");
     Ok(())
 }

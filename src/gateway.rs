@@ -1,6 +1,6 @@
 //! Wires the planes together: a [`Controller`] publishing tables, a listener manager following
-//! them, shared counters and pipe pool. This is the injectable entry point that `main` and the
-//! integration tests both use.
+//! them, shared metrics, access log and pipe pool. This is the injectable entry point that
+//! `main` and the integration tests both use.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +13,13 @@ use crate::control::controller::Controller;
 use crate::control::index::Index;
 use crate::control::names::RouteKey;
 use crate::control::snapshot::Snapshot;
-use crate::data::listener::{ListenAddress, ListenerManager, PortState, PortStates};
+use crate::data::listener::{
+    ListenAddress, ListenerManager, ListenerStatus, PortState, PortStates,
+};
 use crate::data::pipes::PipePool;
-use crate::data::stats::TcpStats;
 use crate::data::tcp::{ConnContext, TcpSettings};
+use crate::ops::access_log::AccessLog;
+use crate::ops::metrics::Metrics;
 
 /// How the data plane runs.
 #[derive(Debug, Clone)]
@@ -49,53 +52,71 @@ impl Default for GatewayOptions {
 pub struct Gateway {
     /// Feed objects here.
     pub controller: Arc<Controller>,
-    /// Data-plane counters.
-    pub stats: Arc<TcpStats>,
+    /// Metrics of the whole process.
+    pub metrics: Arc<Metrics>,
     /// The splice pipe pool.
     pub pipes: Arc<PipePool>,
-    states: watch::Receiver<PortStates>,
+    status: watch::Receiver<ListenerStatus>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
 
 impl Gateway {
-    /// Starts the listener manager; ports open as soon as the controller publishes a table.
+    /// Starts with fresh metrics and no access log.
     pub fn start(index: Index, options: GatewayOptions) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let access_log = Arc::new(AccessLog::off(metrics.clone()));
+        Self::start_with(index, options, metrics, access_log)
+    }
+
+    /// Starts the listener manager; ports open as soon as the controller publishes a table.
+    pub fn start_with(
+        index: Index,
+        options: GatewayOptions,
+        metrics: Arc<Metrics>,
+        access_log: Arc<AccessLog>,
+    ) -> Self {
         let snapshot = Arc::new(Snapshot::new());
-        let controller = Arc::new(Controller::new(index, snapshot.clone()));
-        let stats = Arc::new(TcpStats::default());
+        let controller = Arc::new(Controller::new(index, snapshot.clone(), metrics.clone()));
         let pipes = Arc::new(PipePool::new(options.max_pipes, options.pipe_size));
         let ctx = Arc::new(ConnContext {
             snapshot,
             settings: options.tcp.clone(),
             pipes: pipes.clone(),
-            stats: stats.clone(),
+            metrics: metrics.clone(),
+            access_log,
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout);
-        let states = manager.states();
+        let status = manager.states();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(manager.run(shutdown.clone()));
         Self {
             controller,
-            stats,
+            metrics,
             pipes,
-            states,
+            status,
             shutdown,
             task,
         }
     }
 
+    /// The listener manager's status channel.
+    pub fn status(&self) -> watch::Receiver<ListenerStatus> {
+        self.status.clone()
+    }
+
     /// The state of every port now.
     pub fn port_states(&self) -> PortStates {
-        self.states.borrow().clone()
+        self.status.borrow().ports.clone()
     }
 
     /// Waits until the port states satisfy `ready` (an event, not a sleep).
     pub async fn wait_for_ports(&self, mut ready: impl FnMut(&PortStates) -> bool) -> PortStates {
-        let mut rx = self.states.clone();
-        rx.wait_for(|s| ready(s))
+        let mut rx = self.status.clone();
+        rx.wait_for(|s| ready(&s.ports))
             .await
             .expect("listener manager alive")
+            .ports
             .clone()
     }
 
@@ -110,9 +131,15 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting everywhere, drains open connections (each port's drain timeout), returns.
+    /// Stops accepting everywhere (ports close at once), then drains open connections for up
+    /// to the drain timeout; returns when all are done.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+    }
+
+    /// A token that, when cancelled, starts the same shutdown as [`Gateway::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 }

@@ -8,6 +8,9 @@ use dermaga::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Check(check)) = &cli.command {
+        return dermaga::ops::check::run(&check.files, &cli.run.index_settings());
+    }
     dermaga::ops::logging::init(cli.run.log_format, &cli.run.log_level);
     let result: anyhow::Result<()> = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -17,6 +20,7 @@ fn main() -> ExitCode {
             runtime.block_on(async move {
                 match cli.command {
                     Some(Command::Demo(demo)) => dermaga::demo::run(cli.run, demo).await,
+                    Some(Command::Check(_)) => unreachable!("handled above"),
                     None => dermaga::app::run(cli.run).await,
                 }
             })

@@ -107,7 +107,13 @@ fn write_config(path: &Path, yaml: &str) {
 async fn quick_start_demo_answers_on_both_ports_and_exits_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("quickstart.yaml");
-    let mut d = Dermaga::start(&["demo", "--write-config", config.to_str().unwrap()]);
+    let mut d = Dermaga::start(&[
+        "--admin-address",
+        "127.1.0.51:0",
+        "demo",
+        "--write-config",
+        config.to_str().unwrap(),
+    ]);
     d.wait_log(&["listening", "10000/TCP"]);
     d.wait_log(&["listening", "20000/TCP"]);
     for _ in 0..3 {
@@ -144,6 +150,8 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
         config.to_str().unwrap(),
         "--listen-address",
         listen,
+        "--admin-address",
+        "127.1.0.50:0",
         "--drain-timeout",
         "3s",
         "--config-poll-interval",

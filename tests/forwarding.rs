@@ -4,7 +4,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -129,12 +128,36 @@ async fn splice_256_mib_each_way_with_half_close() {
     let gw = gateway(&yaml(backend), options("127.1.0.30"));
     let addr = gw.wait_bound(tcp(10000)).await;
     transfer(addr, 256 * MIB).await;
-    let (stats, pipes) = (gw.stats.clone(), gw.pipes.clone());
+    let (metrics, pipes) = (gw.metrics.clone(), gw.pipes.clone());
     gw.shutdown().await;
-    assert_eq!(gw_counter(&stats.spliced), 1);
-    assert_eq!(gw_counter(&stats.copied), 0);
-    assert_eq!(gw_counter(&stats.bytes_to_upstream), 256 * MIB);
-    assert_eq!(gw_counter(&stats.bytes_to_client), 256 * MIB + 12);
+    assert_eq!(
+        count(
+            &metrics,
+            "dermaga_forwarded_connections_total",
+            &[("mode", "splice")]
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "dermaga_forwarded_connections_total",
+            &[("mode", "copy")]
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "dermaga_bytes_received_total",
+            &[("port", "10000")]
+        ),
+        256 * MIB
+    );
+    assert_eq!(
+        count(&metrics, "dermaga_bytes_sent_total", &[("port", "10000")]),
+        256 * MIB + 12
+    );
     assert_eq!(pipes.live(), 2, "both pipes went back to the pool");
 }
 
@@ -146,11 +169,32 @@ async fn copy_fallback_256_mib_each_way_with_half_close() {
     let gw = gateway(&yaml(backend), opts);
     let addr = gw.wait_bound(tcp(10000)).await;
     transfer(addr, 256 * MIB).await;
-    let (stats, _pipes) = (gw.stats.clone(), gw.pipes.clone());
+    let metrics = gw.metrics.clone();
     gw.shutdown().await;
-    assert_eq!(gw_counter(&stats.copied), 1);
-    assert_eq!(gw_counter(&stats.spliced), 0);
-    assert_eq!(gw_counter(&stats.bytes_to_upstream), 256 * MIB);
+    assert_eq!(
+        count(
+            &metrics,
+            "dermaga_forwarded_connections_total",
+            &[("mode", "copy")]
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "dermaga_forwarded_connections_total",
+            &[("mode", "splice")]
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &metrics,
+            "dermaga_bytes_received_total",
+            &[("port", "10000")]
+        ),
+        256 * MIB
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,9 +210,20 @@ async fn pool_exhaustion_falls_back_to_copy_per_connection() {
     for c in clients {
         c.await.unwrap();
     }
-    let (stats, pipes) = (gw.stats.clone(), gw.pipes.clone());
+    let (metrics, pipes) = (gw.metrics.clone(), gw.pipes.clone());
     gw.shutdown().await;
-    let (spliced, copied) = (gw_counter(&stats.spliced), gw_counter(&stats.copied));
+    let (spliced, copied) = (
+        count(
+            &metrics,
+            "dermaga_forwarded_connections_total",
+            &[("mode", "splice")],
+        ),
+        count(
+            &metrics,
+            "dermaga_forwarded_connections_total",
+            &[("mode", "copy")],
+        ),
+    );
     assert_eq!(spliced + copied, 10);
     assert!(spliced >= 2, "the first connections got pipes: {spliced}");
     assert!(copied >= 1, "the pool ran out for some: {copied}");
@@ -176,6 +231,6 @@ async fn pool_exhaustion_falls_back_to_copy_per_connection() {
     println!("spliced {spliced}, copied {copied}");
 }
 
-fn gw_counter(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+fn count(metrics: &dermaga::ops::metrics::Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metric_in(&metrics.encode(), name, labels) as u64
 }

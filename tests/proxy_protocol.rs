@@ -148,11 +148,12 @@ async fn garbage_headers_are_closed_and_counted() {
             Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
         }
     }
-    let errors = gw
-        .stats
-        .proxy_header_errors
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(errors, 4);
+    let errors = metric(
+        &gw,
+        "dermaga_connections_refused_total",
+        &[("port", "10002"), ("reason", "proxy_header")],
+    );
+    assert_eq!(errors, 4.0);
     // The port still serves good clients.
     let (seen, _) = roundtrip(at(10002), b"PROXY UNKNOWN\r\nhello\n")
         .await

@@ -52,11 +52,26 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
     // moved on to the next endpoint.
     assert_eq!(seen.values().sum::<i32>(), 1000);
     assert!(seen["a"] > 300 && seen["b"] > 300, "{seen:?}");
-    let failures = gw
-        .stats
-        .connect_failures
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let retried = gw.stats.retried.load(std::sync::atomic::Ordering::Relaxed);
+    let failures = metric(
+        &gw,
+        "dermaga_upstream_connect_failures_total",
+        &[
+            ("endpoint", "127.0.250.250:9"),
+            ("reason", "refused"),
+            ("pod", "pod default/api-pod-1"),
+        ],
+    ) as u64;
+    let retried = metric(
+        &gw,
+        "dermaga_upstream_retries_total",
+        &[("port", "10000"), ("service", "api")],
+    ) as u64;
+    let unavailable = metric(
+        &gw,
+        "dermaga_connections_refused_total",
+        &[("reason", "upstream_unavailable")],
+    );
+    assert_eq!(unavailable, 0.0);
     assert!(
         (300..=340).contains(&failures),
         "refused connects: {failures}"
@@ -72,7 +87,7 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
         .find(|l| l.contains("upstream connect failed"))
         .expect("attempt logged");
     assert!(line.contains("endpoint=127.0.250.250:9"), "{line}");
-    assert!(line.contains("target=\"pod default/api-pod-1\""), "{line}");
+    assert!(line.contains("pod=\"pod default/api-pod-1\""), "{line}");
     assert!(line.contains("attempt=1"), "{line}");
     println!("{failures} refused connects, each retried; e.g. {line}");
     gw.shutdown().await;

@@ -61,10 +61,12 @@ async fn port_without_endpoints_refuses_at_once_and_opens_when_they_appear() {
     );
     println!("no-endpoints port: reset after {elapsed:?}");
     assert_eq!(
-        gw.stats
-            .refused_no_endpoints
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
+        metric(
+            &gw,
+            "dermaga_connections_refused_total",
+            &[("port", "10000"), ("reason", "no_endpoints")]
+        ),
+        1.0
     );
 
     // Endpoints appear: the same socket starts serving.
@@ -201,10 +203,17 @@ async fn a_port_in_use_fails_alone_and_is_retried() {
         .wait_for_ports(|s| s.contains_key(&tcp(10000)) && s.contains_key(&tcp(10001)))
         .await;
     match &states[&tcp(10001)] {
-        PortState::Failed(why) => assert!(why.contains("port 10001") && why.contains("in use"), "{why}"),
+        PortState::Failed(why) => assert!(
+            why.contains("port 10001") && why.contains("in use"),
+            "{why}"
+        ),
         other => panic!("expected a bind failure, got {other:?}"),
     }
-    assert_eq!(greeting(gw.wait_bound(tcp(10000)).await).await.unwrap(), "web", "the other port works");
+    assert_eq!(
+        greeting(gw.wait_bound(tcp(10000)).await).await.unwrap(),
+        "web",
+        "the other port works"
+    );
     drop(squatter);
     let addr = gw.wait_bound(tcp(10001)).await; // retried until the port is free
     assert_eq!(greeting(addr).await.unwrap(), "web");

@@ -98,7 +98,10 @@ fn resolve_endpoints(
             format!(
                 "Service {} has no {protocol} port {} (it has: {})",
                 spec.service,
-                spec.service_port,
+                match &spec.service_port {
+                    ServicePortRef::Name(n) if n.is_empty() => "without a name".to_owned(),
+                    other => other.to_string(),
+                },
                 describe_ports(service)
             )
         })?;
@@ -138,7 +141,7 @@ fn find_service_port<'a>(
         let proto_ok = p.protocol.as_deref().unwrap_or("TCP") == protocol.as_k8s();
         let id_ok = match wanted {
             ServicePortRef::Number(n) => p.port == i32::from(*n),
-            ServicePortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+            ServicePortRef::Name(name) => p.name.as_deref().unwrap_or("") == name,
         };
         proto_ok && id_ok
     })

@@ -11,7 +11,9 @@
 //! "off", so `ns/svc:22::PROXY` sends without decoding.
 //!
 //! Per-port options live in keys of their own, `"<port>.<option>"`, which ingress-nginx skips as
-//! non-numeric keys: no ingress-nginx value changes meaning. Known options: [`OPTION_SEND_PROXY_VERSION`].
+//! non-numeric keys: no ingress-nginx value changes meaning. Known options: [`KNOWN_OPTIONS`];
+//! an unknown option key is reported and changes nothing. An empty service port (`ns/svc:`)
+//! names the Service's unnamed port, as in ingress-nginx.
 //!
 //! Invariant: every bad entry yields exactly one [`EntryError`] naming the key, the value and the
 //! problem; the other entries are unaffected.
@@ -23,6 +25,9 @@ use super::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRe
 
 /// Per-port option: PROXY protocol version sent to the backend (`v1`, the default, or `v2`).
 pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";
+
+/// Every per-port option dermaga knows.
+pub const KNOWN_OPTIONS: [&str; 1] = [OPTION_SEND_PROXY_VERSION];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
@@ -186,6 +191,19 @@ pub fn parse_port_map(
             ));
             continue;
         }
+        if !KNOWN_OPTIONS.contains(&option) {
+            // ingress-nginx ignores such keys; an unknown one is reported but takes nothing out.
+            map.errors.push(error(
+                key,
+                value,
+                None,
+                format!(
+                    "unknown per-port option {option:?}; known options: {}",
+                    KNOWN_OPTIONS.join(", ")
+                ),
+            ));
+            continue;
+        }
         let applied = match map.entries.get_mut(&port) {
             Some(spec) => apply_option(&mut spec.options, &spec.proxy, option, value),
             // The port's own entry is bad and already reported; check the option alone.
@@ -197,8 +215,8 @@ pub fn parse_port_map(
             ),
         };
         if let Err(problem) = applied {
-            // An option that cannot be applied makes the whole port's entry unusable: serving it
-            // without the option would do something the operator did not ask for.
+            // A known option with a bad value makes the port's entry unusable: serving it without
+            // the option would do something the operator did not ask for.
             map.entries.remove(&port);
             map.errors.push(error(key, value, Some(port), problem));
         }
@@ -285,7 +303,9 @@ fn parse_service(s: &str) -> Result<ObjectName, String> {
 
 fn parse_service_port(s: &str) -> Result<ServicePortRef, String> {
     if s.is_empty() {
-        return Err("empty service port; give the Service's port number or port name".into());
+        // ingress-nginx looks this up as a port *name* "", which matches a Service's one
+        // unnamed port; it means the same here.
+        return Ok(ServicePortRef::Name(String::new()));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
         return match s.parse::<u32>() {

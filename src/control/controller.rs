@@ -8,21 +8,31 @@ use super::build::build;
 use super::diff::diff;
 use super::index::Index;
 use super::snapshot::Snapshot;
+use crate::ops::metrics::Metrics;
 
 /// Applies provider updates to the Index and publishes the resulting tables.
 #[derive(Debug)]
 pub struct Controller {
     index: Mutex<Index>,
     snapshot: Arc<Snapshot>,
+    metrics: Arc<Metrics>,
 }
 
 impl Controller {
     /// A controller publishing into `snapshot`.
-    pub fn new(index: Index, snapshot: Arc<Snapshot>) -> Self {
+    pub fn new(index: Index, snapshot: Arc<Snapshot>, metrics: Arc<Metrics>) -> Self {
         Self {
             index: Mutex::new(index),
             snapshot,
+            metrics,
         }
+    }
+
+    /// Records the outcome of a provider's load or sync in the metrics (a failed one leaves the
+    /// table in force as it is).
+    pub fn record_load(&self, success: bool) {
+        self.metrics
+            .config_loaded(success, self.snapshot.load().problems.len());
     }
 
     /// The snapshot this controller publishes to.

@@ -104,8 +104,8 @@ impl Route {
         self.active.len()
     }
 
-    /// The order in which to try endpoints for one new connection: round robin over the active
-    /// endpoints, then the others in turn (for retries).
+    /// The order in which to try endpoints for one new connection: every active endpoint once,
+    /// starting at the round-robin cursor (the first is the pick, the rest are for retries).
     pub fn pick_order(&self) -> PickOrder<'_> {
         let n = self.active.len();
         let start = if n == 0 {

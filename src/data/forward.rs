@@ -8,11 +8,13 @@
 //!   "no data" and clearing the socket's readiness then is right (no lost wake-up, no spin);
 //! - byte counts come from the syscalls' return values;
 //! - EOF one way shuts the write side of the other socket; the other direction keeps flowing;
-//! - an error on either side ends both directions and says whose side failed.
+//! - an error on either side ends both directions and says whose side failed;
+//! - progress (bytes, mode, which side closed first) is written where the caller can read it.
 
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -57,78 +59,94 @@ pub struct ForwardError {
     pub source: io::Error,
 }
 
-/// What a finished forwarding did.
-#[derive(Debug)]
-pub struct Forwarded {
+/// What forwarding has done so far; readable even if the forwarding future is dropped (a
+/// connection cut at the drain timeout still reports its byte counts).
+#[derive(Debug, Default)]
+pub struct Progress {
     /// Bytes from the client to the upstream.
     pub to_upstream: u64,
     /// Bytes from the upstream to the client.
     pub to_client: u64,
-    /// Splice or copy.
-    pub mode: ForwardMode,
-    /// Set when forwarding ended on an error rather than on EOF both ways.
-    pub error: Option<ForwardError>,
+    /// Splice or copy (set before any byte moves).
+    pub mode: Option<ForwardMode>,
+    /// The side whose EOF came first, once one has.
+    pub first_eof: Option<Side>,
 }
 
-/// Forwards until both directions have seen EOF, or one fails.
-pub async fn forward(client: &TcpStream, upstream: &TcpStream, pool: &PipePool) -> Forwarded {
-    let mut to_upstream = 0u64;
-    let mut to_client = 0u64;
+/// Forwards until both directions have seen EOF (`Ok`), or one fails. Byte counts are added
+/// to what `progress` already holds.
+pub async fn forward(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    pool: &PipePool,
+    progress: &mut Progress,
+) -> Result<(), ForwardError> {
+    let first_eof = AtomicU8::new(0);
     let pipes = pool.acquire().and_then(|a| pool.acquire().map(|b| (a, b)));
-    let (mode, result) = match pipes {
-        Some((mut up, mut down)) => {
-            let mut up = SpliceStage(&mut up);
-            let mut down = SpliceStage(&mut down);
-            let result = tokio::try_join!(
-                pump(
-                    client,
-                    upstream,
-                    Side::Client,
-                    Side::Upstream,
-                    &mut up,
-                    &mut to_upstream
-                ),
-                pump(
-                    upstream,
-                    client,
-                    Side::Upstream,
-                    Side::Client,
-                    &mut down,
-                    &mut to_client
-                ),
-            );
-            (ForwardMode::Splice, result)
-        }
-        None => {
-            let mut up = CopyStage::new();
-            let mut down = CopyStage::new();
-            let result = tokio::try_join!(
-                pump(
-                    client,
-                    upstream,
-                    Side::Client,
-                    Side::Upstream,
-                    &mut up,
-                    &mut to_upstream
-                ),
-                pump(
-                    upstream,
-                    client,
-                    Side::Upstream,
-                    Side::Client,
-                    &mut down,
-                    &mut to_client
-                ),
-            );
-            (ForwardMode::Copy, result)
-        }
-    };
-    Forwarded {
+    let Progress {
         to_upstream,
         to_client,
         mode,
-        error: result.err(),
-    }
+        first_eof: first,
+    } = progress;
+    let result = match pipes {
+        Some((mut up, mut down)) => {
+            *mode = Some(ForwardMode::Splice);
+            let mut up = SpliceStage(&mut up);
+            let mut down = SpliceStage(&mut down);
+            tokio::try_join!(
+                pump(
+                    client,
+                    upstream,
+                    Side::Client,
+                    Side::Upstream,
+                    &mut up,
+                    to_upstream,
+                    &first_eof
+                ),
+                pump(
+                    upstream,
+                    client,
+                    Side::Upstream,
+                    Side::Client,
+                    &mut down,
+                    to_client,
+                    &first_eof
+                ),
+            )
+        }
+        None => {
+            *mode = Some(ForwardMode::Copy);
+            let mut up = CopyStage::new();
+            let mut down = CopyStage::new();
+            tokio::try_join!(
+                pump(
+                    client,
+                    upstream,
+                    Side::Client,
+                    Side::Upstream,
+                    &mut up,
+                    to_upstream,
+                    &first_eof
+                ),
+                pump(
+                    upstream,
+                    client,
+                    Side::Upstream,
+                    Side::Client,
+                    &mut down,
+                    to_client,
+                    &first_eof
+                ),
+            )
+        }
+    };
+    *first = match first_eof.load(Ordering::Relaxed) {
+        1 => Some(Side::Client),
+        2 => Some(Side::Upstream),
+        _ => None,
+    };
+    result.map(|_| ())
 }
 
 /// One direction's intermediate storage.
@@ -205,6 +223,7 @@ async fn pump(
     dst_side: Side,
     stage: &mut impl Stage,
     moved: &mut u64,
+    first_eof: &AtomicU8,
 ) -> Result<(), ForwardError> {
     loop {
         let n = when_ready(src, Interest::READABLE, || stage.fill(src))
@@ -214,6 +233,8 @@ async fn pump(
                 source,
             })?;
         if n == 0 {
+            let code = if src_side == Side::Client { 1 } else { 2 };
+            let _ = first_eof.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
             // EOF from src: pass the half-close on; the other direction is not affected.
             if let Err(err) = socket2::SockRef::from(dst).shutdown(Shutdown::Write)
                 && err.kind() != io::ErrorKind::NotConnected

@@ -17,7 +17,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::stats::TcpStats;
 use super::tcp::{ConnContext, canonical, serve_connection};
 use crate::control::names::{Protocol, RouteKey};
 
@@ -30,8 +29,17 @@ pub enum PortState {
     Failed(String),
 }
 
-/// Every port's state; published on a watch channel after each change.
+/// Every port's state.
 pub type PortStates = BTreeMap<RouteKey, PortState>;
+
+/// What the manager publishes after each reconcile.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerStatus {
+    /// The table generation the ports reflect (0: no table reconciled yet).
+    pub generation: u64,
+    /// Every port's state.
+    pub ports: PortStates,
+}
 
 /// Where data ports are bound.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +89,7 @@ pub struct ListenerManager {
     address: ListenAddress,
     drain_timeout: Duration,
     running: HashMap<RouteKey, RunningListener>,
-    states: watch::Sender<PortStates>,
+    states: watch::Sender<ListenerStatus>,
     drains: TaskTracker,
 }
 
@@ -93,13 +101,13 @@ impl ListenerManager {
             address,
             drain_timeout,
             running: HashMap::new(),
-            states: watch::channel(PortStates::new()).0,
+            states: watch::channel(ListenerStatus::default()).0,
             drains: TaskTracker::new(),
         }
     }
 
     /// Port states, updated after every reconcile.
-    pub fn states(&self) -> watch::Receiver<PortStates> {
+    pub fn states(&self) -> watch::Receiver<ListenerStatus> {
         self.states.subscribe()
     }
 
@@ -114,6 +122,7 @@ impl ListenerManager {
             let has_failures = self
                 .states
                 .borrow()
+                .ports
                 .values()
                 .any(|s| matches!(s, PortState::Failed(_)));
             tokio::select! {
@@ -129,7 +138,7 @@ impl ListenerManager {
         for key in keys {
             self.drain(key);
         }
-        self.states.send_replace(PortStates::new());
+        self.states.send_modify(|s| s.ports.clear());
         self.drains.close();
         self.drains.wait().await;
     }
@@ -150,7 +159,7 @@ impl ListenerManager {
         for key in gone {
             self.drain(key);
         }
-        let mut states = self.states.borrow().clone();
+        let mut states = self.states.borrow().ports.clone();
         states.retain(|k, _| table.get(k).is_some());
         for key in wanted {
             if self.running.contains_key(&key) {
@@ -175,7 +184,10 @@ impl ListenerManager {
                 }
             }
         }
-        self.states.send_replace(states);
+        self.states.send_replace(ListenerStatus {
+            generation: table.generation,
+            ports: states,
+        });
     }
 
     fn start(&mut self, key: RouteKey, listener: TcpListener) {
@@ -233,18 +245,14 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                TcpStats::inc(&ctx.stats.accepted);
                 let ctx = ctx.clone();
                 let close = close.clone();
                 connections.spawn(async move {
-                    tokio::select! {
-                        _ = serve_connection(&ctx, key, stream, canonical(peer)) => {}
-                        _ = close.cancelled() => {}
-                    }
+                    serve_connection(&ctx, key, stream, canonical(peer), &close).await;
                 });
             }
             Err(err) => {
-                TcpStats::inc(&ctx.stats.accept_errors);
+                ctx.metrics.global.accept_errors.inc();
                 let out_of_resources = matches!(
                     err.raw_os_error(),
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

@@ -6,6 +6,5 @@ pub mod forward;
 pub mod listener;
 pub mod pipes;
 pub mod proxy_protocol;
-pub mod stats;
 pub mod sys;
 pub mod tcp;

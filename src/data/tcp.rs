@@ -1,22 +1,24 @@
 //! One TCP connection through the gateway: read the table once, refuse at once when there is
 //! nowhere to go, decode a PROXY header if the port asks for one, connect to an endpoint with
-//! retries on others, send a PROXY header if asked, then forward until both sides are done.
+//! retries on others, send a PROXY header if asked, then forward until both sides are done or
+//! the port's drain timeout cuts it. Every connection ends with metrics and one access-log record.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
-use super::forward::{ForwardMode, forward};
+use super::forward::{ForwardMode, Progress, Side, forward};
 use super::pipes::PipePool;
 use super::proxy_protocol::{self, Decoded};
-use super::stats::TcpStats;
-use crate::control::names::RouteKey;
+use crate::control::names::{ObjectName, RouteKey};
 use crate::control::snapshot::Snapshot;
 use crate::control::table::Route;
+use crate::ops::access_log::{AccessLog, AccessRecord, CloseReason, millis, now_rfc3339};
+use crate::ops::metrics::{ConnectFailure, Metrics, PortMetrics, RefuseReason};
 
 /// Settings of the TCP data path.
 #[derive(Debug, Clone)]
@@ -48,8 +50,10 @@ pub struct ConnContext {
     pub settings: TcpSettings,
     /// Pipes for splice.
     pub pipes: Arc<PipePool>,
-    /// Counters.
-    pub stats: Arc<TcpStats>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Access log.
+    pub access_log: Arc<AccessLog>,
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0), so the peer learns at once.
@@ -58,21 +62,115 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// Handles one accepted connection to the end.
+/// What is known about a connection when it ends.
+struct Outcome {
+    client: SocketAddr,
+    endpoint: Option<SocketAddr>,
+    pod: Option<String>,
+    attempts: u32,
+    progress: Progress,
+    close: CloseReason,
+    error: Option<String>,
+}
+
+/// Decrements the active-connections gauge however the connection ends.
+struct Active(Arc<PortMetrics>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.dec();
+    }
+}
+
+/// Handles one accepted connection to the end; `close` cuts it (drain timeout).
 pub async fn serve_connection(
     ctx: &ConnContext,
     key: RouteKey,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
+    close: &CancellationToken,
 ) {
     let started = Instant::now();
     let route = ctx.snapshot.load().get(&key).cloned();
-    let Some(route) = route.filter(|r| r.active_count() > 0) else {
-        TcpStats::inc(&ctx.stats.refused_no_endpoints);
-        tracing::debug!(port = %key, client = %peer, "no usable endpoint; connection refused");
-        reset(client);
-        return;
+    let unknown = ObjectName::new("", "");
+    let service = route.as_ref().map_or(&unknown, |r| &r.spec.service);
+    let pm = ctx.metrics.port(key, service);
+    pm.accepted.inc();
+    pm.active.inc();
+    let active = Active(pm);
+    let mut outcome = Outcome {
+        client: peer,
+        endpoint: None,
+        pod: None,
+        attempts: 0,
+        progress: Progress::default(),
+        close: CloseReason::NoEndpoints,
+        error: None,
     };
+    let service = service.clone();
+    match route.filter(|r| r.active_count() > 0) {
+        None => {
+            active.0.refused(RefuseReason::no_endpoints);
+            tracing::debug!(port = %key, client = %peer, "no usable endpoint; connection refused");
+            reset(client);
+        }
+        Some(route) => {
+            proxy(
+                ctx,
+                key,
+                route,
+                client,
+                peer,
+                close,
+                &active.0,
+                &mut outcome,
+            )
+            .await
+        }
+    }
+
+    let pm = &active.0;
+    let elapsed = started.elapsed();
+    pm.duration.observe(elapsed.as_secs_f64());
+    pm.bytes_received.inc_by(outcome.progress.to_upstream);
+    pm.bytes_sent.inc_by(outcome.progress.to_client);
+    match outcome.progress.mode {
+        Some(ForwardMode::Splice) => ctx.metrics.global.spliced.inc(),
+        Some(ForwardMode::Copy) => ctx.metrics.global.copied.inc(),
+        None => 0,
+    };
+    if ctx.access_log.enabled() {
+        ctx.access_log.record(AccessRecord {
+            time: now_rfc3339(),
+            protocol: "TCP",
+            port: key.port.get(),
+            client: outcome.client,
+            peer,
+            namespace: service.namespace,
+            service: service.name,
+            endpoint: outcome.endpoint,
+            pod: outcome.pod,
+            attempts: outcome.attempts,
+            bytes_received: outcome.progress.to_upstream,
+            bytes_sent: outcome.progress.to_client,
+            duration_ms: millis(elapsed),
+            close: outcome.close,
+            error: outcome.error,
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    ctx: &ConnContext,
+    key: RouteKey,
+    route: Arc<Route>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    close: &CancellationToken,
+    pm: &PortMetrics,
+    outcome: &mut Outcome,
+) {
     let _ = client.set_nodelay(true);
     let local = client.local_addr().map(canonical).unwrap_or(peer);
     let (source, destination, early_data) = if route.spec.proxy.decode {
@@ -81,24 +179,28 @@ pub async fn serve_connection(
             proxy_protocol::read_header(&mut client),
         )
         .await;
-        match read {
+        let error = match read {
             Ok(Ok((
                 Decoded::Proxied {
                     source,
                     destination,
                 },
                 rest,
-            ))) => (source, destination, rest),
-            Ok(Ok((Decoded::Local, rest))) => (peer, local, rest),
-            Ok(Err(err)) => {
-                TcpStats::inc(&ctx.stats.proxy_header_errors);
-                tracing::warn!(port = %key, client = %peer, error = %err, "closing connection: bad PROXY protocol header");
-                reset(client);
-                return;
-            }
-            Err(_) => {
-                TcpStats::inc(&ctx.stats.proxy_header_errors);
-                tracing::warn!(port = %key, client = %peer, timeout = ?ctx.settings.proxy_header_timeout, "closing connection: no complete PROXY protocol header in time");
+            ))) => Ok((source, destination, rest)),
+            Ok(Ok((Decoded::Local, rest))) => Ok((peer, local, rest)),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!(
+                "no complete PROXY protocol header within {:?}",
+                ctx.settings.proxy_header_timeout
+            )),
+        };
+        match error {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                pm.refused(RefuseReason::proxy_header);
+                tracing::warn!(port = %key, client = %peer, error = %error, "closing connection: bad PROXY protocol header");
+                outcome.close = CloseReason::ProxyHeader;
+                outcome.error = Some(error);
                 reset(client);
                 return;
             }
@@ -106,9 +208,11 @@ pub async fn serve_connection(
     } else {
         (peer, local, Vec::new())
     };
+    outcome.client = source;
 
-    let Some((mut upstream, endpoint, attempts)) = connect(ctx, &route, source).await else {
-        TcpStats::inc(&ctx.stats.upstream_unavailable);
+    let Some(mut upstream) = connect(ctx, &route, source, pm, outcome).await else {
+        pm.refused(RefuseReason::upstream_unavailable);
+        outcome.close = CloseReason::UpstreamUnavailable;
         reset(client);
         return;
     };
@@ -120,33 +224,42 @@ pub async fn serve_connection(
         preamble = proxy_protocol::encode(spec.options.send_proxy_version, source, destination);
     }
     preamble.extend_from_slice(&early_data);
+    // Client bytes read along with the PROXY header count as received; our own header does not.
+    outcome.progress.to_upstream = early_data.len() as u64;
     if !preamble.is_empty()
         && let Err(err) = upstream.write_all(&preamble).await
     {
-        tracing::warn!(port = %key, client = %source, endpoint = %endpoint, error = %err, "writing to upstream failed");
+        tracing::debug!(port = %key, client = %source, error = %err, "writing to upstream failed");
+        outcome.close = CloseReason::BackendError;
+        outcome.error = Some(err.to_string());
         reset(client);
         reset(upstream);
         return;
     }
 
-    let done = forward(&client, &upstream, &ctx.pipes).await;
-    let stats = &ctx.stats;
-    stats
-        .bytes_to_upstream
-        .fetch_add(done.to_upstream, Ordering::Relaxed);
-    stats
-        .bytes_to_client
-        .fetch_add(done.to_client, Ordering::Relaxed);
-    TcpStats::inc(match done.mode {
-        ForwardMode::Splice => &stats.spliced,
-        ForwardMode::Copy => &stats.copied,
-    });
-    match &done.error {
+    let result = tokio::select! {
+        r = forward(&client, &upstream, &ctx.pipes, &mut outcome.progress) => Some(r),
+        _ = close.cancelled() => None,
+    };
+    match result {
         None => {
-            tracing::debug!(port = %key, client = %source, endpoint = %endpoint, attempts, to_upstream = done.to_upstream, to_client = done.to_client, mode = ?done.mode, duration = ?started.elapsed(), "connection closed")
+            outcome.close = CloseReason::Drained;
+            reset(client);
+            reset(upstream);
         }
-        Some(err) => {
-            tracing::debug!(port = %key, client = %source, endpoint = %endpoint, attempts, to_upstream = done.to_upstream, to_client = done.to_client, mode = ?done.mode, duration = ?started.elapsed(), error = %err, "connection ended on error");
+        Some(Ok(())) => {
+            outcome.close = match outcome.progress.first_eof {
+                Some(Side::Upstream) => CloseReason::BackendClosed,
+                _ => CloseReason::ClientClosed,
+            };
+        }
+        Some(Err(err)) => {
+            tracing::debug!(port = %key, client = %source, endpoint = ?outcome.endpoint, error = %err, "connection ended on error");
+            outcome.close = match err.side {
+                Side::Client => CloseReason::ClientError,
+                Side::Upstream => CloseReason::BackendError,
+            };
+            outcome.error = Some(err.source.to_string());
             // Tell both peers the stream broke, instead of a clean FIN that would read as success.
             reset(client);
             reset(upstream);
@@ -159,41 +272,54 @@ async fn connect(
     ctx: &ConnContext,
     route: &Route,
     client: SocketAddr,
-) -> Option<(TcpStream, SocketAddr, usize)> {
-    let attempts = ctx.settings.connect_attempts.max(1);
-    let mut tried = 0;
+    pm: &PortMetrics,
+    outcome: &mut Outcome,
+) -> Option<TcpStream> {
+    let attempts = ctx
+        .settings
+        .connect_attempts
+        .max(1)
+        .min(route.active_count());
     for endpoint in route.pick_order().take(attempts) {
-        tried += 1;
+        outcome.attempts += 1;
+        pm.connect_attempts.inc();
+        if outcome.attempts > 1 {
+            pm.retries.inc();
+        }
+        outcome.endpoint = Some(endpoint.addr);
+        outcome.pod = endpoint.target.clone();
         let result = tokio::time::timeout(
             ctx.settings.connect_timeout,
             TcpStream::connect(endpoint.addr),
         )
         .await;
-        let error = match result {
+        let (reason, error) = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                if tried > 1 {
-                    TcpStats::inc(&ctx.stats.retried);
-                }
-                return Some((stream, endpoint.addr, tried));
+                outcome.error = None;
+                return Some(stream);
             }
-            Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("timed out after {:?}", ctx.settings.connect_timeout),
+            Ok(Err(err)) => (ConnectFailure::of(&err), err.to_string()),
+            Err(_) => (
+                ConnectFailure::timeout,
+                format!("timed out after {:?}", ctx.settings.connect_timeout),
+            ),
         };
-        TcpStats::inc(&ctx.stats.connect_failures);
+        pm.connect_failed(endpoint.addr, endpoint.target.as_deref(), reason);
         tracing::warn!(
             port = %route.key,
             service = %route.spec.service,
             endpoint = %endpoint.addr,
-            target = endpoint.target.as_deref().unwrap_or("-"),
-            attempt = tried,
+            pod = endpoint.target.as_deref().unwrap_or("-"),
+            attempt = outcome.attempts,
             max_attempts = attempts,
             client = %client,
             error = %error,
             "upstream connect failed"
         );
+        outcome.error = Some(format!("{}: {error}", endpoint.addr));
     }
-    tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = tried, "no endpoint accepted the connection; closing client");
+    tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = outcome.attempts, "no endpoint accepted the connection; closing client");
     None
 }
 

@@ -1,4 +1,9 @@
-//! Ops: logging setup and process signals. Reads the other layers; owns none of their logic.
+//! Ops: the admin HTTP server, metrics, the access log, `dermaga check`, logging setup and
+//! process signals. Reads the other layers; owns none of their logic.
 
+pub mod access_log;
+pub mod admin;
+pub mod check;
 pub mod logging;
+pub mod metrics;
 pub mod signals;

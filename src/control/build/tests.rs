@@ -449,3 +449,31 @@ fn round_robin_then_the_others_for_retries() {
         .collect();
     assert_eq!(order, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
 }
+
+#[test]
+fn an_empty_service_port_names_the_unnamed_port() {
+    let t = build(
+        &index(vec![
+            configmap(json!({"80": "default/web:", "81": "default/two:"})),
+            service("web", json!([{"port": 8080}])),
+            service(
+                "two",
+                json!([{"name": "a", "port": 1}, {"name": "b", "port": 2}]),
+            ),
+            slice(
+                "web-a",
+                "web",
+                "IPv4",
+                json!([{"port": 8080}]),
+                json!([ep("10.0.0.1", Some(true), None, None)]),
+            ),
+        ]),
+        None,
+    );
+    assert_eq!(active(&t, 80), vec!["10.0.0.1:8080"]);
+    let problem = t.get(&key(81)).unwrap().problem.clone().unwrap();
+    assert!(
+        problem.contains("has no TCP port without a name (it has: a 1/TCP, b 2/TCP)"),
+        "{problem}"
+    );
+}

@@ -71,6 +71,18 @@ fn valid_forms_mean_what_ingress_nginx_means() {
         ),
         ("default/svc:22:", ServicePortRef::Number(22), false, false),
         ("default/svc:22::", ServicePortRef::Number(22), false, false),
+        (
+            "default/svc:",
+            ServicePortRef::Name(String::new()),
+            false,
+            false,
+        ),
+        (
+            "default/svc::PROXY",
+            ServicePortRef::Name(String::new()),
+            true,
+            false,
+        ),
     ];
     for (value, sp, decode, encode) in cases {
         let spec = parse_value(value, Protocol::Tcp).unwrap_or_else(|e| panic!("{value}: {e}"));
@@ -101,7 +113,6 @@ fn each_bad_entry_gets_one_error_naming_key_value_and_problem() {
         ("10002", "/svc:80", "empty namespace"),
         ("10003", "default/:80", "empty service name"),
         ("10004", "default/svc", "no service port"),
-        ("10005", "default/svc:", "empty service port"),
         (
             "10006",
             "default/svc:80:FOO",
@@ -215,6 +226,24 @@ fn send_proxy_version_option_applies_to_its_port() {
     assert_eq!(
         parsed.entries[&port(10001)].options.send_proxy_version,
         ProxyVersion::V1
+    );
+}
+
+#[test]
+fn an_unknown_option_is_reported_and_takes_nothing_out() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[("10000", "default/a:80"), ("10000.note", "owned by team x")]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert!(parsed.entries.contains_key(&port(10000)));
+    assert_eq!(parsed.errors.len(), 1);
+    assert_eq!(parsed.errors[0].port, None);
+    assert!(
+        parsed.errors[0]
+            .problem
+            .contains("unknown per-port option \"note\"")
     );
 }
 

@@ -56,6 +56,8 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 pub struct FileProvider {
     path: PathBuf,
     poll: Duration,
+    /// What the last read saw: the file's fingerprint taken before reading, and the text.
+    seen: (Option<Fingerprint>, Option<String>),
 }
 
 impl FileProvider {
@@ -64,16 +66,26 @@ impl FileProvider {
         Self {
             path: path.into(),
             poll,
+            seen: (None, None),
         }
     }
 
     /// Reads and applies the file once. Used at start, where a bad file is a fatal error.
-    pub fn load(&self, controller: &Controller) -> Result<(), FileError> {
-        let text = std::fs::read_to_string(&self.path).map_err(|error| FileError::Read {
-            path: self.path.clone(),
-            error,
-        })?;
-        self.apply(&text, controller)
+    pub fn load(&mut self, controller: &Controller) -> Result<(), FileError> {
+        // Fingerprint first: a change made while we read is then seen by `watch`.
+        let before = fingerprint(&self.path);
+        let result = std::fs::read_to_string(&self.path)
+            .map_err(|error| FileError::Read {
+                path: self.path.clone(),
+                error,
+            })
+            .and_then(|text| {
+                self.apply(&text, controller)?;
+                self.seen = (before, Some(text));
+                Ok(())
+            });
+        controller.record_load(result.is_ok());
+        result
     }
 
     fn apply(&self, text: &str, controller: &Controller) -> Result<(), FileError> {
@@ -91,8 +103,7 @@ impl FileProvider {
 
     /// Reloads the file whenever it changes, until `shutdown`.
     pub async fn watch(self, controller: Arc<Controller>, shutdown: CancellationToken) {
-        let mut last = fingerprint(&self.path);
-        let mut last_text = std::fs::read_to_string(&self.path).ok();
+        let (mut last, mut last_text) = self.seen.clone();
         let mut interval = tokio::time::interval(self.poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -113,13 +124,16 @@ impl FileProvider {
                         error,
                     };
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration");
+                    controller.record_load(false);
                     continue;
                 }
             };
             if last_text.as_deref() == Some(text.as_str()) {
                 continue;
             }
-            match self.apply(&text, &controller) {
+            let result = self.apply(&text, &controller);
+            controller.record_load(result.is_ok());
+            match result {
                 Ok(()) => tracing::info!(path = %self.path.display(), "config reloaded"),
                 Err(err) => {
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration")

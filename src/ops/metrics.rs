@@ -1,0 +1,480 @@
+//! Prometheus metrics, prefix `dermaga_`, served at `/metrics`.
+//!
+//! Per-port families carry `port`, `protocol`, `namespace`, `service`; upstream connect failures
+//! add `endpoint` and `pod`, whose cardinality is bounded by the endpoint count. The data path
+//! gets one [`PortMetrics`] per connection from a small cache (one read lock, one hash of the
+//! route key), then only touches atomics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::control::names::{ObjectName, RouteKey};
+
+/// Labels of every per-port family.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// External port.
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: &'static str,
+    /// Namespace of the Service.
+    pub namespace: String,
+    /// Name of the Service.
+    pub service: String,
+}
+
+/// Why a connection was refused or closed before forwarding.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RefuseReason {
+    /// The port had no usable endpoint.
+    no_endpoints,
+    /// The PROXY header was bad, missing or late.
+    proxy_header,
+    /// Every connect attempt failed.
+    upstream_unavailable,
+}
+
+/// Why an upstream connect failed.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ConnectFailure {
+    /// ECONNREFUSED: nothing listens there.
+    refused,
+    /// ECONNRESET during connect.
+    reset,
+    /// No answer within `--connect-timeout`.
+    timeout,
+    /// EHOSTUNREACH / ENETUNREACH.
+    unreachable,
+    /// Anything else.
+    other,
+}
+
+impl ConnectFailure {
+    /// Classifies a connect error.
+    pub fn of(err: &std::io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Self::refused,
+            Some(libc::ECONNRESET) => Self::reset,
+            Some(libc::ETIMEDOUT) => Self::timeout,
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => Self::unreachable,
+            _ => Self::other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    #[prometheus(flatten)]
+    port: PortLabels,
+    reason: RefuseReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    #[prometheus(flatten)]
+    port: PortLabels,
+    endpoint: String,
+    pod: String,
+    reason: ConnectFailure,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The per-port handles one connection updates.
+#[derive(Debug)]
+pub struct PortMetrics {
+    labels: PortLabels,
+    /// Connections accepted.
+    pub accepted: Counter,
+    /// Connections open now.
+    pub active: Gauge,
+    /// Bytes received from clients.
+    pub bytes_received: Counter,
+    /// Bytes sent to clients.
+    pub bytes_sent: Counter,
+    /// Upstream connect attempts.
+    pub connect_attempts: Counter,
+    /// Attempts after the first one of a connection.
+    pub retries: Counter,
+    /// Connection lifetime, accept to close.
+    pub duration: Histogram,
+    refused: [Counter; 3],
+    failures: Family<FailureLabels, Counter>,
+}
+
+impl PortMetrics {
+    /// Counts a refused connection.
+    pub fn refused(&self, reason: RefuseReason) {
+        let i = match reason {
+            RefuseReason::no_endpoints => 0,
+            RefuseReason::proxy_header => 1,
+            RefuseReason::upstream_unavailable => 2,
+        };
+        self.refused[i].inc();
+    }
+
+    /// Counts a failed connect to `endpoint` (rare path: one family lookup).
+    pub fn connect_failed(
+        &self,
+        endpoint: std::net::SocketAddr,
+        pod: Option<&str>,
+        reason: ConnectFailure,
+    ) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                port: self.labels.clone(),
+                endpoint: endpoint.to_string(),
+                pod: pod.unwrap_or("").to_owned(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// Process-wide counters without port labels.
+#[derive(Debug, Default)]
+pub struct GlobalMetrics {
+    /// Connections forwarded with splice.
+    pub spliced: Counter,
+    /// Connections forwarded with the buffered copy.
+    pub copied: Counter,
+    /// Access-log lines dropped because the buffer was full.
+    pub access_log_dropped: Counter,
+    /// Accept errors (EMFILE and the like).
+    pub accept_errors: Counter,
+    /// Config errors in force after the last build.
+    pub config_errors: Gauge,
+}
+
+/// Values read at scrape time from the other layers.
+#[derive(Debug, Default)]
+struct Live {
+    last_success_unix_ms: AtomicU64,
+    pipes_live: Gauge,
+    listeners_bound: Gauge,
+    listeners_failed: Gauge,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let last = self.last_success_unix_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(last);
+            let age = ConstGauge::new(now.saturating_sub(last) as f64 / 1000.0);
+            let m = encoder.encode_descriptor(
+                "config_last_success_age_seconds",
+                "Seconds since the configuration was last loaded or synced successfully",
+                None,
+                age.metric_type(),
+            )?;
+            age.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// All metrics of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Unlabelled counters.
+    pub global: GlobalMetrics,
+    live: Arc<Live>,
+    accepted: Family<PortLabels, Counter>,
+    active: Family<PortLabels, Gauge>,
+    bytes_received: Family<PortLabels, Counter>,
+    bytes_sent: Family<PortLabels, Counter>,
+    attempts: Family<PortLabels, Counter>,
+    retries: Family<PortLabels, Counter>,
+    duration: Family<PortLabels, Histogram, fn() -> Histogram>,
+    refused: Family<RefusedLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~4.6 h in 4x steps.
+    Histogram::new(exponential_buckets(0.001, 4.0, 13))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dermaga");
+        let live = Arc::new(Live::default());
+        let accepted = Family::<PortLabels, Counter>::default();
+        let active = Family::<PortLabels, Gauge>::default();
+        let bytes_received = Family::<PortLabels, Counter>::default();
+        let bytes_sent = Family::<PortLabels, Counter>::default();
+        let attempts = Family::<PortLabels, Counter>::default();
+        let retries = Family::<PortLabels, Counter>::default();
+        let duration = Family::<PortLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        let modes = Family::<ModeLabels, Counter>::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        // One statement per family lookup: a lookup returns a read guard that lives to the end
+        // of its statement, and a second lookup that creates a series needs the write lock.
+        let spliced = modes.get_or_create(&ModeLabels { mode: "splice" }).clone();
+        let copied = modes.get_or_create(&ModeLabels { mode: "copy" }).clone();
+        let global = GlobalMetrics {
+            spliced,
+            copied,
+            ..GlobalMetrics::default()
+        };
+        registry.register(
+            "connections_accepted",
+            "Connections accepted, per port",
+            accepted.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Connections open now, per port",
+            active.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable)",
+            refused.clone(),
+        );
+        registry.register(
+            "bytes_received",
+            "Bytes received from clients, per port",
+            bytes_received.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "Bytes sent to clients, per port",
+            bytes_sent.clone(),
+        );
+        registry.register(
+            "upstream_connect_attempts",
+            "Connects to endpoints, per port",
+            attempts.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Failed connects to endpoints, by endpoint, pod and reason",
+            failures.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Connect attempts after the first of a connection (each on another endpoint)",
+            retries.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "Connection lifetime from accept to close, per port",
+            duration.clone(),
+        );
+        registry.register(
+            "forwarded_connections",
+            "Connections by forwarding mode (splice or copy)",
+            modes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration loads by result (success, failure)",
+            reloads.clone(),
+        );
+        registry.register(
+            "config_errors",
+            "Configuration problems in force",
+            global.config_errors.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the buffer was full",
+            global.access_log_dropped.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Errors accepting connections (EMFILE, ENFILE, ...)",
+            global.accept_errors.clone(),
+        );
+        registry.register(
+            "pipes",
+            "Pipes that exist for splice (in use and idle)",
+            live.pipes_live.clone(),
+        );
+        registry.register(
+            "listeners_bound",
+            "Ports accepting connections",
+            live.listeners_bound.clone(),
+        );
+        registry.register(
+            "listeners_failed",
+            "Ports that could not be bound",
+            live.listeners_failed.clone(),
+        );
+        registry.register_collector(Box::new(live.clone()));
+        Self {
+            registry,
+            global,
+            live,
+            accepted,
+            active,
+            bytes_received,
+            bytes_sent,
+            attempts,
+            retries,
+            duration,
+            refused,
+            failures,
+            reloads,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The handles of one route (cached per port and Service).
+    pub fn port(&self, key: RouteKey, service: &ObjectName) -> Arc<PortMetrics> {
+        if let Some((svc, pm)) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && svc == service
+        {
+            return pm.clone();
+        }
+        let labels = PortLabels {
+            port: key.port.get(),
+            protocol: key.protocol.as_k8s(),
+            namespace: service.namespace.clone(),
+            service: service.name.clone(),
+        };
+        let refused = |reason| {
+            self.refused
+                .get_or_create(&RefusedLabels {
+                    port: labels.clone(),
+                    reason,
+                })
+                .clone()
+        };
+        let pm = Arc::new(PortMetrics {
+            accepted: self.accepted.get_or_create(&labels).clone(),
+            active: self.active.get_or_create(&labels).clone(),
+            bytes_received: self.bytes_received.get_or_create(&labels).clone(),
+            bytes_sent: self.bytes_sent.get_or_create(&labels).clone(),
+            connect_attempts: self.attempts.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            refused: [
+                refused(RefuseReason::no_endpoints),
+                refused(RefuseReason::proxy_header),
+                refused(RefuseReason::upstream_unavailable),
+            ],
+            failures: self.failures.clone(),
+            labels,
+        });
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (service.clone(), pm.clone()));
+        pm
+    }
+
+    /// Records a configuration load.
+    pub fn config_loaded(&self, success: bool, errors_in_force: usize) {
+        let result = if success { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        if success {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(1);
+            self.live
+                .last_success_unix_ms
+                .store(now.max(1), Ordering::Relaxed);
+            self.global.config_errors.set(errors_in_force as i64);
+        }
+    }
+
+    /// Records how many pipes exist and how many ports are bound / failed.
+    pub fn set_gauges(&self, pipes: usize, bound: usize, failed: usize) {
+        self.live.pipes_live.set(pipes as i64);
+        self.live.listeners_bound.set(bound as i64);
+        self.live.listeners_failed.set(failed as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::names::ListenPort;
+
+    #[test]
+    fn families_register_and_encode_without_deadlock() {
+        let m = Metrics::new();
+        let key = RouteKey::tcp(ListenPort::new(10000).unwrap());
+        let svc = ObjectName::new("default", "web");
+        let pm = m.port(key, &svc);
+        pm.accepted.inc();
+        pm.refused(RefuseReason::no_endpoints);
+        pm.connect_failed(
+            "10.0.0.1:80".parse().unwrap(),
+            Some("pod default/web-0"),
+            ConnectFailure::refused,
+        );
+        assert!(Arc::ptr_eq(&pm, &m.port(key, &svc)), "cached");
+        m.config_loaded(true, 2);
+        m.global.spliced.inc();
+        let text = m.encode();
+        for line in [
+            "dermaga_connections_accepted_total{port=\"10000\",protocol=\"TCP\",namespace=\"default\",service=\"web\"} 1",
+            "dermaga_connections_refused_total{port=\"10000\",protocol=\"TCP\",namespace=\"default\",service=\"web\",reason=\"no_endpoints\"} 1",
+            "dermaga_upstream_connect_failures_total{port=\"10000\",protocol=\"TCP\",namespace=\"default\",service=\"web\",endpoint=\"10.0.0.1:80\",pod=\"pod default/web-0\",reason=\"refused\"} 1",
+            "dermaga_forwarded_connections_total{mode=\"splice\"} 1",
+            "dermaga_config_reloads_total{result=\"success\"} 1",
+            "dermaga_config_errors 2",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(
+            text.contains("dermaga_config_last_success_age_seconds"),
+            "{text}"
+        );
+    }
+}
