@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -215,7 +216,7 @@ fn slice_endpoints<'a>(
         let target = ep.target_ref.as_ref().map(|t| {
             let kind = t.kind.as_deref().unwrap_or("Pod").to_ascii_lowercase();
             let ns = t.namespace.as_deref().unwrap_or(&service.namespace);
-            format!("{kind} {ns}/{}", t.name.as_deref().unwrap_or("?"))
+            Arc::<str>::from(format!("{kind} {ns}/{}", t.name.as_deref().unwrap_or("?")))
         });
         Some(Endpoint {
             addr: SocketAddr::new(ip, port.expect("checked above")),

@@ -23,7 +23,7 @@ pub struct Endpoint {
     /// `conditions.terminating` (nil counts as false).
     pub terminating: bool,
     /// The pod (or other object) behind the endpoint, from `targetRef`, for logs.
-    pub target: Option<String>,
+    pub target: Option<Arc<str>>,
 }
 
 /// Which rule chose the endpoints that take new connections.

@@ -17,7 +17,7 @@ use super::proxy_protocol::{self, Decoded};
 use crate::control::names::{ObjectName, RouteKey};
 use crate::control::snapshot::Snapshot;
 use crate::control::table::Route;
-use crate::ops::access_log::{AccessLog, AccessRecord, CloseReason, millis, now_rfc3339};
+use crate::ops::access_log::{AccessLog, AccessRecord, CloseReason};
 use crate::ops::metrics::{ConnectFailure, Metrics, PortMetrics, RefuseReason};
 
 /// Settings of the TCP data path.
@@ -66,7 +66,7 @@ pub fn reset(stream: TcpStream) {
 struct Outcome {
     client: SocketAddr,
     endpoint: Option<SocketAddr>,
-    pod: Option<String>,
+    pod: Option<Arc<str>>,
     attempts: u32,
     progress: Progress,
     close: CloseReason,
@@ -107,7 +107,6 @@ pub async fn serve_connection(
         close: CloseReason::NoEndpoints,
         error: None,
     };
-    let service = service.clone();
     match route.filter(|r| r.active_count() > 0) {
         None => {
             active.0.refused(RefuseReason::no_endpoints);
@@ -141,19 +140,16 @@ pub async fn serve_connection(
     };
     if ctx.access_log.enabled() {
         ctx.access_log.record(AccessRecord {
-            time: now_rfc3339(),
-            protocol: "TCP",
-            port: key.port.get(),
+            ended: std::time::SystemTime::now(),
+            route: active.0.clone(),
             client: outcome.client,
             peer,
-            namespace: service.namespace,
-            service: service.name,
             endpoint: outcome.endpoint,
             pod: outcome.pod,
             attempts: outcome.attempts,
             bytes_received: outcome.progress.to_upstream,
             bytes_sent: outcome.progress.to_client,
-            duration_ms: millis(elapsed),
+            duration: elapsed,
             close: outcome.close,
             error: outcome.error,
         });

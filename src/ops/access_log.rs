@@ -1,17 +1,18 @@
 //! The access log: one line per TCP connection when it ends, on stdout, JSON (default) or text.
 //!
-//! The data path never waits for it: records go into a bounded channel with `try_send`; when
-//! the channel is full the record is dropped and `dermaga_access_log_dropped_total` counts it.
-//! A dedicated thread formats and writes, flushing whenever the channel runs empty.
+//! The data path never waits for it and allocates little for it: a record holds shared handles
+//! (the port's labels, the pod name) and plain numbers, and goes into a bounded channel with
+//! `try_send`; when the channel is full the record is dropped and
+//! `dermaga_access_log_dropped_total` counts it. A dedicated thread formats (time, JSON) and
+//! writes, flushing when the channel has been empty for a moment or its buffer is full.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
-
-use super::metrics::Metrics;
+use super::metrics::{Metrics, PortMetrics};
 
 /// How access-log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,92 +47,138 @@ pub enum CloseReason {
     BackendError,
 }
 
-/// One access-log record.
-#[derive(Debug, Clone, serde::Serialize)]
+impl CloseReason {
+    /// The name used in log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::BackendClosed => "backend_closed",
+            CloseReason::Drained => "drained",
+            CloseReason::NoEndpoints => "no_endpoints",
+            CloseReason::ProxyHeader => "proxy_header",
+            CloseReason::UpstreamUnavailable => "upstream_unavailable",
+            CloseReason::ClientError => "client_error",
+            CloseReason::BackendError => "backend_error",
+        }
+    }
+}
+
+/// One access-log record, as the data path hands it over.
+#[derive(Debug, Clone)]
 pub struct AccessRecord {
-    /// When the connection ended (RFC 3339, UTC, milliseconds).
-    pub time: String,
-    /// `TCP`.
-    pub protocol: &'static str,
-    /// External port.
-    pub port: u16,
+    /// When the connection ended.
+    pub ended: SystemTime,
+    /// The port's labels (port, protocol, namespace, service).
+    pub route: Arc<PortMetrics>,
     /// The client: the PROXY-decoded source when the port decodes PROXY, else the peer.
     pub client: SocketAddr,
     /// The TCP peer (the load balancer, when PROXY protocol is used).
     pub peer: SocketAddr,
-    /// Namespace of the Service.
-    pub namespace: String,
-    /// Name of the Service.
-    pub service: String,
-    /// The endpoint that served the connection, if any.
+    /// The endpoint that served the connection (or was tried last), if any.
     pub endpoint: Option<SocketAddr>,
     /// The pod behind that endpoint (EndpointSlice `targetRef`), if known.
-    pub pod: Option<String>,
+    pub pod: Option<Arc<str>>,
     /// Connect attempts made.
     pub attempts: u32,
     /// Bytes received from the client.
     pub bytes_received: u64,
     /// Bytes sent to the client.
     pub bytes_sent: u64,
-    /// Lifetime in milliseconds.
-    pub duration_ms: f64,
+    /// Lifetime.
+    pub duration: Duration,
     /// How it ended.
     pub close: CloseReason,
     /// The error behind `close`, when there was one.
     pub error: Option<String>,
 }
 
+/// The serialized shape of a record (field order is the line's order).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: String,
+    protocol: &'static str,
+    port: u16,
+    client: SocketAddr,
+    peer: SocketAddr,
+    namespace: &'a str,
+    service: &'a str,
+    endpoint: Option<SocketAddr>,
+    pod: Option<&'a str>,
+    attempts: u32,
+    bytes_received: u64,
+    bytes_sent: u64,
+    duration_ms: f64,
+    close: &'static str,
+    error: Option<&'a str>,
+}
+
 impl AccessRecord {
-    /// Formats the record as one line (without the newline).
-    pub fn format(&self, format: AccessLogFormat) -> String {
-        match format {
-            AccessLogFormat::Json | AccessLogFormat::Off => {
-                serde_json::to_string(self).expect("plain data serializes")
-            }
-            AccessLogFormat::Text => {
-                let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-                format!(
-                    "{} {} port={} client={} peer={} service={}/{} endpoint={} pod={:?} attempts={} received={} sent={} duration_ms={:.3} close={} error={:?}",
-                    self.time,
-                    self.protocol,
-                    self.port,
-                    self.client,
-                    self.peer,
-                    self.namespace,
-                    self.service,
-                    opt(self.endpoint.map(|e| e.to_string())),
-                    opt(self.pod.clone()),
-                    self.attempts,
-                    self.bytes_received,
-                    self.bytes_sent,
-                    self.duration_ms,
-                    serde_json::to_value(self.close)
-                        .expect("enum")
-                        .as_str()
-                        .unwrap_or("?"),
-                    self.error.as_deref().unwrap_or(""),
-                )
-            }
+    fn line(&self) -> Line<'_> {
+        let labels = self.route.labels();
+        Line {
+            time: humantime::format_rfc3339_millis(self.ended).to_string(),
+            protocol: labels.protocol,
+            port: labels.port,
+            client: self.client,
+            peer: self.peer,
+            namespace: &labels.namespace,
+            service: &labels.service,
+            endpoint: self.endpoint,
+            pod: self.pod.as_deref(),
+            attempts: self.attempts,
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+            close: self.close.as_str(),
+            error: self.error.as_deref(),
         }
     }
-}
 
-/// RFC 3339 timestamp with milliseconds, UTC.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// Milliseconds of a duration, as a float.
-pub fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    /// Appends the record as one line, newline included.
+    pub fn write_line(&self, format: AccessLogFormat, out: &mut Vec<u8>) {
+        let l = self.line();
+        match format {
+            AccessLogFormat::Json | AccessLogFormat::Off => {
+                serde_json::to_writer(&mut *out, &l).expect("plain data serializes");
+            }
+            AccessLogFormat::Text => {
+                let endpoint = l.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string());
+                let _ = write!(
+                    out,
+                    "{} {} port={} client={} peer={} service={}/{} endpoint={} pod={:?} attempts={} received={} sent={} duration_ms={:.3} close={} error={:?}",
+                    l.time,
+                    l.protocol,
+                    l.port,
+                    l.client,
+                    l.peer,
+                    l.namespace,
+                    l.service,
+                    endpoint,
+                    l.pod.unwrap_or("-"),
+                    l.attempts,
+                    l.bytes_received,
+                    l.bytes_sent,
+                    l.duration_ms,
+                    l.close,
+                    l.error.unwrap_or(""),
+                );
+            }
+        }
+        out.push(b'\n');
+    }
 }
 
 /// The sending side, shared by every connection.
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: Option<mpsc::Sender<AccessRecord>>,
+    tx: Option<SyncSender<AccessRecord>>,
     metrics: Arc<Metrics>,
 }
+
+/// Bytes buffered before a write; also written when the channel stays empty for [`IDLE_FLUSH`].
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long the writer waits for more records before writing what it has.
+const IDLE_FLUSH: Duration = Duration::from_millis(50);
 
 impl AccessLog {
     /// No access log.
@@ -143,28 +190,37 @@ impl AccessLog {
     pub fn start(
         format: AccessLogFormat,
         capacity: usize,
-        out: Box<dyn Write + Send>,
+        mut out: Box<dyn Write + Send>,
         metrics: Arc<Metrics>,
     ) -> Self {
         if format == AccessLogFormat::Off {
             return Self::off(metrics);
         }
-        let (tx, mut rx) = mpsc::channel::<AccessRecord>(capacity.max(1));
+        let (tx, rx) = mpsc::sync_channel::<AccessRecord>(capacity.max(1));
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let mut out = std::io::BufWriter::new(out);
-                while let Some(record) = rx.blocking_recv() {
-                    let mut line = record.format(format);
-                    line.push('\n');
-                    if out.write_all(line.as_bytes()).is_err() {
-                        break;
+                let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
+                loop {
+                    match rx.recv_timeout(IDLE_FLUSH) {
+                        Ok(record) => {
+                            record.write_line(format, &mut buf);
+                            if buf.len() < WRITE_BATCH {
+                                continue;
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) if buf.is_empty() => continue,
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => {
+                            let _ = out.write_all(&buf).and_then(|_| out.flush());
+                            return;
+                        }
                     }
-                    if rx.is_empty() && out.flush().is_err() {
-                        break;
+                    if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+                        return;
                     }
+                    buf.clear();
                 }
-                let _ = out.flush();
             })
             .expect("spawn the access-log thread");
         Self {
@@ -181,7 +237,7 @@ impl AccessLog {
     /// Queues a record; never waits. A full buffer drops it and counts the drop.
     pub fn record(&self, record: AccessRecord) {
         if let Some(tx) = &self.tx
-            && tx.try_send(record).is_err()
+            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(record)
         {
             self.metrics.global.access_log_dropped.inc();
         }

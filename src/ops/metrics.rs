@@ -125,6 +125,11 @@ pub struct PortMetrics {
 }
 
 impl PortMetrics {
+    /// The labels these handles carry (port, protocol, namespace, service).
+    pub fn labels(&self) -> &PortLabels {
+        &self.labels
+    }
+
     /// Counts a refused connection.
     pub fn refused(&self, reason: RefuseReason) {
         let i = match reason {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Cost of the access log (and of the always-on metrics, compared with the access log off) on
+# connection rate and throughput: same machine, same run, rounds alternating between modes.
+# dermaga is pinned to CPU 0, the load and the backend to CPU 1 (taskset, from util-linux).
+# Usage: loadtest/access-log-cost.sh [ROUNDS] [SECONDS]   (defaults 3 and 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+secs=${2:-5}
+command -v taskset >/dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }
+cargo build --release -q -p dermaga -p loadtest
+bin=target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+taskset -c 1 $bin/loadtest backend --listen 127.0.0.2:19000 &
+cat > "$work/config.yaml" <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: tcp-services, namespace: dermaga}
+data: {"10000": "default/bench:80"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bench, namespace: default}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bench-1, namespace: default, labels: {kubernetes.io/service-name: bench}}
+addressType: IPv4
+ports: [{port: 19000}]
+endpoints: [{addresses: ["127.0.0.2"]}]
+YAML
+
+results="$work/results.jsonl"
+for round in $(seq 1 "$rounds"); do
+  for mode in json off; do
+    taskset -c 0 $bin/dermaga --config "$work/config.yaml" --listen-address 127.1.1.1 \
+      --admin-address 127.1.1.1:0 --access-log "$mode" --log-level warn > "$work/access-$mode.log" &
+    pid=$!
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.1.1.1/10000) 2>/dev/null && break; sleep 0.05; done
+    conn=$(taskset -c 1 $bin/loadtest conn --target 127.1.1.1:10000 --concurrency 50 --duration "${secs}s")
+    bulk=$(taskset -c 1 $bin/loadtest bulk --target 127.1.1.1:10000 --streams 1 --duration "${secs}s")
+    kill -TERM $pid; wait $pid || true
+    echo "{\"round\": $round, \"mode\": \"$mode\", \"conn\": $conn, \"bulk\": $bulk, \"log_lines\": $(wc -l < "$work/access-$mode.log")}" >> "$results"
+  done
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| access log | conn/s median (min–max) | failed | 1-stream Gbit/s median (min–max) |")
+print("|---|---|---|---|")
+med = {}
+for mode in ("json", "off"):
+    r = [x for x in rows if x["mode"] == mode]
+    c = [x["conn"]["conn_per_sec"] for x in r]
+    b = [x["bulk"]["gbit_per_sec"] for x in r]
+    f = sum(x["conn"]["failed"] for x in r)
+    med[mode] = (statistics.median(c), statistics.median(b))
+    print(f"| {mode} | {med[mode][0]:.0f} ({min(c):.0f}–{max(c):.0f}) | {f} | {med[mode][1]:.2f} ({min(b):.2f}–{max(b):.2f}) |")
+print(f"\njson/off: conn/s {med['json'][0]/med['off'][0]:.3f}, throughput {med['json'][1]/med['off'][1]:.3f}; rounds: {len(rows)//2}")
+PY
