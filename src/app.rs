@@ -14,6 +14,7 @@ use crate::control::names::Protocol;
 use crate::control::provider::file::FileProvider;
 use crate::data::listener::ListenAddress;
 use crate::data::tcp::TcpSettings;
+use crate::data::udp::port::UdpSettings;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::{self, AdminState};
@@ -31,8 +32,12 @@ impl RunArgs {
                 self.admin_address
             ),
         );
+        let mut port_maps = vec![(Protocol::Tcp, self.tcp_services_configmap.clone())];
+        if let Some(udp) = &self.udp_services_configmap {
+            port_maps.push((Protocol::Udp, udp.clone()));
+        }
         IndexSettings {
-            port_maps: vec![(Protocol::Tcp, self.tcp_services_configmap.clone())],
+            port_maps,
             reserved,
         }
     }
@@ -51,6 +56,10 @@ impl RunArgs {
             drain_timeout: self.drain_timeout,
             max_pipes: self.max_pipes,
             pipe_size: self.pipe_size as usize,
+            udp: UdpSettings {
+                idle_timeout: self.udp_idle_timeout,
+                max_flows: self.udp_max_flows,
+            },
         }
     }
 }
@@ -63,9 +72,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
              (a YAML file of ConfigMaps, Services and EndpointSlices), or `dermaga demo`"
         );
     };
-    if let Some(udp) = &args.udp_services_configmap {
-        tracing::warn!(configmap = %udp, "--udp-services-configmap is set, but this version forwards TCP only; UDP ports are not opened");
-    }
     run_with_file(args, config).await
 }
 

@@ -86,8 +86,8 @@ pub struct RunArgs {
     )]
     pub tcp_services_configmap: ObjectName,
 
-    /// The UDP port map, NAMESPACE/NAME (same flag as ingress-nginx). Accepted, but UDP is not
-    /// forwarded in this version (a warning says so).
+    /// The UDP port map, NAMESPACE/NAME (same flag as ingress-nginx). Without it, no UDP port
+    /// is opened.
     #[arg(
         long,
         global = true,
@@ -167,6 +167,21 @@ pub struct RunArgs {
     /// How often the --config file is checked for changes.
     #[arg(long, global = true, env = "DERMAGA_CONFIG_POLL_INTERVAL", value_name = "DURATION", default_value = "250ms", value_parser = positive_duration)]
     pub config_poll_interval: Duration,
+
+    /// A UDP flow with no datagram either way for this long ends (its upstream socket closes).
+    #[arg(long, global = true, env = "DERMAGA_UDP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    pub udp_idle_timeout: Duration,
+
+    /// UDP flows per port at most; datagrams from new clients beyond that are dropped (and
+    /// counted in dermaga_udp_datagrams_dropped_total{reason="max_flows"}).
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_UDP_MAX_FLOWS",
+        value_name = "N",
+        default_value_t = 65536
+    )]
+    pub udp_max_flows: usize,
 
     /// Log format (logs go to stderr; the access log goes to stdout).
     #[arg(

@@ -18,6 +18,7 @@ use crate::data::listener::{
 };
 use crate::data::pipes::PipePool;
 use crate::data::tcp::{ConnContext, TcpSettings};
+use crate::data::udp::port::UdpSettings;
 use crate::ops::access_log::AccessLog;
 use crate::ops::metrics::Metrics;
 
@@ -34,6 +35,8 @@ pub struct GatewayOptions {
     pub max_pipes: usize,
     /// Capacity asked for each pipe.
     pub pipe_size: usize,
+    /// UDP flow settings.
+    pub udp: UdpSettings,
 }
 
 impl Default for GatewayOptions {
@@ -44,6 +47,7 @@ impl Default for GatewayOptions {
             drain_timeout: Duration::from_secs(60),
             max_pipes: 1024,
             pipe_size: 64 * 1024,
+            udp: UdpSettings::default(),
         }
     }
 }
@@ -85,6 +89,7 @@ impl Gateway {
             pipes: pipes.clone(),
             metrics: metrics.clone(),
             access_log,
+            udp: options.udp.clone(),
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout);
         let status = manager.states();

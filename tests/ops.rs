@@ -376,11 +376,13 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
         }
     });
     // A writer that blocks forever: the buffer of 2 fills, further records are dropped.
-    struct Stuck;
+    struct Stuck(Arc<std::sync::atomic::AtomicBool>);
     impl Write for Stuck {
         fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-            std::thread::park();
-            Ok(0)
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            loop {
+                std::thread::park();
+            }
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -411,11 +413,12 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
     assert_eq!(lines.records()[0]["close"], "backend_closed");
     gw.shutdown().await;
 
+    let stuck = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
     let log = Arc::new(AccessLog::start(
         AccessLogFormat::Json,
         2,
-        Box::new(Stuck),
+        Box::new(Stuck(stuck.clone())),
         metrics.clone(),
     ));
     let gw = Gateway::start_with(
@@ -426,17 +429,23 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
     );
     apply(&gw, &configmap_yaml(&[("10000", "default/none:80")]));
     let port = gw.wait_bound(tcp(10000)).await;
-    for _ in 0..10 {
-        let _ = async { TcpStream::connect(port).await?.read(&mut [0u8; 1]).await }.await;
-    }
-    // One record is stuck in the writer, two wait in the buffer: at least 7 are dropped, and
-    // no connection waited for the log (all 10 were served).
-    wait_until("drops counted", || {
-        metric(&gw, "dermaga_access_log_dropped_total", &[]) >= 7.0
+    let refused = || async { TcpStream::connect(port).await?.read(&mut [0u8; 1]).await };
+    // The first record reaches the writer, which then hangs in write().
+    let _ = refused().await;
+    wait_until("the writer is stuck", || {
+        stuck.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
-    assert_eq!(metric(&gw, "dermaga_connections_accepted_total", &[]), 10.0);
-    let dropped = metric(&gw, "dermaga_access_log_dropped_total", &[]);
-    assert!((7.0..=8.0).contains(&dropped), "dropped {dropped}");
+    for _ in 0..10 {
+        let _ = refused().await;
+    }
+    // Two records wait in the buffer, the other eight are dropped, and no connection waited
+    // for the log (all were served).
+    wait_until("drops counted", || {
+        metric(&gw, "dermaga_access_log_dropped_total", &[]) >= 8.0
+    })
+    .await;
+    assert_eq!(metric(&gw, "dermaga_connections_accepted_total", &[]), 11.0);
+    assert_eq!(metric(&gw, "dermaga_access_log_dropped_total", &[]), 8.0);
     gw.shutdown().await;
 }

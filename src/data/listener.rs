@@ -12,12 +12,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tcp::{ConnContext, canonical, serve_connection};
+use super::udp::port::serve_udp;
 use crate::control::names::{Protocol, RouteKey};
 
 /// The state of one port, as the manager last left it.
@@ -65,6 +66,36 @@ pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
         socket.listen(4096)?;
         socket.set_nonblocking(true)?;
         TcpListener::from_std(socket.into())
+    };
+    match address {
+        ListenAddress::Ip(ip) => attempt(ip),
+        ListenAddress::All => match attempt(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+                attempt(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            }
+            other => other,
+        },
+    }
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// Binds a UDP socket for a data port, the way TCP ports are bound.
+pub fn bind_udp(address: ListenAddress, port: u16) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let attempt = |ip: IpAddr| -> io::Result<UdpSocket> {
+        let addr = SocketAddr::new(ip, port);
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        UdpSocket::from_std(socket.into())
     };
     match address {
         ListenAddress::Ip(ip) => attempt(ip),
@@ -145,11 +176,7 @@ impl ListenerManager {
 
     fn reconcile(&mut self) {
         let table = self.ctx.snapshot.load();
-        let wanted: Vec<RouteKey> = table
-            .keys()
-            .filter(|k| k.protocol == Protocol::Tcp)
-            .copied()
-            .collect();
+        let wanted: Vec<RouteKey> = table.keys().copied().collect();
         let gone: Vec<RouteKey> = self
             .running
             .keys()
@@ -165,14 +192,22 @@ impl ListenerManager {
             if self.running.contains_key(&key) {
                 continue;
             }
-            match bind_tcp(self.address, key.port.get()) {
-                Ok(listener) => {
-                    let local = listener
-                        .local_addr()
-                        .map(canonical)
-                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], key.port.get())));
+            let bound = match key.protocol {
+                Protocol::Tcp => bind_tcp(self.address, key.port.get()).and_then(|l| {
+                    let local = l.local_addr()?;
+                    self.start(key, Socket::Tcp(l));
+                    Ok(local)
+                }),
+                Protocol::Udp => bind_udp(self.address, key.port.get()).and_then(|s| {
+                    let local = s.local_addr()?;
+                    self.start(key, Socket::Udp(s));
+                    Ok(local)
+                }),
+            };
+            match bound {
+                Ok(local) => {
+                    let local = canonical(local);
                     tracing::info!(port = %key, address = %local, "listening");
-                    self.start(key, listener);
                     states.insert(key, PortState::Bound(local));
                 }
                 Err(err) => {
@@ -190,11 +225,27 @@ impl ListenerManager {
         });
     }
 
-    fn start(&mut self, key: RouteKey, listener: TcpListener) {
+    fn start(&mut self, key: RouteKey, socket: Socket) {
         let running = RunningListener {
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
             connections: TaskTracker::new(),
+        };
+        let listener = match socket {
+            Socket::Tcp(listener) => listener,
+            Socket::Udp(socket) => {
+                // UDP flows live inside the port's task: a removed UDP port ends its flows at
+                // once (replies could not leave without the port's socket anyway).
+                running.connections.spawn(serve_udp(
+                    socket,
+                    key,
+                    self.ctx.clone(),
+                    self.ctx.udp.clone(),
+                    running.stop_accepting.clone(),
+                ));
+                self.running.insert(key, running);
+                return;
+            }
         };
         tokio::spawn(accept_loop(
             listener,

@@ -1,6 +1,7 @@
 //! Data plane: listening sockets per route ([`listener`]), one task per TCP connection
 //! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
-//! [`pipes`], [`sys`]) or a buffered copy, and PROXY protocol framing ([`proxy_protocol`]).
+//! [`pipes`], [`sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
+//! UDP flows with one connected upstream socket each ([`udp`]).
 
 pub mod forward;
 pub mod listener;
@@ -8,3 +9,4 @@ pub mod pipes;
 pub mod proxy_protocol;
 pub mod sys;
 pub mod tcp;
+pub mod udp;

@@ -54,6 +54,8 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     /// Access log.
     pub access_log: Arc<AccessLog>,
+    /// UDP settings.
+    pub udp: crate::data::udp::port::UdpSettings,
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0), so the peer learns at once.

@@ -45,6 +45,12 @@ pub enum CloseReason {
     ClientError,
     /// An I/O error on the backend side.
     BackendError,
+    /// UDP: no datagram either way for the idle timeout.
+    IdleTimeout,
+    /// UDP: the flow's endpoint left the route; the next datagram starts a new flow.
+    EndpointGone,
+    /// UDP: the endpoint answered ICMP port-unreachable.
+    UpstreamRefused,
 }
 
 impl CloseReason {
@@ -59,6 +65,9 @@ impl CloseReason {
             CloseReason::UpstreamUnavailable => "upstream_unavailable",
             CloseReason::ClientError => "client_error",
             CloseReason::BackendError => "backend_error",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::EndpointGone => "endpoint_gone",
+            CloseReason::UpstreamRefused => "upstream_refused",
         }
     }
 }

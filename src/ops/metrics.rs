@@ -93,6 +93,51 @@ struct FailureLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    #[prometheus(flatten)]
+    port: PortLabels,
+    reason: &'static str,
+}
+
+/// The per-port UDP handles.
+#[derive(Debug)]
+pub struct UdpMetrics {
+    /// Flows started.
+    pub flows_created: Counter,
+    /// Flows open now.
+    pub flows_active: Gauge,
+    /// Datagrams from clients.
+    pub datagrams_received: Counter,
+    /// Datagrams to clients.
+    pub datagrams_sent: Counter,
+    ended: Family<ReasonLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
+    labels: PortLabels,
+}
+
+impl UdpMetrics {
+    /// A flow ended, for `reason` (idle_timeout, endpoint_gone, upstream_refused, drained, error).
+    pub fn flow_ended(&self, reason: &'static str) {
+        self.ended
+            .get_or_create(&ReasonLabels {
+                port: self.labels.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A client datagram was dropped, for `reason` (max_flows, no_endpoints, upstream_busy).
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped
+            .get_or_create(&ReasonLabels {
+                port: self.labels.clone(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModeLabels {
     mode: &'static str,
 }
@@ -221,6 +266,12 @@ pub struct Metrics {
     failures: Family<FailureLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
+    udp_created: Family<PortLabels, Counter>,
+    udp_active: Family<PortLabels, Gauge>,
+    udp_received: Family<PortLabels, Counter>,
+    udp_sent: Family<PortLabels, Counter>,
+    udp_ended: Family<ReasonLabels, Counter>,
+    udp_dropped: Family<ReasonLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -346,6 +397,42 @@ impl Metrics {
             "Ports that could not be bound",
             live.listeners_failed.clone(),
         );
+        let udp_created = Family::<PortLabels, Counter>::default();
+        let udp_active = Family::<PortLabels, Gauge>::default();
+        let udp_received = Family::<PortLabels, Counter>::default();
+        let udp_sent = Family::<PortLabels, Counter>::default();
+        let udp_ended = Family::<ReasonLabels, Counter>::default();
+        let udp_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "udp_flows_created",
+            "UDP flows started, per port",
+            udp_created.clone(),
+        );
+        registry.register(
+            "udp_flows_active",
+            "UDP flows open now, per port",
+            udp_active.clone(),
+        );
+        registry.register(
+            "udp_flows_ended",
+            "UDP flows ended, by reason (idle_timeout, endpoint_gone, upstream_refused, drained, error)",
+            udp_ended.clone(),
+        );
+        registry.register(
+            "udp_datagrams_received",
+            "Datagrams received from clients, per port",
+            udp_received.clone(),
+        );
+        registry.register(
+            "udp_datagrams_sent",
+            "Datagrams sent to clients, per port",
+            udp_sent.clone(),
+        );
+        registry.register(
+            "udp_datagrams_dropped",
+            "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy)",
+            udp_dropped.clone(),
+        );
         registry.register_collector(Box::new(live.clone()));
         Self {
             registry,
@@ -362,6 +449,12 @@ impl Metrics {
             failures,
             reloads,
             cache: RwLock::new(HashMap::new()),
+            udp_created,
+            udp_active,
+            udp_received,
+            udp_sent,
+            udp_ended,
+            udp_dropped,
         }
     }
 
@@ -411,6 +504,25 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, (service.clone(), pm.clone()));
         pm
+    }
+
+    /// The UDP handles of one route (looked up once per flow, not per datagram).
+    pub fn udp(&self, key: RouteKey, service: &ObjectName) -> UdpMetrics {
+        let labels = PortLabels {
+            port: key.port.get(),
+            protocol: key.protocol.as_k8s(),
+            namespace: service.namespace.clone(),
+            service: service.name.clone(),
+        };
+        UdpMetrics {
+            flows_created: self.udp_created.get_or_create(&labels).clone(),
+            flows_active: self.udp_active.get_or_create(&labels).clone(),
+            datagrams_received: self.udp_received.get_or_create(&labels).clone(),
+            datagrams_sent: self.udp_sent.get_or_create(&labels).clone(),
+            ended: self.udp_ended.clone(),
+            dropped: self.udp_dropped.clone(),
+            labels,
+        }
     }
 
     /// Records a configuration load.

@@ -221,3 +221,64 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A ConfigMap with another name (e.g. `udp-services`).
+pub fn named_configmap_yaml(name: &str, entries: &[(&str, &str)]) -> String {
+    configmap_yaml(entries).replace("name: tcp-services", &format!("name: {name}"))
+}
+
+/// A Service with one UDP port named `main`.
+pub fn udp_service_yaml(name: &str, port: u16) -> String {
+    service_yaml(name, port).replace("{name: main, port: ", "{name: main, protocol: UDP, port: ")
+}
+
+/// Slices with a UDP port named `main`.
+pub fn udp_slices_yaml(service: &str, endpoints: &[(SocketAddr, bool)]) -> String {
+    slices_yaml(service, endpoints).replace(
+        "ports: [{name: main, port: ",
+        "ports: [{name: main, protocol: UDP, port: ",
+    )
+}
+
+/// Index settings with both port maps.
+pub fn settings_with_udp() -> IndexSettings {
+    let mut s = settings();
+    s.port_maps
+        .push((Protocol::Udp, ObjectName::new("dermaga", "udp-services")));
+    s
+}
+
+/// A UDP backend that answers each datagram with `<tag>:<payload>`.
+pub async fn udp_backend(ip: &str, tag: &str) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let tag = tag.as_bytes().to_vec();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
+            let mut reply = tag.clone();
+            reply.push(b':');
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `payload` from `socket` to `to` until an answer comes (every 100 ms, 50 tries at most).
+pub async fn udp_ask(socket: &tokio::net::UdpSocket, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; 70_000];
+    for _ in 0..50 {
+        socket.send_to(payload, to).await.unwrap();
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await
+        {
+            assert_eq!(from, to, "the reply comes from the port the client used");
+            return buf[..n].to_vec();
+        }
+    }
+    panic!("no UDP answer from {to}");
+}

@@ -1,0 +1,208 @@
+//! UDP through real sockets: many clients with per-flow upstream sockets and round robin,
+//! large datagrams, TCP and UDP on the same port number, flow limit and idle expiry, flows
+//! moving when their endpoint leaves, and ICMP port-unreachable moving a flow elsewhere.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dermaga::control::index::Index;
+use dermaga::data::udp::port::UdpSettings;
+use dermaga::gateway::{Gateway, GatewayOptions};
+use support::*;
+use tokio::net::UdpSocket;
+
+fn udp_key(port: u16) -> dermaga::control::names::RouteKey {
+    dermaga::control::names::RouteKey {
+        port: dermaga::control::names::ListenPort::new(port).unwrap(),
+        protocol: dermaga::control::names::Protocol::Udp,
+    }
+}
+
+fn start(yaml: &str, opts: GatewayOptions) -> Gateway {
+    let gw = Gateway::start(Index::new(settings_with_udp()), opts);
+    apply(&gw, yaml);
+    gw
+}
+
+fn dns_yaml(endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<(SocketAddr, bool)> = endpoints.iter().map(|e| (*e, true)).collect();
+    named_configmap_yaml("udp-services", &[("5353", "default/dns:53")])
+        + &udp_service_yaml("dns", 53)
+        + &udp_slices_yaml("dns", &eps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_each_get_their_own_answer_round_robin() {
+    let a = udp_backend("127.0.0.2", "a").await;
+    let b = udp_backend("127.0.0.3", "b").await;
+    let gw = start(&dns_yaml(&[a, b]), options("127.1.0.80"));
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let mut tags = BTreeMap::new();
+    let mut sockets = Vec::new(); // kept open: 1,000 distinct client addresses
+    for batch in 0..10 {
+        let clients: Vec<_> = (0..100)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let id = batch * 100 + i;
+                    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    let question = format!("query-{id}");
+                    let answer = udp_ask(&socket, port, question.as_bytes()).await;
+                    let answer = String::from_utf8(answer).unwrap();
+                    let (tag, echoed) = answer.split_once(':').unwrap();
+                    assert_eq!(echoed, question, "every reply reaches the right client");
+                    (tag.to_owned(), socket)
+                })
+            })
+            .collect();
+        for c in clients {
+            let (tag, socket) = c.await.unwrap();
+            *tags.entry(tag).or_insert(0) += 1;
+            sockets.push(socket);
+        }
+    }
+    assert_eq!(tags.values().sum::<u32>(), 1000);
+    assert_eq!(
+        (tags["a"], tags["b"]),
+        (500, 500),
+        "round robin over new flows"
+    );
+    assert_eq!(
+        metric(&gw, "dermaga_udp_flows_created_total", &[("port", "5353")]),
+        1000.0
+    );
+    assert_eq!(
+        metric(&gw, "dermaga_udp_flows_active", &[("port", "5353")]),
+        1000.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_datagram_passes_intact_both_ways() {
+    let a = udp_backend("127.0.0.2", "a").await;
+    let gw = start(&dns_yaml(&[a]), options("127.1.0.81"));
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The reply adds "a:", so the request leaves room for it under 65,507 bytes.
+    let payload = random_block(65_505, 3);
+    let answer = udp_ask(&socket, port, &payload).await;
+    assert_eq!(answer.len(), 65_507);
+    assert_eq!(&answer[2..], &payload[..]);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_udp_on_the_same_port_go_to_different_services() {
+    let tcp_backend = Backend::start("127.0.0.2", "dns-over-tcp").await;
+    let udp = udp_backend("127.0.0.3", "dns-over-udp").await;
+    let yaml = configmap_yaml(&[("10053", "default/dns-tcp:53")])
+        + &named_configmap_yaml("udp-services", &[("10053", "default/dns-udp:53")])
+        + &service_yaml("dns-tcp", 53)
+        + &slices_yaml("dns-tcp", &[(tcp_backend.addr, true)])
+        + &udp_service_yaml("dns-udp", 53)
+        + &udp_slices_yaml("dns-udp", &[(udp, true)]);
+    let gw = start(&yaml, options("127.1.0.82"));
+    let tcp_port = gw.wait_bound(tcp(10053)).await;
+    let udp_port = gw.wait_bound(udp_key(10053)).await;
+    assert_eq!(tcp_port.port(), udp_port.port());
+    assert_eq!(greeting(tcp_port).await.unwrap(), "dns-over-tcp");
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(udp_ask(&socket, udp_port, b"q").await, b"dns-over-udp:q");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_flows_drops_new_clients_until_idle_flows_expire() {
+    let a = udp_backend("127.0.0.2", "a").await;
+    let mut opts = options("127.1.0.83");
+    opts.udp = UdpSettings {
+        idle_timeout: Duration::from_millis(300),
+        max_flows: 2,
+    };
+    let gw = start(&dns_yaml(&[a]), opts);
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let (c1, c2, c3) = (
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    );
+    udp_ask(&c1, port, b"1").await;
+    udp_ask(&c2, port, b"2").await;
+    c3.send_to(b"3", port).await.unwrap();
+    wait_until("the third client's datagram dropped at the limit", || {
+        metric(
+            &gw,
+            "dermaga_udp_datagrams_dropped_total",
+            &[("reason", "max_flows")],
+        ) == 1.0
+    })
+    .await;
+    // Both flows go idle and expire; then the third client gets through.
+    wait_until("idle flows expired", || {
+        metric(
+            &gw,
+            "dermaga_udp_flows_ended_total",
+            &[("reason", "idle_timeout")],
+        ) == 2.0
+    })
+    .await;
+    assert_eq!(
+        metric(&gw, "dermaga_udp_flows_active", &[("port", "5353")]),
+        0.0
+    );
+    assert_eq!(udp_ask(&c3, port, b"3").await, b"a:3");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_moves_when_its_endpoint_leaves() {
+    let a = udp_backend("127.0.0.2", "a").await;
+    let b = udp_backend("127.0.0.3", "b").await;
+    let gw = start(&dns_yaml(&[a]), options("127.1.0.84"));
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    assert_eq!(udp_ask(&client, port, b"x").await, b"a:x");
+    apply(&gw, &dns_yaml(&[b]));
+    assert_eq!(
+        udp_ask(&client, port, b"y").await,
+        b"b:y",
+        "no black hole after the pod change"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "dermaga_udp_flows_ended_total",
+            &[("reason", "endpoint_gone")]
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_unreachable_ends_the_flow_and_new_flows_skip_that_endpoint() {
+    let live = udp_backend("127.0.0.2", "live").await;
+    let refusing: SocketAddr = REFUSING.parse().unwrap();
+    let gw = start(&dns_yaml(&[live, refusing]), options("127.1.0.85"));
+    let port = gw.wait_bound(udp_key(5353)).await;
+    // Like DNS clients, each retries until answered; every one ends up answered by "live".
+    for i in 0..10 {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let q = format!("q{i}");
+        assert_eq!(
+            udp_ask(&client, port, q.as_bytes()).await,
+            format!("live:{q}").as_bytes()
+        );
+    }
+    assert!(
+        metric(
+            &gw,
+            "dermaga_udp_flows_ended_total",
+            &[("reason", "upstream_refused")]
+        ) >= 1.0
+    );
+    gw.shutdown().await;
+}
