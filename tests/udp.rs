@@ -49,7 +49,7 @@ async fn a_thousand_clients_each_get_their_own_answer_round_robin() {
                     let id = batch * 100 + i;
                     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
                     let question = format!("query-{id}");
-                    let answer = udp_ask(&socket, port, question.as_bytes()).await;
+                    let answer = udp_ask_once(&socket, port, question.as_bytes()).await;
                     let answer = String::from_utf8(answer).unwrap();
                     let (tag, echoed) = answer.split_once(':').unwrap();
                     assert_eq!(echoed, question, "every reply reaches the right client");
@@ -88,7 +88,7 @@ async fn the_largest_datagram_passes_intact_both_ways() {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     // The reply adds "a:", so the request leaves room for it under 65,507 bytes.
     let payload = random_block(65_505, 3);
-    let answer = udp_ask(&socket, port, &payload).await;
+    let answer = udp_ask_once(&socket, port, &payload).await;
     assert_eq!(answer.len(), 65_507);
     assert_eq!(&answer[2..], &payload[..]);
     gw.shutdown().await;
@@ -110,7 +110,10 @@ async fn tcp_and_udp_on_the_same_port_go_to_different_services() {
     assert_eq!(tcp_port.port(), udp_port.port());
     assert_eq!(greeting(tcp_port).await.unwrap(), "dns-over-tcp");
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    assert_eq!(udp_ask(&socket, udp_port, b"q").await, b"dns-over-udp:q");
+    assert_eq!(
+        udp_ask_once(&socket, udp_port, b"q").await,
+        b"dns-over-udp:q"
+    );
     gw.shutdown().await;
 }
 
@@ -129,8 +132,8 @@ async fn max_flows_drops_new_clients_until_idle_flows_expire() {
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
         UdpSocket::bind("127.0.0.1:0").await.unwrap(),
     );
-    udp_ask(&c1, port, b"1").await;
-    udp_ask(&c2, port, b"2").await;
+    udp_ask_once(&c1, port, b"1").await;
+    udp_ask_once(&c2, port, b"2").await;
     c3.send_to(b"3", port).await.unwrap();
     wait_until("the third client's datagram dropped at the limit", || {
         metric(
@@ -153,7 +156,7 @@ async fn max_flows_drops_new_clients_until_idle_flows_expire() {
         metric(&gw, "dermaga_udp_flows_active", &[("port", "5353")]),
         0.0
     );
-    assert_eq!(udp_ask(&c3, port, b"3").await, b"a:3");
+    assert_eq!(udp_ask_once(&c3, port, b"3").await, b"a:3");
     gw.shutdown().await;
 }
 
@@ -164,10 +167,10 @@ async fn a_flow_moves_when_its_endpoint_leaves() {
     let gw = start(&dns_yaml(&[a]), options("127.1.0.84"));
     let port = gw.wait_bound(udp_key(5353)).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    assert_eq!(udp_ask(&client, port, b"x").await, b"a:x");
+    assert_eq!(udp_ask_once(&client, port, b"x").await, b"a:x");
     apply(&gw, &dns_yaml(&[b]));
     assert_eq!(
-        udp_ask(&client, port, b"y").await,
+        udp_ask_once(&client, port, b"y").await,
         b"b:y",
         "no black hole after the pod change"
     );

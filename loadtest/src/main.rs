@@ -4,6 +4,8 @@
 //! - `backend`: echo server (replies to what it reads) and bulk source/sink on one port.
 //! - `conn`: new connections per second: connect, send N bytes, read N back, close.
 //! - `bulk`: throughput of S streams, each sending as fast as it can for the duration.
+//! - `dns`: UDP request/response: C client sockets each sending a DNS query for `example.test`
+//!   and waiting for the answer (1 s timeout counts as lost), for the duration.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +49,15 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// DNS over UDP: --clients sockets, each one query in flight at a time.
+    Dns {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        duration: Duration,
+    },
     /// Throughput: --streams connections each sending to a sink for --duration.
     Bulk {
         #[arg(long)]
@@ -73,6 +84,11 @@ async fn main() -> anyhow::Result<()> {
             streams,
             duration,
         } => bulk(target, streams, duration).await,
+        Cmd::Dns {
+            target,
+            clients,
+            duration,
+        } => dns(target, clients, duration).await,
     }
 }
 
@@ -184,6 +200,70 @@ async fn bulk(target: SocketAddr, streams: usize, duration: Duration) -> anyhow:
         "{}",
         serde_json::json!({"test": "bulk", "streams": streams, "bytes": total, "seconds": secs,
                            "gbit_per_sec": total as f64 * 8.0 / secs / 1e9})
+    );
+    Ok(())
+}
+
+/// A DNS query (RD set) for `example.test` type A, with transaction id `id`.
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in ["example", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+async fn dns(target: SocketAddr, clients: usize, duration: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+            socket.connect(target).await?;
+            let (mut answered, mut lost, mut latency_ns) = (0u64, 0u64, 0u128);
+            let mut buf = [0u8; 512];
+            let mut id = (c as u16).wrapping_mul(7919);
+            while Instant::now() < deadline {
+                id = id.wrapping_add(1);
+                let sent = Instant::now();
+                socket.send(&dns_query(id)).await?;
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n >= 2 && buf[..2] == id.to_be_bytes() => {
+                            answered += 1;
+                            latency_ns += sent.elapsed().as_nanos();
+                            break;
+                        }
+                        Ok(Ok(_)) => continue, // a late answer to an earlier (lost) query
+                        Ok(Err(_)) | Err(_) => {
+                            lost += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok::<_, std::io::Error>((answered, lost, latency_ns))
+        }));
+    }
+    let (mut answered, mut lost, mut latency_ns) = (0u64, 0u64, 0u128);
+    for t in tasks {
+        let (a, l, ns) = t.await??;
+        answered += a;
+        lost += l;
+        latency_ns += ns;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"test": "dns", "clients": clients, "answered": answered, "lost": lost, "seconds": secs,
+                           "qps": answered as f64 / secs,
+                           "avg_latency_us": if answered > 0 { latency_ns as f64 / answered as f64 / 1000.0 } else { 0.0 }})
     );
     Ok(())
 }

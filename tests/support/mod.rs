@@ -268,6 +268,22 @@ pub async fn udp_backend(ip: &str, tag: &str) -> SocketAddr {
     addr
 }
 
+/// Sends `payload` once and waits (bounded, 10 s) for the answer: nothing may be lost.
+pub async fn udp_ask_once(
+    socket: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 70_000];
+    socket.send_to(payload, to).await.unwrap();
+    let (n, from) = tokio::time::timeout(Duration::from_secs(10), socket.recv_from(&mut buf))
+        .await
+        .expect("the first datagram of a flow is answered")
+        .unwrap();
+    assert_eq!(from, to, "the reply comes from the port the client used");
+    buf[..n].to_vec()
+}
+
 /// Sends `payload` from `socket` to `to` until an answer comes (every 100 ms, 50 tries at most).
 pub async fn udp_ask(socket: &tokio::net::UdpSocket, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 70_000];

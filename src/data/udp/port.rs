@@ -248,7 +248,14 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
         udp: udp.clone(),
     };
     shared.table().insert(client, endpoint, handle, now);
-    send_upstream(&upstream, payload, &received, &udp);
+    // A new socket's writability is not known to the runtime yet, so `try_send` would report
+    // WouldBlock and lose every flow's first datagram: wait for it once (it is immediate).
+    match upstream.send(payload).await {
+        Ok(n) => {
+            received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(err) => tracing::debug!(error = %err, "UDP send to endpoint failed"),
+    }
 }
 
 fn send_upstream(upstream: &UdpSocket, payload: &[u8], received: &AtomicU64, udp: &UdpMetrics) {
