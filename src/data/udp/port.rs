@@ -67,6 +67,8 @@ struct Shared {
     key: RouteKey,
     socket: Arc<UdpSocket>,
     table: Mutex<FlowTable<FlowHandle>>,
+    /// When the "flow limit reached" warning was last logged (rate limit: one per 10 s).
+    last_full_warning: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -126,6 +128,7 @@ pub async fn serve_udp(
             settings.max_flows,
             SKIP_REFUSING,
         )),
+        last_full_warning: Mutex::new(None),
     });
     let mut sweep = tokio::time::interval(
         (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
@@ -184,7 +187,11 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
                     .metrics
                     .udp(shared.key, &service)
                     .dropped("max_flows");
-                tracing::debug!(port = %shared.key, client = %client, "UDP flow limit reached; datagram dropped");
+                let mut last = shared.last_full_warning.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    *last = Some(now);
+                    tracing::warn!(port = %shared.key, client = %client, "UDP flow limit (--udp-max-flows) reached: datagrams from new clients are dropped until flows expire (counted in dermaga_udp_datagrams_dropped_total{{reason=\"max_flows\"}}; logged at most every 10s)");
+                }
                 return;
             }
         }
