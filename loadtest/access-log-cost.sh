@@ -3,6 +3,8 @@
 # connection rate and throughput: same machine, same run, rounds alternating between modes.
 # dermaga is pinned to CPU 0, the load and the backend to CPU 1 (taskset, from util-linux).
 # Usage: loadtest/access-log-cost.sh [ROUNDS] [SECONDS]   (defaults 3 and 5)
+# With BASELINE=/path/to/an/older/dermaga (e.g. a build from before metrics existed), that
+# binary runs as a third contender ("baseline"), to show what metrics cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -34,10 +36,17 @@ endpoints: [{addresses: ["127.0.0.2"]}]
 YAML
 
 results="$work/results.jsonl"
+modes="json off"
+[ -n "${BASELINE:-}" ] && modes="$modes baseline"
 for round in $(seq 1 "$rounds"); do
-  for mode in json off; do
-    taskset -c 0 $bin/dermaga --config "$work/config.yaml" --listen-address 127.1.1.1 \
-      --admin-address 127.1.1.1:0 --access-log "$mode" --log-level warn > "$work/access-$mode.log" &
+  for mode in $modes; do
+    if [ "$mode" = baseline ]; then
+      taskset -c 0 "$BASELINE" --config "$work/config.yaml" --listen-address 127.1.1.1 \
+        --admin-address 127.1.1.1:10254 --log-level warn > "$work/access-$mode.log" &
+    else
+      taskset -c 0 $bin/dermaga --config "$work/config.yaml" --listen-address 127.1.1.1 \
+        --admin-address 127.1.1.1:0 --access-log "$mode" --log-level warn > "$work/access-$mode.log" &
+    fi
     pid=$!
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.1.1.1/10000) 2>/dev/null && break; sleep 0.05; done
     conn=$(taskset -c 1 $bin/loadtest conn --target 127.1.1.1:10000 --concurrency 50 --duration "${secs}s")
@@ -53,12 +62,15 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("| access log | conn/s median (min–max) | failed | 1-stream Gbit/s median (min–max) |")
 print("|---|---|---|---|")
 med = {}
-for mode in ("json", "off"):
+modes = [m for m in ("json", "off", "baseline") if any(x["mode"] == m for x in rows)]
+for mode in modes:
     r = [x for x in rows if x["mode"] == mode]
     c = [x["conn"]["conn_per_sec"] for x in r]
     b = [x["bulk"]["gbit_per_sec"] for x in r]
     f = sum(x["conn"]["failed"] for x in r)
     med[mode] = (statistics.median(c), statistics.median(b))
     print(f"| {mode} | {med[mode][0]:.0f} ({min(c):.0f}–{max(c):.0f}) | {f} | {med[mode][1]:.2f} ({min(b):.2f}–{max(b):.2f}) |")
-print(f"\njson/off: conn/s {med['json'][0]/med['off'][0]:.3f}, throughput {med['json'][1]/med['off'][1]:.3f}; rounds: {len(rows)//2}")
+print(f"\njson/off: conn/s {med['json'][0]/med['off'][0]:.3f}, throughput {med['json'][1]/med['off'][1]:.3f}; rounds: {len(rows)//len(modes)}")
+if "baseline" in med:
+    print(f"off/baseline: conn/s {med['off'][0]/med['baseline'][0]:.3f}, throughput {med['off'][1]/med['baseline'][1]:.3f}")
 PY
