@@ -92,53 +92,13 @@ pub async fn forward(
     let result = match pipes {
         Some((mut up, mut down)) => {
             *mode = Some(ForwardMode::Splice);
-            let mut up = SpliceStage(&mut up);
-            let mut down = SpliceStage(&mut down);
-            tokio::try_join!(
-                pump(
-                    client,
-                    upstream,
-                    Side::Client,
-                    Side::Upstream,
-                    &mut up,
-                    to_upstream,
-                    &first_eof
-                ),
-                pump(
-                    upstream,
-                    client,
-                    Side::Upstream,
-                    Side::Client,
-                    &mut down,
-                    to_client,
-                    &first_eof
-                ),
-            )
+            let stages = (SpliceStage(&mut up), SpliceStage(&mut down));
+            both_ways(client, upstream, stages, to_upstream, to_client, &first_eof).await
         }
         None => {
             *mode = Some(ForwardMode::Copy);
-            let mut up = CopyStage::new();
-            let mut down = CopyStage::new();
-            tokio::try_join!(
-                pump(
-                    client,
-                    upstream,
-                    Side::Client,
-                    Side::Upstream,
-                    &mut up,
-                    to_upstream,
-                    &first_eof
-                ),
-                pump(
-                    upstream,
-                    client,
-                    Side::Upstream,
-                    Side::Client,
-                    &mut down,
-                    to_client,
-                    &first_eof
-                ),
-            )
+            let stages = (CopyStage::new(), CopyStage::new());
+            both_ways(client, upstream, stages, to_upstream, to_client, &first_eof).await
         }
     };
     *first = match first_eof.load(Ordering::Relaxed) {
@@ -147,6 +107,37 @@ pub async fn forward(
         _ => None,
     };
     result.map(|_| ())
+}
+
+/// Runs both pumps until both are done or one fails (then the other is dropped).
+async fn both_ways<S: Stage>(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    (mut up, mut down): (S, S),
+    to_upstream: &mut u64,
+    to_client: &mut u64,
+    first_eof: &AtomicU8,
+) -> Result<((), ()), ForwardError> {
+    tokio::try_join!(
+        pump(
+            client,
+            upstream,
+            Side::Client,
+            Side::Upstream,
+            &mut up,
+            to_upstream,
+            first_eof
+        ),
+        pump(
+            upstream,
+            client,
+            Side::Upstream,
+            Side::Client,
+            &mut down,
+            to_client,
+            first_eof
+        ),
+    )
 }
 
 /// One direction's intermediate storage.

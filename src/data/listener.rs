@@ -51,21 +51,30 @@ pub enum ListenAddress {
     Ip(IpAddr),
 }
 
-/// Binds a listening TCP socket the way every data port is bound.
-pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
+/// Binds a data-port socket of `kind` (stream or datagram) on `address`: `[::]` accepting
+/// IPv4 too when all addresses are wanted, falling back to `0.0.0.0` without IPv6.
+fn bind_socket(
+    address: ListenAddress,
+    port: u16,
+    kind: socket2::Type,
+) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
-    let attempt = |ip: IpAddr| -> io::Result<TcpListener> {
+    let attempt = |ip: IpAddr| -> io::Result<Socket> {
         let addr = SocketAddr::new(ip, port);
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        let socket = Socket::new(Domain::for_address(addr), kind, None)?;
         if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
             socket.set_only_v6(false)?;
         }
         socket.set_reuse_address(true)?;
-        socket.set_tcp_nodelay(true)?;
+        if kind == Type::STREAM {
+            socket.set_tcp_nodelay(true)?;
+        }
         socket.bind(&addr.into())?;
-        socket.listen(4096)?;
+        if kind == Type::STREAM {
+            socket.listen(4096)?;
+        }
         socket.set_nonblocking(true)?;
-        TcpListener::from_std(socket.into())
+        Ok(socket)
     };
     match address {
         ListenAddress::Ip(ip) => attempt(ip),
@@ -76,36 +85,21 @@ pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
             other => other,
         },
     }
+}
+
+/// Binds a listening TCP socket for a data port.
+pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_socket(address, port, socket2::Type::STREAM)?.into())
+}
+
+/// Binds a UDP socket for a data port, the way TCP ports are bound.
+pub fn bind_udp(address: ListenAddress, port: u16) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(bind_socket(address, port, socket2::Type::DGRAM)?.into())
 }
 
 enum Socket {
     Tcp(TcpListener),
     Udp(UdpSocket),
-}
-
-/// Binds a UDP socket for a data port, the way TCP ports are bound.
-pub fn bind_udp(address: ListenAddress, port: u16) -> io::Result<UdpSocket> {
-    use socket2::{Domain, Socket, Type};
-    let attempt = |ip: IpAddr| -> io::Result<UdpSocket> {
-        let addr = SocketAddr::new(ip, port);
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
-        if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-            socket.set_only_v6(false)?;
-        }
-        socket.set_reuse_address(true)?;
-        socket.bind(&addr.into())?;
-        socket.set_nonblocking(true)?;
-        UdpSocket::from_std(socket.into())
-    };
-    match address {
-        ListenAddress::Ip(ip) => attempt(ip),
-        ListenAddress::All => match attempt(IpAddr::V6(Ipv6Addr::UNSPECIFIED)) {
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
-                attempt(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-            }
-            other => other,
-        },
-    }
 }
 
 struct RunningListener {

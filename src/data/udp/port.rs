@@ -187,7 +187,10 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
                     .metrics
                     .udp(shared.key, &service)
                     .dropped("max_flows");
-                let mut last = shared.last_full_warning.lock().unwrap_or_else(|p| p.into_inner());
+                let mut last = shared
+                    .last_full_warning
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
                     *last = Some(now);
                     tracing::warn!(port = %shared.key, client = %client, "UDP flow limit (--udp-max-flows) reached: datagrams from new clients are dropped until flows expire (counted in dermaga_udp_datagrams_dropped_total{{reason=\"max_flows\"}}; logged at most every 10s)");
