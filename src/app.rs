@@ -87,7 +87,7 @@ async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
         Index::new(args.index_settings()),
         args.gateway_options(),
         metrics.clone(),
-        access_log,
+        access_log.clone(),
     );
 
     let mut provider = FileProvider::new(&config, args.config_poll_interval);
@@ -125,6 +125,10 @@ async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
     shutdown.cancelled().await;
     let _ = watcher.await;
     gateway.shutdown().await;
+    let flushed = tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(5)));
+    if !flushed.await.unwrap_or(false) {
+        tracing::warn!("the access log could not be written out within 5s at exit; its last lines may be lost");
+    }
     admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("all connections closed; exiting");

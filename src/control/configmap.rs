@@ -84,6 +84,9 @@ pub struct EntryError {
     pub port: Option<ListenPort>,
     /// What is wrong, in words.
     pub problem: String,
+    /// False for problems that change no route (an unknown per-port option key, which
+    /// ingress-nginx would ignore too): `dermaga check` reports them as warnings.
+    pub affects_routing: bool,
 }
 
 impl fmt::Display for EntryError {
@@ -135,6 +138,7 @@ pub fn parse_port_map(
         key: key.to_owned(),
         value: value.to_owned(),
         port,
+        affects_routing: true,
         problem,
     };
 
@@ -154,7 +158,8 @@ pub fn parse_port_map(
             options.push((port, option, key, value));
             continue;
         }
-        if let Some(why) = reserved.reason(port.get()) {
+        // Reserved ports are TCP ports (the admin server); a UDP entry may use the number.
+        if let Some(why) = reserved.reason(port.get()).filter(|_| protocol == Protocol::Tcp) {
             map.errors.push(error(
                 key,
                 value,
@@ -193,7 +198,9 @@ pub fn parse_port_map(
         }
         if !KNOWN_OPTIONS.contains(&option) {
             // ingress-nginx ignores such keys; an unknown one is reported but takes nothing out.
-            map.errors.push(error(
+            map.errors.push(EntryError {
+                affects_routing: false,
+                ..error(
                 key,
                 value,
                 None,
@@ -201,7 +208,8 @@ pub fn parse_port_map(
                     "unknown per-port option {option:?}; known options: {}",
                     KNOWN_OPTIONS.join(", ")
                 ),
-            ));
+            )
+            });
             continue;
         }
         let applied = match map.entries.get_mut(&port) {

@@ -140,6 +140,7 @@ impl fmt::Display for ServicePortRef {
 
 /// PROXY protocol version written to backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProxyVersion {
     /// Text header (what ingress-nginx sends).
     #[default]

@@ -260,8 +260,9 @@ impl ListenerManager {
         running.connections.close();
         let timeout = self.drain_timeout;
         self.drains.spawn(async move {
+            // A UDP port's task is its only entry: its flows end at once, there is nothing to drain.
             let open = running.connections.len();
-            if open > 0 {
+            if open > 0 && key.protocol == Protocol::Tcp {
                 tracing::info!(port = %key, open, timeout = ?timeout, "port removed; draining open connections");
             }
             if tokio::time::timeout(timeout, running.connections.wait()).await.is_err() {

@@ -4,13 +4,13 @@
 //! (the port's labels, the pod name) and plain numbers, and goes into a bounded channel with
 //! `try_send`; when the channel is full the record is dropped and
 //! `dermaga_access_log_dropped_total` counts it. A dedicated thread formats (time, JSON) and
-//! writes, flushing when the channel has been empty for a moment or its buffer is full.
+//! writes in batches: a line waits at most 50 ms. At exit, [`AccessLog::flush`] writes the rest.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::metrics::{Metrics, PortMetrics};
 
@@ -177,17 +177,25 @@ impl AccessRecord {
     }
 }
 
+/// What the writer thread receives.
+#[derive(Debug)]
+enum Msg {
+    Record(Box<AccessRecord>),
+    /// Write everything received so far, then answer.
+    Flush(mpsc::SyncSender<()>),
+}
+
 /// The sending side, shared by every connection.
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: Option<SyncSender<AccessRecord>>,
+    tx: Option<SyncSender<Msg>>,
     metrics: Arc<Metrics>,
 }
 
-/// Bytes buffered before a write; also written when the channel stays empty for [`IDLE_FLUSH`].
+/// Bytes buffered before a write.
 const WRITE_BATCH: usize = 64 * 1024;
-/// How long the writer waits for more records before writing what it has.
-const IDLE_FLUSH: Duration = Duration::from_millis(50);
+/// A line waits at most this long before it is written.
+const MAX_DELAY: Duration = Duration::from_millis(50);
 
 impl AccessLog {
     /// No access log.
@@ -196,46 +204,55 @@ impl AccessLog {
     }
 
     /// Starts the writer thread on `out`, with room for `capacity` records in flight.
-    pub fn start(
-        format: AccessLogFormat,
-        capacity: usize,
-        mut out: Box<dyn Write + Send>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(format: AccessLogFormat, capacity: usize, mut out: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> Self {
         if format == AccessLogFormat::Off {
             return Self::off(metrics);
         }
-        let (tx, rx) = mpsc::sync_channel::<AccessRecord>(capacity.max(1));
+        let (tx, rx) = mpsc::sync_channel::<Msg>(capacity.max(1));
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
+                let mut oldest: Option<Instant> = None;
+                let mut write = |buf: &mut Vec<u8>| {
+                    let ok = out.write_all(buf).and_then(|_| out.flush()).is_ok();
+                    buf.clear();
+                    ok
+                };
                 loop {
-                    match rx.recv_timeout(IDLE_FLUSH) {
-                        Ok(record) => {
+                    let wait = oldest.map_or(MAX_DELAY, |t| MAX_DELAY.saturating_sub(t.elapsed()));
+                    match rx.recv_timeout(wait) {
+                        Ok(Msg::Record(record)) => {
                             record.write_line(format, &mut buf);
-                            if buf.len() < WRITE_BATCH {
+                            let since = *oldest.get_or_insert_with(Instant::now);
+                            if buf.len() < WRITE_BATCH && since.elapsed() < MAX_DELAY {
                                 continue;
                             }
+                        }
+                        Ok(Msg::Flush(ack)) => {
+                            let ok = write(&mut buf);
+                            oldest = None;
+                            let _ = ack.send(());
+                            if ok {
+                                continue;
+                            }
+                            return;
                         }
                         Err(RecvTimeoutError::Timeout) if buf.is_empty() => continue,
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => {
-                            let _ = out.write_all(&buf).and_then(|_| out.flush());
+                            write(&mut buf);
                             return;
                         }
                     }
-                    if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+                    oldest = None;
+                    if !write(&mut buf) {
                         return;
                     }
-                    buf.clear();
                 }
             })
             .expect("spawn the access-log thread");
-        Self {
-            tx: Some(tx),
-            metrics,
-        }
+        Self { tx: Some(tx), metrics }
     }
 
     /// True when records are written (callers skip building them otherwise).
@@ -246,9 +263,30 @@ impl AccessLog {
     /// Queues a record; never waits. A full buffer drops it and counts the drop.
     pub fn record(&self, record: AccessRecord) {
         if let Some(tx) = &self.tx
-            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(record)
+            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(Msg::Record(Box::new(record)))
         {
             self.metrics.global.access_log_dropped.inc();
         }
+    }
+
+    /// Writes out every record queued so far, waiting up to `timeout` (at exit, so the last
+    /// connections' lines are not lost). Returns false if the writer did not finish in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let Some(tx) = &self.tx else { return true };
+        let deadline = Instant::now() + timeout;
+        let (ack_tx, ack_rx) = mpsc::sync_channel(1);
+        let mut msg = Msg::Flush(ack_tx);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+        ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok()
     }
 }

@@ -88,9 +88,13 @@ fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut Ch
         let data = cm.data.clone().unwrap_or_default();
         let parsed = parse_port_map(name, &data, *protocol, &settings.reserved);
         report.entries += data.len();
-        report
-            .errors
-            .extend(parsed.errors.iter().map(|e| e.to_string()));
+        for e in &parsed.errors {
+            if e.affects_routing {
+                report.errors.push(e.to_string());
+            } else {
+                report.warnings.push(e.to_string());
+            }
+        }
         report.maps.push(name.clone());
     }
     if objects.iter().any(|o| matches!(o, Object::Service(_))) {
@@ -117,14 +121,13 @@ pub fn run(files: &[std::path::PathBuf], settings: &IndexSettings) -> std::proce
         println!("warning: {warning}");
     }
     let maps: Vec<String> = report.maps.iter().map(|m| m.to_string()).collect();
+    let checked = if maps.is_empty() {
+        "no port map was checked".to_owned()
+    } else {
+        format!("{} entries in {} checked", report.entries, maps.join(", "))
+    };
     println!(
-        "{} entries in {} checked: {} error(s), {} warning(s)",
-        report.entries,
-        if maps.is_empty() {
-            "no port map".to_owned()
-        } else {
-            maps.join(", ")
-        },
+        "{checked}: {} error(s), {} warning(s)",
         report.errors.len(),
         report.warnings.len()
     );

@@ -116,7 +116,8 @@ pub struct UdpMetrics {
 }
 
 impl UdpMetrics {
-    /// A flow ended, for `reason` (idle_timeout, endpoint_gone, upstream_refused, drained, error).
+    /// A flow ended, for `reason` (idle_timeout, endpoint_gone, upstream_refused, backend_error,
+    /// drained).
     pub fn flow_ended(&self, reason: &'static str) {
         self.ended
             .get_or_create(&ReasonLabels {
@@ -126,7 +127,8 @@ impl UdpMetrics {
             .inc();
     }
 
-    /// A client datagram was dropped, for `reason` (max_flows, no_endpoints, upstream_busy).
+    /// A client datagram was dropped, for `reason` (max_flows, no_endpoints, upstream_busy,
+    /// upstream_socket).
     pub fn dropped(&self, reason: &'static str) {
         self.dropped
             .get_or_create(&ReasonLabels {
@@ -415,7 +417,7 @@ impl Metrics {
         );
         registry.register(
             "udp_flows_ended",
-            "UDP flows ended, by reason (idle_timeout, endpoint_gone, upstream_refused, drained, error)",
+            "UDP flows ended, by reason (idle_timeout, endpoint_gone, upstream_refused, backend_error, drained)",
             udp_ended.clone(),
         );
         registry.register(
@@ -430,7 +432,7 @@ impl Metrics {
         );
         registry.register(
             "udp_datagrams_dropped",
-            "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy)",
+            "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy, upstream_socket)",
             udp_dropped.clone(),
         );
         registry.register_collector(Box::new(live.clone()));

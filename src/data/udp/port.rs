@@ -206,8 +206,8 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
     }
 
     // A new flow.
-    let Some(route) = route.filter(|r| r.active_count() > 0) else {
-        let service = ObjectName::new("", "");
+    let Some(route) = route.clone().filter(|r| r.active_count() > 0) else {
+        let service = route.map_or_else(|| ObjectName::new("", ""), |r| r.spec.service.clone());
         shared
             .ctx
             .metrics
@@ -228,7 +228,8 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
     let upstream = match connect_upstream(endpoint).await {
         Ok(s) => Arc::new(s),
         Err(err) => {
-            tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, "cannot open an upstream UDP socket");
+            tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, "cannot open an upstream UDP socket; datagram dropped");
+            shared.ctx.metrics.udp(shared.key, &route.spec.service).dropped("upstream_socket");
             return;
         }
     };
