@@ -105,7 +105,9 @@ async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
             )
         })?;
     let admin_address = admin_listener.local_addr()?;
-    let shutdown = gateway.shutdown_token();
+    // SIGTERM first makes /readyz fail (draining), then, after --shutdown-delay, closes the
+    // listeners (shutdown) and drains; load balancers stop sending in between.
+    let draining = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
         admin_listener,
@@ -114,20 +116,25 @@ async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
             status: gateway.status(),
             metrics,
             pipes: gateway.pipes.clone(),
-            draining: shutdown.clone(),
+            draining: draining.clone(),
         },
         admin_stop.clone(),
     ));
     tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
 
-    signals::install(shutdown.clone()).context("installing signal handlers")?;
-    let watcher = tokio::spawn(provider.watch(Arc::clone(&gateway.controller), shutdown.clone()));
-    shutdown.cancelled().await;
+    signals::install(draining.clone()).context("installing signal handlers")?;
+    let watcher = tokio::spawn(provider.watch(Arc::clone(&gateway.controller), draining.clone()));
+    draining.cancelled().await;
+    tracing::info!(delay = ?args.shutdown_delay, "unready (/readyz 503); still accepting for --shutdown-delay, then closing listeners");
+    tokio::time::sleep(args.shutdown_delay).await;
     let _ = watcher.await;
     gateway.shutdown().await;
-    let flushed = tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(5)));
+    let flushed =
+        tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(5)));
     if !flushed.await.unwrap_or(false) {
-        tracing::warn!("the access log could not be written out within 5s at exit; its last lines may be lost");
+        tracing::warn!(
+            "the access log could not be written out within 5s at exit; its last lines may be lost"
+        );
     }
     admin_stop.cancel();
     let _ = admin.await;

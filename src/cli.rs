@@ -136,6 +136,11 @@ pub struct RunArgs {
     #[arg(long, global = true, env = "DERMAGA_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub drain_timeout: Duration,
 
+    /// On SIGTERM, how long to keep accepting after /readyz turns 503, so load balancers and
+    /// endpoint lists stop sending here before the listeners close (the built-in preStop sleep).
+    #[arg(long, global = true, env = "DERMAGA_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+
     /// Time allowed for one connect to an endpoint.
     #[arg(long, global = true, env = "DERMAGA_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub connect_timeout: Duration,

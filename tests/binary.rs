@@ -152,6 +152,8 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
         listen,
         "--admin-address",
         "127.1.0.50:0",
+        "--shutdown-delay",
+        "0s",
         "--drain-timeout",
         "3s",
         "--config-poll-interval",
@@ -316,4 +318,62 @@ fn start_up_errors_are_clear_and_exit_non_zero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_unready_first_and_keeps_accepting_for_the_shutdown_delay() {
+    let listen = "127.1.0.52";
+    let web = Backend::start("127.0.0.2", "web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(
+        &config,
+        &(configmap_yaml(&[("10000", "default/web:80")])
+            + &service_yaml("web", 80)
+            + &slices_yaml("web", &[(web.addr, true)])),
+    );
+    let mut d = Dermaga::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen-address",
+        listen,
+        "--admin-address",
+        "127.1.0.52:0",
+        "--shutdown-delay",
+        "1s",
+    ]);
+    d.wait_log(&["listening", "10000/TCP"]);
+    let line = d.wait_log(&["admin server listening"]);
+    let admin: SocketAddr = line
+        .split("address=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    let port: SocketAddr = format!("{listen}:10000").parse().unwrap();
+
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    d.wait_log(&["unready"]);
+    let (status, body) = http_get(admin, "/readyz").await;
+    assert_eq!((status, body.as_str()), (503, "draining: shutting down\n"));
+    assert_eq!(
+        greeting(port).await.unwrap(),
+        "web",
+        "still accepting during the delay"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success());
+    assert!(TcpStream::connect(port).await.is_err(), "closed after exit");
 }

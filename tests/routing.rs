@@ -219,3 +219,37 @@ async fn a_port_in_use_fails_alone_and_is_retried() {
     assert_eq!(greeting(addr).await.unwrap(), "web");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_removed_and_re_added_keeps_its_open_connections() {
+    use tokio::io::AsyncWriteExt;
+    let web = Backend::start("127.0.0.2", "web").await;
+    let with = configmap_yaml(&[("10000", "default/web:80"), ("10001", "default/web:80")])
+        + &service_yaml("web", 80)
+        + &slices_yaml("web", &[(web.addr, true)]);
+    let without = configmap_yaml(&[("10001", "default/web:80")])
+        + &service_yaml("web", 80)
+        + &slices_yaml("web", &[(web.addr, true)]);
+    let mut opts = options("127.1.0.7");
+    opts.drain_timeout = Duration::from_millis(300);
+    let gw = gateway(&with, opts);
+    let addr = gw.wait_bound(tcp(10000)).await;
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    let mut greet = [0u8; 4];
+    open.read_exact(&mut greet).await.unwrap();
+
+    // A half-written config drops the port for a moment; it comes back before the deadline.
+    apply(&gw, &without);
+    gw.wait_for_ports(|p| !p.contains_key(&tcp(10000))).await;
+    apply(&gw, &with);
+    gw.wait_bound(tcp(10000)).await;
+    // Well past the 300 ms drain deadline (a bounded wait to show nothing happens)...
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // ...the old connection still works.
+    open.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    open.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    drop(open);
+    gw.shutdown().await;
+}

@@ -94,6 +94,16 @@ fn resolve_endpoints(
     let service = index
         .service(&spec.service)
         .ok_or_else(|| format!("Service {} not found", spec.service))?;
+    let spec_of_service = service.spec.as_ref();
+    if spec_of_service.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
+        let target = spec_of_service
+            .and_then(|s| s.external_name.as_deref())
+            .unwrap_or("?");
+        return Err(format!(
+            "Service {} is of type ExternalName ({target}); dermaga forwards to EndpointSlice endpoints and cannot use it",
+            spec.service
+        ));
+    }
     let service_port =
         find_service_port(service, &spec.service_port, protocol).ok_or_else(|| {
             format!(

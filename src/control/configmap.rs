@@ -159,7 +159,10 @@ pub fn parse_port_map(
             continue;
         }
         // Reserved ports are TCP ports (the admin server); a UDP entry may use the number.
-        if let Some(why) = reserved.reason(port.get()).filter(|_| protocol == Protocol::Tcp) {
+        if let Some(why) = reserved
+            .reason(port.get())
+            .filter(|_| protocol == Protocol::Tcp)
+        {
             map.errors.push(error(
                 key,
                 value,
@@ -201,14 +204,14 @@ pub fn parse_port_map(
             map.errors.push(EntryError {
                 affects_routing: false,
                 ..error(
-                key,
-                value,
-                None,
-                format!(
-                    "unknown per-port option {option:?}; known options: {}",
-                    KNOWN_OPTIONS.join(", ")
-                ),
-            )
+                    key,
+                    value,
+                    None,
+                    format!(
+                        "unknown per-port option {option:?}; known options: {}",
+                        KNOWN_OPTIONS.join(", ")
+                    ),
+                )
             });
             continue;
         }

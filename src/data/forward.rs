@@ -217,6 +217,10 @@ async fn pump(
     first_eof: &AtomicU8,
 ) -> Result<(), ForwardError> {
     loop {
+        // Socket readiness does not count against tokio's task budget: without this, a pump
+        // whose two sockets stay ready would never yield, starving the other direction and
+        // every other task on this worker.
+        tokio::task::consume_budget().await;
         let n = when_ready(src, Interest::READABLE, || stage.fill(src))
             .await
             .map_err(|source| ForwardError {

@@ -65,8 +65,11 @@ fn bind_socket(
         if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
             socket.set_only_v6(false)?;
         }
-        socket.set_reuse_address(true)?;
         if kind == Type::STREAM {
+            // Lets a port be bound again while old connections linger in TIME_WAIT. Not for
+            // UDP: there it would let a second process bind the same port and take a share of
+            // the datagrams.
+            socket.set_reuse_address(true)?;
             socket.set_tcp_nodelay(true)?;
         }
         socket.bind(&addr.into())?;
@@ -116,6 +119,10 @@ pub struct ListenerManager {
     running: HashMap<RouteKey, RunningListener>,
     states: watch::Sender<ListenerStatus>,
     drains: TaskTracker,
+    /// Ports draining now, each with a token that lifts its drain deadline: a port re-added
+    /// while its old connections drain keeps them (a config change must not cut them).
+    /// The second token is cancelled when that drain has finished.
+    draining: HashMap<RouteKey, (CancellationToken, CancellationToken)>,
 }
 
 impl ListenerManager {
@@ -128,6 +135,7 @@ impl ListenerManager {
             running: HashMap::new(),
             states: watch::channel(ListenerStatus::default()).0,
             drains: TaskTracker::new(),
+            draining: HashMap::new(),
         }
     }
 
@@ -201,6 +209,12 @@ impl ListenerManager {
             match bound {
                 Ok(local) => {
                     let local = canonical(local);
+                    if let Some((revive, done)) = self.draining.remove(&key)
+                        && !done.is_cancelled()
+                    {
+                        revive.cancel();
+                        tracing::info!(port = %key, "port re-added while draining: its open connections are no longer cut at the drain timeout");
+                    }
                     tracing::info!(port = %key, address = %local, "listening");
                     states.insert(key, PortState::Bound(local));
                 }
@@ -259,13 +273,30 @@ impl ListenerManager {
         running.stop_accepting.cancel();
         running.connections.close();
         let timeout = self.drain_timeout;
+        let (revived, finished) = (CancellationToken::new(), CancellationToken::new());
+        // An older drain of the same port, if any, keeps its own deadline.
+        self.draining.retain(|_, (_, done)| !done.is_cancelled());
+        self.draining
+            .insert(key, (revived.clone(), finished.clone()));
         self.drains.spawn(async move {
+            let _finished = finished.drop_guard();
             // A UDP port's task is its only entry: its flows end at once, there is nothing to drain.
             let open = running.connections.len();
             if open > 0 && key.protocol == Protocol::Tcp {
                 tracing::info!(port = %key, open, timeout = ?timeout, "port removed; draining open connections");
             }
-            if tokio::time::timeout(timeout, running.connections.wait()).await.is_err() {
+            let deadline = async {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => true,
+                    // Re-added: no deadline any more; wait for the old connections to end.
+                    _ = revived.cancelled() => std::future::pending().await,
+                }
+            };
+            let cut = tokio::select! {
+                _ = running.connections.wait() => false,
+                cut = deadline => cut,
+            };
+            if cut {
                 tracing::warn!(port = %key, open = running.connections.len(), "drain timeout reached; closing the remaining connections");
                 running.close_connections.cancel();
                 running.connections.wait().await;
@@ -291,6 +322,11 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if stop.is_cancelled() {
+                    // Accepted as the port closed: the drain may not wait for it, so refuse it.
+                    super::tcp::reset(stream);
+                    break;
+                }
                 let ctx = ctx.clone();
                 let close = close.clone();
                 connections.spawn(async move {
@@ -311,6 +347,8 @@ async fn accept_loop(
                     }
                 } else {
                     tracing::debug!(port = %key, error = %err, "accept failed");
+                    // Transient (ECONNABORTED...); a short pause keeps a persistent one from spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }

@@ -58,6 +58,17 @@ pub struct ConnContext {
     pub udp: crate::data::udp::port::UdpSettings,
 }
 
+/// TCP keepalive on both sides, so a peer that vanished (NAT timeout, dead node) does not
+/// hold a connection, its pipes and descriptors forever: probes after 60 s idle, every 10 s,
+/// 6 unanswered probes end it.
+fn keepalive(stream: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+}
+
 /// Closes `stream` with a reset (SO_LINGER 0), so the peer learns at once.
 pub fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
@@ -170,6 +181,7 @@ async fn proxy(
     outcome: &mut Outcome,
 ) {
     let _ = client.set_nodelay(true);
+    keepalive(&client);
     let local = client.local_addr().map(canonical).unwrap_or(peer);
     let (source, destination, early_data) = if route.spec.proxy.decode {
         let read = tokio::time::timeout(
@@ -294,6 +306,7 @@ async fn connect(
         let (reason, error) = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                keepalive(&stream);
                 outcome.error = None;
                 return Some(stream);
             }

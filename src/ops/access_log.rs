@@ -204,7 +204,12 @@ impl AccessLog {
     }
 
     /// Starts the writer thread on `out`, with room for `capacity` records in flight.
-    pub fn start(format: AccessLogFormat, capacity: usize, mut out: Box<dyn Write + Send>, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        format: AccessLogFormat,
+        capacity: usize,
+        mut out: Box<dyn Write + Send>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         if format == AccessLogFormat::Off {
             return Self::off(metrics);
         }
@@ -252,7 +257,10 @@ impl AccessLog {
                 }
             })
             .expect("spawn the access-log thread");
-        Self { tx: Some(tx), metrics }
+        Self {
+            tx: Some(tx),
+            metrics,
+        }
     }
 
     /// True when records are written (callers skip building them otherwise).
@@ -263,7 +271,8 @@ impl AccessLog {
     /// Queues a record; never waits. A full buffer drops it and counts the drop.
     pub fn record(&self, record: AccessRecord) {
         if let Some(tx) = &self.tx
-            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(Msg::Record(Box::new(record)))
+            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                tx.try_send(Msg::Record(Box::new(record)))
         {
             self.metrics.global.access_log_dropped.inc();
         }
@@ -287,6 +296,8 @@ impl AccessLog {
                 Err(TrySendError::Full(_)) => return false,
             }
         }
-        ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok()
+        ack_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }

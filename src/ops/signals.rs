@@ -15,10 +15,7 @@ pub fn install(shutdown: CancellationToken) -> std::io::Result<()> {
                 _ = int.recv() => "SIGINT",
             };
             if round == 0 {
-                tracing::info!(
-                    signal = name,
-                    "shutting down: closing listeners, draining open connections (send again to exit at once)"
-                );
+                tracing::info!(signal = name, "shutting down (send again to exit at once)");
                 shutdown.cancel();
             } else {
                 tracing::warn!(signal = name, "second signal: exiting now");

@@ -477,3 +477,24 @@ fn an_empty_service_port_names_the_unnamed_port() {
         "{problem}"
     );
 }
+
+#[test]
+fn external_name_services_are_reported() {
+    let svc = Object::Service(
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com", "ports": [{"port": 5432}]},
+        }))
+        .unwrap(),
+    );
+    let t = build(
+        &index(vec![configmap(json!({"5432": "default/ext:5432"})), svc]),
+        None,
+    );
+    let problem = t.get(&key(5432)).unwrap().problem.clone().unwrap();
+    assert!(
+        problem.contains("type ExternalName (db.example.com)"),
+        "{problem}"
+    );
+}

@@ -139,6 +139,11 @@ impl<H> FlowTable<H> {
         self.skipped_until.insert(endpoint, now + self.skip_for);
     }
 
+    /// The flow of `client`, if any.
+    pub fn get(&self, client: SocketAddr) -> Option<&Flow<H>> {
+        self.flows.get(&client)
+    }
+
     /// Ends a flow.
     pub fn remove(&mut self, client: SocketAddr) -> Option<Flow<H>> {
         self.flows.remove(&client)

@@ -39,12 +39,19 @@ impl Default for UdpSettings {
 /// Largest UDP payload over IPv4 (65,535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
 
+/// Receive buffers hold any UDP payload (IPv6 allows up to 65,527 bytes).
+const RECEIVE_BUFFER: usize = 65_536;
+
+static NEXT_FLOW_ID: AtomicU64 = AtomicU64::new(1);
+
 /// How long an endpoint that answered ICMP port-unreachable is skipped for new flows.
 const SKIP_REFUSING: Duration = Duration::from_secs(5);
 
 /// One flow's resources; dropping it stops the reply task.
 #[derive(Debug)]
 pub struct FlowHandle {
+    id: u64,
+    endpoint: SocketAddr,
     upstream: Arc<UdpSocket>,
     pod: Option<Arc<str>>,
     started: Instant,
@@ -67,11 +74,55 @@ struct Shared {
     key: RouteKey,
     socket: Arc<UdpSocket>,
     table: Mutex<FlowTable<FlowHandle>>,
-    /// When the "flow limit reached" warning was last logged (rate limit: one per 10 s).
-    last_full_warning: Mutex<Option<Instant>>,
+    /// When a datagram-path warning was last logged (rate limit: one per 10 s per port).
+    last_warning: Mutex<Option<Instant>>,
 }
 
 impl Shared {
+    /// True at most once per 10 s: whether a warning on the datagram path may be logged now.
+    fn may_warn(&self, now: Instant) -> bool {
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        let ok = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if ok {
+            *last = Some(now);
+        }
+        ok
+    }
+
+    /// A flow's socket failed: ICMP port-unreachable (reported on receive or on send) skips the
+    /// endpoint for new flows for a while; either way the flow ends, if it is still the one
+    /// with `flow_id` (the client may already have a newer flow).
+    fn flow_failed(
+        &self,
+        client: SocketAddr,
+        endpoint: SocketAddr,
+        flow_id: u64,
+        err: std::io::Error,
+    ) {
+        let refused = err.raw_os_error() == Some(libc::ECONNREFUSED);
+        let flow = {
+            let mut table = self.table();
+            if refused {
+                table.refused(endpoint, Instant::now());
+            }
+            if table.get(client).is_some_and(|f| f.handle.id == flow_id) {
+                table.remove(client)
+            } else {
+                None
+            }
+        };
+        let Some(flow) = flow else { return };
+        if refused && self.may_warn(Instant::now()) {
+            tracing::warn!(port = %self.key, endpoint = %endpoint, client = %client, "UDP endpoint answered port unreachable: its flows end and new flows skip it for a while (logged at most every 10s)");
+        }
+        let close = if refused {
+            CloseReason::UpstreamRefused
+        } else {
+            CloseReason::BackendError
+        };
+        self.end(client, flow, close, Some(err.to_string()));
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, FlowTable<FlowHandle>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -128,13 +179,13 @@ pub async fn serve_udp(
             settings.max_flows,
             SKIP_REFUSING,
         )),
-        last_full_warning: Mutex::new(None),
+        last_warning: Mutex::new(None),
     });
     let mut sweep = tokio::time::interval(
         (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
     );
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut buf = vec![0u8; RECEIVE_BUFFER];
     loop {
         let received = tokio::select! {
             biased;
@@ -170,7 +221,13 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
     let existing = {
         let mut table = shared.table();
         match table.lookup(client, now, active) {
-            Lookup::Existing(h) => Some((h.upstream.clone(), h.received.clone(), h.udp.clone())),
+            Lookup::Existing(h) => Some((
+                h.upstream.clone(),
+                h.received.clone(),
+                h.udp.clone(),
+                h.id,
+                h.endpoint,
+            )),
             Lookup::Create => None,
             Lookup::Moved(old) => {
                 drop(table);
@@ -187,21 +244,18 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
                     .metrics
                     .udp(shared.key, &service)
                     .dropped("max_flows");
-                let mut last = shared
-                    .last_full_warning
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
-                    *last = Some(now);
+                if shared.may_warn(now) {
                     tracing::warn!(port = %shared.key, client = %client, "UDP flow limit (--udp-max-flows) reached: datagrams from new clients are dropped until flows expire (counted in dermaga_udp_datagrams_dropped_total{{reason=\"max_flows\"}}; logged at most every 10s)");
                 }
                 return;
             }
         }
     };
-    if let Some((upstream, received, udp)) = existing {
+    if let Some((upstream, received, udp, id, endpoint)) = existing {
         udp.datagrams_received.inc();
-        send_upstream(&upstream, payload, &received, &udp);
+        if let Err(err) = send_upstream(&upstream, payload, &received, &udp) {
+            shared.flow_failed(client, endpoint, id, err);
+        }
         return;
     }
 
@@ -228,8 +282,14 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
     let upstream = match connect_upstream(endpoint).await {
         Ok(s) => Arc::new(s),
         Err(err) => {
-            tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, "cannot open an upstream UDP socket; datagram dropped");
-            shared.ctx.metrics.udp(shared.key, &route.spec.service).dropped("upstream_socket");
+            if shared.may_warn(now) {
+                tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, "cannot open an upstream UDP socket; datagrams dropped (counted in dermaga_udp_datagrams_dropped_total{{reason=\"upstream_socket\"}}; logged at most every 10s)");
+            }
+            shared
+                .ctx
+                .metrics
+                .udp(shared.key, &route.spec.service)
+                .dropped("upstream_socket");
             return;
         }
     };
@@ -240,6 +300,7 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
     udp.datagrams_received.inc();
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    let id = NEXT_FLOW_ID.fetch_add(1, Ordering::Relaxed);
     let reply_task = tokio::spawn(relay_replies(
         shared.clone(),
         upstream.clone(),
@@ -247,8 +308,11 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
         endpoint,
         sent.clone(),
         udp.clone(),
+        id,
     ));
     let handle = FlowHandle {
+        id,
+        endpoint,
         upstream: upstream.clone(),
         pod,
         started: now,
@@ -259,26 +323,32 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
         udp: udp.clone(),
     };
     shared.table().insert(client, endpoint, handle, now);
-    // A new socket's writability is not known to the runtime yet, so `try_send` would report
-    // WouldBlock and lose every flow's first datagram: wait for it once (it is immediate).
-    match upstream.send(payload).await {
-        Ok(n) => {
-            received.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Err(err) => tracing::debug!(error = %err, "UDP send to endpoint failed"),
+    if let Err(err) = send_upstream(&upstream, payload, &received, &udp) {
+        shared.flow_failed(client, endpoint, id, err);
     }
 }
 
-fn send_upstream(upstream: &UdpSocket, payload: &[u8], received: &AtomicU64, udp: &UdpMetrics) {
-    // A full socket buffer drops the datagram, as the network would; the receive loop never
-    // waits on one slow endpoint. A refusal shows up on the reply task's receive.
-    match upstream.try_send(payload) {
+/// Sends a client datagram on the flow's socket. `Err` only for an error that ends the flow
+/// (a pending ICMP port-unreachable reported on send).
+fn send_upstream(
+    upstream: &UdpSocket,
+    payload: &[u8],
+    received: &AtomicU64,
+    udp: &UdpMetrics,
+) -> std::io::Result<()> {
+    // A plain send on the non-blocking socket (tokio's `try_send` would report WouldBlock for
+    // a socket whose writability it has not polled yet, e.g. a new flow's). A full socket
+    // buffer drops the datagram, as the network would; the receive loop never waits on one
+    // slow endpoint. A refusal shows up on the reply task's receive.
+    match socket2::SockRef::from(upstream).send(payload) {
         Ok(n) => {
             received.fetch_add(n as u64, Ordering::Relaxed);
         }
         Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => udp.dropped("upstream_busy"),
+        Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED) => return Err(err),
         Err(err) => tracing::debug!(error = %err, "UDP send to endpoint failed"),
     }
+    Ok(())
 }
 
 async fn connect_upstream(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -291,6 +361,12 @@ async fn connect_upstream(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
+thread_local! {
+    /// One receive buffer per runtime thread for every flow's replies: a flow holds no buffer
+    /// of its own (a datagram is received and sent on without an await in between).
+    static REPLY_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; RECEIVE_BUFFER]);
+}
+
 async fn relay_replies(
     shared: Arc<Shared>,
     upstream: Arc<UdpSocket>,
@@ -298,43 +374,37 @@ async fn relay_replies(
     endpoint: SocketAddr,
     sent: Arc<AtomicU64>,
     udp: Arc<UdpMetrics>,
+    flow_id: u64,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
-        match upstream.recv(&mut buf).await {
-            Ok(n) => {
-                match shared.socket.send_to(&buf[..n], client).await {
-                    Ok(m) => {
-                        sent.fetch_add(m as u64, Ordering::Relaxed);
-                        udp.datagrams_sent.inc();
+        // `async_io` waits for readability (which an ICMP error also signals, as for `recv`)
+        // and clears it only when the closure reports WouldBlock.
+        let relayed = upstream
+            .async_io(tokio::io::Interest::READABLE, || {
+                REPLY_BUFFER.with_borrow_mut(|buf| {
+                    // Plain syscalls on the non-blocking sockets: tokio's own `try_*` would
+                    // consult readiness bits that an ICMP error (ERROR only) or a socket whose
+                    // writability was never polled do not carry, and report WouldBlock.
+                    let n = std::io::Read::read(&mut &*socket2::SockRef::from(&*upstream), buf)?;
+                    // Sent at once from the same buffer; a full socket buffer drops the reply,
+                    // as the network would.
+                    match socket2::SockRef::from(&*shared.socket).send_to(&buf[..n], &client.into()) {
+                        Ok(m) => {
+                            sent.fetch_add(m as u64, Ordering::Relaxed);
+                            udp.datagrams_sent.inc();
+                        }
+                        Err(err) => tracing::debug!(client = %client, error = %err, "UDP send to client failed"),
                     }
-                    Err(err) => {
-                        tracing::debug!(client = %client, error = %err, "UDP send to client failed")
-                    }
-                }
-                shared.table().touch(client, Instant::now());
-            }
+                    Ok(())
+                })
+            })
+            .await;
+        match relayed {
+            Ok(()) => shared.table().touch(client, Instant::now()),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(err) => {
-                let refused = err.raw_os_error() == Some(libc::ECONNREFUSED);
-                let flow = {
-                    let mut table = shared.table();
-                    if refused {
-                        table.refused(endpoint, Instant::now());
-                    }
-                    table.remove(client)
-                };
-                if refused {
-                    tracing::warn!(port = %shared.key, endpoint = %endpoint, client = %client, "UDP endpoint answered port unreachable; its flow ends and new flows skip it for a while");
-                }
-                if let Some(flow) = flow {
-                    let close = if refused {
-                        CloseReason::UpstreamRefused
-                    } else {
-                        CloseReason::BackendError
-                    };
-                    // Dropping the flow aborts this task: record first, then return at once.
-                    shared.end(client, flow, close, Some(err.to_string()));
-                }
+                // Ends this task's own flow (dropping it aborts this task: return at once).
+                shared.flow_failed(client, endpoint, flow_id, err);
                 return;
             }
         }
