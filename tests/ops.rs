@@ -5,7 +5,7 @@ mod support;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dermaga::control::index::Index;
@@ -216,34 +216,12 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
     gw.shutdown().await;
 }
 
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn records(&self) -> Vec<serde_json::Value> {
-        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-            .collect()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_line_per_connection_with_every_field() {
     let listen = "127.1.0.71";
     let web = Backend::start("127.0.0.2", "web").await;
     let held = Backend::start("127.0.0.3", "held").await;
-    let lines = Lines::default();
+    let lines = SharedBuf::default();
     let metrics = Arc::new(Metrics::new());
     let log = Arc::new(AccessLog::start(
         AccessLogFormat::Json,
@@ -388,7 +366,7 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
             Ok(())
         }
     }
-    let lines = Lines::default();
+    let lines = SharedBuf::default();
     let metrics = Arc::new(Metrics::new());
     let log = Arc::new(AccessLog::start(
         AccessLogFormat::Json,

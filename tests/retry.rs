@@ -4,27 +4,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use support::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
-    let capture = Capture::default();
+    let capture = SharedBuf::default();
     let writer = capture.clone();
     tracing_subscriber::fmt()
         .with_env_filter("dermaga=warn")
@@ -81,7 +65,7 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
         "every refused connect was retried once and succeeded"
     );
 
-    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let log = capture.text();
     let line = log
         .lines()
         .find(|l| l.contains("upstream connect failed"))

@@ -35,6 +35,18 @@ pub struct PortLabels {
     pub service: String,
 }
 
+impl PortLabels {
+    /// The labels of a route.
+    pub fn of(key: RouteKey, service: &ObjectName) -> Self {
+        Self {
+            port: key.port.get(),
+            protocol: key.protocol.as_k8s(),
+            namespace: service.namespace.clone(),
+            service: service.name.clone(),
+        }
+    }
+}
+
 /// Why a connection was refused or closed before forwarding.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -471,12 +483,7 @@ impl Metrics {
         {
             return pm.clone();
         }
-        let labels = PortLabels {
-            port: key.port.get(),
-            protocol: key.protocol.as_k8s(),
-            namespace: service.namespace.clone(),
-            service: service.name.clone(),
-        };
+        let labels = PortLabels::of(key, service);
         let refused = |reason| {
             self.refused
                 .get_or_create(&RefusedLabels {
@@ -510,12 +517,7 @@ impl Metrics {
 
     /// The UDP handles of one route (looked up once per flow, not per datagram).
     pub fn udp(&self, key: RouteKey, service: &ObjectName) -> UdpMetrics {
-        let labels = PortLabels {
-            port: key.port.get(),
-            protocol: key.protocol.as_k8s(),
-            namespace: service.namespace.clone(),
-            service: service.name.clone(),
-        };
+        let labels = PortLabels::of(key, service);
         UdpMetrics {
             flows_created: self.udp_created.get_or_create(&labels).clone(),
             flows_active: self.udp_active.get_or_create(&labels).clone(),
