@@ -47,9 +47,9 @@ async fn roundtrip(gateway: SocketAddr, bytes: &[u8]) -> std::io::Result<(Vec<u8
     Ok((seen, local))
 }
 
-const LISTEN: &str = "127.1.0.40";
-
-async fn setup() -> dermaga::gateway::Gateway {
+/// A gateway on its own listen address (tests run in parallel: each needs its own), and a
+/// function giving the address of one of its ports.
+async fn setup(listen: &'static str) -> (dermaga::gateway::Gateway, impl Fn(u16) -> SocketAddr) {
     let backend = recorder("127.0.0.2").await;
     let yaml = configmap_yaml(&[
         ("10000", "default/rec:80:PROXY:PROXY"),
@@ -58,22 +58,20 @@ async fn setup() -> dermaga::gateway::Gateway {
         ("10002", "default/rec:80:PROXY"),
     ]) + &service_yaml("rec", 80)
         + &slices_yaml("rec", &[(backend, true)]);
-    let mut opts = options(LISTEN);
+    let mut opts = options(listen);
     opts.tcp.proxy_header_timeout = Duration::from_millis(300);
     let gw = gateway(&yaml, opts);
     for port in [10000, 10001, 10002] {
         gw.wait_bound(tcp(port)).await;
     }
-    gw
-}
-
-fn at(port: u16) -> SocketAddr {
-    format!("{LISTEN}:{port}").parse().unwrap()
+    (gw, move |port: u16| {
+        SocketAddr::new(listen.parse().unwrap(), port)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_v1_and_reencode_v1_to_the_backend() {
-    let gw = setup().await;
+    let (gw, at) = setup("127.1.0.41").await;
     let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\n";
     let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat())
         .await
@@ -89,7 +87,7 @@ async fn decode_v1_and_reencode_v1_to_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_v2_and_reencode_v1() {
-    let gw = setup().await;
+    let (gw, at) = setup("127.1.0.42").await;
     let source: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
     let destination: SocketAddr = "[2001:db8::1]:10000".parse().unwrap();
     let header = encode(ProxyVersion::V2, source, destination);
@@ -105,7 +103,7 @@ async fn decode_v2_and_reencode_v1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_only_v2_carries_the_real_client_address() {
-    let gw = setup().await;
+    let (gw, at) = setup("127.1.0.43").await;
     let (seen, client) = roundtrip(at(10001), b"hello\n").await.unwrap();
     let (decoded, len) = decode(&seen).unwrap().expect("a complete v2 header");
     assert_eq!(
@@ -122,7 +120,7 @@ async fn send_only_v2_carries_the_real_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_only_strips_the_header() {
-    let gw = setup().await;
+    let (gw, at) = setup("127.1.0.44").await;
     let (seen, _) = roundtrip(
         at(10002),
         b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\nhello\n",
@@ -135,7 +133,7 @@ async fn decode_only_strips_the_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_headers_are_closed_and_counted() {
-    let gw = setup().await;
+    let (gw, at) = setup("127.1.0.45").await;
     let garbage: [&[u8]; 4] = [
         b"GET / HTTP/1.0\r\n\r\nhello\n",
         b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\nhello\n",
@@ -164,7 +162,7 @@ async fn garbage_headers_are_closed_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_partial_header_is_closed_at_the_header_timeout() {
-    let gw = setup().await;
+    let (gw, at) = setup("127.1.0.46").await;
     let mut s = TcpStream::connect(at(10002)).await.unwrap();
     s.write_all(b"PROXY TCP4 1.2").await.unwrap();
     let started = Instant::now();
