@@ -226,12 +226,16 @@ async fn proxy(
         reset(client);
         return;
     };
-    let spec = route.spec.clone();
+    // Only two plain fields are needed from here on; the table is released.
+    let (encode, version) = (
+        route.spec.proxy.encode,
+        route.spec.options.send_proxy_version,
+    );
     drop(route);
 
     let mut preamble = Vec::new();
-    if spec.proxy.encode {
-        preamble = proxy_protocol::encode(spec.options.send_proxy_version, source, destination);
+    if encode {
+        preamble = proxy_protocol::encode(version, source, destination);
     }
     preamble.extend_from_slice(&early_data);
     // Client bytes read along with the PROXY header count as received; our own header does not.
