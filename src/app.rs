@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
@@ -12,6 +12,8 @@ use crate::control::configmap::ReservedPorts;
 use crate::control::index::{Index, IndexSettings};
 use crate::control::names::Protocol;
 use crate::control::provider::file::FileProvider;
+use crate::control::provider::kube::KubeProvider;
+use crate::control::provider::kube::client as kube_client;
 use crate::data::listener::ListenAddress;
 use crate::data::tcp::TcpSettings;
 use crate::data::udp::port::UdpSettings;
@@ -64,18 +66,32 @@ impl RunArgs {
     }
 }
 
-/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let Some(config) = args.config.clone() else {
-        bail!(
-            "no --config given, and this build has no Kubernetes provider yet: run with --config FILE \
-             (a YAML file of ConfigMaps, Services and EndpointSlices), or `dermaga demo`"
-        );
-    };
-    run_with_file(args, config).await
+/// Where the objects come from.
+enum Provider {
+    /// `--config FILE`.
+    File(FileProvider, PathBuf),
+    /// The Kubernetes API.
+    Kube(KubeProvider),
 }
 
-async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let provider = match args.config.clone() {
+        Some(path) => Provider::File(FileProvider::new(&path, args.config_poll_interval), path),
+        None => {
+            let client = kube_client::connect(args.kubeconfig.as_deref()).await?;
+            tracing::info!(
+                tcp = %args.tcp_services_configmap,
+                udp = ?args.udp_services_configmap.as_ref().map(ToString::to_string),
+                "watching the Kubernetes API for the port maps"
+            );
+            Provider::Kube(KubeProvider::new(client, args.index_settings().port_maps))
+        }
+    };
+    run_with(args, provider).await
+}
+
+async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let access_log = Arc::new(AccessLog::start(
         args.access_log,
@@ -90,11 +106,15 @@ async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
         access_log.clone(),
     );
 
-    let mut provider = FileProvider::new(&config, args.config_poll_interval);
-    provider
-        .load(&gateway.controller)
-        .with_context(|| format!("cannot start with --config {}", config.display()))?;
-    tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
+    let provider = match provider {
+        Provider::File(mut file, config) => {
+            file.load(&gateway.controller)
+                .with_context(|| format!("cannot start with --config {}", config.display()))?;
+            tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
+            Provider::File(file, config)
+        }
+        kube @ Provider::Kube(_) => kube,
+    };
 
     let admin_listener = tokio::net::TcpListener::bind(args.admin_address)
         .await
@@ -123,7 +143,11 @@ async fn run_with_file(args: RunArgs, config: PathBuf) -> anyhow::Result<()> {
     tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
 
     signals::install(draining.clone()).context("installing signal handlers")?;
-    let watcher = tokio::spawn(provider.watch(Arc::clone(&gateway.controller), draining.clone()));
+    let controller = Arc::clone(&gateway.controller);
+    let watcher = match provider {
+        Provider::File(file, _) => tokio::spawn(file.watch(controller, draining.clone())),
+        Provider::Kube(kube) => tokio::spawn(kube.run(controller, draining.clone())),
+    };
     draining.cancelled().await;
     tracing::info!(delay = ?args.shutdown_delay, "unready (/readyz 503); still accepting for --shutdown-delay, then closing listeners");
     tokio::time::sleep(args.shutdown_delay).await;

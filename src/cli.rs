@@ -66,13 +66,12 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// File provider: a YAML file of ConfigMaps, Services and EndpointSlices (multi-document or
-    /// `kind: List`), reloaded when it changes. Required in this version (the Kubernetes API
-    /// provider is not built yet).
+    /// `kind: List`), reloaded when it changes. Without it, dermaga watches the Kubernetes API.
     #[arg(long, global = true, env = "DERMAGA_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Kubeconfig for the Kubernetes API provider. Not used in this version: that provider is
-    /// not built yet.
+    /// Kubeconfig for the Kubernetes API provider (without it: $KUBECONFIG, then
+    /// ~/.kube/config, then the in-cluster service account).
     #[arg(long, global = true, env = "DERMAGA_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 

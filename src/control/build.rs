@@ -20,7 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use super::configmap::{RouteSpec, parse_port_map};
 use super::index::Index;
 use super::names::{ObjectName, Protocol, RouteKey, ServicePortRef};
-use super::table::{ConfigProblem, Endpoint, Route, RouteTable};
+use super::table::{ConfigProblem, Endpoint, Route, RouteTable, UnresolvedReason};
 
 /// Builds the table. `previous` is the table in force, used to keep the last good route of a
 /// port whose entry has become invalid.
@@ -37,16 +37,30 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
         let empty = BTreeMap::new();
         let data = cm.data.as_ref().unwrap_or(&empty);
         let parsed = parse_port_map(map_name, data, *protocol, &index.settings.reserved);
+        let mut push = |route: Route, reason: Option<UnresolvedReason>| {
+            if let (Some(problem), Some(reason)) = (&route.problem, reason) {
+                problems.push(ConfigProblem::Unresolved {
+                    configmap: map_name.clone(),
+                    reason,
+                    key: route.key,
+                    spec: route.spec.to_string(),
+                    problem: problem.clone(),
+                });
+            }
+            routes.push(route);
+        };
         for (port, spec) in parsed.entries {
-            routes.push(resolve_route(
+            let (route, reason) = resolve_route(
                 index,
                 RouteKey {
                     port,
                     protocol: *protocol,
                 },
                 spec,
-            ));
+            );
+            push(route, reason);
         }
+        let mut entry_problems = Vec::new();
         for error in parsed.errors {
             let kept = error.port.and_then(|port| {
                 let key = RouteKey {
@@ -58,31 +72,31 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
                     .map(|old| (key, old.spec.clone()))
             });
             if let Some((key, spec)) = kept {
-                let mut route = resolve_route(index, key, spec);
+                let (mut route, reason) = resolve_route(index, key, spec);
                 route.kept_from_previous = true;
-                routes.push(route);
+                push(route, reason);
             }
-            problems.push(ConfigProblem::Entry(error));
+            entry_problems.push(ConfigProblem::Entry(error));
         }
-    }
-    for route in &routes {
-        if let Some(problem) = &route.problem {
-            problems.push(ConfigProblem::Unresolved {
-                key: route.key,
-                spec: route.spec.to_string(),
-                problem: problem.clone(),
-            });
-        }
+        problems.extend(entry_problems);
     }
     RouteTable::new(routes, problems)
 }
 
-fn resolve_route(index: &Index, key: RouteKey, spec: RouteSpec) -> Route {
+fn resolve_route(
+    index: &Index,
+    key: RouteKey,
+    spec: RouteSpec,
+) -> (Route, Option<UnresolvedReason>) {
     let (endpoints, problem) = match resolve_endpoints(index, &spec, key.protocol) {
         Ok(endpoints) => (endpoints, None),
-        Err(problem) => (Vec::new(), Some(problem)),
+        Err((reason, problem)) => (Vec::new(), Some((reason, problem))),
     };
-    Route::new(key, spec, endpoints, problem)
+    let reason = problem.as_ref().map(|(r, _)| *r);
+    (
+        Route::new(key, spec, endpoints, problem.map(|(_, p)| p)),
+        reason,
+    )
 }
 
 /// The endpoints of the Service port an entry names, or why there are none to look for.
@@ -90,30 +104,39 @@ fn resolve_endpoints(
     index: &Index,
     spec: &RouteSpec,
     protocol: Protocol,
-) -> Result<Vec<Endpoint>, String> {
-    let service = index
-        .service(&spec.service)
-        .ok_or_else(|| format!("Service {} not found", spec.service))?;
+) -> Result<Vec<Endpoint>, (UnresolvedReason, String)> {
+    let service = index.service(&spec.service).ok_or_else(|| {
+        (
+            UnresolvedReason::ServiceNotFound,
+            format!("Service {} not found", spec.service),
+        )
+    })?;
     let spec_of_service = service.spec.as_ref();
     if spec_of_service.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
         let target = spec_of_service
             .and_then(|s| s.external_name.as_deref())
             .unwrap_or("?");
-        return Err(format!(
-            "Service {} is of type ExternalName ({target}); dermaga forwards to EndpointSlice endpoints and cannot use it",
-            spec.service
+        return Err((
+            UnresolvedReason::ExternalNameService,
+            format!(
+                "Service {} is of type ExternalName ({target}); dermaga forwards to EndpointSlice endpoints and cannot use it",
+                spec.service
+            ),
         ));
     }
     let service_port =
         find_service_port(service, &spec.service_port, protocol).ok_or_else(|| {
-            format!(
-                "Service {} has no {protocol} port {} (it has: {})",
-                spec.service,
-                match &spec.service_port {
-                    ServicePortRef::Name(n) if n.is_empty() => "without a name".to_owned(),
-                    other => other.to_string(),
-                },
-                describe_ports(service)
+            (
+                UnresolvedReason::ServicePortNotFound,
+                format!(
+                    "Service {} has no {protocol} port {} (it has: {})",
+                    spec.service,
+                    match &spec.service_port {
+                        ServicePortRef::Name(n) if n.is_empty() => "without a name".to_owned(),
+                        other => other.to_string(),
+                    },
+                    describe_ports(service)
+                ),
             )
         })?;
     let port_name = service_port.name.as_deref().unwrap_or("");

@@ -87,6 +87,36 @@ pub struct EntryError {
     /// False for problems that change no route (an unknown per-port option key, which
     /// ingress-nginx would ignore too): `dermaga check` reports them as warnings.
     pub affects_routing: bool,
+    /// The kind of problem, as the reason of the Kubernetes Event recorded for it.
+    pub reason: EntryReason,
+}
+
+/// What kind of problem an entry has (the `reason` of the Event recorded on the ConfigMap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum EntryReason {
+    /// The key is not a port number.
+    InvalidKey,
+    /// The value is not `<namespace>/<service>:<port>[:PROXY[:PROXY]]`.
+    InvalidValue,
+    /// The port is reserved (the admin server's) or mapped twice.
+    PortConflict,
+    /// A per-port option key that dermaga does not know.
+    UnknownOption,
+    /// A per-port option with a bad value, or for a port without an entry.
+    InvalidOption,
+}
+
+impl EntryReason {
+    /// The reason as written in Events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryReason::InvalidKey => "InvalidKey",
+            EntryReason::InvalidValue => "InvalidEntry",
+            EntryReason::PortConflict => "PortConflict",
+            EntryReason::UnknownOption => "UnknownOption",
+            EntryReason::InvalidOption => "InvalidOption",
+        }
+    }
 }
 
 impl fmt::Display for EntryError {
@@ -133,14 +163,18 @@ pub fn parse_port_map(
     let mut map = PortMap::default();
     let mut seen_keys: BTreeMap<ListenPort, &str> = BTreeMap::new();
     let mut options: Vec<(ListenPort, &str, &str, &str)> = Vec::new();
-    let error = |key: &str, value: &str, port: Option<ListenPort>, problem: String| EntryError {
-        configmap: configmap.clone(),
-        key: key.to_owned(),
-        value: value.to_owned(),
-        port,
-        affects_routing: true,
-        problem,
-    };
+    let error =
+        |reason: EntryReason, key: &str, value: &str, port: Option<ListenPort>, problem: String| {
+            EntryError {
+                configmap: configmap.clone(),
+                key: key.to_owned(),
+                value: value.to_owned(),
+                port,
+                affects_routing: true,
+                problem,
+                reason,
+            }
+        };
 
     for (key, value) in data {
         let (port_part, option) = match key.split_once('.') {
@@ -150,7 +184,8 @@ pub fn parse_port_map(
         let port = match parse_listen_port(port_part) {
             Ok(p) => p,
             Err(problem) => {
-                map.errors.push(error(key, value, None, problem));
+                map.errors
+                    .push(error(EntryReason::InvalidKey, key, value, None, problem));
                 continue;
             }
         };
@@ -164,6 +199,7 @@ pub fn parse_port_map(
             .filter(|_| protocol == Protocol::Tcp)
         {
             map.errors.push(error(
+                EntryReason::PortConflict,
                 key,
                 value,
                 None,
@@ -173,6 +209,7 @@ pub fn parse_port_map(
         }
         if let Some(first) = seen_keys.get(&port) {
             map.errors.push(error(
+                EntryReason::PortConflict,
                 key,
                 value,
                 None,
@@ -185,13 +222,20 @@ pub fn parse_port_map(
             Ok(spec) => {
                 map.entries.insert(port, spec);
             }
-            Err(problem) => map.errors.push(error(key, value, Some(port), problem)),
+            Err(problem) => map.errors.push(error(
+                EntryReason::InvalidValue,
+                key,
+                value,
+                Some(port),
+                problem,
+            )),
         }
     }
 
     for (port, option, key, value) in options {
         if !seen_keys.contains_key(&port) {
             map.errors.push(error(
+                EntryReason::InvalidOption,
                 key,
                 value,
                 None,
@@ -204,6 +248,7 @@ pub fn parse_port_map(
             map.errors.push(EntryError {
                 affects_routing: false,
                 ..error(
+                    EntryReason::UnknownOption,
                     key,
                     value,
                     None,
@@ -229,7 +274,13 @@ pub fn parse_port_map(
             // A known option with a bad value makes the port's entry unusable: serving it without
             // the option would do something the operator did not ask for.
             map.entries.remove(&port);
-            map.errors.push(error(key, value, Some(port), problem));
+            map.errors.push(error(
+                EntryReason::InvalidOption,
+                key,
+                value,
+                Some(port),
+                problem,
+            ));
         }
     }
     map.errors.sort_by(|a, b| a.key.cmp(&b.key));

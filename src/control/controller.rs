@@ -8,6 +8,7 @@ use super::build::build;
 use super::diff::diff;
 use super::index::Index;
 use super::snapshot::Snapshot;
+use super::table::ConfigProblem;
 use crate::ops::metrics::Metrics;
 
 /// Applies provider updates to the Index and publishes the resulting tables.
@@ -16,6 +17,8 @@ pub struct Controller {
     index: Mutex<Index>,
     snapshot: Arc<Snapshot>,
     metrics: Arc<Metrics>,
+    /// Told of each problem when it first appears (the kube provider records Events).
+    problem_subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ConfigProblem>>>,
 }
 
 impl Controller {
@@ -25,7 +28,19 @@ impl Controller {
             index: Mutex::new(index),
             snapshot,
             metrics,
+            problem_subscribers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A stream of configuration problems, each sent once when it appears in a published
+    /// table (not again while it stays, nor on rebuilds that do not change it).
+    pub fn subscribe_problems(&self) -> tokio::sync::mpsc::UnboundedReceiver<ConfigProblem> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.problem_subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
     }
 
     /// Records the outcome of a provider's load or sync in the metrics (a failed one leaves the
@@ -33,6 +48,11 @@ impl Controller {
     pub fn record_load(&self, success: bool) {
         self.metrics
             .config_loaded(success, self.snapshot.load().problems.len());
+    }
+
+    /// The metrics it records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The snapshot this controller publishes to.
@@ -51,10 +71,12 @@ impl Controller {
 
         let old_problems: BTreeSet<String> =
             previous.problems.iter().map(|p| p.to_string()).collect();
+        let mut appeared = Vec::new();
         for problem in &table.problems {
             let text = problem.to_string();
             if !old_problems.contains(&text) {
-                tracing::warn!(problem = %text, "configuration problem");
+                tracing::warn!(problem = %text, reason = problem.reason(), "configuration problem");
+                appeared.push(problem.clone());
             }
         }
         let new_problems: BTreeSet<String> = table.problems.iter().map(|p| p.to_string()).collect();
@@ -77,6 +99,14 @@ impl Controller {
         for key in &d.removed {
             tracing::info!(port = %key, "route removed");
         }
-        Some(self.snapshot.publish(table))
+        let generation = self.snapshot.publish(table);
+        if !appeared.is_empty() {
+            let mut subscribers = self
+                .problem_subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            subscribers.retain(|tx| appeared.iter().all(|p| tx.send(p.clone()).is_ok()));
+        }
+        Some(generation)
     }
 }

@@ -160,6 +160,10 @@ pub enum ConfigProblem {
     },
     /// An entry is valid but what it names does not resolve (no such Service or port).
     Unresolved {
+        /// The port map the entry is in.
+        configmap: ObjectName,
+        /// What kind of reference failed.
+        reason: UnresolvedReason,
         /// The route.
         key: RouteKey,
         /// The entry's value.
@@ -167,6 +171,41 @@ pub enum ConfigProblem {
         /// What is missing.
         problem: String,
     },
+}
+
+/// Why a valid entry does not resolve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum UnresolvedReason {
+    /// No such Service.
+    ServiceNotFound,
+    /// The Service has no such port (for the protocol).
+    ServicePortNotFound,
+    /// The Service is of type ExternalName (no endpoints to forward to).
+    ExternalNameService,
+}
+
+impl ConfigProblem {
+    /// The port map the problem is in, when there is one to attach an Event to.
+    pub fn configmap(&self) -> Option<&ObjectName> {
+        match self {
+            ConfigProblem::Entry(e) => Some(&e.configmap),
+            ConfigProblem::MissingPortMap { .. } => None,
+            ConfigProblem::Unresolved { configmap, .. } => Some(configmap),
+        }
+    }
+
+    /// A short PascalCase reason, as Kubernetes Events carry.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConfigProblem::Entry(e) => e.reason.as_str(),
+            ConfigProblem::MissingPortMap { .. } => "PortMapNotFound",
+            ConfigProblem::Unresolved { reason, .. } => match reason {
+                UnresolvedReason::ServiceNotFound => "ServiceNotFound",
+                UnresolvedReason::ServicePortNotFound => "ServicePortNotFound",
+                UnresolvedReason::ExternalNameService => "ExternalNameService",
+            },
+        }
+    }
 }
 
 impl std::fmt::Display for ConfigProblem {
@@ -177,7 +216,9 @@ impl std::fmt::Display for ConfigProblem {
                 f,
                 "ConfigMap {configmap} does not exist; no ports are mapped from it until it is created"
             ),
-            ConfigProblem::Unresolved { key, spec, problem } => write!(
+            ConfigProblem::Unresolved {
+                key, spec, problem, ..
+            } => write!(
                 f,
                 "port {key} -> {spec}: {problem}; the port stays open and refuses connections until it resolves"
             ),

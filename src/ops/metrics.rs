@@ -161,6 +161,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
 /// The per-port handles one connection updates.
 #[derive(Debug)]
 pub struct PortMetrics {
@@ -279,6 +284,8 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
+    kube_watch_errors: Family<ResourceLabels, Counter>,
+    kube_events: Family<ResultLabels, Counter>,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
     udp_created: Family<PortLabels, Counter>,
     udp_active: Family<PortLabels, Gauge>,
@@ -381,6 +388,18 @@ impl Metrics {
             "Configuration loads by result (success, failure)",
             reloads.clone(),
         );
+        let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "kube_watch_errors",
+            "Failed Kubernetes API list/watch calls by resource (each is retried with backoff)",
+            kube_watch_errors.clone(),
+        );
+        let kube_events = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "kube_events",
+            "Kubernetes Events recorded for configuration problems, by result (success, failure)",
+            kube_events.clone(),
+        );
         registry.register(
             "config_errors",
             "Configuration problems in force",
@@ -462,6 +481,8 @@ impl Metrics {
             refused,
             failures,
             reloads,
+            kube_watch_errors,
+            kube_events,
             cache: RwLock::new(HashMap::new()),
             udp_created,
             udp_active,
@@ -543,6 +564,21 @@ impl Metrics {
                 .store(now.max(1), Ordering::Relaxed);
             self.global.config_errors.set(errors_in_force as i64);
         }
+    }
+
+    /// Records a failed Kubernetes API list or watch call.
+    pub fn kube_watch_error(&self, resource: &'static str) {
+        self.kube_watch_errors
+            .get_or_create(&ResourceLabels { resource })
+            .inc();
+    }
+
+    /// Records an attempt to record a Kubernetes Event.
+    pub fn kube_event(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.kube_events
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Records how many pipes exist and how many ports are bound / failed.

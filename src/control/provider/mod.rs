@@ -2,7 +2,8 @@
 //!
 //! - [`file`]: `--config PATH`, a YAML file of ConfigMaps, Services and EndpointSlices
 //!   (multi-document or `kind: List`), reloaded when it changes. Runs without a cluster.
-//! - The Kubernetes provider (watchers on the API server) feeds the same Index.
+//! - [`kube`]: watchers on the Kubernetes API server (no `--config`).
 
 pub mod file;
+pub mod kube;
 pub mod manifest;

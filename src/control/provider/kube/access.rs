@@ -1,0 +1,55 @@
+//! Every Kubernetes API call the kube provider makes, as data: the RBAC manifests in
+//! `deploy/base` must grant exactly this (a test checks it), and the docs list it.
+
+/// Where an access applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessScope {
+    /// Only the port-map ConfigMaps, by name (`resourceNames`), in their own namespace
+    /// (list and watch carry a `metadata.name` field selector, which RBAC matches).
+    PortMapsByName,
+    /// In the namespace of the port-map ConfigMaps (Events are recorded on them).
+    PortMapNamespace,
+    /// Any namespace: entries may name Services in any namespace, as in ingress-nginx.
+    Cluster,
+}
+
+/// One (API group, resource) the provider uses and the verbs it calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// Resource (plural, lower case).
+    pub resource: &'static str,
+    /// The verbs called, sorted.
+    pub verbs: &'static [&'static str],
+    /// Where.
+    pub scope: AccessScope,
+}
+
+/// Everything the kube provider calls.
+pub const API_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "",
+        resource: "configmaps",
+        verbs: &["list", "watch"],
+        scope: AccessScope::PortMapsByName,
+    },
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+        scope: AccessScope::PortMapNamespace,
+    },
+];

@@ -1,0 +1,354 @@
+//! The provider's state machine, without I/O: it takes watcher [`Message`]s, keeps track of
+//! which scopes must be watched (from the port maps' references) and whether each has
+//! completed its list, and hands out the batch of Index operations to publish and when.
+//!
+//! Rules:
+//! - the first table is published only once every scope has completed its first list;
+//! - a (re-)list is buffered and applied at its end as one replacement: objects the list did
+//!   not return are deleted then, so a `410 Gone` re-list loses no route in between;
+//! - later, while some scope is (re-)listing, publishing waits for it, at most [`HOLD`]: a new
+//!   port-map entry then appears with its Service already known, not as "not found" first;
+//! - errors change nothing: the last table stays in force while the watchers retry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::references::{References, references};
+use super::watch::{Change, Message, ScopeKey};
+use crate::control::index::{Index, Kind, Object};
+use crate::control::names::{ObjectName, Protocol};
+
+/// How long a later (re-)list may hold back publishing other changes.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+/// One change to make to the Index.
+#[derive(Debug)]
+pub enum Op {
+    /// Add or replace.
+    Apply(Object),
+    /// Remove.
+    Delete(Kind, ObjectName),
+}
+
+impl Op {
+    /// Makes the change.
+    pub fn run(self, index: &mut Index) {
+        match self {
+            Op::Apply(o) => index.apply(o),
+            Op::Delete(kind, name) => index.delete(kind, &name),
+        }
+    }
+}
+
+/// What the I/O loop must do to the watchers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Start (or restart: the old one is dropped) the watcher of a scope.
+    Start {
+        /// The scope.
+        scope: ScopeKey,
+        /// The referenced Service names (empty for a port map).
+        names: BTreeSet<String>,
+        /// The new watcher's generation.
+        generation: u64,
+    },
+    /// Stop the watcher of a scope.
+    Stop(ScopeKey),
+}
+
+#[derive(Debug)]
+struct Scope {
+    generation: u64,
+    names: BTreeSet<String>,
+    /// Objects of this scope now in the Index (or in the pending batch).
+    held: BTreeSet<ObjectName>,
+    /// `Some` while a list is being received.
+    listing: Option<Vec<Object>>,
+    /// Since when the scope has not had a complete list (`None`: it has one).
+    unsynced_since: Option<Instant>,
+    /// The error of the current failure streak, if any.
+    failing: Option<String>,
+}
+
+/// The provider's state.
+#[derive(Debug)]
+pub struct SyncState {
+    port_maps: Vec<(Protocol, ObjectName)>,
+    maps: BTreeMap<ObjectName, ConfigMap>,
+    scopes: BTreeMap<ScopeKey, Scope>,
+    next_generation: u64,
+    pending: Vec<Op>,
+    published_once: bool,
+}
+
+impl SyncState {
+    /// A state for these port maps; returns the commands that start their watchers.
+    pub fn new(port_maps: Vec<(Protocol, ObjectName)>, now: Instant) -> (Self, Vec<Command>) {
+        let mut state = Self {
+            port_maps,
+            maps: BTreeMap::new(),
+            scopes: BTreeMap::new(),
+            next_generation: 1,
+            pending: Vec::new(),
+            published_once: false,
+        };
+        let names: BTreeSet<ObjectName> = state.port_maps.iter().map(|(_, n)| n.clone()).collect();
+        let commands = names
+            .into_iter()
+            .map(|n| state.start(ScopeKey::PortMap(n), BTreeSet::new(), now))
+            .collect();
+        (state, commands)
+    }
+
+    fn start(&mut self, key: ScopeKey, names: BTreeSet<String>, now: Instant) -> Command {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let scope = self.scopes.entry(key.clone()).or_insert_with(|| Scope {
+            generation,
+            names: BTreeSet::new(),
+            held: BTreeSet::new(),
+            listing: None,
+            unsynced_since: None,
+            failing: None,
+        });
+        scope.generation = generation;
+        scope.names = names.clone();
+        scope.listing = None;
+        scope.unsynced_since = Some(now);
+        Command::Start {
+            scope: key,
+            names,
+            generation,
+        }
+    }
+
+    /// Takes one watcher message. Returns the commands it leads to (a port map changed the
+    /// set of referenced Services).
+    pub fn handle(&mut self, message: Message, now: Instant) -> Vec<Command> {
+        let Some(scope) = self.scopes.get_mut(&message.scope) else {
+            return Vec::new();
+        };
+        if scope.generation != message.generation {
+            return Vec::new();
+        }
+        let key = message.scope;
+        if !matches!(message.change, Change::Failed(_))
+            && let Some(error) = scope.failing.take()
+        {
+            tracing::info!(watch = %key, after = %error, "Kubernetes API watch recovered");
+        }
+        let wanted = |o: &Object, names: &BTreeSet<String>| match &key {
+            ScopeKey::PortMap(name) => o.name() == *name,
+            ScopeKey::Services(_) => names.contains(&o.name().name),
+            ScopeKey::Slices(_) => slice_service(o).is_some_and(|s| names.contains(s)),
+        };
+        let mut maps_changed = false;
+        match message.change {
+            Change::ListStart => {
+                scope.listing = Some(Vec::new());
+                scope.unsynced_since.get_or_insert(now);
+            }
+            Change::Listed(o) => {
+                if wanted(&o, &scope.names)
+                    && let Some(list) = scope.listing.as_mut()
+                {
+                    list.push(o);
+                }
+            }
+            Change::ListDone => {
+                let listed = scope.listing.take().unwrap_or_default();
+                let kind = kind_of(&key);
+                let now_held: BTreeSet<ObjectName> = listed.iter().map(Object::name).collect();
+                for gone in scope.held.difference(&now_held) {
+                    self.pending.push(Op::Delete(kind, gone.clone()));
+                    maps_changed |= matches!(key, ScopeKey::PortMap(_));
+                    if let ScopeKey::PortMap(_) = key {
+                        self.maps.remove(gone);
+                    }
+                }
+                for o in listed {
+                    if let Object::ConfigMap(cm) = &o {
+                        self.maps.insert(o.name(), cm.clone());
+                        maps_changed = true;
+                    }
+                    self.pending.push(Op::Apply(o));
+                }
+                scope.held = now_held;
+                scope.unsynced_since = None;
+            }
+            Change::Applied(o) => {
+                let name = o.name();
+                if wanted(&o, &scope.names) {
+                    scope.held.insert(name.clone());
+                    if let Object::ConfigMap(cm) = &o {
+                        self.maps.insert(name, cm.clone());
+                        maps_changed = true;
+                    }
+                    self.pending.push(Op::Apply(o));
+                } else if scope.held.remove(&name) {
+                    self.pending.push(Op::Delete(o.kind(), name));
+                }
+            }
+            Change::Deleted(o) => {
+                let name = o.name();
+                if scope.held.remove(&name) {
+                    if let ScopeKey::PortMap(_) = key {
+                        self.maps.remove(&name);
+                        maps_changed = true;
+                    }
+                    self.pending.push(Op::Delete(o.kind(), name));
+                }
+            }
+            Change::Failed(error) => {
+                if scope.failing.is_none() {
+                    tracing::warn!(
+                        watch = %key,
+                        error = %error,
+                        "Kubernetes API watch failed; retrying with backoff, the last table stays in force"
+                    );
+                } else {
+                    tracing::debug!(watch = %key, error = %error, "Kubernetes API watch still failing");
+                }
+                scope.failing = Some(error);
+            }
+        }
+        if maps_changed {
+            self.reconcile(now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The Services the port maps name now.
+    pub fn references(&self) -> References {
+        references(
+            self.port_maps
+                .iter()
+                .filter_map(|(p, n)| self.maps.get(n).map(|cm| (*p, n, cm))),
+        )
+    }
+
+    /// Starts, restarts and stops Service and EndpointSlice watchers to follow the references.
+    fn reconcile(&mut self, now: Instant) -> Vec<Command> {
+        let refs = self.references();
+        let mut commands = Vec::new();
+        for (ns, names) in &refs {
+            let services = ScopeKey::Services(ns.clone());
+            match self.scopes.get_mut(&services) {
+                Some(scope) if names.is_subset(&scope.names) => {
+                    // Fewer references: filter here, no need to list again.
+                    let dropped: Vec<ObjectName> = scope
+                        .held
+                        .iter()
+                        .filter(|n| !names.contains(&n.name))
+                        .cloned()
+                        .collect();
+                    for name in dropped {
+                        scope.held.remove(&name);
+                        self.pending.push(Op::Delete(Kind::Service, name));
+                    }
+                    scope.names = names.clone();
+                }
+                // A new Service to know: the list must be read again, as only referenced
+                // Services are kept.
+                _ => commands.push(self.start(services, names.clone(), now)),
+            }
+            let slices = ScopeKey::Slices(ns.clone());
+            if self.scopes.get(&slices).is_none_or(|s| s.names != *names) {
+                commands.push(self.start(slices, names.clone(), now));
+            }
+        }
+        let stale: Vec<ScopeKey> = self
+            .scopes
+            .keys()
+            .filter(|k| match k {
+                ScopeKey::PortMap(_) => false,
+                ScopeKey::Services(ns) | ScopeKey::Slices(ns) => !refs.contains_key(ns),
+            })
+            .cloned()
+            .collect();
+        for key in stale {
+            let scope = self.scopes.remove(&key).expect("listed above");
+            let kind = kind_of(&key);
+            self.pending
+                .extend(scope.held.into_iter().map(|n| Op::Delete(kind, n)));
+            commands.push(Command::Stop(key));
+        }
+        commands
+    }
+
+    /// True once every scope has completed its first list and the first table was taken.
+    pub fn published_once(&self) -> bool {
+        self.published_once
+    }
+
+    /// When publishing is held back by a (re-)listing scope, the instant it may go ahead anyway.
+    pub fn hold_until(&self) -> Option<Instant> {
+        if !self.published_once || self.pending.is_empty() {
+            return None;
+        }
+        self.scopes
+            .values()
+            .filter_map(|s| s.unsynced_since)
+            .min()
+            .map(|since| since + HOLD)
+    }
+
+    /// The batch to publish now, if it is time: everything pending, once no scope is listing
+    /// (or the hold has passed; never before the first complete sync).
+    pub fn take_batch(&mut self, now: Instant) -> Option<Vec<Op>> {
+        let oldest_unsynced = self.scopes.values().filter_map(|s| s.unsynced_since).min();
+        let go = match oldest_unsynced {
+            None => true,
+            Some(since) => self.published_once && now >= since + HOLD,
+        };
+        if !go || (self.published_once && self.pending.is_empty()) {
+            return None;
+        }
+        if !self.published_once {
+            tracing::info!(
+                watches = self.scopes.len(),
+                "initial lists complete; publishing the first table"
+            );
+        } else if oldest_unsynced.is_some() {
+            let waiting: Vec<String> = self
+                .scopes
+                .iter()
+                .filter(|(_, s)| s.unsynced_since.is_some())
+                .map(|(k, _)| k.to_string())
+                .collect();
+            tracing::warn!(?waiting, hold = ?HOLD, "publishing without waiting longer for these lists");
+        }
+        self.published_once = true;
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// The port-map ConfigMaps as last seen.
+    pub fn port_map(&self, name: &ObjectName) -> Option<&ConfigMap> {
+        self.maps.get(name)
+    }
+}
+
+fn kind_of(key: &ScopeKey) -> Kind {
+    match key {
+        ScopeKey::PortMap(_) => Kind::ConfigMap,
+        ScopeKey::Services(_) => Kind::Service,
+        ScopeKey::Slices(_) => Kind::EndpointSlice,
+    }
+}
+
+fn slice_service(o: &Object) -> Option<&String> {
+    match o {
+        Object::EndpointSlice(s) => s
+            .metadata
+            .labels
+            .as_ref()?
+            .get(crate::control::index::SERVICE_NAME_LABEL),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

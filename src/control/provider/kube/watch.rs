@@ -1,0 +1,172 @@
+//! One kube-rs watcher per scope (a port map, or the Services or EndpointSlices of one
+//! namespace), forwarding its events, tagged with the scope and the watcher's generation, to
+//! the provider's single loop.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::references::slice_selector;
+use crate::control::index::Object;
+use crate::control::names::ObjectName;
+use std::collections::BTreeSet;
+
+/// What one watcher covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ScopeKey {
+    /// One port-map ConfigMap, by name.
+    PortMap(ObjectName),
+    /// The referenced Services of one namespace.
+    Services(String),
+    /// The EndpointSlices of the referenced Services of one namespace.
+    Slices(String),
+}
+
+impl ScopeKey {
+    /// The API resource, for logs and metrics.
+    pub fn resource(&self) -> &'static str {
+        match self {
+            ScopeKey::PortMap(_) => "configmaps",
+            ScopeKey::Services(_) => "services",
+            ScopeKey::Slices(_) => "endpointslices",
+        }
+    }
+}
+
+impl std::fmt::Display for ScopeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScopeKey::PortMap(name) => write!(f, "configmap {name}"),
+            ScopeKey::Services(ns) => write!(f, "services in namespace {ns}"),
+            ScopeKey::Slices(ns) => write!(f, "endpointslices in namespace {ns}"),
+        }
+    }
+}
+
+/// A watcher's event, as the provider sees it.
+#[derive(Debug)]
+pub enum Change {
+    /// A (re-)list starts: objects follow as `Listed` until `ListDone`.
+    ListStart,
+    /// One object of the list.
+    Listed(Object),
+    /// The list is complete: objects not listed are gone.
+    ListDone,
+    /// An object was added or changed.
+    Applied(Object),
+    /// An object was deleted.
+    Deleted(Object),
+    /// The API call failed; the watcher retries with backoff.
+    Failed(String),
+}
+
+/// A change from one watcher.
+#[derive(Debug)]
+pub struct Message {
+    /// Which scope.
+    pub scope: ScopeKey,
+    /// Which watcher of that scope (a restarted scope gets a new one; late messages from the
+    /// old one are ignored).
+    pub generation: u64,
+    /// What happened.
+    pub change: Change,
+}
+
+/// Starts the watcher for `scope`. For `Services` and `Slices`, `names` are the referenced
+/// Services of the namespace (Services are filtered by the provider; slices by the API server).
+pub fn spawn(
+    client: kube::Client,
+    scope: ScopeKey,
+    names: &BTreeSet<String>,
+    generation: u64,
+    tx: mpsc::Sender<Message>,
+) -> JoinHandle<()> {
+    match scope.clone() {
+        ScopeKey::PortMap(name) => {
+            let api: Api<ConfigMap> = Api::namespaced(client, &name.namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={}", name.name));
+            tokio::spawn(forward(
+                api,
+                config,
+                scope,
+                generation,
+                tx,
+                Object::ConfigMap,
+            ))
+        }
+        ScopeKey::Services(ns) => {
+            let api: Api<Service> = Api::namespaced(client, &ns);
+            tokio::spawn(forward(
+                api,
+                watcher::Config::default(),
+                scope,
+                generation,
+                tx,
+                Object::Service,
+            ))
+        }
+        ScopeKey::Slices(ns) => {
+            let api: Api<EndpointSlice> = Api::namespaced(client, &ns);
+            let config = watcher::Config::default().labels(&slice_selector(names));
+            tokio::spawn(forward(
+                api,
+                config,
+                scope,
+                generation,
+                tx,
+                Object::EndpointSlice,
+            ))
+        }
+    }
+}
+
+async fn forward<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    scope: ScopeKey,
+    generation: u64,
+    tx: mpsc::Sender<Message>,
+    wrap: fn(K) -> Object,
+) where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        let change = match event {
+            Ok(watcher::Event::Init) => Change::ListStart,
+            Ok(watcher::Event::InitApply(o)) => Change::Listed(wrap(o)),
+            Ok(watcher::Event::InitDone) => Change::ListDone,
+            Ok(watcher::Event::Apply(o)) => Change::Applied(wrap(o)),
+            Ok(watcher::Event::Delete(o)) => Change::Deleted(wrap(o)),
+            Err(e) => Change::Failed(describe(&e)),
+        };
+        let message = Message {
+            scope: scope.clone(),
+            generation,
+            change,
+        };
+        if tx.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The error with its causes, on one line.
+fn describe(e: &watcher::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
