@@ -1,0 +1,438 @@
+//! The Kubernetes manifests in `deploy/`: every document parses into its Kubernetes type, the
+//! kustomize base builds, its RBAC grants exactly what the kube provider calls
+//! (`API_ACCESS`), and the Deployment, its flags, its ConfigMaps and its LoadBalancer Service
+//! agree with one another. The checks run on the files as written and on the output of
+//! `kubectl kustomize deploy/base` (kubectl must be installed). The tests at the end change one
+//! thing at a time and show that each check fails and says why.
+
+#[path = "deploy/manifest.rs"]
+mod manifest;
+#[path = "deploy/rbac.rs"]
+mod rbac;
+#[path = "deploy/workload.rs"]
+mod workload;
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::rbac::v1::PolicyRule;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use manifest::{Doc, Object};
+
+fn base_dir() -> PathBuf {
+    manifest::repo().join("deploy/base")
+}
+
+fn fail(what: &str, problems: &[String]) -> ! {
+    panic!("{what}:\n  - {}", problems.join("\n  - "))
+}
+
+fn base() -> manifest::Base {
+    manifest::read_base(&base_dir())
+        .unwrap_or_else(|e: Vec<String>| fail("deploy/base does not parse", &e))
+}
+
+fn built() -> Vec<Doc> {
+    manifest::kustomize_build(&base_dir())
+        .unwrap_or_else(|e: Vec<String>| fail("kubectl kustomize deploy/base", &e))
+}
+
+/// The base as written and as kustomize builds it.
+fn both() -> [(&'static str, Vec<Doc>); 2] {
+    [
+        ("deploy/base", base().docs),
+        ("kubectl kustomize deploy/base", built()),
+    ]
+}
+
+fn gateway(docs: &[Doc]) -> workload::Gateway {
+    workload::find(docs).unwrap_or_else(|e: Vec<String>| fail("the gateway Deployment", &e))
+}
+
+fn rbac_problems(docs: &[Doc]) -> Vec<String> {
+    let gw = gateway(docs);
+    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
+    rbac::check(docs, &gw.account(), &maps)
+}
+
+fn deployment_problems(docs: &[Doc]) -> Vec<String> {
+    workload::check_deployment(docs, &gateway(docs))
+}
+
+fn port_problems(docs: &[Doc]) -> Vec<String> {
+    workload::check_ports(docs, &gateway(docs))
+}
+
+#[test]
+fn every_manifest_parses_into_its_kubernetes_type() {
+    let base = base();
+    assert!(!base.docs.is_empty(), "deploy/base lists no objects");
+    let examples = manifest::read_plain_dir(&manifest::repo().join("deploy/examples"))
+        .unwrap_or_else(|e: Vec<String>| fail("deploy/examples does not parse", &e));
+    assert!(!examples.is_empty(), "deploy/examples holds no objects");
+}
+
+#[test]
+fn kustomize_builds_exactly_the_base_with_its_image() {
+    let base = base();
+    let built = built();
+    let (written, output) = (
+        manifest::identities(&base.docs),
+        manifest::identities(&built),
+    );
+    assert_eq!(
+        written, output,
+        "kubectl kustomize deploy/base does not produce the objects of the files it lists"
+    );
+
+    let image_of = |docs: &[Doc]| gateway(docs).container.image.clone().unwrap_or_default();
+    let written_image = image_of(&base.docs);
+    let repository = written_image.split([':', '@']).next().unwrap().to_owned();
+    let [entry] = &base.kustomization.images[..] else {
+        panic!("kustomization.yaml should set the gateway's image in `images` (one entry)");
+    };
+    assert_eq!(
+        entry.name, repository,
+        "the `images` entry of kustomization.yaml does not name the Deployment's image {written_image}, so it changes nothing"
+    );
+    let mut expected = entry.new_name.clone().unwrap_or_else(|| entry.name.clone());
+    if let Some(tag) = &entry.new_tag {
+        expected = format!("{expected}:{tag}");
+    }
+    if let Some(digest) = &entry.digest {
+        expected = format!("{expected}@{digest}");
+    }
+    assert_eq!(
+        image_of(&built),
+        expected,
+        "the built Deployment does not run the image kustomization.yaml sets"
+    );
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_kube_provider_calls() {
+    for (what, docs) in both() {
+        let problems = rbac_problems(&docs);
+        if !problems.is_empty() {
+            fail(&format!("{what}: RBAC differs from API_ACCESS"), &problems);
+        }
+    }
+}
+
+#[test]
+fn deployment_is_hardened_and_agrees_with_its_flags() {
+    for (what, docs) in both() {
+        let problems = deployment_problems(&docs);
+        if !problems.is_empty() {
+            fail(&format!("{what}: the Deployment"), &problems);
+        }
+    }
+}
+
+#[test]
+fn the_port_maps_exist_and_every_mapped_port_is_on_the_load_balancer() {
+    for (what, docs) in both() {
+        let gw = gateway(&docs);
+        let tcp = gw.flags.tcp_services_configmap.to_string();
+        assert_eq!(
+            tcp, "dermaga/tcp-services",
+            "{what}: the TCP map of the base"
+        );
+        let problems = port_problems(&docs);
+        if !problems.is_empty() {
+            fail(
+                &format!("{what}: port maps and the LoadBalancer Service"),
+                &problems,
+            );
+        }
+    }
+}
+
+// ---- Each check fails, and says why, when the manifests are changed. ----
+
+fn pod_mut(docs: &mut [Doc]) -> &mut PodSpec {
+    docs.iter_mut()
+        .find_map(|d| match &mut d.object {
+            Object::Deployment(dep) => dep.spec.template.spec.as_mut(),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn rules_mut<'a>(docs: &'a mut [Doc], kind: &str) -> &'a mut Vec<PolicyRule> {
+    docs.iter_mut()
+        .find_map(|d| match (&mut d.object, kind) {
+            (Object::Role(r), "Role") => r.rules.as_mut(),
+            (Object::ClusterRole(r), "ClusterRole") => r.rules.as_mut(),
+            _ => None,
+        })
+        .unwrap()
+}
+
+fn assert_reports(problems: &[String], expected: &[&str]) {
+    for e in expected {
+        assert!(
+            problems.iter().any(|p| p.contains(e)),
+            "no problem mentions {e:?}; problems: {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn rbac_check_names_every_difference() {
+    let docs = built();
+
+    let mut more = docs.clone();
+    rules_mut(&mut more, "ClusterRole")[0]
+        .verbs
+        .push("get".to_owned());
+    assert_reports(
+        &rbac_problems(&more),
+        &["more than needed: get services (core) (any name) in every namespace"],
+    );
+
+    let mut unnamed = docs.clone();
+    for rule in rules_mut(&mut unnamed, "Role") {
+        rule.resource_names = None;
+    }
+    assert_reports(
+        &rbac_problems(&unnamed),
+        &[
+            "more than needed: list configmaps (core) (any name) in namespace dermaga (Role)",
+            "missing: watch configmaps (core) named \"udp-services\" in namespace dermaga (Role)",
+        ],
+    );
+
+    let mut renamed = docs.clone();
+    let args = pod_mut(&mut renamed).containers[0].args.as_mut().unwrap();
+    for a in args
+        .iter_mut()
+        .filter(|a| a.starts_with("--udp-services-configmap"))
+    {
+        *a = "--udp-services-configmap=dermaga/udp-ports".to_owned();
+    }
+    assert_reports(
+        &rbac_problems(&renamed),
+        &[
+            "missing: list configmaps (core) named \"udp-ports\" in namespace dermaga (Role)",
+            "more than needed: watch configmaps (core) named \"udp-services\"",
+        ],
+    );
+
+    let mut cluster_events = docs.clone();
+    let events = rules_mut(&mut cluster_events, "Role").remove(1);
+    rules_mut(&mut cluster_events, "ClusterRole").push(events);
+    assert_reports(
+        &rbac_problems(&cluster_events),
+        &[
+            "missing: create events (events.k8s.io) (any name) in namespace dermaga (Role)",
+            "more than needed: patch events (events.k8s.io) (any name) in every namespace",
+        ],
+    );
+
+    let mut unbound = docs.clone();
+    unbound.retain(|d| !matches!(d.object, Object::ClusterRoleBinding(_)));
+    assert_reports(
+        &rbac_problems(&unbound),
+        &[
+            "ClusterRole \"dermaga\"",
+            "is not bound",
+            "missing: list endpointslices (discovery.k8s.io)",
+        ],
+    );
+}
+
+#[test]
+fn deployment_check_fails_on_each_weakened_setting() {
+    let docs = built();
+    let mut weak = docs.clone();
+    let pod = pod_mut(&mut weak);
+    pod.termination_grace_period_seconds = Some(65);
+    pod.automount_service_account_token = Some(false);
+    let c = &mut pod.containers[0];
+    let sc = c.security_context.as_mut().unwrap();
+    sc.allow_privilege_escalation = Some(true);
+    sc.read_only_root_filesystem = None;
+    sc.capabilities.as_mut().unwrap().add =
+        Some(vec!["NET_BIND_SERVICE".to_owned(), "NET_ADMIN".to_owned()]);
+    c.readiness_probe
+        .as_mut()
+        .unwrap()
+        .http_get
+        .as_mut()
+        .unwrap()
+        .path = Some("/healthz".to_owned());
+    c.liveness_probe
+        .as_mut()
+        .unwrap()
+        .http_get
+        .as_mut()
+        .unwrap()
+        .port = IntOrString::Int(8080);
+    c.resources.as_mut().unwrap().limits = None;
+    weak.retain(|d| !matches!(d.object, Object::PodDisruptionBudget(_)));
+    assert_reports(
+        &deployment_problems(&weak),
+        &[
+            "terminationGracePeriodSeconds 65s does not exceed --shutdown-delay 5s + --drain-timeout 60s",
+            "automountServiceAccountToken is false",
+            "allowPrivilegeEscalation is not false",
+            "readOnlyRootFilesystem is not true",
+            "expected [NET_BIND_SERVICE] and nothing else",
+            "readinessProbe: path Some(\"/healthz\"), expected \"/readyz\"",
+            "livenessProbe: port Int(8080)",
+            "resources.limits.cpu is not set",
+            "expected one PodDisruptionBudget",
+        ],
+    );
+
+    // Flags move the checks: a later drain timeout needs a longer grace period, another admin
+    // port needs other probes.
+    let mut flags = docs.clone();
+    let args = pod_mut(&mut flags).containers[0].args.as_mut().unwrap();
+    args.push("--drain-timeout=2m".to_owned());
+    args.push("--admin-address=0.0.0.0:9000".to_owned());
+    assert_reports(
+        &deployment_problems(&flags),
+        &[
+            "--drain-timeout 120s",
+            "readinessProbe: port String(\"admin\") (container port Some(10254)) is not the admin port 9000",
+        ],
+    );
+
+    let mut root = docs.clone();
+    let pod = pod_mut(&mut root);
+    pod.security_context.as_mut().unwrap().run_as_user = Some(0);
+    pod.containers[0]
+        .security_context
+        .as_mut()
+        .unwrap()
+        .run_as_user = None;
+    pod.containers[0].env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "DERMAGA_CONFIG".to_owned(),
+        value: Some("/etc/dermaga/routes.yaml".to_owned()),
+        value_from: None,
+    }]);
+    assert_reports(
+        &deployment_problems(&root),
+        &["runAsUser is Some(0)", "--config is set"],
+    );
+}
+
+#[test]
+fn port_check_fails_when_a_mapped_port_is_not_exposed() {
+    let docs = built();
+
+    let mut added = docs.clone();
+    for d in &mut added {
+        if let Object::ConfigMap(cm) = &mut d.object
+            && cm.metadata.name.as_deref() == Some("udp-services")
+        {
+            cm.data = Some([("53".to_owned(), "kube-system/kube-dns:dns".to_owned())].into());
+        }
+        if let Object::ConfigMap(cm) = &mut d.object
+            && cm.metadata.name.as_deref() == Some("tcp-services")
+        {
+            let data = cm.data.get_or_insert_default();
+            data.insert("30000".to_owned(), "default/web:80".to_owned());
+            data.insert("10254".to_owned(), "default/web:80".to_owned());
+        }
+    }
+    assert_reports(
+        &port_problems(&added),
+        &[
+            "mapped port 30000/TCP is not exposed",
+            "mapped port 53/UDP is not exposed; add `- {name: udp-53, protocol: UDP, port: 53, targetPort: 53}`",
+            "rejected entry: ConfigMap dermaga/tcp-services: entry \"10254\"",
+        ],
+    );
+
+    let mut extra = docs.clone();
+    for d in &mut extra {
+        if let Object::Service(s) = &mut d.object {
+            let ports = s.spec.as_mut().unwrap().ports.as_mut().unwrap();
+            ports.push(k8s_openapi::api::core::v1::ServicePort {
+                name: Some("admin".to_owned()),
+                port: 10254,
+                ..Default::default()
+            });
+            ports.push(k8s_openapi::api::core::v1::ServicePort {
+                name: Some("udp-10000".to_owned()),
+                port: 10000,
+                protocol: Some("UDP".to_owned()),
+                ..Default::default()
+            });
+            s.spec.as_mut().unwrap().external_traffic_policy = Some("Cluster".to_owned());
+        }
+    }
+    assert_reports(
+        &port_problems(&extra),
+        &[
+            "exposes the admin port 10254",
+            "port 10000 targets 10000/UDP, which no port-map entry opens",
+            "externalTrafficPolicy is Some(\"Cluster\"), expected Local",
+        ],
+    );
+
+    let mut missing = docs.clone();
+    missing.retain(|d| !matches!(&d.object, Object::ConfigMap(cm) if cm.metadata.name.as_deref() == Some("udp-services")));
+    assert_reports(
+        &port_problems(&missing),
+        &[
+            "ConfigMap dermaga/udp-services (named by the Deployment's flags) is not in the manifests",
+        ],
+    );
+}
+
+#[test]
+fn the_reader_rejects_unknown_kinds_fields_and_files() {
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n";
+    let e = manifest::parse_documents("t.yaml", secret, "default").unwrap_err();
+    assert!(
+        e[0].contains("t.yaml#1: Secret \"s\": unknown kind \"Secret\""),
+        "{e:?}"
+    );
+
+    let old_pdb = "apiVersion: policy/v1beta1\nkind: PodDisruptionBudget\nmetadata: {name: p}\n";
+    let e = manifest::parse_documents("t.yaml", old_pdb, "default").unwrap_err();
+    assert!(
+        e[0].contains("unknown kind \"PodDisruptionBudget\" of apiVersion \"policy/v1beta1\""),
+        "{e:?}"
+    );
+
+    let typo = "---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {}\n  template:\n    spec:\n      containers:\n      - name: c\n        readinesProbe: {httpGet: {path: /readyz, port: 10254}}\n";
+    let e = manifest::parse_documents("t.yaml", typo, "default").unwrap_err();
+    assert!(
+        e[0].contains("t.yaml#2: Deployment \"d\": field .spec.template.spec.containers[0].readinesProbe is not a field of this kind"),
+        "{e:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [missing.yaml]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("stray.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let e = manifest::read_base(dir.path()).unwrap_err();
+    assert_reports(
+        &e,
+        &[
+            "resource \"missing.yaml\" does not exist",
+            "stray.yaml is not listed in the resources",
+        ],
+    );
+
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresource: [stray.yaml]\n",
+    )
+    .unwrap();
+    let e = manifest::read_base(dir.path()).unwrap_err();
+    assert_reports(&e, &["unknown field `resource`"]);
+}
