@@ -146,7 +146,9 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let controller = Arc::clone(&gateway.controller);
     let watcher = match provider {
         Provider::File(file, _) => tokio::spawn(file.watch(controller, draining.clone())),
-        Provider::Kube(kube) => tokio::spawn(kube.run(controller, draining.clone())),
+        Provider::Kube(kube) => {
+            tokio::spawn(kube.run(controller, gateway.status(), draining.clone()))
+        }
     };
     draining.cancelled().await;
     tracing::info!(delay = ?args.shutdown_delay, "unready (/readyz 503); still accepting for --shutdown-delay, then closing listeners");

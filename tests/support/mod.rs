@@ -1,6 +1,8 @@
 //! Shared test support: tagged fake backends on loopback, fixture YAML, an in-process gateway.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 

@@ -1,47 +1,103 @@
-//! Records each configuration problem, once when it appears, as a Kubernetes Event on the
-//! port-map ConfigMap it is in (`kubectl describe configmap tcp-services` shows it).
+//! Records problems as Kubernetes Events on the port-map ConfigMap they concern, once when
+//! each appears (`kubectl describe configmap tcp-services` shows them): configuration problems
+//! from the controller, and ports that cannot be bound (in use by another process).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::{mpsc, watch};
 
-use crate::control::names::ObjectName;
+use crate::control::names::{ObjectName, Protocol, RouteKey};
 use crate::control::table::ConfigProblem;
+use crate::data::listener::{ListenerStatus, PortState};
 use crate::ops::metrics::Metrics;
 
 /// Events carry at most 1 kB of message.
 const MAX_NOTE: usize = 1024;
 
-/// Publishes problems from `problems` as Warning Events until the channel closes.
-pub async fn record(
-    recorder: Recorder,
-    mut problems: mpsc::UnboundedReceiver<ConfigProblem>,
-    port_maps: watch::Receiver<BTreeMap<ObjectName, ObjectReference>>,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(problem) = problems.recv().await {
-        let Some(map) = problem.configmap() else {
-            continue;
-        };
-        let Some(reference) = port_maps.borrow().get(map).cloned() else {
-            continue;
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: problem.reason().to_owned(),
-            note: Some(truncate(problem.to_string())),
-            action: "Route".into(),
-            secondary: None,
-        };
-        match recorder.publish(&event, &reference).await {
-            Ok(()) => metrics.kube_event(true),
-            Err(error) => {
-                metrics.kube_event(false);
-                tracing::warn!(configmap = %map, reason = problem.reason(), %error, "could not record the problem as a Kubernetes Event (it is in the log above)");
+/// Where Events go and what they are about.
+pub struct EventSources {
+    /// Problems as they appear ([`crate::control::controller::Controller::subscribe_problems`]).
+    pub problems: mpsc::UnboundedReceiver<ConfigProblem>,
+    /// The listener manager's port states.
+    pub listeners: watch::Receiver<ListenerStatus>,
+    /// The port maps (as object references) by name, and which map each protocol uses.
+    pub port_maps: watch::Receiver<BTreeMap<ObjectName, ObjectReference>>,
+    /// The port map of each protocol.
+    pub map_of: BTreeMap<Protocol, ObjectName>,
+}
+
+/// Publishes Warning Events until the sources close.
+pub async fn record(recorder: Recorder, mut sources: EventSources, metrics: Arc<Metrics>) {
+    let mut failed_ports: BTreeSet<RouteKey> = BTreeSet::new();
+    loop {
+        let (map, reason, note) = tokio::select! {
+            problem = sources.problems.recv() => {
+                let Some(problem) = problem else { return };
+                let Some(map) = problem.configmap().cloned() else { continue };
+                (map, problem.reason(), problem.to_string())
             }
+            changed = sources.listeners.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let newly = newly_failed(&sources.listeners.borrow_and_update(), &mut failed_ports);
+                for (key, error) in newly {
+                    let Some(map) = sources.map_of.get(&key.protocol).cloned() else { continue };
+                    let note = format!("port {key} cannot be bound: {error}; retrying (is another process using it?)");
+                    publish(&recorder, &sources, &metrics, map, "PortBindFailed", note).await;
+                }
+                continue;
+            }
+        };
+        publish(&recorder, &sources, &metrics, map, reason, note).await;
+    }
+}
+
+/// Ports failed now that were not before; `seen` is updated to the failed set.
+fn newly_failed(status: &ListenerStatus, seen: &mut BTreeSet<RouteKey>) -> Vec<(RouteKey, String)> {
+    let now: BTreeMap<RouteKey, String> = status
+        .ports
+        .iter()
+        .filter_map(|(k, s)| match s {
+            PortState::Failed(e) => Some((*k, e.clone())),
+            PortState::Bound(_) => None,
+        })
+        .collect();
+    let newly = now
+        .iter()
+        .filter(|(k, _)| !seen.contains(k))
+        .map(|(k, e)| (*k, e.clone()))
+        .collect();
+    *seen = now.into_keys().collect();
+    newly
+}
+
+async fn publish(
+    recorder: &Recorder,
+    sources: &EventSources,
+    metrics: &Metrics,
+    map: ObjectName,
+    reason: &str,
+    note: String,
+) {
+    let Some(reference) = sources.port_maps.borrow().get(&map).cloned() else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(truncate(note)),
+        action: "Route".into(),
+        secondary: None,
+    };
+    match recorder.publish(&event, &reference).await {
+        Ok(()) => metrics.kube_event(true),
+        Err(error) => {
+            metrics.kube_event(false);
+            tracing::warn!(configmap = %map, reason, %error, "could not record a Kubernetes Event (the problem is in the log)");
         }
     }
 }

@@ -28,6 +28,7 @@ use self::sync::{Command, SyncState};
 use self::watch::ScopeKey;
 use crate::control::controller::Controller;
 use crate::control::names::{ObjectName, Protocol};
+use crate::data::listener::ListenerStatus;
 
 /// Watches the API server and feeds a [`Controller`].
 pub struct KubeProvider {
@@ -63,7 +64,13 @@ impl KubeProvider {
 
     /// Watches until `shutdown`, publishing a table after each batch of changes (the first
     /// only once every watcher has listed).
-    pub async fn run(self, controller: Arc<Controller>, shutdown: CancellationToken) {
+    /// `listeners` is the listener manager's status, for Events on ports that cannot be bound.
+    pub async fn run(
+        self,
+        controller: Arc<Controller>,
+        listeners: tokio::sync::watch::Receiver<ListenerStatus>,
+        shutdown: CancellationToken,
+    ) {
         let (tx, mut rx) = mpsc::channel(1024);
         let (mut state, commands) =
             SyncState::new(self.port_maps.clone(), std::time::Instant::now());
@@ -98,8 +105,12 @@ impl KubeProvider {
         let (maps_tx, maps_rx) = tokio::sync::watch::channel(BTreeMap::new());
         let recorder = tokio::spawn(events::record(
             kube::runtime::events::Recorder::new(self.client.clone(), self.reporter.clone()),
-            controller.subscribe_problems(),
-            maps_rx,
+            events::EventSources {
+                problems: controller.subscribe_problems(),
+                listeners,
+                port_maps: maps_rx,
+                map_of: self.port_maps.iter().cloned().collect(),
+            },
             controller.metrics().clone(),
         ));
 
