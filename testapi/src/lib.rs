@@ -61,6 +61,7 @@ mod http;
 mod kubeconfig;
 mod object;
 mod patch;
+mod protobuf;
 mod registry;
 mod selector;
 mod server;

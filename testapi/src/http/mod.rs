@@ -5,6 +5,7 @@
 mod discovery;
 mod list;
 mod objects;
+mod openapi;
 mod options;
 mod routes;
 mod watch;
@@ -133,6 +134,13 @@ async fn dispatch(
         Route::ResourceList { group, version } if read_only => {
             ok(discovery::resource_list(&group, &version))
         }
+        Route::OpenApiIndex if read_only => ok(openapi::index()),
+        Route::OpenApiDocument { group, version } if read_only => {
+            match openapi::document(&group, &version) {
+                Some(document) => ok(document),
+                None => Err(Status::path_not_found().into()),
+            }
+        }
         Route::Collection {
             resource,
             namespace,
@@ -152,7 +160,7 @@ async fn dispatch(
                 }
             }
             Method::POST => {
-                let object = objects::json_body(content_type, body)?;
+                let object = objects::decode_body(&resource, content_type, body)?;
                 let (code, created) =
                     objects::create(shared, &resource, namespace.as_deref(), query, object)?;
                 Ok(json_response(shared, code, &created))
@@ -171,7 +179,7 @@ async fn dispatch(
             match *method {
                 Method::GET | Method::HEAD => ok(objects::get(shared, &resource, ns, &name)?),
                 Method::PUT => {
-                    let object = objects::json_body(content_type, body)?;
+                    let object = objects::decode_body(&resource, content_type, body)?;
                     let (code, updated) = objects::update(
                         shared,
                         &resource,

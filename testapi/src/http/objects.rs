@@ -10,29 +10,37 @@ use crate::Shared;
 use crate::catalog::Resource;
 use crate::object;
 use crate::patch::PatchType;
+use crate::protobuf;
 use crate::registry::{Origin, Preconditions};
 use crate::status::Status;
 use crate::store::{ObjectFilter, ReadAt};
 
-/// The JSON media types accepted for create and update bodies.
-const JSON_MEDIA_TYPES: &[&str] = &["application/json"];
-
-/// Parses a JSON request body after checking its `Content-Type`.
-pub(crate) fn json_body(content_type: Option<&str>, body: &[u8]) -> Result<Value, Status> {
-    if let Some(content_type) = content_type {
-        let media_type = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if !media_type.is_empty() && media_type != "application/json" && media_type != "*/*" {
-            return Err(Status::unsupported_media_type(JSON_MEDIA_TYPES));
-        }
+/// Decodes a create or update body of `resource` after checking its `Content-Type`: JSON, or
+/// protobuf for the kinds [`protobuf::supports`].
+pub(crate) fn decode_body(
+    resource: &Resource,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Value, Status> {
+    let media_type = content_type
+        .and_then(|c| c.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            Status::bad_request(format!("the body of the request could not be decoded: {e}"))
+        }),
+        protobuf::MEDIA_TYPE if protobuf::supports(resource) => protobuf::decode(resource, body)
+            .map_err(|e| {
+                Status::bad_request(format!("the body of the request could not be decoded: {e}"))
+            }),
+        _ if protobuf::supports(resource) => Err(Status::unsupported_media_type(&[
+            "application/json",
+            protobuf::MEDIA_TYPE,
+        ])),
+        _ => Err(Status::unsupported_media_type(&["application/json"])),
     }
-    serde_json::from_slice(body).map_err(|e| {
-        Status::bad_request(format!("the body of the request could not be decoded: {e}"))
-    })
 }
 
 /// GET one object.

@@ -18,8 +18,10 @@ pub(crate) enum Route {
     Group(String),
     /// `/api/v1` or `/apis/<group>/<version>`
     ResourceList { group: String, version: String },
-    /// `/openapi/v2`, `/openapi/v3...` (not served: clients fall back to built-in schemas)
-    OpenApi,
+    /// `/openapi/v3`
+    OpenApiIndex,
+    /// `/openapi/v3/api/v1` or `/openapi/v3/apis/<group>/<version>`
+    OpenApiDocument { group: String, version: String },
     /// A collection: every object of a kind, in one namespace or in all.
     Collection {
         resource: Resource,
@@ -43,7 +45,15 @@ impl Route {
             ["version"] => Route::Version,
             ["api"] => Route::CoreVersions,
             ["apis"] => Route::Groups,
-            ["openapi", ..] => Route::OpenApi,
+            ["openapi", "v3"] => Route::OpenApiIndex,
+            ["openapi", "v3", "api", version] => Route::OpenApiDocument {
+                group: String::new(),
+                version: version.to_string(),
+            },
+            ["openapi", "v3", "apis", group, version] => Route::OpenApiDocument {
+                group: group.to_string(),
+                version: version.to_string(),
+            },
             ["api", "v1"] => Route::ResourceList {
                 group: String::new(),
                 version: "v1".into(),
