@@ -1,42 +1,93 @@
-//! A small load tool for dermaga's benchmarks: fake backends and load generators, results as
-//! one JSON object on stdout. Bounded in time by every subcommand's `--duration`.
+//! A small load tool for dermaga's benchmarks: a fake backend, load generators that print one
+//! JSON object on stdout, and `compare`, the side-by-side runner against nginx and HAProxy.
+//! Every generator is bounded in time (`--duration`, or `--hold` for `idle`); given
+//! `--proxy-pid`, it also reports the proxy's CPU time (and RSS) read from /proc. A progress
+//! bar is drawn on stderr for runs of a second or more when stderr is a terminal.
 //!
-//! - `backend`: echo server (replies to what it reads) and bulk source/sink on one port.
-//! - `conn`: new connections per second: connect, send N bytes, read N back, close.
-//! - `bulk`: throughput of S streams, each sending as fast as it can for the duration.
-//! - `dns`: UDP request/response: C client sockets each sending a DNS query for `example.test`
-//!   and waiting for the answer (1 s timeout counts as lost), for the duration.
+//! Modules: [`backend`] (echo/sink/tag server, TCP and UDP), [`bulk`] (throughput), [`rr`]
+//! (closed-loop request/response), [`latency`] (fixed offered rate, from intended send time),
+//! [`conn`] (new connections per second), [`idle`] (held connections, RSS per connection),
+//! [`udp`] (DNS-sized UDP request/response), [`procstat`] (/proc readings), [`compare`].
+
+mod backend;
+mod bulk;
+mod common;
+mod compare;
+mod conn;
+mod idle;
+mod latency;
+mod procstat;
+mod rr;
+mod udp;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+
+use common::duration;
 
 #[derive(Parser)]
 #[command(
     name = "loadtest",
-    about = "Load generator and fake backends for dermaga benchmarks"
+    about = "Load generator, fake backend and nginx/HAProxy comparison runner for dermaga benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| e.to_string())
-}
-
 #[derive(Subcommand)]
 enum Cmd {
-    /// Echo backend: each connection gets back what it sends; a first byte of b'S' makes it a
-    /// sink instead (reads and discards until EOF).
+    /// Echo backend on TCP and UDP (same address): a first byte `S` makes a TCP connection a
+    /// sink, `T` gets the tag back; prints its bound addresses as JSON, then serves forever.
     Backend {
         #[arg(long)]
         listen: SocketAddr,
+        /// Answer to a `T` probe, so a runner can check which backend a proxy reaches.
+        #[arg(long, default_value = "backend")]
+        tag: String,
+    },
+    /// Bulk throughput: --streams connections each writing into a sink for --duration.
+    Bulk {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        duration: Duration,
+        /// Proxy process (and its children) whose CPU time and RSS to report.
+        #[arg(long)]
+        proxy_pid: Option<u32>,
+    },
+    /// Request/response at the highest rate (closed loop) on keep-alive connections.
+    Rr {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        duration: Duration,
+        #[arg(long)]
+        proxy_pid: Option<u32>,
+    },
+    /// Request/response latency at a fixed offered --rate (requests/s over all connections),
+    /// measured from each request's intended send time (coordinated-omission-free).
+    Latency {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        duration: Duration,
+        #[arg(long)]
+        proxy_pid: Option<u32>,
     },
     /// New connections per second: connect, one round trip of --size bytes, close.
     Conn {
@@ -48,8 +99,28 @@ enum Cmd {
         duration: Duration,
         #[arg(long, default_value_t = 64)]
         size: usize,
+        #[arg(long)]
+        proxy_pid: Option<u32>,
     },
-    /// DNS over UDP: --clients sockets, each one query in flight at a time.
+    /// Idle connections: open --connections, one round trip each, hold them for --hold; with
+    /// --proxy-pid, the proxy's RSS per connection.
+    Idle {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connects in flight at once while opening.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        hold: Duration,
+        #[arg(long)]
+        proxy_pid: Option<u32>,
+    },
+    /// DNS-sized UDP request/response: --clients sockets, one query in flight each.
+    #[command(alias = "udp")]
     Dns {
         #[arg(long)]
         target: SocketAddr,
@@ -57,213 +128,72 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value = "5s", value_parser = duration)]
         duration: Duration,
-    },
-    /// Throughput: --streams connections each sending to a sink for --duration.
-    Bulk {
         #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value_t = 1)]
-        streams: usize,
-        #[arg(long, default_value = "5s", value_parser = duration)]
-        duration: Duration,
+        proxy_pid: Option<u32>,
     },
+    /// Side by side: direct path, dermaga, nginx (stream) and HAProxy (mode tcp), every
+    /// workload, rounds alternating; a markdown report and SVG charts.
+    Compare(compare::Args),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Cmd::Backend { listen } => backend(listen).await,
-        Cmd::Conn {
-            target,
-            concurrency,
-            duration,
-            size,
-        } => conn(target, concurrency, duration, size).await,
-        Cmd::Bulk {
-            target,
-            streams,
-            duration,
-        } => bulk(target, streams, duration).await,
-        Cmd::Dns {
-            target,
-            clients,
-            duration,
-        } => dns(target, clients, duration).await,
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    common::raise_nofile();
+    if let Cmd::Compare(args) = cli.command {
+        // Synchronous: it runs the generators as child processes, pinned with taskset.
+        return compare::run(args);
     }
-}
-
-async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
-    loop {
-        let (mut s, _) = listener.accept().await?;
-        let _ = s.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 256 * 1024];
-            let Ok(n) = s.read(&mut buf).await else {
-                return;
-            };
-            if n == 0 {
-                return;
-            }
-            if buf[0] == b'S' {
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                return;
-            }
-            if s.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-            while let Ok(n) = s.read(&mut buf).await {
-                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-async fn conn(
-    target: SocketAddr,
-    concurrency: usize,
-    duration: Duration,
-    size: usize,
-) -> anyhow::Result<()> {
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (done, failed) = (done.clone(), failed.clone());
-            tokio::spawn(async move {
-                let msg = vec![b'x'; size];
-                let mut back = vec![0u8; size];
-                while Instant::now() < deadline {
-                    let r: std::io::Result<()> = async {
-                        let mut s = TcpStream::connect(target).await?;
-                        s.set_nodelay(true)?;
-                        s.write_all(&msg).await?;
-                        s.read_exact(&mut back).await?;
-                        Ok(())
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let ok = done.load(Ordering::Relaxed);
-    println!(
-        "{}",
-        serde_json::json!({"test": "conn", "connections": ok, "failed": failed.load(Ordering::Relaxed),
-                           "seconds": secs, "conn_per_sec": ok as f64 / secs})
-    );
-    Ok(())
-}
-
-async fn bulk(target: SocketAddr, streams: usize, duration: Duration) -> anyhow::Result<()> {
-    let bytes = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let (bytes, stop) = (bytes.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut s = TcpStream::connect(target).await?;
-            s.write_all(b"S").await?;
-            let buf = vec![0u8; 256 * 1024];
-            while !stop.load(Ordering::Relaxed) {
-                s.write_all(&buf).await?;
-                bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            }
-            Ok::<_, std::io::Error>(())
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    let total = bytes.load(Ordering::Relaxed);
-    for t in tasks {
-        t.await??;
-    }
-    println!(
-        "{}",
-        serde_json::json!({"test": "bulk", "streams": streams, "bytes": total, "seconds": secs,
-                           "gbit_per_sec": total as f64 * 8.0 / secs / 1e9})
-    );
-    Ok(())
-}
-
-/// A DNS query (RD set) for `example.test` type A, with transaction id `id`.
-fn dns_query(id: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(32);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in ["example", "test"] {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
-async fn dns(target: SocketAddr, clients: usize, duration: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        tasks.push(tokio::spawn(async move {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-            socket.connect(target).await?;
-            let (mut answered, mut lost, mut latency_ns) = (0u64, 0u64, 0u128);
-            let mut buf = [0u8; 512];
-            let mut id = (c as u16).wrapping_mul(7919);
-            while Instant::now() < deadline {
-                id = id.wrapping_add(1);
-                let sent = Instant::now();
-                socket.send(&dns_query(id)).await?;
-                loop {
-                    match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
-                    {
-                        Ok(Ok(n)) if n >= 2 && buf[..2] == id.to_be_bytes() => {
-                            answered += 1;
-                            latency_ns += sent.elapsed().as_nanos();
-                            break;
-                        }
-                        Ok(Ok(_)) => continue, // a late answer to an earlier (lost) query
-                        Ok(Err(_)) | Err(_) => {
-                            lost += 1;
-                            break;
-                        }
-                    }
-                }
-            }
-            Ok::<_, std::io::Error>((answered, lost, latency_ns))
-        }));
-    }
-    let (mut answered, mut lost, mut latency_ns) = (0u64, 0u64, 0u128);
-    for t in tasks {
-        let (a, l, ns) = t.await??;
-        answered += a;
-        lost += l;
-        latency_ns += ns;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "{}",
-        serde_json::json!({"test": "dns", "clients": clients, "answered": answered, "lost": lost, "seconds": secs,
-                           "qps": answered as f64 / secs,
-                           "avg_latency_us": if answered > 0 { latency_ns as f64 / answered as f64 / 1000.0 } else { 0.0 }})
-    );
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let result = match cli.command {
+            Cmd::Backend { listen, tag } => return backend::run(listen, tag).await,
+            Cmd::Bulk {
+                target,
+                streams,
+                duration,
+                proxy_pid,
+            } => bulk::run(target, streams, duration, proxy_pid).await?,
+            Cmd::Rr {
+                target,
+                connections,
+                size,
+                duration,
+                proxy_pid,
+            } => rr::run(target, connections, duration, size, proxy_pid).await?,
+            Cmd::Latency {
+                target,
+                rate,
+                connections,
+                size,
+                duration,
+                proxy_pid,
+            } => latency::run(target, connections, rate, duration, size, proxy_pid).await?,
+            Cmd::Conn {
+                target,
+                concurrency,
+                duration,
+                size,
+                proxy_pid,
+            } => conn::run(target, concurrency, duration, size, proxy_pid).await?,
+            Cmd::Idle {
+                target,
+                connections,
+                parallel,
+                size,
+                hold,
+                proxy_pid,
+            } => idle::run(target, connections, parallel, size, hold, proxy_pid).await?,
+            Cmd::Dns {
+                target,
+                clients,
+                duration,
+                proxy_pid,
+            } => udp::run(target, clients, duration, proxy_pid).await?,
+            Cmd::Compare(_) => unreachable!("handled above"),
+        };
+        println!("{result}");
+        Ok(())
+    })
 }

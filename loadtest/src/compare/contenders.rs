@@ -1,0 +1,375 @@
+//! The contenders and their processes: the tagged backends, dermaga, nginx (stream module)
+//! and HAProxy (mode tcp) with equivalent configurations (one worker each, connect timeout
+//! 5 s, idle timeout 60 s where the proxy has one, no access log, errors only), started pinned
+//! to the proxy CPU and stopped with SIGTERM (SIGKILL after 5 s).
+//!
+//! Every contender gets a backend of its own, tagged with its name; before a measurement the
+//! runner sends the `T` probe through the proxy and checks that the right tag comes back.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// nginx's stream module as Debian's `libnginx-mod-stream` installs it.
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// The port every proxy listens on (TCP and UDP), each on its own address.
+const PROXY_PORT: u16 = 10000;
+
+/// One path through which the load reaches a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Contender {
+    /// No proxy: the load generator talks to the backend (the ceiling).
+    Direct,
+    /// dermaga, the release build.
+    Dermaga,
+    /// nginx's stream module.
+    Nginx,
+    /// HAProxy in mode tcp (no UDP).
+    Haproxy,
+}
+
+impl Contender {
+    /// Lower-case name, as in tables and the backend tags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::Dermaga => "dermaga",
+            Contender::Nginx => "nginx",
+            Contender::Haproxy => "haproxy",
+        }
+    }
+
+    /// The address of this contender's own backend: `127.NET.0.10`, one port each.
+    pub fn backend(self, net: u8) -> SocketAddr {
+        let port = 19001 + self as u16;
+        format!("127.{net}.0.10:{port}")
+            .parse()
+            .expect("valid address")
+    }
+
+    /// Where the load goes: the proxy's listener (`127.NET.0.N`, port 10000, TCP and UDP), or
+    /// the backend for `Direct`.
+    pub fn target(self, net: u8) -> SocketAddr {
+        match self {
+            Contender::Direct => self.backend(net),
+            _ => format!("127.{net}.0.{}:{PROXY_PORT}", self as u8)
+                .parse()
+                .expect("valid address"),
+        }
+    }
+
+    /// Whether this path carries UDP (HAProxy does not proxy UDP).
+    pub fn has_udp(self) -> bool {
+        self != Contender::Haproxy
+    }
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
+pub struct Proc {
+    child: Child,
+    name: String,
+    log: Option<PathBuf>,
+}
+
+impl Proc {
+    /// The process id (for nginx, the master: its worker is found as a child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = self
+                .log
+                .as_ref()
+                .and_then(|l| fs::read_to_string(l).ok())
+                .unwrap_or_default();
+            anyhow::bail!("{} exited ({status}): {}", self.name, log.trim());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Settings shared by every proxy configuration.
+pub struct Setup {
+    /// CPU every proxy is pinned to.
+    pub proxy_cpu: usize,
+    /// CPU the backends (and the load) are pinned to.
+    pub load_cpu: usize,
+    /// Where configurations and logs go.
+    pub work: PathBuf,
+    /// The dermaga binary and extra arguments for it.
+    pub dermaga: PathBuf,
+    /// Extra dermaga arguments (`--dermaga-arg`).
+    pub dermaga_args: Vec<String>,
+    /// Most connections a proxy must hold at once (client and upstream count separately).
+    pub max_conns: usize,
+    /// The hard open-files limit, which no proxy can raise.
+    pub nofile: u64,
+    /// Second octet of every loopback address used (`127.NET.0.x`).
+    pub net: u8,
+}
+
+/// `taskset -c CPU program args...`: taskset execs the program, so the pid is the program's.
+fn pinned(cpu: usize, program: &Path) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(cpu.to_string()).arg(program);
+    c
+}
+
+/// Starts the tagged backend of `c` on the load CPU and waits until it has bound its port.
+pub fn start_backend(setup: &Setup, exe: &Path, c: Contender) -> anyhow::Result<Proc> {
+    let mut child = pinned(setup.load_cpu, exe)
+        .args([
+            "backend",
+            "--listen",
+            &c.backend(setup.net).to_string(),
+            "--tag",
+            c.name(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a backend (is taskset installed?)")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("reading the backend's address")?;
+    if line.trim().is_empty() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let _ = child.kill();
+        anyhow::bail!("backend for {} did not start: {}", c.name(), err.trim());
+    }
+    Ok(Proc {
+        child,
+        name: format!("backend {}", c.name()),
+        log: None,
+    })
+}
+
+/// Writes the configuration of `c` and starts it pinned to the proxy CPU; `None` for the
+/// direct path. Does not wait for it: see [`wait_ready`].
+pub fn start_proxy(setup: &Setup, c: Contender) -> anyhow::Result<Option<Proc>> {
+    let work = &setup.work;
+    let log = work.join(format!("{}.log", c.name()));
+    let mut cmd = match c {
+        Contender::Direct => return Ok(None),
+        Contender::Dermaga => {
+            let config = work.join("dermaga.yaml");
+            fs::write(&config, dermaga_config(c.backend(setup.net)))?;
+            let ip = c.target(setup.net).ip().to_string();
+            let mut cmd = pinned(setup.proxy_cpu, &setup.dermaga);
+            cmd.arg("--config").arg(&config).args([
+                "--udp-services-configmap",
+                "dermaga/udp-services",
+                "--listen-address",
+                &ip,
+                "--admin-address",
+                &format!("{ip}:0"),
+                "--access-log",
+                "off",
+                "--log-level",
+                "warn",
+                "--shutdown-delay",
+                "0s",
+                "--drain-timeout",
+                "1s",
+            ]);
+            cmd.args(&setup.dermaga_args);
+            cmd
+        }
+        Contender::Nginx => {
+            let config = work.join("nginx.conf");
+            fs::write(&config, nginx_config(setup, c))?;
+            let mut cmd = pinned(setup.proxy_cpu, Path::new("nginx"));
+            cmd.arg("-c").arg(&config).arg("-e").arg(&log);
+            cmd
+        }
+        Contender::Haproxy => {
+            let config = work.join("haproxy.cfg");
+            fs::write(&config, haproxy_config(setup, c))?;
+            let mut cmd = pinned(setup.proxy_cpu, Path::new("haproxy"));
+            cmd.arg("-db").arg("-f").arg(&config);
+            cmd
+        }
+    };
+    let out = fs::File::create(&log)?;
+    let child = cmd
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", c.name()))?;
+    Ok(Some(Proc {
+        child,
+        name: c.name().to_string(),
+        log: Some(log),
+    }))
+}
+
+/// Waits (up to 10 s) until the path of `c` answers the tag probe with `c`'s own tag over
+/// TCP, and over UDP too when `udp`.
+pub fn wait_ready(
+    setup: &Setup,
+    c: Contender,
+    proxy: Option<&mut Proc>,
+    udp: bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let want = format!("{}\n", c.name());
+    let mut proxy = proxy;
+    loop {
+        if let Some(p) = proxy.as_deref_mut() {
+            p.check_alive()?;
+        }
+        match probe(c.target(setup.net), c.name(), udp) {
+            Ok(got) if got == want => return Ok(()),
+            Ok(got) => anyhow::bail!(
+                "{} reached the wrong backend: tag {:?} instead of {:?}",
+                c.name(),
+                got.trim(),
+                c.name()
+            ),
+            Err(e) if Instant::now() > deadline => {
+                anyhow::bail!(
+                    "{} not answering on {} after 10 s: {e}",
+                    c.name(),
+                    c.target(setup.net)
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn probe(target: SocketAddr, tag: &str, udp: bool) -> std::io::Result<String> {
+    let t = Duration::from_millis(500);
+    let mut s = TcpStream::connect_timeout(&target, t)?;
+    s.set_read_timeout(Some(t))?;
+    s.write_all(b"T")?;
+    let mut got = String::new();
+    s.read_to_string(&mut got)?;
+    if udp && got == format!("{tag}\n") {
+        let u = UdpSocket::bind("127.0.0.1:0")?;
+        u.set_read_timeout(Some(Duration::from_millis(200)))?;
+        u.connect(target)?;
+        u.send(b"T")?;
+        let mut buf = [0u8; 64];
+        let n = u.recv(&mut buf)?;
+        return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    Ok(got)
+}
+
+/// dermaga's file-provider configuration: TCP and UDP port 10000 to the backend.
+pub fn dermaga_config(backend: SocketAddr) -> String {
+    let (ip, port) = (backend.ip(), backend.port());
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: tcp-services, namespace: dermaga}}
+data: {{"{PROXY_PORT}": "default/bench:80"}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: udp-services, namespace: dermaga}}
+data: {{"{PROXY_PORT}": "default/bench:53"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: bench, namespace: default}}
+spec: {{ports: [{{name: tcp, port: 80, protocol: TCP}}, {{name: dns, port: 53, protocol: UDP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: bench-1, namespace: default, labels: {{kubernetes.io/service-name: bench}}}}
+addressType: IPv4
+ports: [{{name: tcp, port: {port}, protocol: TCP}}, {{name: dns, port: {port}, protocol: UDP}}]
+endpoints: [{{addresses: ["{ip}"]}}]
+"#
+    )
+}
+
+/// nginx: one worker, stream module, TCP and UDP (one response per datagram), no access log.
+pub fn nginx_config(setup: &Setup, c: Contender) -> String {
+    let work = setup.work.display();
+    let (listen, backend) = (c.target(setup.net), c.backend(setup.net));
+    let conns = (2 * setup.max_conns + 256).min(setup.nofile as usize);
+    format!(
+        r#"load_module {NGINX_STREAM_MODULE};
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+daemon off;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/nginx.log error;
+events {{ worker_connections {conns}; }}
+stream {{
+  access_log off;
+  proxy_connect_timeout 5s;
+  server {{
+    listen {listen} backlog=4096;
+    proxy_pass {backend};
+    proxy_timeout 60s;
+  }}
+  server {{
+    listen {listen} udp;
+    proxy_pass {backend};
+    proxy_responses 1;
+    proxy_timeout 30s;
+  }}
+}}
+"#,
+        nofile = setup.nofile
+    )
+}
+
+/// HAProxy: one thread, mode tcp, same timeouts, no log section at all.
+pub fn haproxy_config(setup: &Setup, c: Contender) -> String {
+    let (listen, backend) = (c.target(setup.net), c.backend(setup.net));
+    let maxconn = setup.max_conns + 64;
+    format!(
+        r#"global
+  nbthread 1
+  maxconn {maxconn}
+defaults
+  mode tcp
+  maxconn {maxconn}
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind {listen} backlog 4096
+  default_backend be
+backend be
+  server s1 {backend}
+"#
+    )
+}

@@ -1,0 +1,155 @@
+//! What the compare runner needs from the machine and what it records about it: the programs
+//! each contender needs (and the Debian packages that provide them: nothing is installed
+//! here), the machine (lscpu, kernel, memory) and the versions of the contenders.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::contenders::{Contender, NGINX_STREAM_MODULE};
+
+/// A program (or file) a run needs and the Debian package that provides it.
+struct Need {
+    what: &'static str,
+    present: bool,
+    package: &'static str,
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(program).is_file())
+}
+
+/// Checks every program the chosen contenders need; on anything missing, returns an error
+/// that names it and gives the apt-get command.
+pub fn check(contenders: &[Contender], dermaga: &Path) -> anyhow::Result<()> {
+    let mut needs = vec![Need {
+        what: "taskset",
+        present: on_path("taskset"),
+        package: "util-linux",
+    }];
+    if contenders.contains(&Contender::Nginx) {
+        needs.push(Need {
+            what: "nginx",
+            present: on_path("nginx"),
+            package: "nginx-light",
+        });
+        needs.push(Need {
+            what: NGINX_STREAM_MODULE,
+            present: Path::new(NGINX_STREAM_MODULE).is_file(),
+            package: "libnginx-mod-stream",
+        });
+    }
+    if contenders.contains(&Contender::Haproxy) {
+        needs.push(Need {
+            what: "haproxy",
+            present: on_path("haproxy"),
+            package: "haproxy",
+        });
+    }
+    let missing: Vec<&Need> = needs.iter().filter(|n| !n.present).collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        let what: Vec<String> = missing
+            .iter()
+            .map(|n| format!("{} (package {})", n.what, n.package))
+            .collect();
+        let mut pkgs: Vec<&str> = missing.iter().map(|n| n.package).collect();
+        pkgs.dedup();
+        problems.push(format!(
+            "missing: {}\n  install with: apt-get update && apt-get install -y {}",
+            what.join(", "),
+            pkgs.join(" ")
+        ));
+    }
+    if contenders.contains(&Contender::Dermaga) && !dermaga.is_file() {
+        problems.push(format!(
+            "missing: {} (the dermaga release build)\n  build it with: cargo build --release -p dermaga",
+            dermaga.display()
+        ));
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{}\n(or leave contenders out with --contenders)",
+        problems.join("\n")
+    );
+    Ok(())
+}
+
+/// Runs a command and returns its stdout and stderr together, trimmed ("" if it fails).
+fn output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// One line about the machine: CPU model and count, kernel, memory.
+pub fn machine() -> String {
+    let lscpu = output("lscpu", &[]);
+    let field = |name: &str| {
+        lscpu
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let model = field("Model name:").unwrap_or_else(|| "unknown CPU".into());
+    let cpus = field("CPU(s):").unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!(
+        "{model}, {cpus} CPUs (lscpu), Linux {}, {mem_gib:.0} GiB",
+        kernel.trim()
+    )
+}
+
+/// The versions of the contenders, as their own `-v` prints them, and dermaga's git revision.
+pub fn versions(contenders: &[Contender]) -> Vec<String> {
+    let mut v = Vec::new();
+    if contenders.contains(&Contender::Dermaga) {
+        let rev = output("git", &["rev-parse", "--short", "HEAD"]);
+        let dirty =
+            !output("git", &["status", "--porcelain", "--", "src", "Cargo.toml"]).is_empty();
+        v.push(format!(
+            "dermaga {}{}",
+            if rev.is_empty() {
+                "(unknown revision)"
+            } else {
+                &rev
+            },
+            if dirty {
+                " with uncommitted changes"
+            } else {
+                ""
+            }
+        ));
+    }
+    if contenders.contains(&Contender::Nginx) {
+        v.push(output("nginx", &["-v"]).replace("nginx version: ", ""));
+    }
+    if contenders.contains(&Contender::Haproxy) {
+        let h = output("haproxy", &["-v"]);
+        let first = h.lines().next().unwrap_or("haproxy");
+        v.push(first.split(" - ").next().unwrap_or(first).to_string());
+    }
+    v
+}
