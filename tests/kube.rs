@@ -128,6 +128,15 @@ fn yaml(value: &Value) -> String {
     serde_yaml::to_string(value).unwrap()
 }
 
+/// Waits (bounded) for /readyz 200.
+async fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http_get(admin, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn routes(admin: SocketAddr) -> Value {
     let (status, body) = http_get(admin, "/routes").await;
     assert_eq!(status, 200);
@@ -142,7 +151,10 @@ async fn wait_routes(admin: SocketAddr, what: &str, cond: impl Fn(&Value) -> boo
         if cond(&r) {
             return r;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; /routes: {r:#}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; /routes: {r:#}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -193,7 +205,7 @@ async fn kubectl_edits_drive_the_gateway() {
     let mut d = c.dermaga(listen, &[]);
     let admin = d.admin_address();
     d.wait_log(&["listening", "10000/TCP"]);
-    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+    wait_ready(admin).await;
     let mut tags = std::collections::BTreeSet::new();
     for _ in 0..4 {
         tags.insert(greeting(at(listen, 10000)).await.unwrap());
@@ -227,10 +239,7 @@ async fn kubectl_edits_drive_the_gateway() {
     }
 
     // An endpoint turning unready through `kubectl apply` of the changed slice.
-    c.apply(
-        "b-1.yaml",
-        &yaml(&slice("b-1", "b", &[(b.addr, false)])),
-    );
+    c.apply("b-1.yaml", &yaml(&slice("b-1", "b", &[(b.addr, false)])));
     wait_routes(admin, "b unready", |r| endpoint_addrs(r, 20000).is_empty()).await;
     assert!(
         greeting(at(listen, 20000)).await.is_err(),
@@ -320,7 +329,12 @@ async fn api_server_outage_under_traffic_fails_no_connection_and_catches_up_afte
     c.apply("b.yaml", &service("b", 10000));
     c.apply("a-1.yaml", &yaml(&slice("a-1", "a", &[(a.addr, true)])));
     c.apply("b-1.yaml", &yaml(&slice("b-1", "b", &[(b.addr, true)])));
-    c.kubectl(&["create", "configmap", "tcp-services", "--from-literal=10000=default/a:10000"]);
+    c.kubectl(&[
+        "create",
+        "configmap",
+        "tcp-services",
+        "--from-literal=10000=default/a:10000",
+    ]);
     let mut d = c.dermaga(listen, &[]);
     let admin = d.admin_address();
     d.wait_log(&["listening", "10000/TCP"]);
@@ -336,7 +350,11 @@ async fn api_server_outage_under_traffic_fails_no_connection_and_catches_up_afte
     cm["data"]["20000"] = json!("default/b:10000");
     c.api.apply(cm).unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await; // the outage itself
-    assert_eq!(http_get(admin, "/readyz").await.0, 200, "still ready during the outage");
+    assert_eq!(
+        http_get(admin, "/readyz").await.0,
+        200,
+        "still ready during the outage"
+    );
     c.api.resume();
     let resumed = Instant::now();
     d.wait_log(&["listening", "20000/TCP"]);
@@ -351,7 +369,11 @@ async fn api_server_outage_under_traffic_fails_no_connection_and_catches_up_afte
     assert_eq!(failed, 0);
     let metrics = http_get(admin, "/metrics").await.1;
     assert!(
-        metric_in(&metrics, "dermaga_kube_watch_errors_total", &[("resource", "configmaps")]) >= 1.0
+        metric_in(
+            &metrics,
+            "dermaga_kube_watch_errors_total",
+            &[("resource", "configmaps")]
+        ) >= 1.0
     );
     assert!(d.terminate().success());
 }
@@ -368,7 +390,12 @@ async fn history_dropped_and_watches_cut_end_in_the_right_table() {
     c.apply("a-1.yaml", &yaml(&slice("a-1", "a", &[(a.addr, true)])));
     c.apply("a-2.yaml", &yaml(&slice("a-2", "a", &[(a2.addr, true)])));
     c.apply("b-1.yaml", &yaml(&slice("b-1", "b", &[(b.addr, true)])));
-    c.kubectl(&["create", "configmap", "tcp-services", "--from-literal=10000=default/a:10000"]);
+    c.kubectl(&[
+        "create",
+        "configmap",
+        "tcp-services",
+        "--from-literal=10000=default/a:10000",
+    ]);
     let mut d = c.dermaga(listen, &[]);
     let admin = d.admin_address();
     d.wait_log(&["listening", "10000/TCP"]);
@@ -376,7 +403,9 @@ async fn history_dropped_and_watches_cut_end_in_the_right_table() {
     // While no watch is open, the world changes and the history of it is lost.
     c.api.pause();
     d.wait_log(&["Kubernetes API watch failed"]);
-    c.api.delete(&resources::ENDPOINTSLICES, "default", "a-2").unwrap();
+    c.api
+        .delete(&resources::ENDPOINTSLICES, "default", "a-2")
+        .unwrap();
     let mut cm = c
         .api
         .get(&resources::CONFIGMAPS, "default", "tcp-services")
@@ -384,6 +413,7 @@ async fn history_dropped_and_watches_cut_end_in_the_right_table() {
     cm["data"]["20000"] = json!("default/b:10000");
     c.api.apply(cm).unwrap();
     c.api.drop_history();
+    let before = c.api.stats();
     c.api.resume();
     let r = wait_routes(admin, "the re-listed table", |r| {
         endpoint_addrs(r, 10000) == vec![a.addr.to_string()]
@@ -391,17 +421,20 @@ async fn history_dropped_and_watches_cut_end_in_the_right_table() {
     })
     .await;
     assert!(r["problems"].as_array().unwrap().is_empty(), "{r:#}");
-    let relists = c
-        .api
-        .requests()
-        .iter()
-        .filter(|q| q.status == 410 || q.query.contains("resourceVersion=") && q.verb == "list")
-        .count();
-    assert!(relists > 0, "the watchers met 410 and listed again");
+    let after = c.api.stats();
+    for resource in [&resources::CONFIGMAPS, &resources::ENDPOINTSLICES] {
+        assert!(
+            after.count("list", resource) > before.count("list", resource),
+            "the {} watcher met 410 Expired and listed again",
+            resource.plural
+        );
+    }
 
     // Open watches cut (an apiserver restart): nothing is lost, and a later change still arrives.
     c.api.cut_watches();
-    c.api.delete(&resources::ENDPOINTSLICES, "default", "b-1").unwrap();
+    c.api
+        .delete(&resources::ENDPOINTSLICES, "default", "b-1")
+        .unwrap();
     wait_routes(admin, "b-1 gone after the cut", |r| {
         endpoint_addrs(r, 20000).is_empty()
     })
@@ -433,7 +466,10 @@ async fn a_bad_entry_is_recorded_as_exactly_one_event_naming_key_and_value() {
     wait_until("three events", || c.events("default").len() >= 3).await;
 
     // Changes that do not touch the problems, and a re-list, record nothing more.
-    c.apply("a-1.yaml", &yaml(&slice("a-1", "a", &[(a.addr, true), (a.addr, true)])));
+    c.apply(
+        "a-1.yaml",
+        &yaml(&slice("a-1", "a", &[(a.addr, true), (a.addr, true)])),
+    );
     c.kubectl(&[
         "patch",
         "configmap",
@@ -464,13 +500,21 @@ async fn a_bad_entry_is_recorded_as_exactly_one_event_naming_key_and_value() {
     assert_eq!(e["reason"], "InvalidEntry");
     assert_eq!(e["regarding"]["kind"], "ConfigMap");
     assert_eq!(e["regarding"]["name"], "tcp-services");
-    assert!(e["note"].as_str().unwrap().contains("\"default/a\""), "{e:#}");
+    assert!(
+        e["note"].as_str().unwrap().contains("\"default/a\""),
+        "{e:#}"
+    );
     let missing: Vec<&Value> = events
         .iter()
         .filter(|e| e["reason"] == "ServiceNotFound")
         .collect();
     assert_eq!(missing.len(), 1, "{events:#?}");
-    assert!(missing[0]["note"].as_str().unwrap().contains("default/nosuch"));
+    assert!(
+        missing[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("default/nosuch")
+    );
     let bind: Vec<&Value> = events
         .iter()
         .filter(|e| e["reason"] == "PortBindFailed")
@@ -493,13 +537,13 @@ async fn readyz_is_503_until_every_initial_list_is_in() {
     let admin = d.admin_address();
     d.wait_log(&["Kubernetes API watch failed"]);
     let (status, body) = http_get(admin, "/readyz").await;
-    assert_eq!((status, body.as_str()), (503, "not synced: no configuration loaded yet\n"));
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not synced: no configuration loaded yet\n")
+    );
     c.api.resume();
     d.wait_log(&["initial lists complete"]);
-    wait_until("ready", || {
-        std::net::TcpStream::connect(admin).is_ok()
-    })
-    .await;
+    wait_until("ready", || std::net::TcpStream::connect(admin).is_ok()).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while http_get(admin, "/readyz").await.0 != 200 {
         assert!(Instant::now() < deadline, "never ready");
@@ -508,7 +552,12 @@ async fn readyz_is_503_until_every_initial_list_is_in() {
     // The map does not exist: ready, nothing mapped, and the problem is visible.
     let r = routes(admin).await;
     assert_eq!(r["routes"].as_array().unwrap().len(), 0);
-    assert!(r["problems"][0].as_str().unwrap().contains("default/tcp-services does not exist"));
+    assert!(
+        r["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("default/tcp-services does not exist")
+    );
     let _ = TcpStream::connect(admin).await.unwrap();
     assert!(d.terminate().success());
 }
@@ -524,18 +573,30 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-/// Control-plane scale (bounded: about ten seconds): 500 mapped ports over 500 Services with 20
-/// endpoints each, next to 5,000 Services (with slices) that nothing references. Prints the
-/// figures the closing note quotes; asserts what is watched and what is built.
+/// Control-plane scale (bounded: a few seconds each): 500 mapped ports over 500 Services with
+/// 20 endpoints each, once alone and once next to 5,000 Services (with slices) that nothing
+/// references. Prints the figures the closing note quotes; asserts what is watched and built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
+    let alone = scale_run(0, "127.1.2.11").await;
+    let crowded = scale_run(5000, "127.1.2.10").await;
+    println!(
+        "scale: RSS with 5,000 unreferenced Services {} KiB vs without {} KiB",
+        crowded, alone
+    );
+}
+
+/// One scale run; returns dermaga's RSS in KiB once synced.
+async fn scale_run(unreferenced: usize, listen: &str) -> u64 {
     const MAPPED: usize = 500;
     const ENDPOINTS: usize = 20;
-    const UNREFERENCED: usize = 5000;
+    let unreferenced_count = unreferenced;
     let c = Cluster::start().await;
     let endpoint = |i: usize, j: usize| -> SocketAddr {
         let n = i * ENDPOINTS + j;
-        format!("127.3.{}.{}:10000", n / 250, n % 250 + 1).parse().unwrap()
+        format!("127.3.{}.{}:10000", n / 250, n % 250 + 1)
+            .parse()
+            .unwrap()
     };
     let service_json = |name: &str| {
         json!({"apiVersion": "v1", "kind": "Service",
@@ -546,17 +607,28 @@ async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
         let name = format!("svc-{i}");
         c.api.apply(service_json(&name)).unwrap();
         let eps: Vec<(SocketAddr, bool)> = (0..ENDPOINTS).map(|j| (endpoint(i, j), true)).collect();
-        c.api.apply(slice(&format!("{name}-1"), &name, &eps)).unwrap();
+        c.api
+            .apply(slice(&format!("{name}-1"), &name, &eps))
+            .unwrap();
     }
-    for i in 0..UNREFERENCED {
+    for i in 0..unreferenced_count {
         let name = format!("other-{i}");
         c.api.apply(service_json(&name)).unwrap();
         c.api
-            .apply(slice(&format!("{name}-1"), &name, &[(endpoint(i % MAPPED, 0), true)]))
+            .apply(slice(
+                &format!("{name}-1"),
+                &name,
+                &[(endpoint(i % MAPPED, 0), true)],
+            ))
             .unwrap();
     }
     let data: serde_json::Map<String, Value> = (0..MAPPED)
-        .map(|i| ((30000 + i).to_string(), json!(format!("default/svc-{i}:10000"))))
+        .map(|i| {
+            (
+                (30000 + i).to_string(),
+                json!(format!("default/svc-{i}:10000")),
+            )
+        })
         .collect();
     c.api
         .apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -564,15 +636,10 @@ async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
         .unwrap();
     let before = c.api.stats();
 
-    let listen = "127.1.2.10";
     let started = Instant::now();
     let mut d = c.dermaga(listen, &[]);
     let admin = d.admin_address();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(admin, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_ready(admin).await;
     let ready_after = started.elapsed();
     let r = wait_routes(admin, "every port bound", |r| {
         r["routes"].as_array().unwrap().len() == MAPPED
@@ -585,7 +652,11 @@ async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
     .await;
     let bound_after = started.elapsed();
     for (i, x) in r["routes"].as_array().unwrap().iter().enumerate() {
-        assert_eq!(x["endpoints"].as_array().unwrap().len(), ENDPOINTS, "route {i}");
+        assert_eq!(
+            x["endpoints"].as_array().unwrap().len(),
+            ENDPOINTS,
+            "route {i}"
+        );
     }
     assert!(r["problems"].as_array().unwrap().is_empty());
     let rss = rss_kib(d.pid(), "VmRSS:");
@@ -611,7 +682,9 @@ async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
                 .list(&resources::SERVICES, Some("default"))
                 .into_iter()
                 .filter(|v| v["metadata"]["name"].as_str().unwrap().starts_with("svc-"))
-                .map(|v| dermaga::control::index::Object::Service(serde_json::from_value(v).unwrap())),
+                .map(|v| {
+                    dermaga::control::index::Object::Service(serde_json::from_value(v).unwrap())
+                }),
         )
         .chain(
             c.api
@@ -619,7 +692,9 @@ async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
                 .into_iter()
                 .filter(|v| v["metadata"]["name"].as_str().unwrap().starts_with("svc-"))
                 .map(|v| {
-                    dermaga::control::index::Object::EndpointSlice(serde_json::from_value(v).unwrap())
+                    dermaga::control::index::Object::EndpointSlice(
+                        serde_json::from_value(v).unwrap(),
+                    )
                 }),
         )
         .collect();
@@ -641,15 +716,44 @@ async fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
         .collect();
     builds.sort();
 
-    println!("scale: {MAPPED} ports x {ENDPOINTS} endpoints, {UNREFERENCED} unreferenced Services (+ slices)");
-    println!("scale: ready (/readyz 200) {:.0} ms after start, all {MAPPED} ports bound after {:.0} ms", ready_after.as_secs_f64() * 1e3, bound_after.as_secs_f64() * 1e3);
-    println!("scale: table build (in process, median of 5) {:.2} ms", builds[2].as_secs_f64() * 1e3);
-    println!("scale: EndpointSlice change -> new table (log line) {:.1} ms", change_after.as_secs_f64() * 1e3);
+    println!(
+        "scale: {MAPPED} ports x {ENDPOINTS} endpoints, {unreferenced_count} unreferenced Services (+ slices)"
+    );
+    println!(
+        "scale: ready (/readyz 200) {:.0} ms after start, all {MAPPED} ports bound after {:.0} ms",
+        ready_after.as_secs_f64() * 1e3,
+        bound_after.as_secs_f64() * 1e3
+    );
+    println!(
+        "scale: table build (in process, median of 5) {:.2} ms",
+        builds[2].as_secs_f64() * 1e3
+    );
+    println!(
+        "scale: EndpointSlice change -> new table (log line) {:.1} ms",
+        change_after.as_secs_f64() * 1e3
+    );
     println!("scale: dermaga RSS {rss} KiB (peak {hwm} KiB)");
-    println!("scale: API requests during sync: {:?}", after.since(&before));
+    let requests: Vec<String> = after
+        .requests
+        .iter()
+        .filter_map(|(k, n)| {
+            let d = n - before.requests.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| format!("{} {}: {d}", k.0, k.1))
+        })
+        .collect();
+    println!(
+        "scale: API requests during sync: {requests:?}; {} KiB sent",
+        (after.bytes_sent - before.bytes_sent) / 1024
+    );
     // What is watched follows the references: the map, and the Services and slices of the one
-    // namespace they are in; no slice of an unreferenced Service is sent to dermaga.
-    let watches = after.since(&before).watches();
-    assert_eq!(watches, 3, "{:?}", after.since(&before));
+    // namespace they are in.
+    wait_until("three watches", || c.api.stats().open_watches == 3).await;
+    assert_eq!(
+        after.count("list", &resources::ENDPOINTSLICES)
+            - before.count("list", &resources::ENDPOINTSLICES),
+        1,
+        "one list of the referenced slices: {requests:?}"
+    );
     assert!(d.terminate().success());
+    rss
 }

@@ -11,9 +11,14 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber. `RUST_LOG` wins over `level` when set.
+///
+/// With `level`, the kube-rs client's and runtime's own lines are off: they repeat, at `error`
+/// and once per retry, the API failures the provider already logs once per failure streak
+/// (`RUST_LOG=info,kube_client=debug` shows them).
 pub fn init(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},kube_client=off,kube_runtime=off"))
+    });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -17,7 +17,7 @@ impl Dermaga {
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dermaga"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,kube_client=off,kube_runtime=off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -21,6 +21,10 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> 
              and no --kubeconfig (or run without a cluster with --config FILE)",
         )?,
     };
+    // The watchers back off and retry themselves and say so; the client's own retry layer
+    // would hide an outage for ~15 s of silent retries before the first error surfaced.
+    let mut config = config;
+    config.default_retry = false;
     let server = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)
         .with_context(|| format!("cannot make a client for the API server {server}"))?;

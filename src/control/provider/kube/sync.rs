@@ -25,6 +25,7 @@ pub const HOLD: Duration = Duration::from_secs(2);
 
 /// One change to make to the Index.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, like `Object` itself
 pub enum Op {
     /// Add or replace.
     Apply(Object),
@@ -134,8 +135,10 @@ impl SyncState {
             return Vec::new();
         }
         let key = message.scope;
-        if !matches!(message.change, Change::Failed(_))
-            && let Some(error) = scope.failing.take()
+        if matches!(
+            message.change,
+            Change::ListDone | Change::Applied(_) | Change::Deleted(_)
+        ) && let Some(error) = scope.failing.take()
         {
             tracing::info!(watch = %key, after = %error, "Kubernetes API watch recovered");
         }

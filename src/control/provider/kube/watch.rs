@@ -6,7 +6,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -15,6 +14,7 @@ use super::references::slice_selector;
 use crate::control::index::Object;
 use crate::control::names::ObjectName;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 /// What one watcher covers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -135,8 +135,21 @@ async fn forward<K>(
 ) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    // Our own backoff, not kube-rs's `default_backoff()`: that one resets on every `Ok`, and a
+    // watcher whose list keeps failing yields `Ok(Init)` before each failure, so it would retry
+    // every 0.8 s forever. Here only real progress (an object, or a list's end) resets it.
+    let mut events = std::pin::pin!(watcher(api, config));
+    let mut delay: Option<Duration> = None;
     while let Some(event) = events.next().await {
+        match &event {
+            Err(_) => {
+                let next = delay.map_or(FIRST_RETRY, |d| (d * 2).min(MAX_RETRY));
+                delay = Some(next);
+            }
+            Ok(watcher::Event::Init) => {}
+            Ok(_) => delay = None,
+        }
+        let failed = event.is_err();
         let change = match event {
             Ok(watcher::Event::Init) => Change::ListStart,
             Ok(watcher::Event::InitApply(o)) => Change::Listed(wrap(o)),
@@ -153,7 +166,23 @@ async fn forward<K>(
         if tx.send(message).await.is_err() {
             return;
         }
+        if failed && let Some(d) = delay {
+            tokio::time::sleep(jitter(d)).await;
+        }
     }
+}
+
+/// The first retry after a failure; doubled on each further failure up to [`MAX_RETRY`]
+/// (client-go's reflector uses the same 800 ms and 30 s).
+const FIRST_RETRY: Duration = Duration::from_millis(800);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// `d` plus up to a quarter of it, so replicas do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 /// The error with its causes, on one line.
