@@ -2,7 +2,10 @@
 //! one round trip of `size` bytes on each, then hold them all for `hold`. With a proxy pid,
 //! the proxy's RSS is read before the first connect and again once all are open (after a
 //! short settle), and the difference divided by the connections held is reported as
-//! `proxy_rss_bytes_per_conn`: the proxy's memory per idle proxied connection.
+//! `proxy_rss_bytes_per_conn`: the proxy's memory per idle proxied connection (and its open
+//! descriptors per connection, `proxy_fds_per_conn`: 2 for a proxy holding only the two
+//! sockets). Opening stops at `open_timeout` (each connect and round trip may take 5 s), so a
+//! proxy that stops accepting shows as `failed` rather than a run that never ends.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +40,7 @@ pub async fn run(
     parallel: usize,
     size: usize,
     hold: Duration,
+    open_timeout: Duration,
     proxy_pid: Option<u32>,
 ) -> anyhow::Result<Value> {
     let size = size.max(1);
@@ -45,12 +49,19 @@ pub async fn run(
     let bar = progress(connections as u64, "idle", connections >= 1000);
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let failed = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + open_timeout;
     let mut tasks = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let permit = gate.clone().acquire_owned().await?;
+    let mut not_tried = 0u64;
+    for i in 0..connections {
+        let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, gate.clone().acquire_owned()).await
+        else {
+            not_tried = (connections - i) as u64;
+            break;
+        };
         let (failed, bar) = (failed.clone(), bar.clone());
+        let limit = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
         tasks.push(tokio::spawn(async move {
-            let r = tokio::time::timeout(Duration::from_secs(10), open(target, size)).await;
+            let r = tokio::time::timeout_at(limit, open(target, size)).await;
             drop(permit);
             bar.inc(1);
             match r {
@@ -82,17 +93,18 @@ pub async fn run(
         }
     }
     let (proxy, _) = watch.finish(0)?;
-    let per_conn = match (watch.before(), at_peak) {
-        (Some(b), Some(p)) if !held.is_empty() => {
-            json!((p.rss_bytes as f64 - b.rss_bytes as f64) / held.len() as f64)
-        }
+    let per_conn = |f: fn(&crate::procstat::Sample) -> f64| match (watch.before(), at_peak) {
+        (Some(b), Some(p)) if !held.is_empty() => json!((f(&p) - f(&b)) / held.len() as f64),
         _ => Value::Null,
     };
+    let (rss_per_conn, fds_per_conn) =
+        (per_conn(|s| s.rss_bytes as f64), per_conn(|s| s.fds as f64));
     Ok(
         json!({"test": "idle", "target": target.to_string(), "connections": connections,
-              "held": held.len(), "failed": failed.load(Ordering::Relaxed), "alive_after_hold": alive,
+              "held": held.len(), "failed": failed.load(Ordering::Relaxed) + not_tried,
+              "alive_after_hold": alive,
               "open_seconds": open_secs, "hold_seconds": hold.as_secs_f64(),
               "proxy_rss_at_peak_bytes": at_peak.map(|p| p.rss_bytes), "proxy": proxy,
-              "proxy_rss_bytes_per_conn": per_conn}),
+              "proxy_rss_bytes_per_conn": rss_per_conn, "proxy_fds_per_conn": fds_per_conn}),
     )
 }

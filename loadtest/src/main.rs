@@ -116,6 +116,9 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value = "1s", value_parser = duration)]
         hold: Duration,
+        /// Give up opening after this long (what is not open by then counts as failed).
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        open_timeout: Duration,
         #[arg(long)]
         proxy_pid: Option<u32>,
     },
@@ -183,8 +186,20 @@ fn main() -> anyhow::Result<()> {
                 parallel,
                 size,
                 hold,
+                open_timeout,
                 proxy_pid,
-            } => idle::run(target, connections, parallel, size, hold, proxy_pid).await?,
+            } => {
+                idle::run(
+                    target,
+                    connections,
+                    parallel,
+                    size,
+                    hold,
+                    open_timeout,
+                    proxy_pid,
+                )
+                .await?
+            }
             Cmd::Dns {
                 target,
                 clients,

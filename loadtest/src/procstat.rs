@@ -1,5 +1,5 @@
 //! The proxy's own cost, read from /proc: CPU time (utime + stime from `/proc/<pid>/stat`) and
-//! resident memory (`VmRSS` from `/proc/<pid>/status`), summed over the process and all its
+//! resident memory (`VmRSS` from `/proc/<pid>/status`) and open descriptors, summed over the process and all its
 //! descendants, so nginx's master + worker count as one proxy.
 //!
 //! [`Watch`] samples before and after a measurement and turns the difference into the `proxy`
@@ -25,6 +25,8 @@ pub struct Sample {
     pub rss_bytes: u64,
     /// How many processes the tree had.
     pub processes: usize,
+    /// Open file descriptors of the tree (0 where /proc/<pid>/fd is not readable).
+    pub fds: usize,
 }
 
 /// The fields after the `(comm)` of a `/proc/<pid>/stat` line (state is index 0).
@@ -74,6 +76,7 @@ pub fn sample(pid: u32) -> io::Result<Sample> {
         cpu_seconds: 0.0,
         rss_bytes: 0,
         processes: 0,
+        fds: 0,
     };
     for (i, p) in tree(pid).into_iter().enumerate() {
         let read = fs::read_to_string(format!("/proc/{p}/stat"))
@@ -96,6 +99,7 @@ pub fn sample(pid: u32) -> io::Result<Sample> {
             .unwrap_or(0)
             * 1024;
         s.processes += 1;
+        s.fds += fs::read_dir(format!("/proc/{p}/fd")).map_or(0, |d| d.count());
     }
     Ok(s)
 }
@@ -139,6 +143,8 @@ impl Watch {
             "cpu_util": if wall > 0.0 { cpu / wall } else { 0.0 },
             "rss_before_bytes": before.rss_bytes,
             "rss_after_bytes": after.rss_bytes,
+            "fds_before": before.fds,
+            "fds_after": after.fds,
         });
         let per_op = if ops > 0 {
             json!(cpu * 1e6 / ops as f64)
@@ -167,6 +173,7 @@ mod tests {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_bytes > 0);
         assert!(s.processes >= 1);
+        assert!(s.fds >= 3, "stdin, stdout, stderr at least");
         assert!(tree(std::process::id()).contains(&std::process::id()));
     }
 }

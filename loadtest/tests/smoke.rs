@@ -242,6 +242,11 @@ fn idle_holds_every_connection_and_reports_rss_per_connection() {
     assert_eq!(v["alive_after_hold"], 50);
     assert_eq!(v["failed"], 0);
     num(&v, &["proxy_rss_bytes_per_conn"]);
+    // The backend holds one socket per connection.
+    assert!(
+        (0.5..=1.5).contains(&num(&v, &["proxy_fds_per_conn"])),
+        "{v}"
+    );
     assert!(num(&v, &["proxy_rss_at_peak_bytes"]) > 0.0);
     proxy_sane(&v);
 }

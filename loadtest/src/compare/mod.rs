@@ -117,14 +117,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
 
     let nofile = hard_nofile();
-    let fit = (nofile.saturating_sub(256) / 2) as usize;
+    // Two descriptors per proxied connection, and 4096 to spare for a proxy's pipes,
+    // listeners and the like: a proxy that runs out shows in `proxy_fds_per_conn`, not as a
+    // stalled run.
+    let fit = (nofile.saturating_sub(4096) / 2) as usize;
     let idle_n = args.idle_connections.min(fit);
     let idle_note = args.workloads.contains(&Workload::Idle).then(|| {
         let mut s = format!("{idle_n} connections held {:?}", args.idle_hold);
         if idle_n < args.idle_connections {
             s.push_str(&format!(
-                " ({} asked; the hard open-files limit here is {nofile} and a proxy needs two \
-                 descriptors per connection)",
+                " ({} asked; the hard open-files limit here is {nofile}, and a proxy needs two \
+                 descriptors per connection plus some to spare)",
                 args.idle_connections
             ));
         }

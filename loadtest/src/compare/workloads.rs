@@ -240,6 +240,15 @@ pub const METRICS: &[Metric] = &[
         target: Target::AtMost(2.0),
     },
     Metric {
+        workload: Workload::Idle,
+        label: "proxy descriptors per idle connection",
+        unit: "fds",
+        path: &["proxy_fds_per_conn"],
+        scale: 1.0,
+        higher_better: false,
+        target: Target::None,
+    },
+    Metric {
         workload: Workload::Udp,
         label: "UDP request/response (DNS-sized)",
         unit: "q/s",
