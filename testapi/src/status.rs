@@ -16,7 +16,7 @@ pub struct Status {
     /// Human-readable message, worded as the real API server words it.
     pub message: String,
     /// `details`: the object the error is about and per-field causes, when the real server sets them.
-    pub details: Option<StatusDetails>,
+    pub details: Option<Box<StatusDetails>>,
 }
 
 /// `metav1.StatusDetails`.
@@ -91,7 +91,7 @@ impl Serialize for Status {
             .into(),
             message: self.message.clone(),
             reason: self.reason.clone(),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
             code: self.code,
         }
         .serialize(serializer)
@@ -105,7 +105,7 @@ impl<'de> Deserialize<'de> for Status {
             code: wire.code,
             reason: wire.reason,
             message: wire.message,
-            details: wire.details,
+            details: wire.details.map(Box::new),
         })
     }
 }
@@ -233,7 +233,7 @@ impl Status {
             code,
             reason: reason.into(),
             message: message.into(),
-            details,
+            details: details.map(Box::new),
         }
     }
 

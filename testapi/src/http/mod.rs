@@ -70,7 +70,7 @@ fn failure_response(shared: &Shared, failure: Failure) -> Response {
     json_response(shared, failure.status.code, &body)
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -145,7 +145,7 @@ async fn dispatch(
             resource,
             namespace,
         } if resource.namespaced && namespace.is_none() && !read_only => {
-            Err(Status::method_not_supported(&resource, &method.to_string()).into())
+            Err(Status::method_not_supported(&resource, method.as_str()).into())
         }
         Route::Collection {
             resource,
@@ -168,7 +168,7 @@ async fn dispatch(
             Method::DELETE => ok(objects::delete_collection(
                 shared, &resource, namespace, query, body,
             )?),
-            _ => Err(Status::method_not_supported(&resource, &method.to_string()).into()),
+            _ => Err(Status::method_not_supported(&resource, method.as_str()).into()),
         },
         Route::Object {
             resource,
@@ -200,7 +200,7 @@ async fn dispatch(
                     body,
                 )?),
                 Method::DELETE => ok(objects::delete(shared, &resource, ns, &name, query, body)?),
-                _ => Err(Status::method_not_supported(&resource, &method.to_string()).into()),
+                _ => Err(Status::method_not_supported(&resource, method.as_str()).into()),
             }
         }
         _ => Err(Status::path_not_found().into()),

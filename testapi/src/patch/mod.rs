@@ -7,7 +7,7 @@ mod strategic;
 use serde_json::Value;
 
 use crate::catalog::Resource;
-use crate::status::{Status, StatusDetails};
+use crate::status::Status;
 
 /// The patch formats this server accepts, by media type.
 pub(crate) const SUPPORTED_MEDIA_TYPES: &[&str] = &[
@@ -59,7 +59,7 @@ pub(crate) fn apply(
                 code: 422,
                 reason: "Invalid".into(),
                 message: "the server rejected our request due to an error in our request".into(),
-                details: Some(StatusDetails::default()),
+                details: Some(Box::default()),
             })?;
             Ok(patched)
         }
