@@ -360,10 +360,14 @@ pub fn markdown(
     s.push_str(&format!("- Machine: {}\n", meta.machine));
     s.push_str(&format!("- Versions: {}\n", meta.versions.join("; ")));
     s.push_str(&format!(
-        "- {} round(s), {} per timed workload, contenders alternating (order rotated each round); \
+        "- {} round{}, {} per timed workload, contenders alternating (order rotated each round); \
          every proxy pinned to CPU {}, load generators and backends to CPU {}; a fresh proxy \
          process for every measurement\n",
-        meta.rounds, meta.duration, meta.proxy_cpu, meta.load_cpu
+        meta.rounds,
+        if meta.rounds == 1 { "" } else { "s" },
+        meta.duration,
+        meta.proxy_cpu,
+        meta.load_cpu
     ));
     if let Some(l) = &meta.latency {
         s.push_str(&format!("- Latency: {l}\n"));
