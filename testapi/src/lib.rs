@@ -32,11 +32,16 @@
 //!   `kube-node-lease` exist from the start. Deleting a Namespace marks it Terminating
 //!   (MODIFIED), deletes everything in it at once and then removes it (no namespace controller,
 //!   no finalizer wait).
-//! - **JSON only**: requests must be JSON (YAML and protobuf bodies get 415) and answers are
-//!   JSON whatever `Accept` asks for: Table (`as=Table`) and aggregated discovery requests get
-//!   the plain object or list, which kubectl accepts by falling back. `/openapi/v2` and
-//!   `/openapi/v3` are 404, so kubectl validates and computes strategic merge patches with its
-//!   built-in types.
+//! - **JSON answers**: request bodies are JSON, except that protobuf
+//!   (`application/vnd.kubernetes.protobuf`, which kubectl's typed clients send for
+//!   `kubectl create configmap` / `create namespace`) is decoded for ConfigMaps and Namespaces;
+//!   other protobuf or YAML bodies get 415. Answers are JSON whatever `Accept` asks for: Table
+//!   (`as=Table`) and aggregated discovery requests get the plain object, list or legacy
+//!   discovery document, which kubectl accepts by falling back.
+//! - **OpenAPI**: `/openapi/v3` lists each group version's paths and operations (with the
+//!   `fieldValidation` parameter) but no schemas, so kubectl leaves validation to the server and
+//!   computes strategic merge patches from its built-in types; `/openapi/v2` is 404.
+//!   `fieldValidation=Strict` is accepted but unknown fields are stored, not rejected.
 //! - **No server-side apply** (`application/apply-patch+yaml` gets 415) and no
 //!   `metadata.managedFields`.
 //! - **Schema**: objects are stored as given (unknown fields are kept, not rejected or
@@ -46,6 +51,10 @@
 //!   protocol and targetPort, ClusterIP/NodePort allocation, IP families) and port checks,
 //!   EndpointSlice port defaults, `addressType`, addresses and `generation`, Namespace
 //!   finalizer, phase and `kubernetes.io/metadata.name` label.
+//! - **Strategic merge patch** knows the patch strategies of these kinds only (Service
+//!   `spec.ports` by `port`, `ownerReferences` by `uid`, `finalizers` as a set, status
+//!   `conditions` by `type`; every other list is replaced); `$setElementOrder` puts the listed
+//!   elements first and keeps the others after them in their order.
 //! - **No subresources** (`/status`, `/scale`, ...), no authentication or authorization, no
 //!   admission, no `kubernetes` Service, no `kube-root-ca.crt` ConfigMaps.
 //! - **Field selectors** support `metadata.name` and `metadata.namespace` for every kind, plus
@@ -55,6 +64,8 @@
 //!   no bookmark just before `timeoutSeconds` ends a watch. A watch without `timeoutSeconds` ends
 //!   after 30 minutes.
 //! - Deleted objects are removed at once: there is no graceful deletion and no finalizer wait.
+//! - A 503 while paused carries no `Retry-After`. Note that kube-rs clients retry 429/503/504
+//!   with backoff by default (`Config::default_retry`), so a pause shows to them as slowness.
 
 mod catalog;
 mod http;
