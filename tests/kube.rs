@@ -159,7 +159,7 @@ async fn wait_routes(admin: SocketAddr, what: &str, cond: impl Fn(&Value) -> boo
     }
 }
 
-fn route<'a>(routes: &'a Value, port: u16) -> Option<&'a Value> {
+fn route(routes: &Value, port: u16) -> Option<&Value> {
     routes["routes"]
         .as_array()
         .unwrap()
