@@ -358,6 +358,7 @@ async fn api_server_outage_under_traffic_fails_no_connection_and_catches_up_afte
     c.api.resume();
     let resumed = Instant::now();
     d.wait_log(&["listening", "20000/TCP"]);
+    d.wait_log(&["Kubernetes API watch recovered"]);
     println!(
         "after the 10 s outage: change applied {:.0} ms after resume",
         resumed.elapsed().as_secs_f64() * 1000.0
@@ -460,10 +461,11 @@ async fn a_bad_entry_is_recorded_as_exactly_one_event_naming_key_and_value() {
         "--from-literal=10001=default/a",
         "--from-literal=10002=default/nosuch:80",
         "--from-literal=10005=default/a:10000",
+        "--from-literal=10006=default/a:http:PROXY:EXTRA",
     ]);
     let mut d = c.dermaga(listen, &[]);
     d.wait_log(&["listening", "10000/TCP"]);
-    wait_until("three events", || c.events("default").len() >= 3).await;
+    wait_until("four events", || c.events("default").len() >= 4).await;
 
     // Changes that do not touch the problems, and a re-list, record nothing more.
     c.apply(
@@ -521,12 +523,23 @@ async fn a_bad_entry_is_recorded_as_exactly_one_event_naming_key_and_value() {
         .collect();
     assert_eq!(bind.len(), 1, "{events:#?}");
     assert!(bind[0]["note"].as_str().unwrap().contains("10005/TCP"));
-    assert_eq!(events.len(), 3, "{events:#?}");
+    // A second problem of the same kind is an Event of its own, with its own message.
+    let other: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "InvalidEntry")
+        .collect();
+    assert_eq!(other.len(), 2, "{events:#?}");
+    assert!(
+        other
+            .iter()
+            .any(|e| e["note"].as_str().unwrap().contains("\"10006\""))
+    );
+    assert_eq!(events.len(), 4, "{events:#?}");
     // kubectl sees them (`kubectl describe` reads the core/v1 view of the same Events; the test
     // API server keeps the two groups apart, so ask for events.k8s.io directly).
     let listed = c.kubectl(&["get", "events.events.k8s.io", "-o", "json"]);
     let listed: Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{listed:#}");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 4, "{listed:#}");
     assert!(d.terminate().success());
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::names::{ObjectName, Protocol, RouteKey};
@@ -29,8 +29,16 @@ pub struct EventSources {
     pub map_of: BTreeMap<Protocol, ObjectName>,
 }
 
+/// Who records: the API client and the reporting controller/instance.
+pub struct Reporting {
+    /// The client.
+    pub client: kube::Client,
+    /// `dermaga` and the pod name.
+    pub reporter: Reporter,
+}
+
 /// Publishes Warning Events until the sources close.
-pub async fn record(recorder: Recorder, mut sources: EventSources, metrics: Arc<Metrics>) {
+pub async fn record(recorder: Reporting, mut sources: EventSources, metrics: Arc<Metrics>) {
     let mut failed_ports: BTreeSet<RouteKey> = BTreeSet::new();
     loop {
         let (map, reason, note) = tokio::select! {
@@ -76,7 +84,7 @@ fn newly_failed(status: &ListenerStatus, seen: &mut BTreeSet<RouteKey>) -> Vec<(
 }
 
 async fn publish(
-    recorder: &Recorder,
+    recorder: &Reporting,
     sources: &EventSources,
     metrics: &Metrics,
     map: ObjectName,
@@ -86,6 +94,10 @@ async fn publish(
     let Some(reference) = sources.port_maps.borrow().get(&map).cloned() else {
         return;
     };
+    // A Recorder of its own for each Event: the shared one would fold a second problem with
+    // the same reason on the same map into the first Event's `series` (its key has no message),
+    // and each problem here is already sent only once, when it appears.
+    let recorder = Recorder::new(recorder.client.clone(), recorder.reporter.clone());
     let event = Event {
         type_: EventType::Warning,
         reason: reason.to_owned(),

@@ -104,7 +104,10 @@ impl KubeProvider {
 
         let (maps_tx, maps_rx) = tokio::sync::watch::channel(BTreeMap::new());
         let recorder = tokio::spawn(events::record(
-            kube::runtime::events::Recorder::new(self.client.clone(), self.reporter.clone()),
+            events::Reporting {
+                client: self.client.clone(),
+                reporter: self.reporter.clone(),
+            },
             events::EventSources {
                 problems: controller.subscribe_problems(),
                 listeners,

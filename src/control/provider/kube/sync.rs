@@ -137,7 +137,7 @@ impl SyncState {
         let key = message.scope;
         if matches!(
             message.change,
-            Change::ListDone | Change::Applied(_) | Change::Deleted(_)
+            Change::ListDone | Change::Applied(_) | Change::Deleted(_) | Change::Recovered
         ) && let Some(error) = scope.failing.take()
         {
             tracing::info!(watch = %key, after = %error, "Kubernetes API watch recovered");
@@ -204,6 +204,10 @@ impl SyncState {
                     self.pending.push(Op::Delete(o.kind(), name));
                 }
             }
+            Change::Expired => {
+                tracing::info!(watch = %key, "resource version expired (410 Gone); listing again");
+            }
+            Change::Recovered => {}
             Change::Failed(error) => {
                 if scope.failing.is_none() {
                     tracing::warn!(

@@ -63,6 +63,10 @@ pub enum Change {
     Deleted(Object),
     /// The API call failed; the watcher retries with backoff.
     Failed(String),
+    /// The resourceVersion was too old (410 Gone): the watcher lists again.
+    Expired,
+    /// A retry after a failure has held for a while without failing again.
+    Recovered,
 }
 
 /// A change from one watcher.
@@ -137,40 +141,80 @@ async fn forward<K>(
 {
     // Our own backoff, not kube-rs's `default_backoff()`: that one resets on every `Ok`, and a
     // watcher whose list keeps failing yields `Ok(Init)` before each failure, so it would retry
-    // every 0.8 s forever. Here only real progress (an object, or a list's end) resets it.
+    // every 0.8 s forever. Here the delay resets on real progress (an object, a list's end), or
+    // when a retry has gone [`PROBATION`] without failing (a re-opened watch on a quiet
+    // resource brings no event, but it is up).
     let mut events = std::pin::pin!(watcher(api, config));
     let mut delay: Option<Duration> = None;
-    while let Some(event) = events.next().await {
-        match &event {
-            Err(_) => {
-                let next = delay.map_or(FIRST_RETRY, |d| (d * 2).min(MAX_RETRY));
-                delay = Some(next);
-            }
-            Ok(watcher::Event::Init) => {}
-            Ok(_) => delay = None,
-        }
-        let failed = event.is_err();
+    let mut probation_until: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match probation_until {
+            Some(until) => match tokio::time::timeout_at(until, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    probation_until = None;
+                    delay = None;
+                    if send(&tx, &scope, generation, Change::Recovered)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            None => events.next().await,
+        };
+        let Some(event) = next else { return };
         let change = match event {
             Ok(watcher::Event::Init) => Change::ListStart,
             Ok(watcher::Event::InitApply(o)) => Change::Listed(wrap(o)),
             Ok(watcher::Event::InitDone) => Change::ListDone,
             Ok(watcher::Event::Apply(o)) => Change::Applied(wrap(o)),
             Ok(watcher::Event::Delete(o)) => Change::Deleted(wrap(o)),
+            // 410 Gone is the protocol's way to say "list again", which the watcher does at
+            // once; not a failure.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => Change::Expired,
             Err(e) => Change::Failed(describe(&e)),
         };
-        let message = Message {
-            scope: scope.clone(),
-            generation,
-            change,
-        };
-        if tx.send(message).await.is_err() {
+        let failed = matches!(change, Change::Failed(_));
+        match &change {
+            Change::Failed(_) => {
+                delay = Some(delay.map_or(FIRST_RETRY, |d| (d * 2).min(MAX_RETRY)));
+                probation_until = None;
+            }
+            Change::ListStart | Change::Expired | Change::Recovered => {}
+            _ => {
+                delay = None;
+                probation_until = None;
+            }
+        }
+        if send(&tx, &scope, generation, change).await.is_err() {
             return;
         }
         if failed && let Some(d) = delay {
             tokio::time::sleep(jitter(d)).await;
+            probation_until = Some(tokio::time::Instant::now() + PROBATION);
         }
     }
 }
+
+async fn send(
+    tx: &mpsc::Sender<Message>,
+    scope: &ScopeKey,
+    generation: u64,
+    change: Change,
+) -> Result<(), mpsc::error::SendError<Message>> {
+    tx.send(Message {
+        scope: scope.clone(),
+        generation,
+        change,
+    })
+    .await
+}
+
+/// How long a retry must go without failing to count as recovered.
+const PROBATION: Duration = Duration::from_secs(5);
 
 /// The first retry after a failure; doubled on each further failure up to [`MAX_RETRY`]
 /// (client-go's reflector uses the same 800 ms and 30 s).
