@@ -125,6 +125,18 @@ fn port_numbers(service: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// Waits until the server has registered a watch (a watch counts as open from then on).
+async fn wait_for_open_watch(server: &ApiServer) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats().open_watches == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl opened no watch"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn kubectl_create_apply_patch_get_watch_delete() {
     if !kubectl_available() {
@@ -269,6 +281,10 @@ async fn kubectl_create_apply_patch_get_watch_delete() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the current object");
     assert_eq!(first["data"], stored["data"]);
+    // kubectl prints the object it got, then watches it from resourceVersion 0 and skips that
+    // watch's first event (the synthetic ADDED of the current state). A change made before the
+    // watch is registered would arrive only inside that skipped event, so wait for the watch.
+    wait_for_open_watch(&server).await;
     let mut changed = stored.clone();
     changed["data"]["3000"] = json!("ns/svc:3000");
     server.apply(changed).unwrap();
