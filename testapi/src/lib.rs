@@ -11,6 +11,16 @@
 //! under one global revision counter, like etcd. Tests can also write the store directly,
 //! pause the server, cut watches, forget the history, and read request counters.
 //!
+//! As in a real cluster, `events.k8s.io/v1` and core `v1` Events are one collection in two
+//! shapes: an Event written through either group is read, listed, watched, patched and deleted
+//! through the other too (so `kubectl describe` shows Events recorded through events.k8s.io),
+//! each answer in the shape of the group asked, with the field mapping of Kubernetes' events
+//! conversion (`regarding` ↔ `involvedObject`, `note` ↔ `message`, `reportingController` ↔
+//! `reportingComponent`, `deprecatedSource`/`deprecatedFirstTimestamp`/
+//! `deprecatedLastTimestamp`/`deprecatedCount` ↔ `source`/`firstTimestamp`/`lastTimestamp`/
+//! `count`) and shared metadata and resourceVersions. [`ApiServer::list`] and
+//! [`ApiServer::get`] with [`resources::EVENTS`] or [`resources::EVENTS_V1`] likewise.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use dermaga_testapi::{ApiServer, resources};
@@ -58,7 +68,13 @@
 //! - **No subresources** (`/status`, `/scale`, ...), no authentication or authorization, no
 //!   admission, no `kubernetes` Service, no `kube-root-ca.crt` ConfigMaps.
 //! - **Field selectors** support `metadata.name` and `metadata.namespace` for every kind, plus
-//!   the core Event fields and Namespace `status.phase`; other fields get 400.
+//!   the core Event fields (`involvedObject.*`, `reason`, `reportingComponent`, `source`,
+//!   `type`), the events.k8s.io ones (`regarding.*`, `reason`, `reportingController`, `source`,
+//!   `type`) and Namespace `status.phase`; other fields get 400.
+//! - **Events** are not validated (a real server requires e.g. `eventTime`,
+//!   `reportingController` and `reportingInstance` through events.k8s.io) and carry only the
+//!   fields written: the zero values a Go server serializes (`firstTimestamp: null`, ...) are
+//!   absent, except an empty `involvedObject` (`regarding`) when none was given.
 //! - **Watch**: the watch channel holds 1,000 events per watcher and the history the last
 //!   10,000 changes; bookmarks come every second by default (real: about a minute) and there is
 //!   no bookmark just before `timeoutSeconds` ends a watch. A watch without `timeoutSeconds` ends
@@ -68,6 +84,7 @@
 //!   with backoff by default (`Config::default_retry`), so a pause shows to them as slowness.
 
 mod catalog;
+mod conversion;
 mod http;
 mod kubeconfig;
 mod object;

@@ -348,6 +348,41 @@ fn unescape(value: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The field labels of events.k8s.io/v1 Events and the core Event labels they select on (the
+/// real server's `AddFieldLabelConversionsForEvent`): selectors match the stored core shape.
+const EVENTS_V1_FIELDS: &[(&str, &str)] = &[
+    ("regarding.kind", "involvedObject.kind"),
+    ("regarding.namespace", "involvedObject.namespace"),
+    ("regarding.name", "involvedObject.name"),
+    ("regarding.uid", "involvedObject.uid"),
+    ("regarding.apiVersion", "involvedObject.apiVersion"),
+    (
+        "regarding.resourceVersion",
+        "involvedObject.resourceVersion",
+    ),
+    ("regarding.fieldPath", "involvedObject.fieldPath"),
+    ("reportingController", "reportingComponent"),
+    ("reason", "reason"),
+    ("source", "source"),
+    ("type", "type"),
+];
+
+/// The stored-shape field a selector on `field` of `resource` reads, if the kind supports it.
+fn field_label(resource: &Resource, field: &str) -> Option<String> {
+    if field == "metadata.name" || field == "metadata.namespace" {
+        return Some(field.to_string());
+    }
+    if *resource == resources::EVENTS_V1 {
+        return EVENTS_V1_FIELDS
+            .iter()
+            .find(|(label, _)| *label == field)
+            .map(|(_, stored)| stored.to_string());
+    }
+    extra_fields(resource)
+        .contains(&field)
+        .then(|| field.to_string())
+}
+
 /// Fields beyond `metadata.name` and `metadata.namespace` that a kind supports in field selectors.
 fn extra_fields(resource: &Resource) -> &'static [&'static str] {
     if *resource == resources::EVENTS {
@@ -422,13 +457,10 @@ impl FieldSelector {
                     "invalid selector: '{input}'; can't understand '{term}'"
                 ));
             };
-            let field = field.trim().to_string();
-            let supported = field == "metadata.name"
-                || field == "metadata.namespace"
-                || extra_fields(resource).contains(&field.as_str());
-            if !supported {
+            let field = field.trim();
+            let Some(field) = field_label(resource, field) else {
                 return Err(format!("field label not supported: {field}"));
-            }
+            };
             requirements.push(FieldRequirement {
                 field,
                 value: unescape(raw_value)?,
@@ -506,5 +538,18 @@ mod tests {
             FieldSelector::parse("involvedObject.kind=Pod,type=Warning", &resources::EVENTS)
                 .unwrap();
         assert!(selector.matches(&event));
+        // events.k8s.io labels select on the stored core shape
+        let selector = FieldSelector::parse(
+            "regarding.kind=Pod,type=Warning,reportingController=c",
+            &resources::EVENTS_V1,
+        )
+        .unwrap();
+        assert!(!selector.matches(&event));
+        let event = json!({"involvedObject": {"kind": "Pod"}, "type": "Warning", "reportingComponent": "c"});
+        assert!(selector.matches(&event));
+        assert_eq!(
+            FieldSelector::parse("involvedObject.kind=Pod", &resources::EVENTS_V1).unwrap_err(),
+            "field label not supported: involvedObject.kind"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The server driven by the real `kubectl` (skipped when no `kubectl` is on PATH): create,
 //! apply (create, then a changed version), patch of all three kinds, get, get -w and delete,
-//! each checked against the stored objects.
+//! each checked against the stored objects; and `kubectl describe` showing Events recorded
+//! through events.k8s.io.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
 use dermaga_testapi::{ApiServer, resources};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{Value, json};
 
 struct Kubectl {
@@ -329,4 +334,78 @@ async fn kubectl_create_apply_patch_get_watch_delete() {
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("configmaps \"tcp-services\" not found")
     );
+}
+
+#[tokio::test]
+async fn kubectl_describe_shows_events_recorded_through_events_k8s_io() {
+    if !kubectl_available() {
+        eprintln!("kubectl is not installed: skipping");
+        return;
+    }
+    let server = ApiServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = Kubectl {
+        kubeconfig,
+        cache: dir.path().join("cache"),
+    };
+    kubectl.run(&["create", "configmap", "tcp-services", "-n", "dermaga"]);
+    kubectl.run(&["create", "configmap", "other", "-n", "dermaga"]);
+    let target = server
+        .get(&resources::CONFIGMAPS, "dermaga", "tcp-services")
+        .unwrap();
+    let reference = |name: &str, uid: &str| ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        name: Some(name.into()),
+        namespace: Some("dermaga".into()),
+        uid: Some(uid.into()),
+        ..Default::default()
+    };
+    // kube-rs's Recorder writes through events.k8s.io/v1 (create, then a merge patch)
+    let recorder = Recorder::new(
+        common::kube_client(&server).await,
+        Reporter::from("dermaga-controller"),
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "PortBindFailed".into(),
+        note: Some("cannot bind 10005/TCP: address in use".into()),
+        action: "Bind".into(),
+        secondary: None,
+    };
+    let uid = target["metadata"]["uid"].as_str().unwrap();
+    recorder
+        .publish(&event, &reference("tcp-services", uid))
+        .await
+        .unwrap();
+    recorder
+        .publish(&event, &reference("tcp-services", uid))
+        .await
+        .unwrap();
+    let elsewhere = Event {
+        reason: "Elsewhere".into(),
+        note: Some("about another ConfigMap".into()),
+        ..event
+    };
+    recorder
+        .publish(&elsewhere, &reference("other", "other-uid"))
+        .await
+        .unwrap();
+
+    let described = kubectl.run(&["describe", "configmap", "tcp-services", "-n", "dermaga"]);
+    let events = described
+        .split_once("Events:")
+        .map(|(_, events)| events)
+        .unwrap_or_else(|| panic!("no Events section: {described}"));
+    assert!(events.contains("Warning"), "{described}");
+    assert!(events.contains("PortBindFailed"), "{described}");
+    assert!(
+        events.contains("cannot bind 10005/TCP: address in use"),
+        "{described}"
+    );
+    assert!(events.contains("dermaga-controller"), "{described}");
+    assert!(events.contains("(x2 over"), "the series: {described}");
+    assert!(!events.contains("Elsewhere"), "{described}");
 }

@@ -382,7 +382,10 @@ impl Registry {
         if dry_run {
             return Ok(terminating);
         }
-        for details in catalog::ALL.iter().filter(|d| d.resource.namespaced) {
+        let stored = |d: &&catalog::ResourceDetails| {
+            d.resource.namespaced && crate::conversion::storage_resource(&d.resource) == d.resource
+        };
+        for details in catalog::ALL.iter().filter(stored) {
             let filter = ObjectFilter {
                 resource: details.resource,
                 namespace: Some(name.to_string()),

@@ -20,11 +20,13 @@ pub(crate) enum ChangeType {
 #[derive(Debug)]
 pub(crate) struct Change {
     pub revision: u64,
+    /// The storage resource (see [`crate::conversion::storage_resource`]).
     pub resource: Resource,
     /// Storage key of the object (`namespace/name`, or `name` when cluster-scoped).
     pub key: String,
     pub change_type: ChangeType,
-    /// The object after the change; for a delete, its last state carrying the delete's revision.
+    /// The object after the change, in its stored shape; for a delete, its last state carrying
+    /// the delete's revision.
     pub object: Arc<Value>,
     /// The object before the change (none for an add).
     pub previous: Option<Arc<Value>>,

@@ -1,6 +1,11 @@
 //! The in-memory object store: every object as JSON under one global, etcd-like revision
 //! counter, with a bounded change history and the open watchers it notifies. All state sits
 //! behind one mutex that is never held across an `.await`.
+//!
+//! Objects are kept per storage resource; a resource that is another representation of a
+//! stored one (events.k8s.io Events, see [`crate::conversion`]) reads and writes the same
+//! objects, converted at this boundary: every method takes and returns objects in the shape of
+//! the resource it is given, while selectors are matched against the stored shape.
 
 mod history;
 mod watchers;
@@ -17,6 +22,7 @@ pub(crate) use watchers::{ObjectFilter, Registration, WatchEvent};
 use watchers::{Watchers, convert};
 
 use crate::catalog::Resource;
+use crate::conversion::{from_storage, storage_resource, to_storage};
 use crate::object;
 use crate::status::Status;
 
@@ -121,7 +127,13 @@ impl Store {
     /// The object at `namespace`/`name`.
     pub fn get(&self, resource: &Resource, namespace: &str, name: &str) -> Option<Arc<Value>> {
         let key = storage_key(resource, namespace, name);
-        self.lock().objects.get(resource)?.get(&key).cloned()
+        let stored = self
+            .lock()
+            .objects
+            .get(&storage_resource(resource))?
+            .get(&key)
+            .cloned()?;
+        Some(from_storage(resource, &stored))
     }
 
     /// Creates `object` (its metadata already complete but for resourceVersion).
@@ -161,20 +173,22 @@ impl Store {
         compute: impl FnOnce(Option<&Value>) -> Result<Value, Status>,
     ) -> Result<(Arc<Value>, bool), Status> {
         let key = storage_key(resource, namespace, name);
+        let storage = storage_resource(resource);
         let mut state = self.lock();
-        let current = state
+        let stored = state
             .objects
-            .get(resource)
+            .get(&storage)
             .and_then(|m| m.get(&key))
             .cloned();
-        let mut next = compute(current.as_deref())?;
-        if let Some(current) = &current
-            && **current == next
+        let current = stored.as_ref().map(|o| from_storage(resource, o));
+        let mut next = to_storage(resource, compute(current.as_deref())?);
+        if let (Some(stored), Some(current)) = (&stored, &current)
+            && **stored == next
         {
             return Ok((current.clone(), false));
         }
         if dry_run {
-            return Ok((Arc::new(next), current.is_none()));
+            return Ok((from_storage(resource, &Arc::new(next)), current.is_none()));
         }
         let revision = state.revision + 1;
         object::set_resource_version(&mut next, revision);
@@ -186,19 +200,22 @@ impl Store {
         };
         state
             .objects
-            .entry(*resource)
+            .entry(storage)
             .or_default()
             .insert(key.clone(), next.clone());
         let change = Change {
             revision,
-            resource: *resource,
+            resource: storage,
             key,
             change_type,
             object: next.clone(),
-            previous: current,
+            previous: stored,
         };
         self.commit(&mut state, change);
-        Ok((next, change_type == ChangeType::Added))
+        Ok((
+            from_storage(resource, &next),
+            change_type == ChangeType::Added,
+        ))
     }
 
     /// Deletes the object after `check` accepted it; returns its last state carrying the
@@ -212,21 +229,22 @@ impl Store {
         check: impl FnOnce(&Value) -> Result<(), Status>,
     ) -> Result<Arc<Value>, Status> {
         let key = storage_key(resource, namespace, name);
+        let storage = storage_resource(resource);
         let mut state = self.lock();
         let Some(current) = state
             .objects
-            .get(resource)
+            .get(&storage)
             .and_then(|m| m.get(&key))
             .cloned()
         else {
             return Err(Status::not_found(resource, name));
         };
-        check(&current)?;
+        check(&from_storage(resource, &current))?;
         if dry_run {
-            return Ok(current);
+            return Ok(from_storage(resource, &current));
         }
         let revision = state.revision + 1;
-        if let Some(objects) = state.objects.get_mut(resource) {
+        if let Some(objects) = state.objects.get_mut(&storage) {
             objects.remove(&key);
         }
         let mut last = (*current).clone();
@@ -234,14 +252,14 @@ impl Store {
         let last = Arc::new(last);
         let change = Change {
             revision,
-            resource: *resource,
+            resource: storage,
             key,
             change_type: ChangeType::Deleted,
             object: last.clone(),
             previous: Some(current),
         };
         self.commit(&mut state, change);
-        Ok(last)
+        Ok(from_storage(resource, &last))
     }
 
     fn commit(&self, state: &mut State, change: Change) {
@@ -254,6 +272,7 @@ impl Store {
 
     /// The objects passing `filter` at `at`, in storage-key order.
     pub fn list(&self, filter: &ObjectFilter, at: ReadAt) -> Result<Listing, RevisionError> {
+        let storage = storage_resource(&filter.resource);
         let state = self.lock();
         let revision = match at {
             ReadAt::Latest => state.revision,
@@ -269,13 +288,9 @@ impl Store {
             }
             ReadAt::Exact(revision) => revision,
         };
-        let mut objects = state
-            .objects
-            .get(&filter.resource)
-            .cloned()
-            .unwrap_or_default();
+        let mut objects = state.objects.get(&storage).cloned().unwrap_or_default();
         for change in state.history.since(revision).rev() {
-            if change.resource != filter.resource {
+            if change.resource != storage {
                 continue;
             }
             match (&change.change_type, &change.previous) {
@@ -295,7 +310,10 @@ impl Store {
         let items = objects
             .into_iter()
             .filter(|(key, object)| key.starts_with(&prefix) && filter.matches(object))
-            .map(|(key, object)| (key[prefix.len()..].to_string(), object))
+            .map(|(key, object)| {
+                let object = from_storage(&filter.resource, &object);
+                (key[prefix.len()..].to_string(), object)
+            })
             .collect();
         Ok(Listing { items, revision })
     }
@@ -308,15 +326,16 @@ impl Store {
         start: WatchStart,
         bookmarks: bool,
     ) -> Result<StartedWatch, RevisionError> {
+        let storage = storage_resource(&filter.resource);
         let mut state = self.lock();
         let initial = match start {
             WatchStart::CurrentState => state
                 .objects
-                .get(&filter.resource)
+                .get(&storage)
                 .into_iter()
                 .flat_map(|objects| objects.values())
                 .filter(|object| filter.matches(object))
-                .map(|object| WatchEvent::Added(object.clone()))
+                .map(|object| WatchEvent::Added(from_storage(&filter.resource, object)))
                 .collect(),
             WatchStart::After(revision) if !state.history.covers(revision) => {
                 return Err(RevisionError::TooOld {
@@ -326,7 +345,7 @@ impl Store {
             WatchStart::After(revision) => state
                 .history
                 .since(revision)
-                .filter(|change| change.resource == filter.resource)
+                .filter(|change| change.resource == storage)
                 .filter_map(|change| convert(&filter, change))
                 .collect(),
         };

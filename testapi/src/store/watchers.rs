@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::history::{Change, ChangeType};
 use crate::catalog::Resource;
+use crate::conversion::{from_storage, storage_resource};
 use crate::object;
 use crate::selector::{FieldSelector, LabelSelector};
 
@@ -39,7 +40,7 @@ pub(crate) struct ObjectFilter {
 }
 
 impl ObjectFilter {
-    /// Whether `object` (of this filter's resource) passes the filter.
+    /// Whether `object` (of this filter's resource, in its stored shape) passes the filter.
     pub fn matches(&self, object: &Value) -> bool {
         let in_namespace = match &self.namespace {
             Some(namespace) => object::namespace(object) == namespace,
@@ -72,8 +73,10 @@ pub(crate) struct Watchers {
     buffer: usize,
 }
 
-/// The event `filter` should see for `change`, if any (the watch cache's conversion).
+/// The event `filter` should see for `change` (of its storage resource), if any (the watch
+/// cache's conversion), carrying the object in the shape of the filter's resource.
 pub(crate) fn convert(filter: &ObjectFilter, change: &Change) -> Option<WatchEvent> {
+    let shaped = |object: &Arc<Value>| from_storage(&filter.resource, object);
     let current_passes =
         change.change_type != ChangeType::Deleted && filter.matches(&change.object);
     let previous_passes = change
@@ -81,16 +84,16 @@ pub(crate) fn convert(filter: &ObjectFilter, change: &Change) -> Option<WatchEve
         .as_deref()
         .is_some_and(|p| filter.matches(p));
     match (current_passes, previous_passes) {
-        (true, false) => Some(WatchEvent::Added(change.object.clone())),
-        (true, true) => Some(WatchEvent::Modified(change.object.clone())),
+        (true, false) => Some(WatchEvent::Added(shaped(&change.object))),
+        (true, true) => Some(WatchEvent::Modified(shaped(&change.object))),
         (false, true) if change.change_type == ChangeType::Deleted => {
-            Some(WatchEvent::Deleted(change.object.clone()))
+            Some(WatchEvent::Deleted(shaped(&change.object)))
         }
         (false, true) => {
             // The previous content, carrying the revision of the change that made it leave.
             let mut left = change.previous.as_deref().cloned().unwrap_or_default();
             object::set_resource_version(&mut left, change.revision);
-            Some(WatchEvent::Deleted(Arc::new(left)))
+            Some(WatchEvent::Deleted(shaped(&Arc::new(left))))
         }
         (false, false) => None,
     }
@@ -121,10 +124,11 @@ impl Watchers {
         Registration { id, events, cancel }
     }
 
-    /// Offers `change` to every watcher of its resource; cuts those that cannot keep up.
+    /// Offers `change` to every watcher of its resource (or of another representation of it);
+    /// cuts those that cannot keep up.
     pub fn dispatch(&mut self, change: &Change) {
         self.list.retain(|watcher| {
-            if watcher.filter.resource != change.resource {
+            if storage_resource(&watcher.filter.resource) != change.resource {
                 return !watcher.sender.is_closed();
             }
             match convert(&watcher.filter, change) {
