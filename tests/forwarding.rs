@@ -1,12 +1,12 @@
 //! Forwarding correctness through real sockets: 256 MiB each way with checksums, half-close,
-//! the splice path and the copy fallback, and the fallback when the pipe pool runs out.
+//! the splice path and the copy fallback, and the fallback when the pipe pool runs out, and idle connections holding no pipes.
 
 mod support;
 
 use std::net::SocketAddr;
 
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const MIB: u64 = 1024 * 1024;
@@ -224,8 +224,9 @@ async fn pool_exhaustion_falls_back_to_copy_per_connection() {
             &[("mode", "copy")],
         ),
     );
+    // Pipes are lent per burst; a connection counts as copied when any of its bursts found the
+    // pool empty (with 10 transfers and pipes for 4 directions, some must).
     assert_eq!(spliced + copied, 10);
-    assert!(spliced >= 2, "the first connections got pipes: {spliced}");
     assert!(copied >= 1, "the pool ran out for some: {copied}");
     assert!(pipes.live() <= 4, "never more pipes than the bound");
     println!("spliced {spliced}, copied {copied}");
@@ -233,4 +234,45 @@ async fn pool_exhaustion_falls_back_to_copy_per_connection() {
 
 fn count(metrics: &dermaga::ops::metrics::Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
     metric_in(&metrics.encode(), name, labels) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_hold_no_pipes() {
+    let echo = Backend::start("127.0.0.3", "idle").await;
+    let gw = gateway(
+        &(configmap_yaml(&[("10000", "default/echo:80")])
+            + &service_yaml("echo", 80)
+            + &slices_yaml("echo", &[(echo.addr, true)])),
+        options("127.1.0.33"),
+    );
+    let addr = gw.wait_bound(tcp(10000)).await;
+    // 20 connections, each with one round trip through the gateway, then left open.
+    let mut held = Vec::new();
+    for i in 0..20u32 {
+        let mut s = tokio::io::BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "idle\n");
+        let msg = format!("ping {i}\n");
+        s.get_mut().write_all(msg.as_bytes()).await.unwrap();
+        line.clear();
+        s.read_line(&mut line).await.unwrap();
+        assert_eq!(line, msg, "echoed through the gateway");
+        held.push(s);
+    }
+    assert!(gw.pipes.live() > 0, "the bursts were spliced");
+    wait_until("every pipe back in the pool", || gw.pipes.in_use() == 0).await;
+    println!(
+        "20 idle connections: {} pipes in use, {} in the pool",
+        gw.pipes.in_use(),
+        gw.pipes.live()
+    );
+    // They still work after idling without storage.
+    for (i, s) in held.iter_mut().enumerate() {
+        let msg = format!("again {i}\n");
+        s.get_mut().write_all(msg.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        assert_eq!(line, msg);
+    }
 }

@@ -1,15 +1,18 @@
 //! Moves bytes both ways between client and upstream until both directions are done.
 //!
-//! Each direction is a pump: fill a stage from the source socket, drain the stage into the
-//! destination socket, repeat. The stage is a pipe (`splice(2)`, no copy through user space)
-//! when the pool has two to lend, else a 16 KiB buffer. Invariants:
+//! Each direction is a pump: wait until the source is readable, take a stage, fill it from the
+//! source socket, drain it into the destination socket, repeat while the source has data; when
+//! it has none, give the stage back and wait again. The stage is a pipe (`splice(2)`, no copy
+//! through user space) when the pool has one to lend, else a 16 KiB buffer; an idle connection
+//! holds neither. Invariants:
 //! - a splice call moves at most one pipe's capacity (bounded length per call);
 //! - the pipe is always empty before it is filled, so EAGAIN from socket→pipe can only mean
 //!   "no data" and clearing the socket's readiness then is right (no lost wake-up, no spin);
 //! - byte counts come from the syscalls' return values;
 //! - EOF one way shuts the write side of the other socket; the other direction keeps flowing;
 //! - an error on either side ends both directions and says whose side failed;
-//! - progress (bytes, mode, which side closed first) is written where the caller can read it.
+//! - progress (bytes, mode, which side closed first) is written where the
+//!   caller can read it.
 
 use std::io;
 use std::net::Shutdown;
@@ -67,7 +70,8 @@ pub struct Progress {
     pub to_upstream: u64,
     /// Bytes from the upstream to the client.
     pub to_client: u64,
-    /// Splice or copy (set before any byte moves).
+    /// Splice when every burst was spliced; copy when at least one had to be copied (the pool
+    /// had no pipe to lend at that moment). `None` before any byte moved.
     pub mode: Option<ForwardMode>,
     /// The side whose EOF came first, once one has.
     pub first_eof: Option<Side>,
@@ -82,24 +86,46 @@ pub async fn forward(
     progress: &mut Progress,
 ) -> Result<(), ForwardError> {
     let first_eof = AtomicU8::new(0);
-    let pipes = pool.acquire().and_then(|a| pool.acquire().map(|b| (a, b)));
+    let modes_seen = AtomicU8::new(0);
     let Progress {
         to_upstream,
         to_client,
         mode,
         first_eof: first,
     } = progress;
-    let result = match pipes {
-        Some((mut up, mut down)) => {
-            *mode = Some(ForwardMode::Splice);
-            let stages = (SpliceStage(&mut up), SpliceStage(&mut down));
-            both_ways(client, upstream, stages, to_upstream, to_client, &first_eof).await
-        }
-        None => {
-            *mode = Some(ForwardMode::Copy);
-            let stages = (CopyStage::new(), CopyStage::new());
-            both_ways(client, upstream, stages, to_upstream, to_client, &first_eof).await
-        }
+    let result = tokio::try_join!(
+        pump(
+            Ends {
+                src: client,
+                dst: upstream,
+                src_side: Side::Client,
+                dst_side: Side::Upstream,
+            },
+            pool,
+            to_upstream,
+            &first_eof,
+            &modes_seen,
+        ),
+        pump(
+            Ends {
+                src: upstream,
+                dst: client,
+                src_side: Side::Upstream,
+                dst_side: Side::Client,
+            },
+            pool,
+            to_client,
+            &first_eof,
+            &modes_seen,
+        ),
+    );
+    let seen = modes_seen.load(Ordering::Relaxed);
+    *mode = if seen & COPIED != 0 {
+        Some(ForwardMode::Copy)
+    } else if seen & SPLICED != 0 {
+        Some(ForwardMode::Splice)
+    } else {
+        None
     };
     *first = match first_eof.load(Ordering::Relaxed) {
         1 => Some(Side::Client),
@@ -109,146 +135,179 @@ pub async fn forward(
     result.map(|_| ())
 }
 
-/// Runs both pumps until both are done or one fails (then the other is dropped).
-async fn both_ways<S: Stage>(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    (mut up, mut down): (S, S),
-    to_upstream: &mut u64,
-    to_client: &mut u64,
-    first_eof: &AtomicU8,
-) -> Result<((), ()), ForwardError> {
-    tokio::try_join!(
-        pump(
-            client,
-            upstream,
-            Side::Client,
-            Side::Upstream,
-            &mut up,
-            to_upstream,
-            first_eof
-        ),
-        pump(
-            upstream,
-            client,
-            Side::Upstream,
-            Side::Client,
-            &mut down,
-            to_client,
-            first_eof
-        ),
-    )
+/// One direction's two sockets.
+struct Ends<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    src_side: Side,
+    dst_side: Side,
 }
 
-/// One direction's intermediate storage.
-trait Stage {
+/// Intermediate storage for one burst of one direction: taken when the source has data,
+/// given back once it is drained and the source has no more, so an idle connection holds
+/// neither pipes nor buffers.
+enum Stage<'a> {
+    Splice(PooledPipe<'a>),
+    Copy(CopyBuffer),
+}
+
+impl<'a> Stage<'a> {
+    fn take(pool: &'a PipePool) -> Self {
+        match pool.acquire() {
+            Some(pipe) => Stage::Splice(pipe),
+            None => Stage::Copy(CopyBuffer::take()),
+        }
+    }
+
     /// Moves what `src` has into the stage (which is empty). 0 = EOF.
-    fn fill(&mut self, src: &TcpStream) -> io::Result<usize>;
-    /// Moves bytes from the stage into `dst`.
-    fn drain(&mut self, dst: &TcpStream) -> io::Result<usize>;
-    /// Bytes in the stage.
-    fn pending(&self) -> usize;
-}
-
-struct SpliceStage<'p, 'a>(&'p mut PooledPipe<'a>);
-
-impl Stage for SpliceStage<'_, '_> {
     fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
-        let n = sys::splice(
-            src.as_fd(),
-            self.0.pipe().write.as_fd(),
-            self.0.pipe().capacity,
-        )?;
-        self.0.pending = n;
-        Ok(n)
+        match self {
+            Stage::Splice(pipe) => {
+                let n = sys::splice(src.as_fd(), pipe.pipe().write.as_fd(), pipe.pipe().capacity)?;
+                pipe.pending = n;
+                Ok(n)
+            }
+            Stage::Copy(buf) => {
+                let n = src.try_read(&mut buf.buf)?;
+                buf.start = 0;
+                buf.end = n;
+                Ok(n)
+            }
+        }
     }
+
+    /// Moves bytes from the stage into `dst`.
     fn drain(&mut self, dst: &TcpStream) -> io::Result<usize> {
-        let n = sys::splice(self.0.pipe().read.as_fd(), dst.as_fd(), self.0.pending)?;
-        self.0.pending -= n;
-        Ok(n)
+        match self {
+            Stage::Splice(pipe) => {
+                let n = sys::splice(pipe.pipe().read.as_fd(), dst.as_fd(), pipe.pending)?;
+                pipe.pending -= n;
+                Ok(n)
+            }
+            Stage::Copy(buf) => {
+                let n = dst.try_write(&buf.buf[buf.start..buf.end])?;
+                buf.start += n;
+                Ok(n)
+            }
+        }
     }
+
+    /// Bytes in the stage.
     fn pending(&self) -> usize {
-        self.0.pending
+        match self {
+            Stage::Splice(pipe) => pipe.pending,
+            Stage::Copy(buf) => buf.end - buf.start,
+        }
+    }
+
+    fn mode_bit(&self) -> u8 {
+        match self {
+            Stage::Splice(_) => SPLICED,
+            Stage::Copy(_) => COPIED,
+        }
     }
 }
+
+/// Bits of the modes a connection's bursts used.
+const SPLICED: u8 = 1;
+const COPIED: u8 = 2;
 
 const COPY_BUFFER: usize = 16 * 1024;
+/// Copy buffers kept per thread for reuse.
+const SPARE_BUFFERS: usize = 64;
 
-struct CopyStage {
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A 16 KiB buffer for the copy path, from a small per-thread cache.
+struct CopyBuffer {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
 }
 
-impl CopyStage {
-    fn new() -> Self {
+impl CopyBuffer {
+    fn take() -> Self {
+        let buf = SPARE
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0; COPY_BUFFER].into_boxed_slice());
         Self {
-            buf: vec![0; COPY_BUFFER].into_boxed_slice(),
+            buf,
             start: 0,
             end: 0,
         }
     }
 }
 
-impl Stage for CopyStage {
-    fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
-        let n = src.try_read(&mut self.buf)?;
-        self.start = 0;
-        self.end = n;
-        Ok(n)
-    }
-    fn drain(&mut self, dst: &TcpStream) -> io::Result<usize> {
-        let n = dst.try_write(&self.buf[self.start..self.end])?;
-        self.start += n;
-        Ok(n)
-    }
-    fn pending(&self) -> usize {
-        self.end - self.start
+impl Drop for CopyBuffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
     }
 }
 
 async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
-    src_side: Side,
-    dst_side: Side,
-    stage: &mut impl Stage,
+    ends: Ends<'_>,
+    pool: &PipePool,
     moved: &mut u64,
     first_eof: &AtomicU8,
+    modes_seen: &AtomicU8,
 ) -> Result<(), ForwardError> {
+    let Ends {
+        src,
+        dst,
+        src_side,
+        dst_side,
+    } = ends;
+    let src_error = |source| ForwardError {
+        side: src_side,
+        source,
+    };
     loop {
-        // Socket readiness does not count against tokio's task budget: without this, a pump
-        // whose two sockets stay ready would never yield, starving the other direction and
-        // every other task on this worker.
-        tokio::task::consume_budget().await;
-        let n = when_ready(src, Interest::READABLE, || stage.fill(src))
-            .await
-            .map_err(|source| ForwardError {
-                side: src_side,
-                source,
-            })?;
-        if n == 0 {
-            let code = if src_side == Side::Client { 1 } else { 2 };
-            let _ = first_eof.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-            // EOF from src: pass the half-close on; the other direction is not affected.
-            if let Err(err) = socket2::SockRef::from(dst).shutdown(Shutdown::Write)
-                && err.kind() != io::ErrorKind::NotConnected
-            {
-                return Err(ForwardError {
-                    side: dst_side,
-                    source: err,
-                });
+        // Wait for data holding no storage.
+        src.ready(Interest::READABLE).await.map_err(src_error)?;
+        let mut stage = Stage::take(pool);
+        modes_seen.fetch_or(stage.mode_bit(), Ordering::Relaxed);
+        loop {
+            // Socket readiness does not count against tokio's task budget: without this, a
+            // pump whose two sockets stay ready would never yield, starving the other
+            // direction and every other task on this worker.
+            tokio::task::consume_budget().await;
+            let n = match src.try_io(Interest::READABLE, || stage.fill(src)) {
+                // Drained and nothing more to read: give the stage back and wait.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(src_error(e)),
+                Ok(n) => n,
+            };
+            if n == 0 {
+                let code = if src_side == Side::Client { 1 } else { 2 };
+                let _ = first_eof.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+                // EOF from src: pass the half-close on; the other direction is not affected.
+                if let Err(err) = socket2::SockRef::from(dst).shutdown(Shutdown::Write)
+                    && err.kind() != io::ErrorKind::NotConnected
+                {
+                    return Err(ForwardError {
+                        side: dst_side,
+                        source: err,
+                    });
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        while stage.pending() > 0 {
-            let m = when_ready(dst, Interest::WRITABLE, || stage.drain(dst))
-                .await
-                .map_err(|source| ForwardError {
-                    side: dst_side,
-                    source,
-                })?;
-            *moved += m as u64;
+            while stage.pending() > 0 {
+                let m = when_ready(dst, Interest::WRITABLE, || stage.drain(dst))
+                    .await
+                    .map_err(|source| ForwardError {
+                        side: dst_side,
+                        source,
+                    })?;
+                *moved += m as u64;
+            }
         }
     }
 }

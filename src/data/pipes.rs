@@ -55,6 +55,12 @@ impl PipePool {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Pipes lent out now (connections moving data through them).
+    pub fn in_use(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.live().saturating_sub(idle)
+    }
+
     /// Takes a pipe, or `None` when none can be had.
     pub fn acquire(&self) -> Option<PooledPipe<'_>> {
         if let Some(pipe) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
