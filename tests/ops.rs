@@ -157,10 +157,12 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
     );
     assert_eq!(m("dermaga_listeners_bound", &[]), 2.0);
     assert_eq!(m("dermaga_listeners_failed", &[]), 0.0);
-    assert_eq!(
-        m("dermaga_pipes", &[]),
-        2.0,
-        "one pipe pair, reused by every connection"
+    // Pipes are lent per burst: one direction at a time needs one, both at once two; the
+    // same ones serve every connection.
+    let pipes = m("dermaga_pipes", &[]);
+    assert!(
+        (1.0..=2.0).contains(&pipes),
+        "at most one pipe per direction, reused by every connection: {pipes}"
     );
     assert!(text.ends_with("# EOF\n"));
 
