@@ -2,9 +2,10 @@
 //!
 //! Each direction is a pump: wait until the source is readable, take a stage, fill it from the
 //! source socket, drain it into the destination socket, repeat while the source has data; when
-//! it has none, give the stage back and wait again. The stage is a pipe (`splice(2)`, no copy
-//! through user space) when the pool has one to lend, else a 16 KiB buffer; an idle connection
-//! holds neither. Invariants:
+//! it has none, give the stage back and wait again. A burst starts in a 16 KiB buffer (small
+//! messages are cheaper copied); one that fills it goes on through a pipe (`splice(2)`, no copy
+//! through user space) when the pool has one to lend. An idle connection holds neither.
+//! Invariants:
 //! - a splice call moves at most one pipe's capacity (bounded length per call);
 //! - the pipe is always empty before it is filled, so EAGAIN from socket→pipe can only mean
 //!   "no data" and clearing the socket's readiness then is right (no lost wake-up, no spin);
@@ -70,8 +71,8 @@ pub struct Progress {
     pub to_upstream: u64,
     /// Bytes from the upstream to the client.
     pub to_client: u64,
-    /// Splice when every burst was spliced; copy when at least one had to be copied (the pool
-    /// had no pipe to lend at that moment). `None` before any byte moved.
+    /// Splice when some burst went through a pipe; copy when all went through the buffer
+    /// (small bursts, or no pipe to lend). `None` before any byte moved.
     pub mode: Option<ForwardMode>,
     /// The side whose EOF came first, once one has.
     pub first_eof: Option<Side>,
@@ -120,10 +121,10 @@ pub async fn forward(
         ),
     );
     let seen = modes_seen.load(Ordering::Relaxed);
-    *mode = if seen & COPIED != 0 {
-        Some(ForwardMode::Copy)
-    } else if seen & SPLICED != 0 {
+    *mode = if seen & SPLICED != 0 {
         Some(ForwardMode::Splice)
+    } else if seen & COPIED != 0 {
+        Some(ForwardMode::Copy)
     } else {
         None
     };
@@ -151,14 +152,7 @@ enum Stage<'a> {
     Copy(CopyBuffer),
 }
 
-impl<'a> Stage<'a> {
-    fn take(pool: &'a PipePool) -> Self {
-        match pool.acquire() {
-            Some(pipe) => Stage::Splice(pipe),
-            None => Stage::Copy(CopyBuffer::take()),
-        }
-    }
-
+impl Stage<'_> {
     /// Moves what `src` has into the stage (which is empty). 0 = EOF.
     fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
         match self {
@@ -208,7 +202,7 @@ impl<'a> Stage<'a> {
     }
 }
 
-/// Bits of the modes a connection's bursts used.
+/// Bits of the modes a connection's bursts used: splice when any burst went through a pipe.
 const SPLICED: u8 = 1;
 const COPIED: u8 = 2;
 
@@ -272,8 +266,11 @@ async fn pump(
     loop {
         // Wait for data holding no storage.
         src.ready(Interest::READABLE).await.map_err(src_error)?;
-        let mut stage = Stage::take(pool);
-        modes_seen.fetch_or(stage.mode_bit(), Ordering::Relaxed);
+        // Copy first: a burst of a few hundred bytes (requests, replies, handshakes) costs less
+        // through a buffer (read + write) than through a pipe (two splices, page references).
+        // A read that fills the buffer says more is coming: the burst goes on through a pipe.
+        let mut stage = Stage::Copy(CopyBuffer::take());
+        modes_seen.fetch_or(COPIED, Ordering::Relaxed);
         loop {
             // Socket readiness does not count against tokio's task budget: without this, a
             // pump whose two sockets stay ready would never yield, starving the other
@@ -307,6 +304,13 @@ async fn pump(
                         source,
                     })?;
                 *moved += m as u64;
+            }
+            if n == COPY_BUFFER
+                && matches!(stage, Stage::Copy(_))
+                && let Some(pipe) = pool.acquire()
+            {
+                stage = Stage::Splice(pipe);
+                modes_seen.fetch_or(stage.mode_bit(), Ordering::Relaxed);
             }
         }
     }

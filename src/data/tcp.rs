@@ -61,12 +61,16 @@ pub struct ConnContext {
 /// TCP keepalive on both sides, so a peer that vanished (NAT timeout, dead node) does not
 /// hold a connection, its pipes and descriptors forever: probes after 60 s idle, every 10 s,
 /// 6 unanswered probes end it.
-fn keepalive(stream: &TcpStream) {
-    let ka = socket2::TcpKeepalive::new()
+/// Client sockets inherit them (and TCP_NODELAY) from the listening socket.
+pub fn keepalive_settings() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(60))
         .with_interval(Duration::from_secs(10))
-        .with_retries(6);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&ka);
+        .with_retries(6)
+}
+
+fn keepalive(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive_settings());
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0), so the peer learns at once.
@@ -180,8 +184,7 @@ async fn proxy(
     pm: &PortMetrics,
     outcome: &mut Outcome,
 ) {
-    let _ = client.set_nodelay(true);
-    keepalive(&client);
+    // TCP_NODELAY and keepalive come from the listening socket.
     let local = client.local_addr().map(canonical).unwrap_or(peer);
     let (source, destination, early_data) = if route.spec.proxy.decode {
         let read = tokio::time::timeout(
