@@ -14,6 +14,8 @@ use crate::control::names::Protocol;
 use crate::control::provider::file::FileProvider;
 use crate::control::provider::kube::KubeProvider;
 use crate::control::provider::kube::client as kube_client;
+use crate::data::health::HealthSettings;
+use crate::data::health::checker::CheckSettings;
 use crate::data::listener::ListenAddress;
 use crate::data::tcp::TcpSettings;
 use crate::data::udp::port::UdpSettings;
@@ -61,6 +63,17 @@ impl RunArgs {
             udp: UdpSettings {
                 idle_timeout: self.udp_idle_timeout,
                 max_flows: self.udp_max_flows,
+            },
+            health: HealthSettings {
+                eject_after: self.eject_after_failures,
+                base_ejection: self.ejection_time,
+                max_ejection: self.max_ejection_time.max(self.ejection_time),
+                checks: CheckSettings {
+                    interval: Some(self.health_check_interval).filter(|d| !d.is_zero()),
+                    timeout: self.health_check_timeout,
+                    healthy_threshold: self.health_check_healthy_threshold,
+                    unhealthy_threshold: self.health_check_unhealthy_threshold,
+                },
             },
         }
     }
@@ -136,6 +149,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
             status: gateway.status(),
             metrics,
             pipes: gateway.pipes.clone(),
+            health: gateway.health.clone(),
             draining: draining.clone(),
         },
         admin_stop.clone(),

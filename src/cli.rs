@@ -62,6 +62,16 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn interval_or_off(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Ok(d),
+        d if d < Duration::from_millis(100) => Err(format!(
+            "{s} is too short: at least 100ms between probes, or 0s for off"
+        )),
+        d => Ok(d),
+    }
+}
+
 /// Flags of the gateway.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
@@ -148,6 +158,44 @@ pub struct RunArgs {
     /// timed-out connects move on to the next).
     #[arg(long, global = true, env = "DERMAGA_CONNECT_ATTEMPTS", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub connect_attempts: u16,
+
+    /// Passive health: an endpoint whose connects fail (refused, reset, timed out,
+    /// unreachable) this many times in a row is ejected: no new connections for
+    /// --ejection-time, doubling with each ejection in a row up to --max-ejection-time. 0: never.
+    /// When every endpoint of a port is ejected, all are tried (health never empties a port).
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_EJECT_AFTER_FAILURES",
+        value_name = "N",
+        default_value_t = 3
+    )]
+    pub eject_after_failures: u32,
+
+    /// Length of an endpoint's first ejection.
+    #[arg(long, global = true, env = "DERMAGA_EJECTION_TIME", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    pub ejection_time: Duration,
+
+    /// Longest ejection.
+    #[arg(long, global = true, env = "DERMAGA_MAX_EJECTION_TIME", value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
+    pub max_ejection_time: Duration,
+
+    /// Active health checks for every TCP port: a TCP connect to each endpoint this often
+    /// (0s: off, except on ports whose "<port>.health-check-interval" option sets one).
+    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_INTERVAL", value_name = "DURATION", default_value = "0s", value_parser = interval_or_off)]
+    pub health_check_interval: Duration,
+
+    /// Time allowed for one health-check connect.
+    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = positive_duration)]
+    pub health_check_timeout: Duration,
+
+    /// Passing checks in a row that make an unhealthy endpoint healthy again.
+    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_HEALTHY_THRESHOLD", value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_healthy_threshold: u32,
+
+    /// Failing checks in a row that make an endpoint unhealthy (no new connections).
+    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_UNHEALTHY_THRESHOLD", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_check_unhealthy_threshold: u32,
 
     /// Time a client has to send its PROXY protocol header on ports that expect one.
     #[arg(long, global = true, env = "DERMAGA_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]

@@ -13,6 +13,7 @@ use crate::control::controller::Controller;
 use crate::control::index::Index;
 use crate::control::names::RouteKey;
 use crate::control::snapshot::Snapshot;
+use crate::data::health::{self, HealthRegistry, HealthSettings};
 use crate::data::listener::{
     ListenAddress, ListenerManager, ListenerStatus, PortState, PortStates,
 };
@@ -37,6 +38,8 @@ pub struct GatewayOptions {
     pub pipe_size: usize,
     /// UDP flow settings.
     pub udp: UdpSettings,
+    /// Endpoint health: passive ejection and active checks.
+    pub health: HealthSettings,
 }
 
 impl Default for GatewayOptions {
@@ -48,6 +51,7 @@ impl Default for GatewayOptions {
             max_pipes: 1024,
             pipe_size: 64 * 1024,
             udp: UdpSettings::default(),
+            health: HealthSettings::default(),
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// The splice pipe pool.
     pub pipes: Arc<PipePool>,
+    /// Endpoint health.
+    pub health: Arc<HealthRegistry>,
     status: watch::Receiver<ListenerStatus>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
@@ -83,6 +89,7 @@ impl Gateway {
         let snapshot = Arc::new(Snapshot::new());
         let controller = Arc::new(Controller::new(index, snapshot.clone(), metrics.clone()));
         let pipes = Arc::new(PipePool::new(options.max_pipes, options.pipe_size));
+        let health = Arc::new(HealthRegistry::new(options.health.clone(), metrics.clone()));
         let ctx = Arc::new(ConnContext {
             snapshot,
             settings: options.tcp.clone(),
@@ -90,15 +97,22 @@ impl Gateway {
             metrics: metrics.clone(),
             access_log,
             udp: options.udp.clone(),
+            health: health.clone(),
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout);
         let status = manager.states();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(manager.run(shutdown.clone()));
+        tokio::spawn(health::checker::run(
+            health.clone(),
+            controller.snapshot().clone(),
+            shutdown.clone(),
+        ));
         Self {
             controller,
             metrics,
             pipes,
+            health,
             status,
             shutdown,
             task,

@@ -28,6 +28,7 @@ async fn start_admin(gw: &Gateway, ip: &str) -> (SocketAddr, CancellationToken) 
         status: gw.status(),
         metrics: gw.metrics.clone(),
         pipes: gw.pipes.clone(),
+        health: gw.health.clone(),
         draining: gw.shutdown_token(),
     };
     tokio::spawn(admin::serve(listener, state, stop.clone()));

@@ -26,8 +26,12 @@ use super::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRe
 /// Per-port option: PROXY protocol version sent to the backend (`v1`, the default, or `v2`).
 pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";
 
+/// Per-port option: active health-check interval for the port's endpoints (`5s`; `off`
+/// turns checks off on this port when `--health-check-interval` turns them on everywhere).
+pub const OPTION_HEALTH_CHECK_INTERVAL: &str = "health-check-interval";
+
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 1] = [OPTION_SEND_PROXY_VERSION];
+pub const KNOWN_OPTIONS: [&str; 2] = [OPTION_SEND_PROXY_VERSION, OPTION_HEALTH_CHECK_INTERVAL];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
@@ -43,6 +47,19 @@ pub struct ProxyFlags {
 pub struct PortOptions {
     /// Version of the PROXY header sent to backends (with the second `PROXY` flag).
     pub send_proxy_version: ProxyVersion,
+    /// Active health-check interval for this port (`Some(0)`: off here; `None`: the flag's).
+    #[serde(serialize_with = "serialize_duration")]
+    pub health_check_interval: Option<std::time::Duration>,
+}
+
+fn serialize_duration<S: serde::Serializer>(
+    d: &Option<std::time::Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        None => s.serialize_none(),
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+    }
 }
 
 /// What one valid entry asks for.
@@ -428,8 +445,24 @@ fn apply_option(
             }
             Ok(())
         }
+        OPTION_HEALTH_CHECK_INTERVAL => {
+            let interval = match value.trim() {
+                "off" | "0" => std::time::Duration::ZERO,
+                text => humantime::parse_duration(text).map_err(|e| {
+                    format!("option {option:?} takes a duration like \"5s\" or \"off\", not {value:?}: {e}")
+                })?,
+            };
+            if !interval.is_zero() && interval < std::time::Duration::from_millis(100) {
+                return Err(format!(
+                    "option {option:?} is {value:?}: at least 100ms between probes, or \"off\""
+                ));
+            }
+            options.health_check_interval = Some(interval);
+            Ok(())
+        }
         _ => Err(format!(
-            "unknown per-port option {option:?}; known options: {OPTION_SEND_PROXY_VERSION}"
+            "unknown per-port option {option:?}; known options: {}",
+            KNOWN_OPTIONS.join(", ")
         )),
     }
 }

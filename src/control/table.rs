@@ -67,8 +67,10 @@ impl Route {
         endpoints: Vec<Endpoint>,
         problem: Option<String>,
     ) -> Self {
+        // A terminating endpoint takes no new connection while another is ready, even if its
+        // slice still says ready (a controller may lag behind the pod's deletion).
         let ready: Vec<usize> = (0..endpoints.len())
-            .filter(|&i| endpoints[i].ready)
+            .filter(|&i| endpoints[i].ready && !endpoints[i].terminating)
             .collect();
         let (active, selection) = if !ready.is_empty() {
             (ready, Selection::Ready)
@@ -113,6 +115,25 @@ impl Route {
         } else {
             self.cursor.fetch_add(1, Ordering::Relaxed) % n
         };
+        PickOrder {
+            route: self,
+            start,
+            taken: 0,
+        }
+    }
+
+    /// Like [`Route::pick_order`], but the first endpoint is one for which `usable` holds
+    /// (when any does): an unusable endpoint's turn passes to the next turn of the cursor, not
+    /// to its neighbour, so the load of a skipped endpoint spreads evenly over the others.
+    pub fn pick_order_usable(&self, usable: impl Fn(&Endpoint) -> bool) -> PickOrder<'_> {
+        let n = self.active.len();
+        let mut start = 0;
+        for _ in 0..n {
+            start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
+            if usable(&self.endpoints[self.active[start]]) {
+                break;
+            }
+        }
         PickOrder {
             route: self,
             start,

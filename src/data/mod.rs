@@ -1,9 +1,11 @@
 //! Data plane: listening sockets per route ([`listener`]), one task per TCP connection
 //! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
 //! [`pipes`], [`sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
-//! UDP flows with one connected upstream socket each ([`udp`]).
+//! UDP flows with one connected upstream socket each ([`udp`]). Endpoint health (passive
+//! ejection, active checks) is shared by every connection ([`health`]).
 
 pub mod forward;
+pub mod health;
 pub mod listener;
 pub mod pipes;
 pub mod proxy_protocol;

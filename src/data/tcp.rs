@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::forward::{ForwardMode, Progress, Side, forward};
+use super::health::HealthRegistry;
 use super::pipes::PipePool;
 use super::proxy_protocol::{self, Decoded};
 use crate::control::names::{ObjectName, RouteKey};
@@ -56,6 +57,8 @@ pub struct ConnContext {
     pub access_log: Arc<AccessLog>,
     /// UDP settings.
     pub udp: crate::data::udp::port::UdpSettings,
+    /// Endpoint health (passive ejection, active checks).
+    pub health: Arc<HealthRegistry>,
 }
 
 /// TCP keepalive on both sides, so a peer that vanished (NAT timeout, dead node) does not
@@ -284,7 +287,8 @@ async fn proxy(
     }
 }
 
-/// Tries the route's endpoints in round-robin order, a different one per attempt.
+/// Tries the route's endpoints in round-robin order, a different one per attempt, skipping
+/// unhealthy ones (ejected, or failing active checks) unless all are (then all are tried).
 async fn connect(
     ctx: &ConnContext,
     route: &Route,
@@ -292,12 +296,29 @@ async fn connect(
     pm: &PortMetrics,
     outcome: &mut Outcome,
 ) -> Option<TcpStream> {
+    let health = &ctx.health;
+    let skip_unhealthy = !health.all_healthy()
+        && if route.active_endpoints().any(|e| health.usable(e.addr)) {
+            true
+        } else {
+            pm.all_endpoints_unhealthy.inc();
+            tracing::debug!(port = %route.key, "every endpoint is unhealthy: trying them all");
+            false
+        };
     let attempts = ctx
         .settings
         .connect_attempts
         .max(1)
         .min(route.active_count());
-    for endpoint in route.pick_order().take(attempts) {
+    let order = if skip_unhealthy {
+        route.pick_order_usable(|e| health.usable(e.addr))
+    } else {
+        route.pick_order()
+    };
+    let candidates = order
+        .filter(|e| !skip_unhealthy || health.usable(e.addr))
+        .take(attempts);
+    for endpoint in candidates {
         outcome.attempts += 1;
         pm.connect_attempts.inc();
         if outcome.attempts > 1 {
@@ -314,6 +335,7 @@ async fn connect(
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 keepalive(&stream);
+                health.connect_succeeded(endpoint.addr);
                 outcome.error = None;
                 return Some(stream);
             }
@@ -324,6 +346,10 @@ async fn connect(
             ),
         };
         pm.connect_failed(endpoint.addr, endpoint.target.as_deref(), reason);
+        // A local shortage (out of descriptors...) says nothing about the endpoint.
+        if reason != ConnectFailure::other {
+            health.connect_failed(endpoint.addr, endpoint.target.as_ref());
+        }
         tracing::warn!(
             port = %route.key,
             service = %route.spec.service,

@@ -15,8 +15,10 @@ use axum::routing::get;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::names::Protocol;
 use crate::control::snapshot::Snapshot;
 use crate::control::table::{Endpoint, Selection};
+use crate::data::health::{HealthRegistry, HealthView};
 use crate::data::listener::{ListenerStatus, PortState};
 use crate::data::pipes::PipePool;
 use crate::ops::metrics::Metrics;
@@ -32,6 +34,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The splice pipe pool (for its gauge).
     pub pipes: Arc<PipePool>,
+    /// Endpoint health, shown per endpoint in `/routes`.
+    pub health: Arc<HealthRegistry>,
     /// Cancelled when the process starts shutting down: `/readyz` then answers 503.
     pub draining: CancellationToken,
 }
@@ -136,8 +140,11 @@ struct ListenerView {
 struct EndpointView {
     #[serde(flatten)]
     endpoint: Endpoint,
-    /// Takes new connections.
+    /// Takes new connections (by its EndpointSlice conditions).
     active: bool,
+    /// Passive and active health (TCP routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<HealthView>,
 }
 
 async fn routes(State(state): State<AdminState>) -> Json<RoutesView> {
@@ -184,6 +191,8 @@ async fn routes(State(state): State<AdminState>) -> Json<RoutesView> {
                     .map(|e| EndpointView {
                         endpoint: e.clone(),
                         active: active.contains(&e.addr),
+                        health: (route.key.protocol == Protocol::Tcp)
+                            .then(|| state.health.view(e.addr)),
                     })
                     .collect(),
             }

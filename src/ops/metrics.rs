@@ -111,6 +111,63 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    endpoint: String,
+    pod: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    endpoint: String,
+    result: &'static str,
+}
+
+/// Endpoint health series (passive ejection, active checks).
+#[derive(Debug, Default)]
+struct HealthFamilies {
+    ejections: Family<EjectionLabels, Counter>,
+    ejected: Family<EndpointLabels, Gauge>,
+    check_unhealthy: Family<EndpointLabels, Gauge>,
+    checks: Family<CheckLabels, Counter>,
+    all_unhealthy: Family<PortLabels, Counter>,
+}
+
+impl HealthFamilies {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "endpoint_ejections",
+            "Times an endpoint was ejected after failing connects in a row (passive health)",
+            self.ejections.clone(),
+        );
+        registry.register(
+            "endpoint_ejected",
+            "1 while an endpoint is ejected or on probation after its ejection, until a connect or active check to it succeeds",
+            self.ejected.clone(),
+        );
+        registry.register(
+            "endpoint_check_unhealthy",
+            "1 while active health checks hold an endpoint unhealthy",
+            self.check_unhealthy.clone(),
+        );
+        registry.register(
+            "health_checks",
+            "Active health-check probes, by endpoint and result (success, failure)",
+            self.checks.clone(),
+        );
+        registry.register(
+            "connections_all_endpoints_unhealthy",
+            "Connections that found every endpoint of their port unhealthy and so tried them all (the panic rule), per port",
+            self.all_unhealthy.clone(),
+        );
+    }
+}
+
 /// The per-port UDP handles.
 #[derive(Debug)]
 pub struct UdpMetrics {
@@ -186,6 +243,8 @@ pub struct PortMetrics {
     pub duration: Histogram,
     refused: [Counter; 3],
     failures: Family<FailureLabels, Counter>,
+    /// Connections that found every endpoint unhealthy and tried them all.
+    pub all_endpoints_unhealthy: Counter,
 }
 
 impl PortMetrics {
@@ -286,6 +345,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     kube_watch_errors: Family<ResourceLabels, Counter>,
     kube_events: Family<ResultLabels, Counter>,
+    health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
     udp_created: Family<PortLabels, Counter>,
     udp_active: Family<PortLabels, Gauge>,
@@ -466,6 +526,8 @@ impl Metrics {
             "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy, upstream_socket)",
             udp_dropped.clone(),
         );
+        let health = HealthFamilies::default();
+        health.register(&mut registry);
         registry.register_collector(Box::new(live.clone()));
         Self {
             registry,
@@ -483,6 +545,7 @@ impl Metrics {
             reloads,
             kube_watch_errors,
             kube_events,
+            health,
             cache: RwLock::new(HashMap::new()),
             udp_created,
             udp_active,
@@ -527,6 +590,7 @@ impl Metrics {
                 refused(RefuseReason::upstream_unavailable),
             ],
             failures: self.failures.clone(),
+            all_endpoints_unhealthy: self.health.all_unhealthy.get_or_create(&labels).clone(),
             labels,
         });
         self.cache
@@ -581,6 +645,39 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts an ejection of `endpoint`.
+    pub fn endpoint_ejection(&self, endpoint: std::net::SocketAddr, pod: &str) {
+        self.health
+            .ejections
+            .get_or_create(&EjectionLabels {
+                endpoint: endpoint.to_string(),
+                pod: pod.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets whether `endpoint` is ejected (the series is removed when it is not).
+    pub fn endpoint_ejected(&self, endpoint: std::net::SocketAddr, ejected: bool) {
+        set_flag(&self.health.ejected, endpoint, ejected);
+    }
+
+    /// Sets whether active checks hold `endpoint` unhealthy (removed when not).
+    pub fn endpoint_check_unhealthy(&self, endpoint: std::net::SocketAddr, unhealthy: bool) {
+        set_flag(&self.health.check_unhealthy, endpoint, unhealthy);
+    }
+
+    /// Counts one active probe.
+    pub fn health_check(&self, endpoint: std::net::SocketAddr, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.health
+            .checks
+            .get_or_create(&CheckLabels {
+                endpoint: endpoint.to_string(),
+                result,
+            })
+            .inc();
+    }
+
     /// Records how many pipes exist and how many ports are bound / failed.
     pub fn set_gauges(&self, pipes: usize, bound: usize, failed: usize) {
         self.live.pipes_live.set(pipes as i64);
@@ -594,6 +691,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+fn set_flag(family: &Family<EndpointLabels, Gauge>, endpoint: std::net::SocketAddr, on: bool) {
+    let labels = EndpointLabels {
+        endpoint: endpoint.to_string(),
+    };
+    if on {
+        family.get_or_create(&labels).set(1);
+    } else {
+        family.remove(&labels);
     }
 }
 

@@ -174,6 +174,15 @@ fn endpoint_conditions_follow_the_kube_proxy_rule() {
             selection: Selection::Ready,
         },
         Case {
+            name: "terminating but still marked ready: not while another is ready",
+            endpoints: json!([
+                ep("10.0.0.1", Some(true), Some(true), Some(true)),
+                ep("10.0.0.2", Some(true), Some(true), Some(false))
+            ]),
+            want: vec!["10.0.0.2:80"],
+            selection: Selection::Ready,
+        },
+        Case {
             name: "nil conditions count as ready",
             endpoints: json!([ep("10.0.0.1", None, None, None)]),
             want: vec!["10.0.0.1:80"],
@@ -448,6 +457,22 @@ fn round_robin_then_the_others_for_retries() {
         .map(|e| e.addr.ip().to_string())
         .collect();
     assert_eq!(order, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+
+    // With 10.0.0.2 unusable its turns pass to the next turn of the cursor: the others share
+    // the load evenly instead of 10.0.0.3 taking 10.0.0.2's share.
+    let usable = |e: &crate::control::table::Endpoint| e.addr.ip().to_string() != "10.0.0.2";
+    let firsts: Vec<String> = (0..4)
+        .map(|_| {
+            route
+                .pick_order_usable(usable)
+                .next()
+                .unwrap()
+                .addr
+                .ip()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(firsts, ["10.0.0.3", "10.0.0.1", "10.0.0.3", "10.0.0.1"]);
 }
 
 #[test]

@@ -1,0 +1,376 @@
+//! Endpoint health, shared by every TCP connection and kept across table rebuilds.
+//!
+//! - **Passive** (always on unless `--eject-after 0`): an endpoint whose connects fail
+//!   (refused, reset, timed out, unreachable) `eject_after` times in a row is ejected: it takes
+//!   no new connections for a backoff that doubles with each ejection in a row (base, 2×base,
+//!   4×base, … up to the maximum). After the backoff it is on probation: the next connection may
+//!   try it; one more failure ejects it again for longer, a success (or a passing active check)
+//!   makes it healthy and resets the backoff.
+//! - **Active** ([`checker`], opt-in): TCP connect probes on an interval; an endpoint failing
+//!   `unhealthy_threshold` probes in a row takes no new connections until it passes
+//!   `healthy_threshold` in a row. A passing probe also ends a passive ejection.
+//! - **Panic rule** (as Envoy's panic threshold): when no endpoint of a route is usable, health
+//!   is ignored for that connection and every endpoint is tried: health never makes a port
+//!   refuse what its endpoints might still serve.
+//!
+//! State is keyed by endpoint address, so it survives table rebuilds for endpoints that stay;
+//! [`HealthRegistry::retain`] forgets endpoints that left every route. The hot path costs one
+//! relaxed atomic load per connection while every endpoint is healthy.
+
+pub mod checker;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::ops::metrics::Metrics;
+
+/// Health settings (flags).
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Consecutive failed connects that eject an endpoint; 0 never ejects.
+    pub eject_after: u32,
+    /// First ejection's length; each ejection in a row doubles it.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Active checks.
+    pub checks: checker::CheckSettings,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            eject_after: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            checks: checker::CheckSettings::default(),
+        }
+    }
+}
+
+/// What active checks last said about an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    /// Not checked (checks off for its routes), or not enough probes yet.
+    Unknown,
+    /// Passed `healthy_threshold` probes in a row (or never failed enough).
+    Healthy,
+    /// Failed `unhealthy_threshold` probes in a row.
+    Unhealthy,
+}
+
+impl CheckState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Healthy,
+            2 => Self::Unhealthy,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// One endpoint's health; all fields atomics, so connections update it without a lock.
+#[derive(Debug, Default)]
+struct EndpointHealth {
+    consecutive_failures: AtomicU32,
+    /// Ejections in a row (the backoff's exponent).
+    ejections: AtomicU32,
+    /// Milliseconds since the registry's epoch until which it is ejected; 0: not ejected.
+    ejected_until_ms: AtomicU64,
+    check: AtomicU8,
+    check_passes: AtomicU32,
+    check_failures: AtomicU32,
+    last_check_error: Mutex<Option<String>>,
+    pod: Mutex<Option<Arc<str>>>,
+}
+
+/// What `/routes` shows for one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HealthView {
+    /// `healthy`, `ejected`, `probation` (backoff over, next connect decides) or `unhealthy`
+    /// (active checks).
+    pub state: &'static str,
+    /// Failed connects in a row.
+    pub consecutive_failures: u32,
+    /// Ejections in a row.
+    pub ejections: u32,
+    /// Milliseconds of ejection left.
+    pub ejected_for_ms: Option<u64>,
+    /// The active checks' verdict.
+    pub check: CheckState,
+    /// The last failed probe's error, while the check state is not healthy.
+    pub check_error: Option<String>,
+}
+
+/// Health of every endpoint in the table.
+#[derive(Debug)]
+pub struct HealthRegistry {
+    settings: HealthSettings,
+    epoch: Instant,
+    endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointHealth>>>,
+    /// Endpoints with failures in a row or a failing check verdict: 0 lets connections skip
+    /// every lookup. A hint kept exact by [`HealthRegistry::retain`].
+    troubled: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+impl HealthRegistry {
+    /// An empty registry.
+    pub fn new(settings: HealthSettings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings,
+            epoch: Instant::now(),
+            endpoints: RwLock::new(HashMap::new()),
+            troubled: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &HealthSettings {
+        &self.settings
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1: 0 means "not ejected".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn get(&self, addr: &SocketAddr) -> Option<Arc<EndpointHealth>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(addr)
+            .cloned()
+    }
+
+    fn entry(&self, addr: SocketAddr) -> Arc<EndpointHealth> {
+        if let Some(h) = self.get(&addr) {
+            return h;
+        }
+        self.endpoints
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    /// True while every known endpoint is healthy: connections need no lookup.
+    pub fn all_healthy(&self) -> bool {
+        self.troubled.load(Ordering::Relaxed) == 0
+    }
+
+    /// May `addr` take a new connection now (not ejected, not failing active checks)?
+    pub fn usable(&self, addr: SocketAddr) -> bool {
+        if self.all_healthy() {
+            return true;
+        }
+        let Some(h) = self.get(&addr) else {
+            return true;
+        };
+        if CheckState::from_u8(h.check.load(Ordering::Relaxed)) == CheckState::Unhealthy {
+            return false;
+        }
+        let until = h.ejected_until_ms.load(Ordering::Relaxed);
+        until == 0 || until <= self.now_ms()
+    }
+
+    /// Records a successful connect: the endpoint is healthy again.
+    pub fn connect_succeeded(&self, addr: SocketAddr) {
+        if self.all_healthy() {
+            return;
+        }
+        if let Some(h) = self.get(&addr) {
+            self.clear_failures(addr, &h, "connect succeeded");
+        }
+    }
+
+    fn untrouble(&self) {
+        // Saturating: a recount in `retain` may have raced with this transition.
+        let _ = self
+            .troubled
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    fn clear_failures(&self, addr: SocketAddr, h: &EndpointHealth, why: &str) {
+        if h.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
+            self.untrouble();
+        }
+        h.ejections.store(0, Ordering::Relaxed);
+        if h.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            let pod = h.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            tracing::info!(endpoint = %addr, pod = pod.as_deref().unwrap_or("-"), "endpoint healthy again ({why}); it takes new connections");
+            self.metrics.endpoint_ejected(addr, false);
+        }
+    }
+
+    /// Records a failed connect (refused, reset, timed out, unreachable); may eject the
+    /// endpoint. Returns true when this failure ejected it.
+    pub fn connect_failed(&self, addr: SocketAddr, pod: Option<&Arc<str>>) -> bool {
+        let h = self.entry(addr);
+        if pod.is_some() {
+            *h.pod.lock().unwrap_or_else(|p| p.into_inner()) = pod.cloned();
+        }
+        let failures = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures == 1 {
+            self.troubled.fetch_add(1, Ordering::Relaxed);
+        }
+        let k = self.settings.eject_after;
+        if k == 0 || failures < k {
+            return false;
+        }
+        let now = self.now_ms();
+        let until = h.ejected_until_ms.load(Ordering::Relaxed);
+        if until > now {
+            // Already ejected (a connect that started before the ejection).
+            return false;
+        }
+        let ejections = h.ejections.fetch_add(1, Ordering::Relaxed);
+        let backoff = self
+            .settings
+            .base_ejection
+            .saturating_mul(1u32 << ejections.min(16))
+            .min(self.settings.max_ejection);
+        let new_until = now + backoff.as_millis() as u64;
+        if h.ejected_until_ms
+            .compare_exchange(until, new_until, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false; // another connection ejected it at the same instant
+        }
+        tracing::warn!(
+            endpoint = %addr,
+            pod = pod.map(|p| &**p).unwrap_or("-"),
+            consecutive_failures = failures,
+            ejection = ejections + 1,
+            backoff = ?backoff,
+            "endpoint ejected: it takes no new connections until the backoff ends or an active check passes"
+        );
+        self.metrics
+            .endpoint_ejection(addr, pod.map(|p| &**p).unwrap_or(""));
+        self.metrics.endpoint_ejected(addr, true);
+        true
+    }
+
+    /// Records one active probe's result.
+    pub fn check_result(&self, addr: SocketAddr, result: Result<(), String>) {
+        let h = self.entry(addr);
+        let checks = &self.settings.checks;
+        let before = CheckState::from_u8(h.check.load(Ordering::Relaxed));
+        match result {
+            Ok(()) => {
+                h.check_failures.store(0, Ordering::Relaxed);
+                let passes = h.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
+                if before == CheckState::Unhealthy && passes >= checks.healthy_threshold {
+                    h.check.store(1, Ordering::Relaxed);
+                    self.untrouble();
+                    *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    tracing::info!(endpoint = %addr, passes, "active health check: endpoint healthy again");
+                    self.metrics.endpoint_check_unhealthy(addr, false);
+                } else if before == CheckState::Unknown {
+                    h.check.store(1, Ordering::Relaxed);
+                }
+                if before != CheckState::Unhealthy || passes >= checks.healthy_threshold {
+                    self.clear_failures(addr, &h, "an active check passed");
+                }
+            }
+            Err(error) => {
+                h.check_passes.store(0, Ordering::Relaxed);
+                let failures = h.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if before != CheckState::Unhealthy && failures >= checks.unhealthy_threshold {
+                    h.check.store(2, Ordering::Relaxed);
+                    self.troubled.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(endpoint = %addr, failures, error = %error, "active health check: endpoint unhealthy; it takes no new connections");
+                    self.metrics.endpoint_check_unhealthy(addr, true);
+                }
+                *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            }
+        }
+    }
+
+    /// The health of `addr` for `/routes`.
+    pub fn view(&self, addr: SocketAddr) -> HealthView {
+        let Some(h) = self.get(&addr) else {
+            return HealthView {
+                state: "healthy",
+                consecutive_failures: 0,
+                ejections: 0,
+                ejected_for_ms: None,
+                check: CheckState::Unknown,
+                check_error: None,
+            };
+        };
+        let now = self.now_ms();
+        let until = h.ejected_until_ms.load(Ordering::Relaxed);
+        let check = CheckState::from_u8(h.check.load(Ordering::Relaxed));
+        let state = if check == CheckState::Unhealthy {
+            "unhealthy"
+        } else if until > now {
+            "ejected"
+        } else if until != 0 {
+            "probation"
+        } else {
+            "healthy"
+        };
+        HealthView {
+            state,
+            consecutive_failures: h.consecutive_failures.load(Ordering::Relaxed),
+            ejections: h.ejections.load(Ordering::Relaxed),
+            ejected_for_ms: (until > now).then(|| until - now),
+            check,
+            check_error: if check == CheckState::Healthy {
+                None
+            } else {
+                h.last_check_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            },
+        }
+    }
+
+    /// Forgets endpoints not in `keep` (they left every route) and recounts the hint.
+    pub fn retain(&self, keep: &HashSet<SocketAddr>) {
+        let mut map = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|addr, h| {
+            let stays = keep.contains(addr);
+            if !stays {
+                if h.ejected_until_ms.load(Ordering::Relaxed) != 0 {
+                    self.metrics.endpoint_ejected(*addr, false);
+                }
+                if CheckState::from_u8(h.check.load(Ordering::Relaxed)) == CheckState::Unhealthy {
+                    self.metrics.endpoint_check_unhealthy(*addr, false);
+                }
+            }
+            stays
+        });
+        // Each endpoint counts once per trouble, as the transitions count it.
+        let troubled = map
+            .values()
+            .map(|h| {
+                usize::from(h.consecutive_failures.load(Ordering::Relaxed) > 0)
+                    + usize::from(
+                        CheckState::from_u8(h.check.load(Ordering::Relaxed))
+                            == CheckState::Unhealthy,
+                    )
+            })
+            .sum();
+        self.troubled.store(troubled, Ordering::Relaxed);
+    }
+
+    /// Endpoints with health state (tests and debugging).
+    pub fn known(&self) -> usize {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests;
