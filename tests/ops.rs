@@ -74,7 +74,7 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
 
     // Known traffic: 10 exchanges on 10000 (every second one first tries the refusing
-    // endpoint), 3 connections on the port without endpoints.
+    // endpoint, until its third refusal ejects it), 3 connections on the port without endpoints.
     for _ in 0..10 {
         exchange(port).await;
     }
@@ -115,9 +115,9 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
     );
     assert_eq!(
         m("dermaga_upstream_connect_attempts_total", &web_labels),
-        15.0
+        13.0
     );
-    assert_eq!(m("dermaga_upstream_retries_total", &web_labels), 5.0);
+    assert_eq!(m("dermaga_upstream_retries_total", &web_labels), 3.0);
     assert_eq!(
         m(
             "dermaga_upstream_connect_failures_total",
@@ -127,7 +127,18 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
                 ("reason", "refused")
             ]
         ),
-        5.0
+        3.0
+    );
+    assert_eq!(
+        m(
+            "dermaga_endpoint_ejections_total",
+            &[("endpoint", REFUSING), ("pod", "pod default/web-pod-1")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m("dermaga_endpoint_ejected", &[("endpoint", REFUSING)]),
+        1.0
     );
     assert_eq!(
         m("dermaga_connections_refused_total", &[("port", "10000")]),
@@ -175,6 +186,12 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
     assert_eq!(first["endpoints"][1]["addr"], REFUSING);
     assert_eq!(first["endpoints"][1]["target"], "pod default/web-pod-1");
     assert_eq!(first["endpoints"][1]["active"], true);
+    let health = &first["endpoints"][1]["health"];
+    assert_eq!(health["state"], "ejected", "{health}");
+    assert_eq!(health["consecutive_failures"], 3);
+    assert_eq!(health["ejections"], 1);
+    assert!(health["ejected_for_ms"].as_u64().unwrap() <= 10_000);
+    assert_eq!(first["endpoints"][0]["health"]["state"], "healthy");
     let generation = routes["generation"].as_u64().unwrap();
 
     apply(
