@@ -45,6 +45,12 @@ fn exposed() -> BTreeSet<String> {
     udp.flow_ended("idle_timeout");
     udp.dropped("max_flows");
     m.config_loaded(true, 0);
+    let endpoint = "10.0.0.1:80".parse().unwrap();
+    m.endpoint_ejection(endpoint, "pod default/web-0");
+    m.endpoint_ejected(endpoint, true);
+    m.endpoint_check_unhealthy(endpoint, true);
+    m.health_check(endpoint, false);
+    tcp.all_endpoints_unhealthy.inc();
     m.encode()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -85,6 +91,8 @@ fn every_dashboard_query_uses_an_exposed_metric() {
         "dermaga_connections_accepted_total",
         "dermaga_upstream_connect_failures_total",
         "dermaga_udp_flows_active",
+        "dermaga_endpoint_ejections_total",
+        "dermaga_endpoint_ejected",
     ] {
         assert!(used.contains(must), "the dashboard shows {must}");
     }
