@@ -362,9 +362,9 @@ impl ListenerManager {
                 // It serves the connections still queued, then closes the listener.
                 let _ = accept.await;
             }
-            // A UDP port's one task holds its flows.
+            // A UDP port's one task holds its flows and logs them itself.
             let open = running.connections.len();
-            if open > 0 && !running.close_connections.is_cancelled() {
+            if open > 0 && key.protocol == Protocol::Tcp {
                 tracing::info!(port = %key, open, timeout = ?timeout, "{why}; draining open connections");
             }
             let deadline = async {
