@@ -25,7 +25,17 @@ use crate::ops::admin::{self, AdminState};
 use crate::ops::metrics::Metrics;
 use crate::ops::signals;
 
+/// At exit, how long the access log may take to be written out. Shutdown takes at most
+/// `--shutdown-delay` + `--shutdown-grace` + this (+ well under a second to exit): the pod's
+/// `terminationGracePeriodSeconds` must be longer.
+pub const ACCESS_LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl RunArgs {
+    /// The longest a shutdown may take after the first SIGTERM, exit included.
+    pub fn shutdown_budget(&self) -> std::time::Duration {
+        self.shutdown_delay + self.shutdown_grace + ACCESS_LOG_FLUSH_TIMEOUT
+    }
+
     /// What the Index needs to know from the flags.
     pub fn index_settings(&self) -> IndexSettings {
         let mut reserved = ReservedPorts::default();
@@ -58,6 +68,8 @@ impl RunArgs {
                 proxy_header_timeout: self.proxy_header_timeout,
             },
             drain_timeout: self.drain_timeout,
+            shutdown_grace: self.shutdown_grace,
+            reuse_port: self.reuse_port,
             max_pipes: self.max_pipes,
             pipe_size: self.pipe_size as usize,
             udp: UdpSettings {
@@ -141,6 +153,9 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     // SIGTERM first makes /readyz fail (draining), then, after --shutdown-delay, closes the
     // listeners (shutdown) and drains; load balancers stop sending in between.
     let draining = CancellationToken::new();
+    // Before the admin server's log line, which tests and scripts take as "started": a SIGTERM
+    // from then on drains instead of killing the process.
+    signals::install(draining.clone()).context("installing signal handlers")?;
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
         admin_listener,
@@ -156,7 +171,6 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     ));
     tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
 
-    signals::install(draining.clone()).context("installing signal handlers")?;
     let controller = Arc::clone(&gateway.controller);
     let watcher = match provider {
         Provider::File(file, _) => tokio::spawn(file.watch(controller, draining.clone())),
@@ -165,15 +179,14 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         }
     };
     draining.cancelled().await;
-    tracing::info!(delay = ?args.shutdown_delay, "unready (/readyz 503); still accepting for --shutdown-delay, then closing listeners");
+    tracing::info!(delay = ?args.shutdown_delay, grace = ?args.shutdown_grace, "unready (/readyz 503); still accepting for --shutdown-delay, then closing listeners; open connections get --shutdown-grace");
     tokio::time::sleep(args.shutdown_delay).await;
     let _ = watcher.await;
     gateway.shutdown().await;
-    let flushed =
-        tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(5)));
+    let flushed = tokio::task::spawn_blocking(move || access_log.flush(ACCESS_LOG_FLUSH_TIMEOUT));
     if !flushed.await.unwrap_or(false) {
         tracing::warn!(
-            "the access log could not be written out within 5s at exit; its last lines may be lost"
+            "the access log could not be written out within {ACCESS_LOG_FLUSH_TIMEOUT:?} at exit; its last lines may be lost"
         );
     }
     admin_stop.cancel();

@@ -141,7 +141,8 @@ pub struct RunArgs {
     )]
     pub access_log_buffer: usize,
 
-    /// How long connections on a removed port (or at shutdown) may run before they are closed.
+    /// How long the open connections of a port removed from the port map may run before they
+    /// are closed (at shutdown, --shutdown-grace applies instead).
     #[arg(long, global = true, env = "DERMAGA_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub drain_timeout: Duration,
 
@@ -149,6 +150,18 @@ pub struct RunArgs {
     /// endpoint lists stop sending here before the listeners close (the built-in preStop sleep).
     #[arg(long, global = true, env = "DERMAGA_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub shutdown_delay: Duration,
+
+    /// On SIGTERM, after --shutdown-delay: every port stops accepting, and open TCP connections
+    /// and UDP flows may finish for this long; the rest are then closed and dermaga exits 0.
+    /// terminationGracePeriodSeconds must exceed --shutdown-delay + this + 5s (access-log flush).
+    #[arg(long, global = true, env = "DERMAGA_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Bind data ports with SO_REUSEPORT so that a second dermaga can bind them while this one
+    /// runs and take every new connection from it (restart handover on one host); false: a
+    /// second process cannot bind them.
+    #[arg(long, global = true, env = "DERMAGA_REUSE_PORT", value_name = "BOOL", default_value = "true", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub reuse_port: bool,
 
     /// Time allowed for one connect to an endpoint.
     #[arg(long, global = true, env = "DERMAGA_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]

@@ -32,6 +32,10 @@ pub struct GatewayOptions {
     pub tcp: TcpSettings,
     /// How long a removed port's open connections may run on.
     pub drain_timeout: Duration,
+    /// At shutdown, how long open connections and UDP flows may run on.
+    pub shutdown_grace: Duration,
+    /// Bind data ports with `SO_REUSEPORT`, new connections going to a successor process.
+    pub reuse_port: bool,
     /// Pipes that may exist at once for splice (two per spliced connection); 0 disables splice.
     pub max_pipes: usize,
     /// Capacity asked for each pipe.
@@ -48,6 +52,8 @@ impl Default for GatewayOptions {
             address: ListenAddress::All,
             tcp: TcpSettings::default(),
             drain_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(60),
+            reuse_port: true,
             max_pipes: 1024,
             pipe_size: 64 * 1024,
             udp: UdpSettings::default(),
@@ -99,7 +105,9 @@ impl Gateway {
             udp: options.udp.clone(),
             health: health.clone(),
         });
-        let manager = ListenerManager::new(ctx, options.address, options.drain_timeout);
+        let manager = ListenerManager::new(ctx, options.address, options.drain_timeout)
+            .shutdown_grace(options.shutdown_grace)
+            .reuse_port(options.reuse_port);
         let status = manager.states();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(manager.run(shutdown.clone()));
@@ -150,8 +158,9 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting everywhere (ports close at once), then drains open connections for up
-    /// to the drain timeout; returns when all are done.
+    /// Stops accepting everywhere (ports close at once, after serving what is queued), then
+    /// lets open connections and UDP flows finish for up to the shutdown grace; returns when
+    /// all are done.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;

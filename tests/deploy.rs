@@ -248,7 +248,7 @@ fn deployment_check_fails_on_each_weakened_setting() {
     let docs = built();
     let mut weak = docs.clone();
     let pod = pod_mut(&mut weak);
-    pod.termination_grace_period_seconds = Some(65);
+    pod.termination_grace_period_seconds = Some(70);
     pod.automount_service_account_token = Some(false);
     let c = &mut pod.containers[0];
     let sc = c.security_context.as_mut().unwrap();
@@ -275,7 +275,7 @@ fn deployment_check_fails_on_each_weakened_setting() {
     assert_reports(
         &deployment_problems(&weak),
         &[
-            "terminationGracePeriodSeconds 65s does not exceed --shutdown-delay 5s + --drain-timeout 60s",
+            "terminationGracePeriodSeconds 70s does not exceed --shutdown-delay 5s + --shutdown-grace 60s + the access-log flush 5s",
             "automountServiceAccountToken is false",
             "allowPrivilegeEscalation is not false",
             "readOnlyRootFilesystem is not true",
@@ -287,16 +287,16 @@ fn deployment_check_fails_on_each_weakened_setting() {
         ],
     );
 
-    // Flags move the checks: a later drain timeout needs a longer grace period, another admin
-    // port needs other probes.
+    // Flags move the checks: a longer shutdown grace needs a longer grace period, another
+    // admin port needs other probes.
     let mut flags = docs.clone();
     let args = pod_mut(&mut flags).containers[0].args.as_mut().unwrap();
-    args.push("--drain-timeout=2m".to_owned());
+    args.push("--shutdown-grace=2m".to_owned());
     args.push("--admin-address=0.0.0.0:9000".to_owned());
     assert_reports(
         &deployment_problems(&flags),
         &[
-            "--drain-timeout 120s",
+            "--shutdown-grace 120s",
             "readinessProbe: port String(\"admin\") (container port Some(10254)) is not the admin port 9000",
         ],
     );

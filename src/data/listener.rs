@@ -5,15 +5,24 @@
 //! drains ports that disappeared: the socket is closed at once (new connections are refused),
 //! open connections may finish for up to `drain_timeout`, then are closed. A port that cannot
 //! be bound (in use, no permission) is reported on its own and retried; the others work.
+//!
+//! At shutdown every port stops accepting at once; open TCP connections and UDP flows may
+//! finish for up to the shutdown grace. Before a TCP listener closes, the connections already
+//! in its accept queue are accepted and served (closing would reset them). With `reuse_port`,
+//! data ports are bound with `SO_REUSEPORT` and steered so that a second process binding the
+//! same port (a successor) takes every new connection and datagram while both run
+//! ([`super::sys::steer_reuseport_group`]): the old one can then close with nothing queued.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,11 +61,14 @@ pub enum ListenAddress {
 }
 
 /// Binds a data-port socket of `kind` (stream or datagram) on `address`: `[::]` accepting
-/// IPv4 too when all addresses are wanted, falling back to `0.0.0.0` without IPv6.
+/// IPv4 too when all addresses are wanted, falling back to `0.0.0.0` without IPv6. With
+/// `reuse_port`, other processes may bind the same port (`SO_REUSEPORT`), and the newest
+/// of two takes the new connections and datagrams.
 fn bind_socket(
     address: ListenAddress,
     port: u16,
     kind: socket2::Type,
+    reuse_port: bool,
 ) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let attempt = |ip: IpAddr| -> io::Result<Socket> {
@@ -75,9 +87,16 @@ fn bind_socket(
             socket.set_tcp_nodelay(true)?;
             socket.set_tcp_keepalive(&super::tcp::keepalive_settings())?;
         }
+        let reuse_port = reuse_port && warn_once_on_error(socket.set_reuse_port(true));
         socket.bind(&addr.into())?;
         if kind == Type::STREAM {
             socket.listen(4096)?;
+        }
+        // After listen: a TCP socket joins its reuseport group when it starts listening.
+        // Attached for UDP too, so a client's flow moves to a successor once, when it starts
+        // (with hashing it would move when either process joins or leaves the group).
+        if reuse_port {
+            warn_once_on_error(super::sys::steer_reuseport_group(socket.as_fd(), 1));
         }
         socket.set_nonblocking(true)?;
         Ok(socket)
@@ -93,14 +112,24 @@ fn bind_socket(
     }
 }
 
+/// True if `result` is Ok; otherwise warns (once per process: the cause is the kernel, the
+/// same for every port) that the restart handover is not available, and binding goes on.
+fn warn_once_on_error(result: io::Result<()>) -> bool {
+    static WARNED: Once = Once::new();
+    if let Err(err) = &result {
+        WARNED.call_once(|| tracing::warn!(error = %err, "SO_REUSEPORT or its steering program is not available (old kernel?): a second dermaga on the same ports will not take over new connections cleanly; ports work as usual"));
+    }
+    result.is_ok()
+}
+
 /// Binds a listening TCP socket for a data port.
-pub fn bind_tcp(address: ListenAddress, port: u16) -> io::Result<TcpListener> {
-    TcpListener::from_std(bind_socket(address, port, socket2::Type::STREAM)?.into())
+pub fn bind_tcp(address: ListenAddress, port: u16, reuse_port: bool) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_socket(address, port, socket2::Type::STREAM, reuse_port)?.into())
 }
 
 /// Binds a UDP socket for a data port, the way TCP ports are bound.
-pub fn bind_udp(address: ListenAddress, port: u16) -> io::Result<UdpSocket> {
-    UdpSocket::from_std(bind_socket(address, port, socket2::Type::DGRAM)?.into())
+pub fn bind_udp(address: ListenAddress, port: u16, reuse_port: bool) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(bind_socket(address, port, socket2::Type::DGRAM, reuse_port)?.into())
 }
 
 enum Socket {
@@ -112,6 +141,8 @@ struct RunningListener {
     stop_accepting: CancellationToken,
     close_connections: CancellationToken,
     connections: TaskTracker,
+    /// A TCP port's accept loop: it serves what is still queued when it stops.
+    accept: Option<JoinHandle<()>>,
 }
 
 /// Reconciles listening sockets with the published table.
@@ -119,6 +150,8 @@ pub struct ListenerManager {
     ctx: Arc<ConnContext>,
     address: ListenAddress,
     drain_timeout: Duration,
+    shutdown_grace: Duration,
+    reuse_port: bool,
     running: HashMap<RouteKey, RunningListener>,
     states: watch::Sender<ListenerStatus>,
     drains: TaskTracker,
@@ -126,6 +159,8 @@ pub struct ListenerManager {
     /// while its old connections drain keeps them (a config change must not cut them).
     /// The second token is cancelled when that drain has finished.
     draining: HashMap<RouteKey, (CancellationToken, CancellationToken)>,
+    /// Cancelled when the shutdown grace ends: every drain closes what is left.
+    cut_all: CancellationToken,
 }
 
 impl ListenerManager {
@@ -135,11 +170,26 @@ impl ListenerManager {
             ctx,
             address,
             drain_timeout,
+            shutdown_grace: Duration::from_secs(60),
+            reuse_port: false,
             running: HashMap::new(),
             states: watch::channel(ListenerStatus::default()).0,
             drains: TaskTracker::new(),
             draining: HashMap::new(),
+            cut_all: CancellationToken::new(),
         }
+    }
+
+    /// At shutdown, open connections and UDP flows may finish for up to `grace` (default 60s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Binds data ports with `SO_REUSEPORT` and the successor steering (default off).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
     }
 
     /// Port states, updated after every reconcile.
@@ -147,8 +197,9 @@ impl ListenerManager {
         self.states.subscribe()
     }
 
-    /// Follows the table until `shutdown`, then drains every port and returns when all open
-    /// connections have finished or been closed at the drain timeout.
+    /// Follows the table until `shutdown`, then stops accepting on every port and returns when
+    /// all open connections and UDP flows have finished or been closed at the shutdown grace
+    /// (ports already draining are cut then too).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut changed = self.ctx.snapshot.subscribe();
         let mut retry = tokio::time::interval(Duration::from_secs(2));
@@ -172,10 +223,18 @@ impl ListenerManager {
         }
         let keys: Vec<RouteKey> = self.running.keys().copied().collect();
         for key in keys {
-            self.drain(key);
+            self.drain(key, true);
         }
         self.states.send_modify(|s| s.ports.clear());
         self.drains.close();
+        let grace = tokio::time::sleep(self.shutdown_grace);
+        tokio::select! {
+            _ = self.drains.wait() => return,
+            _ = grace => {}
+        }
+        // Cuts the shutdown's drains and those of ports removed before it (which may have
+        // later deadlines).
+        self.cut_all.cancel();
         self.drains.wait().await;
     }
 
@@ -189,7 +248,7 @@ impl ListenerManager {
             .copied()
             .collect();
         for key in gone {
-            self.drain(key);
+            self.drain(key, false);
         }
         let mut states = self.states.borrow().ports.clone();
         states.retain(|k, _| table.get(k).is_some());
@@ -197,18 +256,21 @@ impl ListenerManager {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let bound = match key.protocol {
-                Protocol::Tcp => bind_tcp(self.address, key.port.get()).and_then(|l| {
-                    let local = l.local_addr()?;
-                    self.start(key, Socket::Tcp(l));
-                    Ok(local)
-                }),
-                Protocol::Udp => bind_udp(self.address, key.port.get()).and_then(|s| {
-                    let local = s.local_addr()?;
-                    self.start(key, Socket::Udp(s));
-                    Ok(local)
-                }),
-            };
+            let bound =
+                match key.protocol {
+                    Protocol::Tcp => bind_tcp(self.address, key.port.get(), self.reuse_port)
+                        .and_then(|l| {
+                            let local = l.local_addr()?;
+                            self.start(key, Socket::Tcp(l));
+                            Ok(local)
+                        }),
+                    Protocol::Udp => bind_udp(self.address, key.port.get(), self.reuse_port)
+                        .and_then(|s| {
+                            let local = s.local_addr()?;
+                            self.start(key, Socket::Udp(s));
+                            Ok(local)
+                        }),
+                };
             match bound {
                 Ok(local) => {
                     let local = canonical(local);
@@ -237,45 +299,58 @@ impl ListenerManager {
     }
 
     fn start(&mut self, key: RouteKey, socket: Socket) {
-        let running = RunningListener {
+        let mut running = RunningListener {
             stop_accepting: CancellationToken::new(),
             close_connections: CancellationToken::new(),
             connections: TaskTracker::new(),
+            accept: None,
         };
         let listener = match socket {
             Socket::Tcp(listener) => listener,
             Socket::Udp(socket) => {
-                // UDP flows live inside the port's task: a removed UDP port ends its flows at
-                // once (replies could not leave without the port's socket anyway).
+                // UDP flows live inside the port's task (replies leave from the port's socket).
                 running.connections.spawn(serve_udp(
                     socket,
                     key,
                     self.ctx.clone(),
                     self.ctx.udp.clone(),
                     running.stop_accepting.clone(),
+                    running.close_connections.clone(),
                 ));
                 self.running.insert(key, running);
                 return;
             }
         };
-        tokio::spawn(accept_loop(
+        running.accept = Some(tokio::spawn(accept_loop(
             listener,
             key,
             self.ctx.clone(),
             running.stop_accepting.clone(),
             running.close_connections.clone(),
             running.connections.clone(),
-        ));
+        )));
         self.running.insert(key, running);
     }
 
-    fn drain(&mut self, key: RouteKey) {
+    /// Stops accepting on `key` and drains it: for up to the drain timeout when the port was
+    /// removed, the shutdown grace at `shutdown`. A removed UDP port ends its flows at once
+    /// (its socket must close: the port may be bound again); at shutdown they may go on
+    /// relaying until idle.
+    fn drain(&mut self, key: RouteKey, shutdown: bool) {
         let Some(running) = self.running.remove(&key) else {
             return;
         };
         running.stop_accepting.cancel();
+        if key.protocol == Protocol::Udp && !shutdown {
+            running.close_connections.cancel();
+        }
         running.connections.close();
-        let timeout = self.drain_timeout;
+        let (timeout, why) = if shutdown {
+            (self.shutdown_grace, "shutting down")
+        } else {
+            (self.drain_timeout, "port removed")
+        };
+        let cut_all = self.cut_all.clone();
         let (revived, finished) = (CancellationToken::new(), CancellationToken::new());
         // An older drain of the same port, if any, keeps its own deadline.
         self.draining.retain(|_, (_, done)| !done.is_cancelled());
@@ -283,10 +358,14 @@ impl ListenerManager {
             .insert(key, (revived.clone(), finished.clone()));
         self.drains.spawn(async move {
             let _finished = finished.drop_guard();
-            // A UDP port's task is its only entry: its flows end at once, there is nothing to drain.
+            if let Some(accept) = running.accept {
+                // It serves the connections still queued, then closes the listener.
+                let _ = accept.await;
+            }
+            // A UDP port's one task holds its flows and logs them itself.
             let open = running.connections.len();
             if open > 0 && key.protocol == Protocol::Tcp {
-                tracing::info!(port = %key, open, timeout = ?timeout, "port removed; draining open connections");
+                tracing::info!(port = %key, open, timeout = ?timeout, "{why}; draining open connections");
             }
             let deadline = async {
                 tokio::select! {
@@ -298,9 +377,15 @@ impl ListenerManager {
             let cut = tokio::select! {
                 _ = running.connections.wait() => false,
                 cut = deadline => cut,
+                _ = cut_all.cancelled() => true,
             };
             if cut {
-                tracing::warn!(port = %key, open = running.connections.len(), "drain timeout reached; closing the remaining connections");
+                let which = if shutdown || cut_all.is_cancelled() {
+                    "shutdown grace"
+                } else {
+                    "drain timeout"
+                };
+                tracing::warn!(port = %key, open = running.connections.len(), "{which} reached; closing the remaining connections");
                 running.close_connections.cancel();
                 running.connections.wait().await;
             }
@@ -325,11 +410,6 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                if stop.is_cancelled() {
-                    // Accepted as the port closed: the drain may not wait for it, so refuse it.
-                    super::tcp::reset(stream);
-                    break;
-                }
                 let ctx = ctx.clone();
                 let close = close.clone();
                 connections.spawn(async move {
@@ -356,6 +436,52 @@ async fn accept_loop(
             }
         }
     }
-    // Dropping the listener closes the socket: new connections to this port are refused.
+    // Closing a listener resets the connections in its accept queue (unless the kernel migrates
+    // them to another socket of its reuseport group, net.ipv4.tcp_migrate_req): serve them.
+    let mut queued = 0usize;
+    // Bounded: the queue holds at most the backlog, unless connections keep arriving.
+    for _ in 0..65_536 {
+        match accept_now(&listener) {
+            Ok(Some((stream, peer))) => {
+                queued += 1;
+                let (ctx, close) = (ctx.clone(), close.clone());
+                connections.spawn(async move {
+                    serve_connection(&ctx, key, stream, canonical(peer), &close).await;
+                });
+            }
+            Ok(None) => break,
+            Err(err) => {
+                // ECONNABORTED (a client gave up while queued) or EINTR: go on with the next.
+                tracing::debug!(port = %key, error = %err, "accept of a queued connection failed");
+                let transient = err.kind() == io::ErrorKind::Interrupted
+                    || err.raw_os_error() == Some(libc::ECONNABORTED);
+                if !transient {
+                    break;
+                }
+            }
+        }
+    }
+    if queued > 0 {
+        tracing::debug!(port = %key, queued, "served the connections queued when the port closed");
+    }
+    // Dropping the listener closes the socket: new connections to this port are refused (or go
+    // to the other processes of its reuseport group).
     drop(listener);
+}
+
+/// Accepts one queued connection without waiting: `None` when the queue is empty. A plain
+/// `accept(2)`: tokio's readiness may not know yet of connections the kernel has queued.
+fn accept_now(listener: &TcpListener) -> io::Result<Option<(tokio::net::TcpStream, SocketAddr)>> {
+    match socket2::SockRef::from(listener).accept() {
+        Ok((socket, peer)) => {
+            socket.set_nonblocking(true)?;
+            let peer = peer
+                .as_socket()
+                .ok_or_else(|| io::Error::other("accepted a connection without an IP peer"))?;
+            let stream = tokio::net::TcpStream::from_std(socket.into())?;
+            Ok(Some((stream, peer)))
+        }
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(err) => Err(err),
+    }
 }

@@ -1,5 +1,6 @@
-//! The one module that makes raw syscalls: pipes and `splice(2)`. Every `unsafe` block of the
-//! crate is here, each with its `// SAFETY:` note; everything it returns is safe to use.
+//! The one module that makes raw syscalls: pipes, `splice(2)`, and the reuseport steering
+//! program. Every `unsafe` block of the crate is here, each with its `// SAFETY:` note;
+//! everything it returns is safe to use.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -71,6 +72,48 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
     }
 }
 
+/// `SO_ATTACH_REUSEPORT_CBPF` (Linux 4.5+; `asm-generic/socket.h`).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Attaches to the `SO_REUSEPORT` group of `socket` a classic BPF program that returns
+/// `index` for every new connection (TCP listener) or datagram (UDP): the kernel hands it to
+/// the group's socket at that index, and falls back to its usual hash when the group has no
+/// socket there. The program belongs to the group, not to the socket: attaching it again (from
+/// any member, from any process) replaces it with the same one.
+///
+/// dermaga attaches `index` 1: alone, a process gets everything by hashing over its one
+/// socket; once a second process joins the group (a successor, appended at index 1), every new
+/// connection goes to the successor, and the old process's accept queue stays empty.
+pub fn steer_reuseport_group(socket: BorrowedFd<'_>, index: u32) -> io::Result<()> {
+    // One instruction: `BPF_RET | BPF_K` with k = index.
+    let program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: index,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: the descriptor is borrowed, hence open; `fprog` points to `program`, which lives
+    // until the call returns (the kernel copies the program), and the length passed is the size
+    // of `fprog`, the type this option expects.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +137,34 @@ mod tests {
         // Empty non-blocking pipe: EAGAIN, not a hang.
         let err = splice(a.read.as_fd(), b.write.as_fd(), 1024).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn steering_sends_new_connections_to_the_second_socket_of_the_group() {
+        use socket2::{Domain, Socket, Type};
+        let listen = |addr: std::net::SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            s.listen(64).unwrap();
+            steer_reuseport_group(s.as_fd(), 1).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        };
+        let queued = |s: &Socket| std::iter::from_fn(|| s.accept().ok()).count();
+        let old = listen("127.1.6.40:0".parse().unwrap());
+        let addr = old.local_addr().unwrap().as_socket().unwrap();
+        let connect = |n| -> Vec<_> {
+            (0..n)
+                .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                .collect()
+        };
+        // Alone in the group, index 1 does not exist: the usual hash picks the one socket.
+        let _a = connect(5);
+        assert_eq!(queued(&old), 5);
+        // A second socket joins: it gets every new connection.
+        let new = listen(addr);
+        let _b = connect(20);
+        assert_eq!((queued(&old), queued(&new)), (0, 20));
     }
 }

@@ -523,7 +523,7 @@ impl Metrics {
         );
         registry.register(
             "udp_datagrams_dropped",
-            "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy, upstream_socket)",
+            "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy, upstream_socket, shutting_down)",
             udp_dropped.clone(),
         );
         let health = HealthFamilies::default();

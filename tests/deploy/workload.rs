@@ -364,16 +364,18 @@ pub fn check_deployment(docs: &[Doc], gw: &Gateway) -> Vec<String> {
         &mut p,
     );
 
-    // Shutdown: the kubelet must wait for --shutdown-delay and then --drain-timeout.
-    let needed = gw.flags.shutdown_delay + gw.flags.drain_timeout;
+    // Shutdown: the kubelet must wait for --shutdown-delay, then --shutdown-grace, then the
+    // access-log flush.
+    let needed = gw.flags.shutdown_budget();
     let grace =
         Duration::from_secs(pod.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
     if grace <= needed {
         p.push(format!(
-            "terminationGracePeriodSeconds {}s does not exceed --shutdown-delay {:?} + --drain-timeout {:?}: the kubelet would kill draining connections",
+            "terminationGracePeriodSeconds {}s does not exceed --shutdown-delay {:?} + --shutdown-grace {:?} + the access-log flush {:?}: the kubelet would kill draining connections",
             grace.as_secs(),
             gw.flags.shutdown_delay,
-            gw.flags.drain_timeout
+            gw.flags.shutdown_grace,
+            dermaga::app::ACCESS_LOG_FLUSH_TIMEOUT
         ));
     }
 

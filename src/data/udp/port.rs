@@ -2,6 +2,11 @@
 //! [`FlowTable`], gives each flow a connected upstream socket and a task that relays replies
 //! back to the client from the port's socket, and ends flows (idle, endpoint gone, ICMP
 //! port-unreachable, port removed) with metrics and one access-log record each.
+//!
+//! When the port stops accepting (`stop`) it ends every flow at once if `close` is cancelled
+//! too (a removed port). Otherwise (shutdown) it keeps its socket open and lingers: datagrams of
+//! open flows still go upstream and replies still come back, new clients' datagrams are dropped
+//! (`shutting_down`), and the task ends when the last flow has gone idle or at `close`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,13 +167,15 @@ impl Shared {
     }
 }
 
-/// Serves one UDP port until `stop`; then ends every flow.
+/// Serves one UDP port until `stop`; then lingers while flows are open, until `close`, and
+/// ends every flow left.
 pub async fn serve_udp(
     socket: UdpSocket,
     key: RouteKey,
     ctx: Arc<ConnContext>,
     settings: UdpSettings,
     stop: CancellationToken,
+    close: CancellationToken,
 ) {
     let shared = Arc::new(Shared {
         ctx,
@@ -186,10 +193,22 @@ pub async fn serve_udp(
     );
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; RECEIVE_BUFFER];
+    let mut lingering = false;
     loop {
+        if !lingering && stop.is_cancelled() {
+            lingering = true;
+            let open = shared.table().len();
+            if open > 0 && !close.is_cancelled() {
+                tracing::info!(port = %key, open, "no new UDP flows; open flows go on until idle");
+            }
+        }
+        if lingering && (close.is_cancelled() || shared.table().is_empty()) {
+            break;
+        }
         let received = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = close.cancelled() => break,
+            _ = stop.cancelled(), if !lingering => continue,
             _ = sweep.tick() => {
                 let expired = shared.table().expire(Instant::now());
                 for (client, flow) in expired {
@@ -200,7 +219,9 @@ pub async fn serve_udp(
             r = shared.socket.recv_from(&mut buf) => r,
         };
         match received {
-            Ok((n, client)) => on_datagram(&shared, &buf[..n], canonical(client)).await,
+            Ok((n, client)) => {
+                on_datagram(&shared, &buf[..n], canonical(client), lingering).await;
+            }
             Err(err) => tracing::debug!(port = %key, error = %err, "UDP receive failed"),
         }
     }
@@ -210,7 +231,8 @@ pub async fn serve_udp(
     }
 }
 
-async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
+/// Forwards a client datagram, on its flow or a new one (none when `lingering`).
+async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingering: bool) {
     let now = Instant::now();
     let route = shared.ctx.snapshot.load().get(&shared.key).cloned();
     let active = |e: SocketAddr| {
@@ -256,6 +278,12 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr) {
         if let Err(err) = send_upstream(&upstream, payload, &received, &udp) {
             shared.flow_failed(client, endpoint, id, err);
         }
+        return;
+    }
+    if lingering {
+        let service = route.map_or_else(|| ObjectName::new("", ""), |r| r.spec.service.clone());
+        let udp = shared.ctx.metrics.udp(shared.key, &service);
+        udp.dropped("shutting_down");
         return;
     }
 
