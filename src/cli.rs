@@ -153,6 +153,35 @@ pub struct RunArgs {
     #[arg(long, global = true, env = "DERMAGA_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub proxy_header_timeout: Duration,
 
+    // Connection limits (issue #5).
+    /// A TCP connection with no byte moving either way for this long is cut (both peers get a
+    /// reset). 0s: never (the default). A port's "<port>.idle-timeout" option overrides it.
+    #[arg(long, global = true, env = "DERMAGA_IDLE_TIMEOUT", value_name = "DURATION", default_value = "0s", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// TCP connections open at once in the whole process; beyond, new ones are reset at once
+    /// (dermaga_connections_refused_total{reason="max_connections"}). 0: no limit (the default;
+    /// the descriptor limit, ulimit -n, is then the ceiling: about two descriptors per connection).
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_connections: usize,
+
+    /// TCP connections open at once on one port; beyond, new ones are reset at once. 0: no limit
+    /// (the default). A port's "<port>.max-connections" option overrides it.
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_MAX_CONNECTIONS_PER_PORT",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_connections_per_port: usize,
+
     /// Pipes that may exist at once for zero-copy forwarding (two per connection); connections
     /// beyond that use a buffered copy. 0 disables splice.
     #[arg(

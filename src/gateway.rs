@@ -90,6 +90,7 @@ impl Gateway {
             metrics: metrics.clone(),
             access_log,
             udp: options.udp.clone(),
+            open: Default::default(),
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout);
         let status = manager.states();

@@ -20,14 +20,29 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
 
 use super::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
 
 /// Per-port option: PROXY protocol version sent to the backend (`v1`, the default, or `v2`).
 pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";
 
+/// Per-port option: close TCP connections idle this long (`30s`; `0s` or `off`: never); overrides
+/// `--idle-timeout`.
+pub const OPTION_IDLE_TIMEOUT: &str = "idle-timeout";
+
+/// Per-port option: TCP connections open at once on the port (`0`: unlimited); overrides
+/// `--max-connections-per-port`.
+pub const OPTION_MAX_CONNECTIONS: &str = "max-connections";
+
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 1] = [OPTION_SEND_PROXY_VERSION];
+pub const KNOWN_OPTIONS: [&str; 3] = [
+    OPTION_SEND_PROXY_VERSION,
+    OPTION_IDLE_TIMEOUT,
+    OPTION_MAX_CONNECTIONS,
+];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
@@ -43,6 +58,16 @@ pub struct ProxyFlags {
 pub struct PortOptions {
     /// Version of the PROXY header sent to backends (with the second `PROXY` flag).
     pub send_proxy_version: ProxyVersion,
+    /// Idle timeout of this port's connections (zero: none); `None`: `--idle-timeout`.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Connections open at once on this port (0: unlimited); `None`: `--max-connections-per-port`.
+    pub max_connections: Option<usize>,
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    d.map(|d| humantime::format_duration(d).to_string())
+        .serialize(s)
 }
 
 /// What one valid entry asks for.
@@ -261,11 +286,12 @@ pub fn parse_port_map(
             continue;
         }
         let applied = match map.entries.get_mut(&port) {
-            Some(spec) => apply_option(&mut spec.options, &spec.proxy, option, value),
+            Some(spec) => apply_option(&mut spec.options, &spec.proxy, protocol, option, value),
             // The port's own entry is bad and already reported; check the option alone.
             None => apply_option(
                 &mut PortOptions::default(),
                 &ProxyFlags::default(),
+                protocol,
                 option,
                 value,
             ),
@@ -406,9 +432,16 @@ fn check_dns_label(s: &str, what: &str) -> Result<(), String> {
 fn apply_option(
     options: &mut PortOptions,
     proxy: &ProxyFlags,
+    protocol: Protocol,
     option: &str,
     value: &str,
 ) -> Result<(), String> {
+    let tcp_only = [OPTION_IDLE_TIMEOUT, OPTION_MAX_CONNECTIONS];
+    if protocol == Protocol::Udp && tcp_only.contains(&option) {
+        return Err(format!(
+            "option {option:?} applies to TCP ports only; UDP flows are limited by --udp-idle-timeout and --udp-max-flows"
+        ));
+    }
     match option {
         OPTION_SEND_PROXY_VERSION => {
             options.send_proxy_version = match value.to_ascii_lowercase().as_str() {
@@ -428,8 +461,37 @@ fn apply_option(
             }
             Ok(())
         }
+        OPTION_IDLE_TIMEOUT => {
+            options.idle_timeout = Some(parse_idle_timeout(option, value)?);
+            Ok(())
+        }
+        OPTION_MAX_CONNECTIONS => {
+            options.max_connections = Some(value.parse().map_err(|_| {
+                format!(
+                    "option {option:?} takes a whole number of connections (0: unlimited), not {value:?}"
+                )
+            })?);
+            Ok(())
+        }
         _ => Err(format!(
-            "unknown per-port option {option:?}; known options: {OPTION_SEND_PROXY_VERSION}"
+            "unknown per-port option {option:?}; known options: {}",
+            KNOWN_OPTIONS.join(", ")
+        )),
+    }
+}
+
+/// `30s`, `2m`, `1h30m`; `0s` or `off` turn the timeout off (zero).
+fn parse_idle_timeout(option: &str, value: &str) -> Result<Duration, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() || d >= Duration::from_millis(10) => Ok(d),
+        Ok(_) => Err(format!(
+            "option {option:?}: {value:?} is too short: at least 10ms (or \"0s\"/\"off\" for no timeout)"
+        )),
+        Err(e) => Err(format!(
+            "option {option:?} takes a duration such as \"30s\", \"5m\" or \"off\", not {value:?} ({e})"
         )),
     }
 }

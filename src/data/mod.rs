@@ -1,9 +1,13 @@
 //! Data plane: listening sockets per route ([`listener`]), one task per TCP connection
 //! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
 //! [`pipes`], [`sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
-//! UDP flows with one connected upstream socket each ([`udp`]).
+//! UDP flows with one connected upstream socket each ([`udp`]). Connection limits and the
+//! out-of-descriptors refusal are applied at accept ([`limits`]); idle connections are cut by a
+//! coarse per-connection timer ([`idle`]).
 
 pub mod forward;
+pub mod idle;
+pub mod limits;
 pub mod listener;
 pub mod pipes;
 pub mod proxy_protocol;
