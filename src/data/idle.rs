@@ -53,21 +53,33 @@ fn clock() -> &'static CoarseClock {
     })
 }
 
-/// When a connection last moved bytes, on the coarse clock.
+/// When a connection last moved bytes, on the coarse clock, and its idle timeout.
 #[derive(Debug)]
 pub struct Activity {
     /// Coarse milliseconds since the clock's origin, rounded up one tick.
     last: AtomicU64,
+    timeout: Duration,
 }
 
 impl Activity {
-    /// Activity stamped now (a connection that starts forwarding counts as active).
-    pub fn new() -> Self {
-        let activity = Self {
+    /// Activity stamped now (a connection that starts forwarding counts as active), for a
+    /// connection cut after `timeout` idle; `None` for a zero timeout (never cut). Boxed: the
+    /// connection future holds one pointer.
+    pub fn watch(timeout: Duration) -> Option<Box<Self>> {
+        if timeout.is_zero() {
+            return None;
+        }
+        let activity = Box::new(Self {
             last: AtomicU64::new(0),
-        };
+            timeout,
+        });
         activity.touch();
-        activity
+        Some(activity)
+    }
+
+    /// The idle timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Bytes moved: stamp the coarse time (no clock read, no timer call).
@@ -77,31 +89,23 @@ impl Activity {
         self.last.store(now, Ordering::Relaxed);
     }
 
-    /// The instant `timeout` after the last stamp.
-    fn deadline(&self, timeout: Duration) -> Instant {
+    /// The instant the timeout after the last stamp.
+    fn deadline(&self) -> Instant {
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        clock().origin + last + timeout
+        clock().origin + last + self.timeout
     }
 }
 
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Completes once no byte has moved for `timeout`; never completes without an `activity`.
-pub async fn expired(activity: Option<&Activity>, timeout: Duration) {
+/// Completes once no byte has moved for the timeout; never completes without an `activity`.
+pub async fn expired(activity: Option<&Activity>) {
     let Some(activity) = activity else {
         return std::future::pending().await;
     };
     // Boxed: the connection future stays small, and connections without a timeout pay nothing.
-    let mut sleep = Box::pin(tokio::time::sleep_until(
-        activity.deadline(timeout).into(),
-    ));
+    let mut sleep = Box::pin(tokio::time::sleep_until(activity.deadline().into()));
     loop {
         sleep.as_mut().await;
-        let deadline = activity.deadline(timeout);
+        let deadline = activity.deadline();
         if deadline <= Instant::now() {
             return;
         }
@@ -115,22 +119,25 @@ mod tests {
 
     #[tokio::test]
     async fn an_untouched_activity_expires_after_the_timeout_and_not_before() {
-        let activity = Activity::new();
         let started = Instant::now();
         let timeout = Duration::from_millis(300);
-        tokio::time::timeout(Duration::from_secs(5), expired(Some(&activity), timeout))
+        let activity = Activity::watch(timeout).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), expired(Some(&activity)))
             .await
             .expect("expires");
         let waited = started.elapsed();
         assert!(waited >= timeout, "expired early, after {waited:?}");
-        assert!(waited < timeout + 4 * TICK, "expired late, after {waited:?}");
+        assert!(
+            waited < timeout + 4 * TICK,
+            "expired late, after {waited:?}"
+        );
     }
 
     #[tokio::test]
     async fn touching_keeps_it_alive() {
-        let activity = Activity::new();
         let timeout = Duration::from_millis(300);
-        let watch = expired(Some(&activity), timeout);
+        let activity = Activity::watch(timeout).unwrap();
+        let watch = expired(Some(&activity));
         tokio::pin!(watch);
         // Touched every 50 ms for 3 timeouts: never expires meanwhile.
         for _ in 0..18 {
@@ -146,7 +153,8 @@ mod tests {
 
     #[tokio::test]
     async fn without_activity_it_never_expires() {
-        let never = expired(None, Duration::from_millis(10));
+        assert!(Activity::watch(Duration::ZERO).is_none(), "0: no timeout");
+        let never = expired(None);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), never)
                 .await

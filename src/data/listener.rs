@@ -360,8 +360,7 @@ async fn accept_loop(
                 let ctx = ctx.clone();
                 let close = close.clone();
                 connections.spawn(async move {
-                    serve_connection(&ctx, key, route, slot, stream, canonical(peer), &close)
-                        .await;
+                    serve_connection(&ctx, key, route, slot, stream, canonical(peer), &close).await;
                 });
             }
             Err(err) => {

@@ -251,16 +251,18 @@ async fn proxy(
         reset(client);
         return;
     };
-    // Only three plain fields are needed from here on; the table is released.
+    // Only these are needed from here on; the table is released.
     let (encode, version) = (
         route.spec.proxy.encode,
         route.spec.options.send_proxy_version,
     );
-    let idle_timeout = route
-        .spec
-        .options
-        .idle_timeout
-        .unwrap_or(ctx.settings.idle_timeout);
+    let activity = Activity::watch(
+        route
+            .spec
+            .options
+            .idle_timeout
+            .unwrap_or(ctx.settings.idle_timeout),
+    );
     drop(route);
 
     let mut preamble = Vec::new();
@@ -281,17 +283,18 @@ async fn proxy(
         return;
     }
 
-    let activity = (!idle_timeout.is_zero()).then(Activity::new);
+    let activity = activity.as_deref();
     let result = tokio::select! {
-        r = forward(&client, &upstream, &ctx.pipes, &mut outcome.progress, activity.as_ref()) => Ok(r),
+        r = forward(&client, &upstream, &ctx.pipes, &mut outcome.progress, activity) => Ok(r),
         _ = close.cancelled() => Err(CloseReason::Drained),
-        _ = idle::expired(activity.as_ref(), idle_timeout) => Err(CloseReason::IdleTimeout),
+        _ = idle::expired(activity) => Err(CloseReason::IdleTimeout),
     };
     match result {
         Err(cut) => {
             if cut == CloseReason::IdleTimeout {
                 pm.idle_timeouts.inc();
-                tracing::debug!(port = %key, client = %source, timeout = ?idle_timeout, "closing idle connection");
+                let timeout = activity.map(Activity::timeout);
+                tracing::debug!(port = %key, client = %source, timeout = ?timeout, "closing idle connection");
             }
             outcome.close = cut;
             // A cut, not a close: neither peer may take it for the other's clean end (a write

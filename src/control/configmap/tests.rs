@@ -311,24 +311,52 @@ fn limit_options_apply_to_their_port() {
     assert_eq!(options(10002).idle_timeout, Some(Duration::ZERO));
     assert_eq!(options(10002).max_connections, Some(0));
     assert_eq!(options(10003).idle_timeout, None, "unset: the flag applies");
-    assert_eq!(options(10003).max_connections, None, "unset: the flag applies");
+    assert_eq!(
+        options(10003).max_connections,
+        None,
+        "unset: the flag applies"
+    );
 }
 
 #[test]
 fn bad_limit_values_are_rejected_naming_key_and_value() {
     let cases: &[(&str, &str, &str)] = &[
-        ("10000.idle-timeout", "soon", "takes a duration such as \"30s\""),
-        ("10000.idle-timeout", "30", "takes a duration such as \"30s\""),
+        (
+            "10000.idle-timeout",
+            "soon",
+            "takes a duration such as \"30s\"",
+        ),
+        (
+            "10000.idle-timeout",
+            "30",
+            "takes a duration such as \"30s\"",
+        ),
         ("10000.idle-timeout", "-5s", "takes a duration"),
         ("10000.idle-timeout", "1ms", "too short: at least 10ms"),
-        ("10000.max-connections", "lots", "takes a whole number of connections"),
-        ("10000.max-connections", "-1", "takes a whole number of connections"),
-        ("10000.max-connections", "1.5", "takes a whole number of connections"),
+        (
+            "10000.max-connections",
+            "lots",
+            "takes a whole number of connections",
+        ),
+        (
+            "10000.max-connections",
+            "-1",
+            "takes a whole number of connections",
+        ),
+        (
+            "10000.max-connections",
+            "1.5",
+            "takes a whole number of connections",
+        ),
     ];
     for (key, value, expected) in cases {
         let parsed = parse_port_map(
             &cm(),
-            &map(&[("10000", "default/a:80"), (key, value), ("10001", "default/b:80")]),
+            &map(&[
+                ("10000", "default/a:80"),
+                (key, value),
+                ("10001", "default/b:80"),
+            ]),
             Protocol::Tcp,
             &reserved(),
         );
@@ -340,7 +368,10 @@ fn bad_limit_values_are_rejected_naming_key_and_value() {
         let shown = error.to_string();
         assert!(shown.contains(&format!("{key:?}")), "{shown}");
         assert!(!parsed.entries.contains_key(&port(10000)), "{key}={value}");
-        assert!(parsed.entries.contains_key(&port(10001)), "others unaffected");
+        assert!(
+            parsed.entries.contains_key(&port(10001)),
+            "others unaffected"
+        );
     }
 }
 
