@@ -72,6 +72,14 @@ fn interval_or_off(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A duration that may be 0 (off), else at least 10ms.
+fn duration_or_off(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Ok(d),
+        _ => positive_duration(s),
+    }
+}
+
 /// Flags of the gateway.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
@@ -214,6 +222,35 @@ pub struct RunArgs {
     #[arg(long, global = true, env = "DERMAGA_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub proxy_header_timeout: Duration,
 
+    // Connection limits (issue #5).
+    /// A TCP connection with no byte moving either way for this long is cut (both peers get a
+    /// reset). 0s: never (the default). A port's "<port>.idle-timeout" option overrides it.
+    #[arg(long, global = true, env = "DERMAGA_IDLE_TIMEOUT", value_name = "DURATION", default_value = "0s", value_parser = duration_or_off)]
+    pub idle_timeout: Duration,
+
+    /// TCP connections open at once in the whole process; beyond, new ones are reset at once
+    /// (dermaga_connections_refused_total{reason="max_connections"}). 0: no limit (the default;
+    /// the descriptor limit, ulimit -n, is then the ceiling: about two descriptors per connection).
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_connections: usize,
+
+    /// TCP connections open at once on one port; beyond, new ones are reset at once. 0: no limit
+    /// (the default). A port's "<port>.max-connections" option overrides it.
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_MAX_CONNECTIONS_PER_PORT",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_connections_per_port: usize,
+
     /// Pipes that may exist at once for zero-copy forwarding (two per connection); connections
     /// beyond that use a buffered copy. 0 disables splice.
     #[arg(
@@ -261,4 +298,44 @@ pub struct RunArgs {
     /// Log level or filter (RUST_LOG, when set, wins).
     #[arg(long, global = true, env = "DERMAGA_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+#[cfg(test)]
+mod limit_flag_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dermaga").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn limits_are_off_by_default_and_idle_timeout_takes_zero_or_at_least_10ms() {
+        let run = parse(&[]).unwrap();
+        assert_eq!(run.idle_timeout, Duration::ZERO);
+        assert_eq!((run.max_connections, run.max_connections_per_port), (0, 0));
+        let run = parse(&[
+            "--idle-timeout",
+            "90s",
+            "--max-connections",
+            "1000",
+            "--max-connections-per-port",
+            "200",
+        ])
+        .unwrap();
+        assert_eq!(run.idle_timeout, Duration::from_secs(90));
+        assert_eq!(
+            (run.max_connections, run.max_connections_per_port),
+            (1000, 200)
+        );
+        assert_eq!(
+            parse(&["--idle-timeout", "0s"]).unwrap().idle_timeout,
+            Duration::ZERO
+        );
+        let err = parse(&["--idle-timeout", "5ms"]).unwrap_err().to_string();
+        assert!(err.contains("at least 10ms"), "{err}");
+        let err = parse(&["--max-connections", "lots"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'lots' for '--max-connections"), "{err}");
+    }
 }

@@ -104,6 +104,7 @@ impl Gateway {
             access_log,
             udp: options.udp.clone(),
             health: health.clone(),
+            open: Default::default(),
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout)
             .shutdown_grace(options.shutdown_grace)

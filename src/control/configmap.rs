@@ -20,6 +20,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
 
 use super::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
 
@@ -30,8 +33,21 @@ pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";
 /// turns checks off on this port when `--health-check-interval` turns them on everywhere).
 pub const OPTION_HEALTH_CHECK_INTERVAL: &str = "health-check-interval";
 
+/// Per-port option: close TCP connections idle this long (`30s`; `0s` or `off`: never); overrides
+/// `--idle-timeout`.
+pub const OPTION_IDLE_TIMEOUT: &str = "idle-timeout";
+
+/// Per-port option: TCP connections open at once on the port (`0`: unlimited); overrides
+/// `--max-connections-per-port`.
+pub const OPTION_MAX_CONNECTIONS: &str = "max-connections";
+
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 2] = [OPTION_SEND_PROXY_VERSION, OPTION_HEALTH_CHECK_INTERVAL];
+pub const KNOWN_OPTIONS: [&str; 4] = [
+    OPTION_SEND_PROXY_VERSION,
+    OPTION_IDLE_TIMEOUT,
+    OPTION_MAX_CONNECTIONS,
+    OPTION_HEALTH_CHECK_INTERVAL,
+];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
@@ -47,19 +63,19 @@ pub struct ProxyFlags {
 pub struct PortOptions {
     /// Version of the PROXY header sent to backends (with the second `PROXY` flag).
     pub send_proxy_version: ProxyVersion,
+    /// Idle timeout of this port's connections (zero: none); `None`: `--idle-timeout`.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Connections open at once on this port (0: unlimited); `None`: `--max-connections-per-port`.
+    pub max_connections: Option<usize>,
     /// Active health-check interval for this port (`Some(0)`: off here; `None`: the flag's).
     #[serde(serialize_with = "serialize_duration")]
-    pub health_check_interval: Option<std::time::Duration>,
+    pub health_check_interval: Option<Duration>,
 }
 
-fn serialize_duration<S: serde::Serializer>(
-    d: &Option<std::time::Duration>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match d {
-        None => s.serialize_none(),
-        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-    }
+fn serialize_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    d.map(|d| humantime::format_duration(d).to_string())
+        .serialize(s)
 }
 
 /// What one valid entry asks for.
@@ -278,11 +294,12 @@ pub fn parse_port_map(
             continue;
         }
         let applied = match map.entries.get_mut(&port) {
-            Some(spec) => apply_option(&mut spec.options, &spec.proxy, option, value),
+            Some(spec) => apply_option(&mut spec.options, &spec.proxy, protocol, option, value),
             // The port's own entry is bad and already reported; check the option alone.
             None => apply_option(
                 &mut PortOptions::default(),
                 &ProxyFlags::default(),
+                protocol,
                 option,
                 value,
             ),
@@ -423,9 +440,16 @@ fn check_dns_label(s: &str, what: &str) -> Result<(), String> {
 fn apply_option(
     options: &mut PortOptions,
     proxy: &ProxyFlags,
+    protocol: Protocol,
     option: &str,
     value: &str,
 ) -> Result<(), String> {
+    let tcp_only = [OPTION_IDLE_TIMEOUT, OPTION_MAX_CONNECTIONS];
+    if protocol == Protocol::Udp && tcp_only.contains(&option) {
+        return Err(format!(
+            "option {option:?} applies to TCP ports only; UDP flows are limited by --udp-idle-timeout and --udp-max-flows"
+        ));
+    }
     match option {
         OPTION_SEND_PROXY_VERSION => {
             options.send_proxy_version = match value.to_ascii_lowercase().as_str() {
@@ -445,14 +469,26 @@ fn apply_option(
             }
             Ok(())
         }
+        OPTION_IDLE_TIMEOUT => {
+            options.idle_timeout = Some(parse_idle_timeout(option, value)?);
+            Ok(())
+        }
+        OPTION_MAX_CONNECTIONS => {
+            options.max_connections = Some(value.parse().map_err(|_| {
+                format!(
+                    "option {option:?} takes a whole number of connections (0: unlimited), not {value:?}"
+                )
+            })?);
+            Ok(())
+        }
         OPTION_HEALTH_CHECK_INTERVAL => {
             let interval = match value.trim() {
-                "off" | "0" => std::time::Duration::ZERO,
+                "off" | "0" => Duration::ZERO,
                 text => humantime::parse_duration(text).map_err(|e| {
                     format!("option {option:?} takes a duration like \"5s\" or \"off\", not {value:?}: {e}")
                 })?,
             };
-            if !interval.is_zero() && interval < std::time::Duration::from_millis(100) {
+            if !interval.is_zero() && interval < Duration::from_millis(100) {
                 return Err(format!(
                     "option {option:?} is {value:?}: at least 100ms between probes, or \"off\""
                 ));
@@ -463,6 +499,22 @@ fn apply_option(
         _ => Err(format!(
             "unknown per-port option {option:?}; known options: {}",
             KNOWN_OPTIONS.join(", ")
+        )),
+    }
+}
+
+/// `30s`, `2m`, `1h30m`; `0s` or `off` turn the timeout off (zero).
+fn parse_idle_timeout(option: &str, value: &str) -> Result<Duration, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() || d >= Duration::from_millis(10) => Ok(d),
+        Ok(_) => Err(format!(
+            "option {option:?}: {value:?} is too short: at least 10ms (or \"0s\"/\"off\" for no timeout)"
+        )),
+        Err(e) => Err(format!(
+            "option {option:?} takes a duration such as \"30s\", \"5m\" or \"off\", not {value:?} ({e})"
         )),
     }
 }

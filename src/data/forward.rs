@@ -13,7 +13,9 @@
 //! - EOF one way shuts the write side of the other socket; the other direction keeps flowing;
 //! - an error on either side ends both directions and says whose side failed;
 //! - progress (bytes, mode, which side closed first) is written where the
-//!   caller can read it.
+//!   caller can read it;
+//! - with an idle timeout, every write to a peer stamps the connection's [`Activity`] (a coarse
+//!   clock: two relaxed atomics, no syscall); without one, nothing is stamped.
 
 use std::io;
 use std::net::Shutdown;
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::idle::Activity;
 use super::pipes::{PipePool, PooledPipe};
 use super::sys;
 
@@ -79,12 +82,13 @@ pub struct Progress {
 }
 
 /// Forwards until both directions have seen EOF (`Ok`), or one fails. Byte counts are added
-/// to what `progress` already holds.
+/// to what `progress` already holds; `activity`, when given, is stamped as bytes move.
 pub async fn forward(
     client: &TcpStream,
     upstream: &TcpStream,
     pool: &PipePool,
     progress: &mut Progress,
+    activity: Option<&Activity>,
 ) -> Result<(), ForwardError> {
     let first_eof = AtomicU8::new(0);
     let modes_seen = AtomicU8::new(0);
@@ -106,6 +110,7 @@ pub async fn forward(
             to_upstream,
             &first_eof,
             &modes_seen,
+            activity,
         ),
         pump(
             Ends {
@@ -118,6 +123,7 @@ pub async fn forward(
             to_client,
             &first_eof,
             &modes_seen,
+            activity,
         ),
     );
     let seen = modes_seen.load(Ordering::Relaxed);
@@ -252,6 +258,7 @@ async fn pump(
     moved: &mut u64,
     first_eof: &AtomicU8,
     modes_seen: &AtomicU8,
+    activity: Option<&Activity>,
 ) -> Result<(), ForwardError> {
     let Ends {
         src,
@@ -304,6 +311,9 @@ async fn pump(
                         source,
                     })?;
                 *moved += m as u64;
+                if let Some(activity) = activity {
+                    activity.touch();
+                }
             }
             if n == COPY_BUFFER
                 && matches!(stage, Stage::Copy(_))

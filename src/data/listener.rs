@@ -18,7 +18,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -26,9 +26,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::limits::{self, PortCounts, ReserveOutcome, Throttle};
 use super::tcp::{ConnContext, canonical, serve_connection};
 use super::udp::port::serve_udp;
-use crate::control::names::{Protocol, RouteKey};
+use crate::control::names::{ObjectName, Protocol, RouteKey};
+use crate::control::table::Route;
+use crate::ops::metrics::{PortMetrics, RefuseReason};
 
 /// The state of one port, as the manager last left it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -394,6 +397,44 @@ impl ListenerManager {
     }
 }
 
+/// Admits one accepted connection within the connection limits and spawns its task, or
+/// refuses it at once with a reset (counted, warned about at most once a second).
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    key: RouteKey,
+    ctx: &Arc<ConnContext>,
+    counts: &PortCounts,
+    warnings: &mut RefusalWarnings,
+    close: &CancellationToken,
+    connections: &TaskTracker,
+) {
+    // The one table read of this connection.
+    let route = ctx.snapshot.load().get(&key).cloned();
+    let port_max = route
+        .as_ref()
+        .and_then(|r| r.spec.options.max_connections)
+        .unwrap_or(ctx.settings.max_connections_per_port);
+    let slot = match counts.admit(ctx.settings.max_connections, port_max) {
+        Ok(slot) => slot,
+        Err(exceeded) => {
+            let pm = port_metrics(ctx, key, route.as_deref());
+            pm.accepted.inc();
+            pm.refused(RefuseReason::max_connections);
+            super::tcp::reset(stream);
+            if let Some(refused) = warnings.over_limit.note(Instant::now()) {
+                tracing::warn!(port = %key, limit = %exceeded, refused, "connection limit reached; refusing new connections with a reset (count: refused since the last such line)");
+            }
+            return;
+        }
+    };
+    let (ctx, close) = (ctx.clone(), close.clone());
+    connections.spawn(async move {
+        serve_connection(&ctx, key, route, slot, stream, canonical(peer), &close).await;
+    });
+}
+
 async fn accept_loop(
     listener: TcpListener,
     key: RouteKey,
@@ -402,6 +443,11 @@ async fn accept_loop(
     close: CancellationToken,
     connections: TaskTracker,
 ) {
+    let counts = PortCounts::new(ctx.open.clone());
+    let mut warnings = RefusalWarnings::default();
+    if !limits::ensure_reserve() {
+        tracing::warn!(port = %key, "cannot open the spare descriptor (/dev/null); connections beyond the descriptor limit will wait in the backlog instead of being refused");
+    }
     loop {
         let accepted = tokio::select! {
             biased;
@@ -410,28 +456,29 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let ctx = ctx.clone();
-                let close = close.clone();
-                connections.spawn(async move {
-                    serve_connection(&ctx, key, stream, canonical(peer), &close).await;
-                });
+                admit(stream, peer, key, &ctx, &counts, &mut warnings, &close, &connections);
             }
             Err(err) => {
                 ctx.metrics.global.accept_errors.inc();
-                let out_of_resources = matches!(
-                    err.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                );
-                if out_of_resources {
-                    tracing::error!(port = %key, error = %err, "accept failed: out of resources; pausing this port's accepts for 100ms");
+                let pause = match err.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        refuse_for_want_of_descriptors(&listener, key, &ctx, &mut warnings)
+                    }
+                    Some(libc::ENOBUFS | libc::ENOMEM) => {
+                        tracing::error!(port = %key, error = %err, "accept failed: out of memory; pausing this port's accepts for 100ms");
+                        Some(Duration::from_millis(100))
+                    }
+                    // Transient (ECONNABORTED...); a short pause keeps a persistent one from spinning.
+                    _ => {
+                        tracing::debug!(port = %key, error = %err, "accept failed");
+                        Some(Duration::from_millis(10))
+                    }
+                };
+                if let Some(pause) = pause {
                     tokio::select! {
                         _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
-                } else {
-                    tracing::debug!(port = %key, error = %err, "accept failed");
-                    // Transient (ECONNABORTED...); a short pause keeps a persistent one from spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
@@ -444,10 +491,7 @@ async fn accept_loop(
         match accept_now(&listener) {
             Ok(Some((stream, peer))) => {
                 queued += 1;
-                let (ctx, close) = (ctx.clone(), close.clone());
-                connections.spawn(async move {
-                    serve_connection(&ctx, key, stream, canonical(peer), &close).await;
-                });
+                admit(stream, peer, key, &ctx, &counts, &mut warnings, &close, &connections);
             }
             Ok(None) => break,
             Err(err) => {
@@ -483,5 +527,49 @@ fn accept_now(listener: &TcpListener) -> io::Result<Option<(tokio::net::TcpStrea
         }
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
         Err(err) => Err(err),
+    }
+}
+
+/// One accept loop's rate-limited refusal warnings, one per reason.
+#[derive(Default)]
+struct RefusalWarnings {
+    over_limit: Throttle,
+    out_of_descriptors: Throttle,
+}
+
+/// The port's metrics handles (the rare path of refusals made before a connection task).
+fn port_metrics(ctx: &ConnContext, key: RouteKey, route: Option<&Route>) -> Arc<PortMetrics> {
+    let unknown = ObjectName::new("", "");
+    ctx.metrics
+        .port(key, route.map_or(&unknown, |r| &r.spec.service))
+}
+
+/// Accept failed with EMFILE/ENFILE: refuses one pending connection with the spare descriptor
+/// (the loop then accepts again at once: the backlog is refused one by one, never spun on).
+/// Returns the pause to make when that was not possible.
+fn refuse_for_want_of_descriptors(
+    listener: &TcpListener,
+    key: RouteKey,
+    ctx: &ConnContext,
+    warnings: &mut RefusalWarnings,
+) -> Option<Duration> {
+    match limits::refuse_with_reserve(listener) {
+        ReserveOutcome::Refused => {
+            let route = ctx.snapshot.load().get(&key).cloned();
+            let pm = port_metrics(ctx, key, route.as_deref());
+            pm.accepted.inc();
+            pm.refused(RefuseReason::out_of_descriptors);
+            if let Some(refused) = warnings.out_of_descriptors.note(Instant::now()) {
+                tracing::warn!(port = %key, refused, open = ctx.open.get(), "out of file descriptors (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset (count: refused since the last such line)");
+            }
+            None
+        }
+        ReserveOutcome::NothingPending => None,
+        ReserveOutcome::Failed(err) => {
+            if warnings.out_of_descriptors.note(Instant::now()).is_some() {
+                tracing::error!(port = %key, error = ?err.map(|e| e.to_string()), "out of file descriptors and no spare one to refuse with; pausing this port's accepts for 100ms");
+            }
+            Some(Duration::from_millis(100))
+        }
     }
 }

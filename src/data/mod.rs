@@ -2,10 +2,14 @@
 //! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
 //! [`pipes`], [`sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
 //! UDP flows with one connected upstream socket each ([`udp`]). Endpoint health (passive
-//! ejection, active checks) is shared by every connection ([`health`]).
+//! ejection, active checks) is shared by every connection ([`health`]). Connection limits and
+//! the out-of-descriptors refusal are applied at accept ([`limits`]); idle connections are cut
+//! by a coarse per-connection timer ([`idle`]).
 
 pub mod forward;
 pub mod health;
+pub mod idle;
+pub mod limits;
 pub mod listener;
 pub mod pipes;
 pub mod proxy_protocol;

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::forward::{ForwardMode, Progress, Side, forward};
 use super::health::HealthRegistry;
+use super::idle::{self, Activity};
+use super::limits::{OpenConnections, Slot};
 use super::pipes::PipePool;
 use super::proxy_protocol::{self, Decoded};
 use crate::control::names::{ObjectName, RouteKey};
@@ -30,6 +32,14 @@ pub struct TcpSettings {
     pub connect_attempts: usize,
     /// Time allowed for a client to send its PROXY header.
     pub proxy_header_timeout: Duration,
+    /// Connections with no byte moving for this long are cut (zero: never), unless their port's
+    /// `idle-timeout` option says otherwise.
+    pub idle_timeout: Duration,
+    /// Connections open at once in the process (0: no limit).
+    pub max_connections: usize,
+    /// Connections open at once per port (0: no limit), unless the port's `max-connections`
+    /// option says otherwise.
+    pub max_connections_per_port: usize,
 }
 
 impl Default for TcpSettings {
@@ -38,6 +48,9 @@ impl Default for TcpSettings {
             connect_timeout: Duration::from_secs(5),
             connect_attempts: 3,
             proxy_header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::ZERO,
+            max_connections: 0,
+            max_connections_per_port: 0,
         }
     }
 }
@@ -59,6 +72,8 @@ pub struct ConnContext {
     pub udp: crate::data::udp::port::UdpSettings,
     /// Endpoint health (passive ejection, active checks).
     pub health: Arc<HealthRegistry>,
+    /// TCP connections open in the process, for `max_connections`.
+    pub open: Arc<OpenConnections>,
 }
 
 /// TCP keepalive on both sides, so a peer that vanished (NAT timeout, dead node) does not
@@ -93,8 +108,12 @@ struct Outcome {
     error: Option<String>,
 }
 
-/// Decrements the active-connections gauge however the connection ends.
-struct Active(Arc<PortMetrics>);
+/// Decrements the active-connections gauge and gives the connection's slot back however the
+/// connection ends.
+struct Active(
+    Arc<PortMetrics>,
+    #[expect(dead_code, reason = "held for its Drop")] Slot,
+);
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -102,22 +121,25 @@ impl Drop for Active {
     }
 }
 
-/// Handles one accepted connection to the end; `close` cuts it (drain timeout).
+/// Handles one accepted connection to the end; `route` is the port's route in the table read at
+/// accept (`None`: the port has just left the table), `slot` its place in the connection counts;
+/// `close` cuts it (drain timeout).
 pub async fn serve_connection(
     ctx: &ConnContext,
     key: RouteKey,
+    route: Option<Arc<Route>>,
+    slot: Slot,
     client: TcpStream,
     peer: SocketAddr,
     close: &CancellationToken,
 ) {
     let started = Instant::now();
-    let route = ctx.snapshot.load().get(&key).cloned();
     let unknown = ObjectName::new("", "");
     let service = route.as_ref().map_or(&unknown, |r| &r.spec.service);
     let pm = ctx.metrics.port(key, service);
     pm.accepted.inc();
     pm.active.inc();
-    let active = Active(pm);
+    let active = Active(pm, slot);
     let mut outcome = Outcome {
         client: peer,
         endpoint: None,
@@ -232,10 +254,17 @@ async fn proxy(
         reset(client);
         return;
     };
-    // Only two plain fields are needed from here on; the table is released.
+    // Only these are needed from here on; the table is released.
     let (encode, version) = (
         route.spec.proxy.encode,
         route.spec.options.send_proxy_version,
+    );
+    let activity = Activity::watch(
+        route
+            .spec
+            .options
+            .idle_timeout
+            .unwrap_or(ctx.settings.idle_timeout),
     );
     drop(route);
 
@@ -257,23 +286,32 @@ async fn proxy(
         return;
     }
 
+    let activity = activity.as_deref();
     let result = tokio::select! {
-        r = forward(&client, &upstream, &ctx.pipes, &mut outcome.progress) => Some(r),
-        _ = close.cancelled() => None,
+        r = forward(&client, &upstream, &ctx.pipes, &mut outcome.progress, activity) => Ok(r),
+        _ = close.cancelled() => Err(CloseReason::Drained),
+        _ = idle::expired(activity) => Err(CloseReason::IdleTimeout),
     };
     match result {
-        None => {
-            outcome.close = CloseReason::Drained;
+        Err(cut) => {
+            if cut == CloseReason::IdleTimeout {
+                pm.idle_timeouts.inc();
+                let timeout = activity.map(Activity::timeout);
+                tracing::debug!(port = %key, client = %source, timeout = ?timeout, "closing idle connection");
+            }
+            outcome.close = cut;
+            // A cut, not a close: neither peer may take it for the other's clean end (a write
+            // stuck for the whole idle timeout would otherwise look delivered).
             reset(client);
             reset(upstream);
         }
-        Some(Ok(())) => {
+        Ok(Ok(())) => {
             outcome.close = match outcome.progress.first_eof {
                 Some(Side::Upstream) => CloseReason::BackendClosed,
                 _ => CloseReason::ClientClosed,
             };
         }
-        Some(Err(err)) => {
+        Ok(Err(err)) => {
             tracing::debug!(port = %key, client = %source, endpoint = ?outcome.endpoint, error = %err, "connection ended on error");
             outcome.close = match err.side {
                 Side::Client => CloseReason::ClientError,

@@ -45,7 +45,7 @@ pub enum CloseReason {
     ClientError,
     /// An I/O error on the backend side.
     BackendError,
-    /// UDP: no datagram either way for the idle timeout.
+    /// No byte (TCP) or datagram (UDP) either way for the idle timeout.
     IdleTimeout,
     /// UDP: the flow's endpoint left the route; the next datagram starts a new flow.
     EndpointGone,

@@ -57,6 +57,10 @@ pub enum RefuseReason {
     proxy_header,
     /// Every connect attempt failed.
     upstream_unavailable,
+    /// Over `--max-connections`, `--max-connections-per-port` or the port's `max-connections`.
+    max_connections,
+    /// Accept failed for want of descriptors (EMFILE, ENFILE); reset with the spare one.
+    out_of_descriptors,
 }
 
 /// Why an upstream connect failed.
@@ -241,7 +245,9 @@ pub struct PortMetrics {
     pub retries: Counter,
     /// Connection lifetime, accept to close.
     pub duration: Histogram,
-    refused: [Counter; 3],
+    /// Connections cut by the idle timeout.
+    pub idle_timeouts: Counter,
+    refused: [Counter; 5],
     failures: Family<FailureLabels, Counter>,
     /// Connections that found every endpoint unhealthy and tried them all.
     pub all_endpoints_unhealthy: Counter,
@@ -259,6 +265,8 @@ impl PortMetrics {
             RefuseReason::no_endpoints => 0,
             RefuseReason::proxy_header => 1,
             RefuseReason::upstream_unavailable => 2,
+            RefuseReason::max_connections => 3,
+            RefuseReason::out_of_descriptors => 4,
         };
         self.refused[i].inc();
     }
@@ -340,6 +348,7 @@ pub struct Metrics {
     attempts: Family<PortLabels, Counter>,
     retries: Family<PortLabels, Counter>,
     duration: Family<PortLabels, Histogram, fn() -> Histogram>,
+    idle_timeouts: Family<PortLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -405,8 +414,14 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable)",
+            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable, max_connections, out_of_descriptors)",
             refused.clone(),
+        );
+        let idle_timeouts = Family::<PortLabels, Counter>::default();
+        registry.register(
+            "idle_timeouts",
+            "TCP connections cut by the idle timeout (no byte either way for that long), per port",
+            idle_timeouts.clone(),
         );
         registry.register(
             "bytes_received",
@@ -540,6 +555,7 @@ impl Metrics {
             attempts,
             retries,
             duration,
+            idle_timeouts,
             refused,
             failures,
             reloads,
@@ -584,10 +600,13 @@ impl Metrics {
             connect_attempts: self.attempts.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
+            idle_timeouts: self.idle_timeouts.get_or_create(&labels).clone(),
             refused: [
                 refused(RefuseReason::no_endpoints),
                 refused(RefuseReason::proxy_header),
                 refused(RefuseReason::upstream_unavailable),
+                refused(RefuseReason::max_connections),
+                refused(RefuseReason::out_of_descriptors),
             ],
             failures: self.failures.clone(),
             all_endpoints_unhealthy: self.health.all_unhealthy.get_or_create(&labels).clone(),

@@ -15,7 +15,22 @@ pub struct Dermaga {
 
 impl Dermaga {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dermaga"))
+        Self::start_under(&[], args)
+    }
+
+    /// Starts `dermaga` through a wrapper command, e.g. `["prlimit", "--nofile=64:64", "--"]`:
+    /// the wrapper gets the binary's path and then `args`.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Self {
+        let binary = env!("CARGO_BIN_EXE_dermaga");
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info,kube_client=off,kube_runtime=off")
             .stdin(Stdio::null())

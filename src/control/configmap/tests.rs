@@ -284,3 +284,111 @@ fn spec_display_round_trips() {
         assert_eq!(parse_value(&spec.to_string(), Protocol::Tcp).unwrap(), spec);
     }
 }
+
+#[test]
+fn limit_options_apply_to_their_port() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[
+            ("10000", "default/a:80"),
+            ("10000.idle-timeout", "90s"),
+            ("10000.max-connections", "500"),
+            ("10001", "default/b:80"),
+            ("10001.idle-timeout", "off"),
+            ("10002", "default/c:80"),
+            ("10002.idle-timeout", "0s"),
+            ("10002.max-connections", "0"),
+            ("10003", "default/d:80"),
+        ]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let options = |n| parsed.entries[&port(n)].options.clone();
+    assert_eq!(options(10000).idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(options(10000).max_connections, Some(500));
+    assert_eq!(options(10001).idle_timeout, Some(Duration::ZERO));
+    assert_eq!(options(10002).idle_timeout, Some(Duration::ZERO));
+    assert_eq!(options(10002).max_connections, Some(0));
+    assert_eq!(options(10003).idle_timeout, None, "unset: the flag applies");
+    assert_eq!(
+        options(10003).max_connections,
+        None,
+        "unset: the flag applies"
+    );
+}
+
+#[test]
+fn bad_limit_values_are_rejected_naming_key_and_value() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "10000.idle-timeout",
+            "soon",
+            "takes a duration such as \"30s\"",
+        ),
+        (
+            "10000.idle-timeout",
+            "30",
+            "takes a duration such as \"30s\"",
+        ),
+        ("10000.idle-timeout", "-5s", "takes a duration"),
+        ("10000.idle-timeout", "1ms", "too short: at least 10ms"),
+        (
+            "10000.max-connections",
+            "lots",
+            "takes a whole number of connections",
+        ),
+        (
+            "10000.max-connections",
+            "-1",
+            "takes a whole number of connections",
+        ),
+        (
+            "10000.max-connections",
+            "1.5",
+            "takes a whole number of connections",
+        ),
+    ];
+    for (key, value, expected) in cases {
+        let parsed = parse_port_map(
+            &cm(),
+            &map(&[
+                ("10000", "default/a:80"),
+                (key, value),
+                ("10001", "default/b:80"),
+            ]),
+            Protocol::Tcp,
+            &reserved(),
+        );
+        assert_eq!(parsed.errors.len(), 1, "{key}={value}: {:?}", parsed.errors);
+        let error = &parsed.errors[0];
+        assert_eq!(error.reason, EntryReason::InvalidOption);
+        assert!(error.problem.contains(expected), "{key}={value}: {error}");
+        assert!(error.problem.contains(&format!("{value:?}")), "{error}");
+        let shown = error.to_string();
+        assert!(shown.contains(&format!("{key:?}")), "{shown}");
+        assert!(!parsed.entries.contains_key(&port(10000)), "{key}={value}");
+        assert!(
+            parsed.entries.contains_key(&port(10001)),
+            "others unaffected"
+        );
+    }
+}
+
+#[test]
+fn limit_options_are_for_tcp_ports_only() {
+    for option in ["53.idle-timeout", "53.max-connections"] {
+        let parsed = parse_port_map(
+            &cm(),
+            &map(&[("53", "kube-system/dns:53"), (option, "10")]),
+            Protocol::Udp,
+            &reserved(),
+        );
+        assert_eq!(parsed.errors.len(), 1, "{option}");
+        assert!(
+            parsed.errors[0].problem.contains("TCP ports only"),
+            "{}",
+            parsed.errors[0]
+        );
+    }
+}

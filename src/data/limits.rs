@@ -1,0 +1,258 @@
+//! Connection limits, applied where connections are accepted.
+//!
+//! - **Counts.** At most `--max-connections` TCP connections are open in the process and at most
+//!   `--max-connections-per-port` (or the port's `max-connections` option) on one port; 0 means
+//!   no limit. A connection takes a [`Slot`] in both counts before its task is spawned and gives
+//!   it back when the task ends, however it ends. Taking is increment-then-check, so concurrent
+//!   accepts on several ports never exceed a limit.
+//! - **Descriptors.** A spare descriptor ([`refuse_with_reserve`]), shared by every port, is
+//!   given up for an instant when accept fails for want of descriptors (EMFILE, ENFILE), so the
+//!   pending connection can be accepted and reset at once instead of waiting in the backlog.
+//! - **Warnings.** Refusals are logged through a [`Throttle`]: one line per port and reason per
+//!   second at most, with the number refused since the last line.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// A count of open connections.
+#[derive(Debug, Default)]
+pub struct OpenConnections(AtomicUsize);
+
+impl OpenConnections {
+    /// Connections open now.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more if fewer than `max` are open (0: no limit).
+    fn try_take(&self, max: usize) -> bool {
+        let before = self.0.fetch_add(1, Ordering::AcqRel);
+        if max != 0 && before >= max {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Which limit refused a connection, with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    /// `--max-connections`.
+    Global(usize),
+    /// The port's limit (`max-connections` option or `--max-connections-per-port`).
+    Port(usize),
+}
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exceeded::Global(max) => write!(f, "{max} connections open in all (--max-connections)"),
+            Exceeded::Port(max) => write!(f, "{max} connections open on this port"),
+        }
+    }
+}
+
+/// The counts one listening port takes slots from: its own and the process's.
+#[derive(Debug)]
+pub struct PortCounts {
+    port: OpenConnections,
+    global: Arc<OpenConnections>,
+}
+
+impl PortCounts {
+    /// A port's count, sharing the process-wide `global` count.
+    pub fn new(global: Arc<OpenConnections>) -> Arc<Self> {
+        Arc::new(Self {
+            port: OpenConnections::default(),
+            global,
+        })
+    }
+
+    /// Connections open on this port now.
+    pub fn open(&self) -> usize {
+        self.port.get()
+    }
+
+    /// A slot for one more connection, unless that would exceed `global_max` or `port_max`
+    /// (0: no limit).
+    pub fn admit(self: &Arc<Self>, global_max: usize, port_max: usize) -> Result<Slot, Exceeded> {
+        if !self.global.try_take(global_max) {
+            return Err(Exceeded::Global(global_max));
+        }
+        if !self.port.try_take(port_max) {
+            self.global.release();
+            return Err(Exceeded::Port(port_max));
+        }
+        Ok(Slot(self.clone()))
+    }
+}
+
+/// One open connection's place in its port's and the process's counts; given back on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<PortCounts>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.port.release();
+        self.0.global.release();
+    }
+}
+
+/// Lets a warning through at most once per [`Throttle::PERIOD`], counting the ones held back.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    /// At most one line per this period.
+    pub const PERIOD: Duration = Duration::from_secs(1);
+
+    /// One more event; `Some(n)` when a line is due now, `n` counting the events since the
+    /// last line (this one included).
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.held += 1;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::PERIOD)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+/// The spare descriptor (`/dev/null`), shared by every port. `None` while given up, or when it
+/// could not be opened (descriptors exhausted): it is reopened at the next chance.
+static RESERVE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Opens the spare descriptor if it is not open; false if that failed.
+pub fn ensure_reserve() -> bool {
+    let mut reserve = RESERVE.lock().unwrap_or_else(|p| p.into_inner());
+    reopen(&mut reserve)
+}
+
+fn reopen(reserve: &mut Option<File>) -> bool {
+    if reserve.is_none() {
+        *reserve = File::open("/dev/null").ok();
+    }
+    reserve.is_some()
+}
+
+/// What giving up the spare descriptor achieved.
+#[derive(Debug)]
+pub enum ReserveOutcome {
+    /// A pending connection was accepted and reset.
+    Refused,
+    /// Nothing was pending (the listener's readiness is cleared: the next accept waits).
+    NothingPending,
+    /// No spare descriptor, or accept failed again (another thread took the descriptor):
+    /// the caller should pause.
+    Failed(Option<io::Error>),
+}
+
+/// After accept failed with EMFILE/ENFILE: closes the spare descriptor, accepts one pending
+/// connection into its place, resets it, and reopens the spare. Synchronous, so no other task
+/// on this thread can take the freed descriptor in between.
+pub fn refuse_with_reserve(listener: &TcpListener) -> ReserveOutcome {
+    let mut reserve = RESERVE.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(spare) = reserve.take() else {
+        reopen(&mut reserve);
+        return ReserveOutcome::Failed(None);
+    };
+    drop(spare);
+    let outcome = match accept_now(listener) {
+        Poll::Ready(Ok(stream)) => {
+            super::tcp::reset(stream);
+            ReserveOutcome::Refused
+        }
+        Poll::Ready(Err(err)) => ReserveOutcome::Failed(Some(err)),
+        Poll::Pending => ReserveOutcome::NothingPending,
+    };
+    reopen(&mut reserve);
+    outcome
+}
+
+/// One accept attempt that does not wait. `Pending` clears the listener's readiness, so the
+/// accept loop's next `accept().await` waits for a new connection instead of spinning.
+fn accept_now(listener: &TcpListener) -> Poll<io::Result<TcpStream>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    listener
+        .poll_accept(&mut cx)
+        .map(|accepted| accepted.map(|(stream, _)| stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_exact_and_given_back_on_drop() {
+        let global = Arc::new(OpenConnections::default());
+        let a = PortCounts::new(global.clone());
+        let b = PortCounts::new(global.clone());
+        let a1 = a.admit(3, 2).unwrap();
+        let a2 = a.admit(3, 2).unwrap();
+        assert_eq!(a.admit(3, 2).unwrap_err(), Exceeded::Port(2));
+        let b1 = b.admit(3, 0).unwrap();
+        assert_eq!(b.admit(3, 0).unwrap_err(), Exceeded::Global(3));
+        assert_eq!((global.get(), a.open(), b.open()), (3, 2, 1));
+        drop(a1);
+        let b2 = b.admit(3, 0).unwrap();
+        assert_eq!((global.get(), a.open(), b.open()), (3, 1, 2));
+        drop((a2, b1, b2));
+        assert_eq!((global.get(), a.open(), b.open()), (0, 0, 0));
+    }
+
+    #[test]
+    fn concurrent_admits_never_exceed_the_limit() {
+        let global = Arc::new(OpenConnections::default());
+        let ports: Vec<_> = (0..4).map(|_| PortCounts::new(global.clone())).collect();
+        let admitted = AtomicUsize::new(0);
+        let all_tried = std::sync::Barrier::new(ports.len());
+        std::thread::scope(|s| {
+            for port in &ports {
+                let (admitted, all_tried, global) = (&admitted, &all_tried, &global);
+                s.spawn(move || {
+                    let mut held = Vec::new();
+                    for _ in 0..1000 {
+                        if let Ok(slot) = port.admit(100, 0) {
+                            held.push(slot);
+                        }
+                        assert!(global.get() <= 100);
+                    }
+                    admitted.fetch_add(held.len(), Ordering::Relaxed);
+                    // Held until every thread has tried.
+                    all_tried.wait();
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 100);
+        assert_eq!(global.get(), 0);
+    }
+
+    #[test]
+    fn the_throttle_lets_one_line_a_second_through_with_the_count() {
+        let mut throttle = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(throttle.note(t0), Some(1));
+        for i in 1..=9 {
+            assert_eq!(throttle.note(t0 + Duration::from_millis(i * 100)), None);
+        }
+        assert_eq!(throttle.note(t0 + Duration::from_millis(1000)), Some(10));
+        assert_eq!(throttle.note(t0 + Duration::from_millis(5000)), Some(1));
+    }
+}
