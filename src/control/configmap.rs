@@ -436,3 +436,6 @@ fn apply_option(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;
