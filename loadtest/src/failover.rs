@@ -8,6 +8,10 @@
 //! front of the backends) or, without it, straight to the backends and `--refusing`
 //! addresses in turn. One connection: connect, send `T`, read the reply to EOF, close.
 //!
+//! `killed.open_connections_reset` counts the connections the backend had accepted when it
+//! was killed; those still in its accept queue are reset by the kernel as the listener closes
+//! and show only on the client side, as failures.
+//!
 //! A connection succeeds when the whole reply (a known tag and a newline) arrives within
 //! `--timeout`; otherwise it fails, by kind: `refused` (connect refused), `reset` (reset at
 //! any point, or a broken pipe), `eof` (closed before the full reply), `bad_reply` (not a
@@ -15,7 +19,8 @@
 //!
 //! Bounded: `--connections` in all, each within `--timeout`, and no connection is started
 //! after `--max-time` (what was never started is `not_attempted`, and `cut_by_max_time` says
-//! so). Scenario presets: `s2` = 5,000 connections; `s3` = 20,000 with the last backend
+//! so). `succeeded_us` and `failed_us` give how long connections took (µs percentiles), e.g.
+//! how long a client waited for a failure. Scenario presets: `s2` = 5,000 connections; `s3` = 20,000 with the last backend
 //! killed after half of them have started.
 
 use std::collections::BTreeMap;
@@ -32,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::common::progress;
+use crate::common::{latencies, percentiles, progress, record};
 
 /// A field report of `docs/scenarios.md`, as a preset of counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -293,6 +298,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let outcomes: Arc<Mutex<BTreeMap<Outcome, u64>>> = Arc::default();
     let per_backend: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; tags.len()]));
     let cut = Arc::new(AtomicBool::new(false));
+    let (ok_time, failed_time) = (latencies(), latencies());
     let started = Instant::now();
     let deadline = started + args.max_time;
     let bar = progress(connections, "failover", connections >= 1000);
@@ -306,6 +312,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             );
             let (tags, targets, backends, bar) =
                 (tags.clone(), targets.clone(), backends.clone(), bar.clone());
+            let (ok_time, failed_time) = (ok_time.clone(), failed_time.clone());
             let timeout = args.timeout;
             tokio::spawn(async move {
                 loop {
@@ -323,7 +330,17 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
                         backends[v].kill().await;
                     }
                     let target = targets[(ticket % targets.len() as u64) as usize];
+                    let t0 = Instant::now();
                     let (outcome, tag) = one(target, timeout, &tags).await;
+                    let took = t0.elapsed();
+                    record(
+                        if outcome == Outcome::Ok {
+                            &ok_time
+                        } else {
+                            &failed_time
+                        },
+                        took,
+                    );
                     *outcomes
                         .lock()
                         .expect("outcomes lock")
@@ -376,6 +393,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "killed": killed,
         "not_attempted": connections - attempted,
         "cut_by_max_time": cut.load(Ordering::Relaxed) && attempted < connections,
+        "succeeded_us": percentiles(&ok_time),
+        "failed_us": percentiles(&failed_time),
         "seconds": seconds,
     }))
 }

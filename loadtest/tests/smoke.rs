@@ -363,9 +363,12 @@ fn failover_counts_connections_to_a_killed_backend_as_failures() {
         100.0,
         "every connection to the killed backend either succeeded before or failed: {v}"
     );
+    // The 50 started after the kill fail: refused, or reset when one raced the listener's
+    // close (accepted by the kernel, then reset with the backlog).
+    assert!(failed >= 50.0, "{v}");
     assert!(
-        num(&v, &["failed_by_kind", "refused"]) >= 50.0,
-        "the 50 started after the kill are refused: {v}"
+        num(&v, &["failed_by_kind", "refused"]) >= 40.0,
+        "most are refused: {v}"
     );
 }
 
@@ -427,7 +430,7 @@ fn failover_compare_runs_the_direct_path_and_writes_a_report() {
         "{doc}"
     );
     for want in [
-        "S2: 3 endpoints, one refusing | direct | 40 | 120 | 33.3 % |",
+        "S2: 3 endpoints, one refusing | direct | 40 | 120 | 33.3 % | refused 40 |",
         "S3: 2 endpoints, one killed halfway | direct |",
         "<!-- failover compare: end -->",
     ] {

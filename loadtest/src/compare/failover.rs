@@ -387,8 +387,9 @@ fn markdown(
     let mut s = format!("{BEGIN}\n{head}\n");
     s.push_str(
         "| scenario | path | failed connections, median (min–max) | attempted, median | \
-         failed % of attempted, median | failures by kind, all rounds | successes per backend, \
-         median | run time s, median | notes |\n|---|---|---|---|---|---|---|---|---|\n",
+         failed % of attempted, median | failures by kind, all rounds | time to a failure, \
+         median of medians | successes per backend, median | run time s, median | notes |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for &sc in scenarios {
         for &c in contenders {
@@ -452,14 +453,28 @@ fn markdown(
                     Some(100.0 * r["failed"].as_f64()? / a)
                 })
                 .collect();
+            let fail_ms: Vec<f64> = ok
+                .iter()
+                .filter(|r| r["failed"].as_u64().is_some_and(|n| n > 0))
+                .filter_map(|r| r["failed_us"]["p50"].as_f64())
+                .map(|us| us / 1000.0)
+                .collect();
+            let fail_ms = stat(&fail_ms).map_or("–".into(), |st| {
+                if st.median >= 100.0 {
+                    format!("{:.1} s", st.median / 1000.0)
+                } else {
+                    format!("{:.1} ms", st.median)
+                }
+            });
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 scenario_label(sc),
                 c.name(),
                 range(stat(&field("failed"))),
                 stat(&field("attempted")).map_or("–".into(), |st| thousands(st.median)),
                 stat(&rate).map_or("–".into(), |st| format!("{:.1} %", st.median)),
                 kinds(&ok),
+                fail_ms,
                 per_backend.join(", "),
                 stat(&field("seconds")).map_or("–".into(), |st| format!("{:.1}", st.median)),
                 if notes.is_empty() {
