@@ -7,13 +7,16 @@
 //! Modules: [`backend`] (echo/sink/tag server, TCP and UDP), [`bulk`] (throughput), [`rr`]
 //! (closed-loop request/response), [`latency`] (fixed offered rate, from intended send time),
 //! [`conn`] (new connections per second), [`idle`] (held connections, RSS per connection),
-//! [`udp`] (DNS-sized UDP request/response), [`procstat`] (/proc readings), [`compare`].
+//! [`udp`] (DNS-sized UDP request/response), [`procstat`] (/proc readings), [`compare`],
+//! [`failover`] (the S2/S3 failure scenarios, counting failed connections) and
+//! `failover-compare` (those scenarios through dermaga, nginx and HAProxy; in [`compare`]).
 
 mod backend;
 mod bulk;
 mod common;
 mod compare;
 mod conn;
+mod failover;
 mod idle;
 mod latency;
 mod procstat;
@@ -137,6 +140,12 @@ enum Cmd {
     /// Side by side: direct path, dermaga, nginx (stream) and HAProxy (mode tcp), every
     /// workload, rounds alternating; a markdown report and SVG charts.
     Compare(compare::Args),
+    /// The S2/S3 failure scenarios: in-process tagged backends (one refusing, or one killed
+    /// halfway), short connections through --target, every failure counted by kind.
+    Failover(failover::Args),
+    /// S2 and S3 through dermaga, nginx (stream) and HAProxy (mode tcp) with their default
+    /// failover settings, fresh proxies, several rounds; a markdown table of failures.
+    FailoverCompare(compare::failover::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +154,9 @@ fn main() -> anyhow::Result<()> {
     if let Cmd::Compare(args) = cli.command {
         // Synchronous: it runs the generators as child processes, pinned with taskset.
         return compare::run(args);
+    }
+    if let Cmd::FailoverCompare(args) = cli.command {
+        return compare::failover::run(args);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -206,7 +218,8 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 proxy_pid,
             } => udp::run(target, clients, duration, proxy_pid).await?,
-            Cmd::Compare(_) => unreachable!("handled above"),
+            Cmd::Failover(args) => failover::run(args).await?,
+            Cmd::Compare(_) | Cmd::FailoverCompare(_) => unreachable!("handled above"),
         };
         println!("{result}");
         Ok(())

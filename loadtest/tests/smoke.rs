@@ -326,3 +326,118 @@ fn compare_runs_the_direct_path_and_writes_a_report() {
     assert!(out.join("images/compare-throughput.svg").is_file());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `failover` straight to its own two backends, the second killed after half the
+/// connections: what went to the killed one after that is counted as failed (refused), not
+/// hidden, and the survivor answers all of its share.
+#[test]
+fn failover_counts_connections_to_a_killed_backend_as_failures() {
+    let v = run(&[
+        "failover",
+        "--backends",
+        "127.0.7.11:0,127.0.7.12:0",
+        "--connections",
+        "200",
+        "--concurrency",
+        "4",
+        "--kill-after",
+        "100",
+        "--max-time",
+        "20s",
+    ]);
+    assert_eq!(v["attempted"], 200, "{v}");
+    assert_eq!(v["not_attempted"], 0);
+    let (ok, failed) = (num(&v, &["succeeded"]), num(&v, &["failed"]));
+    assert_eq!(ok + failed, 200.0, "{v}");
+    let backends: Vec<String> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(v["killed"]["backend"], backends[1].as_str());
+    // Connections alternate between the two: the survivor answers its 100.
+    assert_eq!(num(&v, &["per_backend", &backends[0]]), 100.0, "{v}");
+    assert_eq!(
+        num(&v, &["per_backend", &backends[1]]) + failed,
+        100.0,
+        "every connection to the killed backend either succeeded before or failed: {v}"
+    );
+    // The 50 started after the kill fail: refused, or reset when one raced the listener's
+    // close (accepted by the kernel, then reset with the backlog).
+    assert!(failed >= 50.0, "{v}");
+    assert!(
+        num(&v, &["failed_by_kind", "refused"]) >= 40.0,
+        "most are refused: {v}"
+    );
+}
+
+/// `failover` through nothing but a refusing address (the S2 shape, no proxy): one in three
+/// connections refused.
+#[test]
+fn failover_counts_a_refusing_endpoint() {
+    let v = run(&[
+        "failover",
+        "--backends",
+        "127.0.7.13:0,127.0.7.14:0",
+        "--refusing",
+        "127.0.7.15:9",
+        "--connections",
+        "90",
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(v["failed"], 30, "{v}");
+    assert_eq!(v["failed_by_kind"]["refused"], 30);
+    assert_eq!(v["succeeded"], 60);
+    assert!(v["killed"].is_null());
+}
+
+/// The failover runner end to end on the direct path (no proxy packages needed): both
+/// scenarios, one round, a report. Needs taskset and two CPUs; skipped otherwise.
+#[test]
+fn failover_compare_runs_the_direct_path_and_writes_a_report() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = Command::new("taskset").arg("--version").output().is_ok();
+    if cpus < 2 || !taskset {
+        eprintln!("skipped: needs taskset and 2 CPUs (have {cpus}, taskset: {taskset})");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("loadtest-failover-{}", std::process::id()));
+    let docs = out.join("doc.md");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(&docs, "# Resilience\n\nhand-written text\n").unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "failover-compare",
+            "--contenders",
+            "direct",
+            "--rounds",
+            "1",
+        ])
+        .args(["--connections", "120", "--write-docs"])
+        .arg("--out")
+        .arg(&out)
+        .arg("--docs")
+        .arg(&docs)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "failover-compare failed: {stderr}");
+    let doc = std::fs::read_to_string(&docs).unwrap();
+    assert!(
+        doc.starts_with("# Resilience\n\nhand-written text\n"),
+        "{doc}"
+    );
+    for want in [
+        "S2: 3 endpoints, one refusing | direct | 40 | 120 | 33.3 % | refused 40 |",
+        "S3: 2 endpoints, one killed halfway | direct |",
+        "<!-- failover compare: end -->",
+    ] {
+        assert!(doc.contains(want), "{want:?} missing: {doc}");
+    }
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 2, "{results}");
+    assert!(!results.contains("\"error\""), "{results}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -521,3 +521,6 @@ fn parse_idle_timeout(option: &str, value: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

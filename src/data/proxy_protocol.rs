@@ -195,3 +195,6 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

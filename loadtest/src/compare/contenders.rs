@@ -84,7 +84,8 @@ impl Proc {
         self.child.id()
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    /// An error with the log's contents when the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = self
                 .log
@@ -175,21 +176,51 @@ pub fn start_backend(setup: &Setup, exe: &Path, c: Contender) -> anyhow::Result<
     })
 }
 
+/// What a proxy is configured to do: listen on one address (port 10000 in the benchmark),
+/// and forward TCP (and UDP, when `udp`) to its backends, balanced with the proxy's default
+/// method. Every backend has the same port (one EndpointSlice port for dermaga).
+pub struct Route {
+    /// The proxy's listener.
+    pub listen: SocketAddr,
+    /// Where it forwards.
+    pub backends: Vec<SocketAddr>,
+    /// Also UDP on the same port (the benchmark's DNS workload).
+    pub udp: bool,
+}
+
+impl Route {
+    /// The benchmark's route of `c`: its own target address to its own backend, TCP and UDP.
+    pub fn bench(setup: &Setup, c: Contender) -> Route {
+        Route {
+            listen: c.target(setup.net),
+            backends: vec![c.backend(setup.net)],
+            udp: c.has_udp(),
+        }
+    }
+}
+
 /// Writes the configuration of `c` and starts it pinned to the proxy CPU; `None` for the
 /// direct path. Does not wait for it: see [`wait_ready`].
 pub fn start_proxy(setup: &Setup, c: Contender) -> anyhow::Result<Option<Proc>> {
+    start_proxy_for(setup, c, &Route::bench(setup, c))
+}
+
+/// [`start_proxy`] with any route.
+pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Result<Option<Proc>> {
     let work = &setup.work;
     let log = work.join(format!("{}.log", c.name()));
     let mut cmd = match c {
         Contender::Direct => return Ok(None),
         Contender::Dermaga => {
             let config = work.join("dermaga.yaml");
-            fs::write(&config, dermaga_config(c.backend(setup.net)))?;
-            let ip = c.target(setup.net).ip().to_string();
+            fs::write(&config, dermaga_config(route))?;
+            let ip = route.listen.ip().to_string();
             let mut cmd = pinned(setup.proxy_cpu, &setup.dermaga);
-            cmd.arg("--config").arg(&config).args([
-                "--udp-services-configmap",
-                "dermaga/udp-services",
+            cmd.arg("--config").arg(&config);
+            if route.udp {
+                cmd.args(["--udp-services-configmap", "dermaga/udp-services"]);
+            }
+            cmd.args([
                 "--listen-address",
                 &ip,
                 "--admin-address",
@@ -208,14 +239,14 @@ pub fn start_proxy(setup: &Setup, c: Contender) -> anyhow::Result<Option<Proc>> 
         }
         Contender::Nginx => {
             let config = work.join("nginx.conf");
-            fs::write(&config, nginx_config(setup, c))?;
+            fs::write(&config, nginx_config(setup, route))?;
             let mut cmd = pinned(setup.proxy_cpu, Path::new("nginx"));
             cmd.arg("-c").arg(&config).arg("-e").arg(&log);
             cmd
         }
         Contender::Haproxy => {
             let config = work.join("haproxy.cfg");
-            fs::write(&config, haproxy_config(setup, c))?;
+            fs::write(&config, haproxy_config(setup, route))?;
             let mut cmd = pinned(setup.proxy_cpu, Path::new("haproxy"));
             cmd.arg("-db").arg("-f").arg(&config);
             cmd
@@ -288,19 +319,36 @@ fn probe(target: SocketAddr, tag: &str, udp: bool) -> std::io::Result<String> {
     Ok(got)
 }
 
-/// dermaga's file-provider configuration: TCP and UDP port 10000 to the backend.
-pub fn dermaga_config(backend: SocketAddr) -> String {
-    let (ip, port) = (backend.ip(), backend.port());
-    format!(
+/// dermaga's file-provider configuration: TCP (and UDP) port `route.listen` to a Service
+/// whose one EndpointSlice lists the backends.
+pub fn dermaga_config(route: &Route) -> String {
+    let port = route.backends[0].port();
+    let listen = route.listen.port();
+    assert!(
+        route.backends.iter().all(|b| b.port() == port),
+        "one EndpointSlice port for every backend"
+    );
+    // One endpoint (pod) per backend.
+    let endpoints = route
+        .backends
+        .iter()
+        .map(|b| format!("{{addresses: [\"{}\"]}}", b.ip()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut s = format!(
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {{name: tcp-services, namespace: dermaga}}
-data: {{"{PROXY_PORT}": "default/bench:80"}}
+data: {{"{listen}": "default/bench:80"}}
 ---
-apiVersion: v1
+"#
+    );
+    if route.udp {
+        s.push_str(&format!(
+            r#"apiVersion: v1
 kind: ConfigMap
 metadata: {{name: udp-services, namespace: dermaga}}
-data: {{"{PROXY_PORT}": "default/bench:53"}}
+data: {{"{listen}": "default/bench:53"}}
 ---
 apiVersion: v1
 kind: Service
@@ -312,16 +360,61 @@ kind: EndpointSlice
 metadata: {{name: bench-1, namespace: default, labels: {{kubernetes.io/service-name: bench}}}}
 addressType: IPv4
 ports: [{{name: tcp, port: {port}, protocol: TCP}}, {{name: dns, port: {port}, protocol: UDP}}]
-endpoints: [{{addresses: ["{ip}"]}}]
+endpoints: [{endpoints}]
 "#
-    )
+        ));
+    } else {
+        s.push_str(&format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: bench, namespace: default}}
+spec: {{ports: [{{name: tcp, port: 80, protocol: TCP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: bench-1, namespace: default, labels: {{kubernetes.io/service-name: bench}}}}
+addressType: IPv4
+ports: [{{name: tcp, port: {port}, protocol: TCP}}]
+endpoints: [{endpoints}]
+"#
+        ));
+    }
+    s
 }
 
-/// nginx: one worker, stream module, TCP and UDP (one response per datagram), no access log.
-pub fn nginx_config(setup: &Setup, c: Contender) -> String {
+/// nginx: one worker, stream module, no access log; TCP (and UDP, one response per
+/// datagram). Several backends make an `upstream` block with nginx's defaults (round robin,
+/// `max_fails=1 fail_timeout=10s`, `proxy_next_upstream on`).
+pub fn nginx_config(setup: &Setup, route: &Route) -> String {
     let work = setup.work.display();
-    let (listen, backend) = (c.target(setup.net), c.backend(setup.net));
+    let listen = route.listen;
     let conns = (2 * setup.max_conns + 256).min(setup.nofile as usize);
+    let (upstream, backend) = if route.backends.len() == 1 {
+        (String::new(), route.backends[0].to_string())
+    } else {
+        let servers: String = route
+            .backends
+            .iter()
+            .map(|b| format!("    server {b};\n"))
+            .collect();
+        (
+            format!("  upstream be {{\n{servers}  }}\n"),
+            "be".to_string(),
+        )
+    };
+    let udp = if route.udp {
+        format!(
+            r#"  server {{
+    listen {listen} udp;
+    proxy_pass {backend};
+    proxy_responses 1;
+    proxy_timeout 30s;
+  }}
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"load_module {NGINX_STREAM_MODULE};
 worker_processes 1;
@@ -334,27 +427,29 @@ events {{ worker_connections {conns}; }}
 stream {{
   access_log off;
   proxy_connect_timeout 5s;
-  server {{
+{upstream}  server {{
     listen {listen} backlog=4096;
     proxy_pass {backend};
     proxy_timeout 60s;
   }}
-  server {{
-    listen {listen} udp;
-    proxy_pass {backend};
-    proxy_responses 1;
-    proxy_timeout 30s;
-  }}
-}}
+{udp}}}
 "#,
         nofile = setup.nofile
     )
 }
 
-/// HAProxy: one thread, mode tcp, same timeouts, no log section at all.
-pub fn haproxy_config(setup: &Setup, c: Contender) -> String {
-    let (listen, backend) = (c.target(setup.net), c.backend(setup.net));
+/// HAProxy: one thread, mode tcp, same timeouts, no log section at all; one `server` line
+/// per backend with HAProxy's defaults (round robin, no checks, `retries 3` on the same
+/// server, no `option redispatch`).
+pub fn haproxy_config(setup: &Setup, route: &Route) -> String {
+    let listen = route.listen;
     let maxconn = setup.max_conns + 64;
+    let servers: String = route
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server s{} {b}\n", i + 1))
+        .collect();
     format!(
         r#"global
   nbthread 1
@@ -369,7 +464,6 @@ frontend fe
   bind {listen} backlog 4096
   default_backend be
 backend be
-  server s1 {backend}
-"#
+{servers}"#
     )
 }

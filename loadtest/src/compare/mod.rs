@@ -18,6 +18,7 @@
 
 mod contenders;
 mod env;
+pub mod failover;
 mod report;
 mod svg;
 mod workloads;

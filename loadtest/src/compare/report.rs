@@ -424,13 +424,18 @@ pub fn markdown(
 
 /// `doc` with the section between the markers replaced by `section` (appended if absent).
 pub fn splice(doc: &str, section: &str) -> String {
-    match (doc.find(BEGIN), doc.find(END)) {
+    splice_between(doc, BEGIN, END, section)
+}
+
+/// [`splice`] with any pair of markers (`section` starts with `begin` and ends with `end`).
+pub fn splice_between(doc: &str, begin: &str, end: &str, section: &str) -> String {
+    match (doc.find(begin), doc.find(end)) {
         (Some(b), Some(e)) if e > b => {
             format!(
                 "{}{}{}",
                 &doc[..b],
                 section.trim_end(),
-                &doc[e + END.len()..]
+                &doc[e + end.len()..]
             )
         }
         _ => format!("{}\n\n{}", doc.trim_end(), section),
