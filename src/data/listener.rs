@@ -405,7 +405,7 @@ fn admit(
     peer: SocketAddr,
     key: RouteKey,
     ctx: &Arc<ConnContext>,
-    counts: &PortCounts,
+    counts: &Arc<PortCounts>,
     warnings: &mut RefusalWarnings,
     close: &CancellationToken,
     connections: &TaskTracker,
@@ -456,7 +456,16 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                admit(stream, peer, key, &ctx, &counts, &mut warnings, &close, &connections);
+                admit(
+                    stream,
+                    peer,
+                    key,
+                    &ctx,
+                    &counts,
+                    &mut warnings,
+                    &close,
+                    &connections,
+                );
             }
             Err(err) => {
                 ctx.metrics.global.accept_errors.inc();
@@ -491,7 +500,16 @@ async fn accept_loop(
         match accept_now(&listener) {
             Ok(Some((stream, peer))) => {
                 queued += 1;
-                admit(stream, peer, key, &ctx, &counts, &mut warnings, &close, &connections);
+                admit(
+                    stream,
+                    peer,
+                    key,
+                    &ctx,
+                    &counts,
+                    &mut warnings,
+                    &close,
+                    &connections,
+                );
             }
             Ok(None) => break,
             Err(err) => {
