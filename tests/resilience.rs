@@ -51,12 +51,11 @@ impl Pod {
                 loop {
                     let accepted = tokio::select! {
                         _ = killed.cancelled() => {
-                            // Connections already in the accept queue were open too.
-                            while let Ok(Ok((s, _))) =
-                                tokio::time::timeout(Duration::ZERO, listener.accept()).await
-                            {
+                            // Connections already in the accept queue were open too: a raw
+                            // accept until WouldBlock sees every one the kernel has queued.
+                            while let Ok((s, _)) = socket2::SockRef::from(&listener).accept() {
                                 reset.fetch_add(1, Ordering::SeqCst);
-                                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                                let _ = s.set_linger(Some(Duration::ZERO));
                             }
                             return;
                         }
@@ -125,6 +124,14 @@ impl Drop for Pod {
         self.killed.cancel();
         self.task.abort();
     }
+}
+
+/// Gateway options whose ejections outlast any run of these tests (600 s).
+fn long_ejections(listen: &str) -> dermaga::gateway::GatewayOptions {
+    let mut opts = options(listen);
+    opts.health.base_ejection = Duration::from_secs(600);
+    opts.health.max_ejection = Duration::from_secs(600);
+    opts
 }
 
 fn at(ip: &str) -> SocketAddr {
@@ -226,7 +233,7 @@ async fn s3_an_endpoint_killed_under_load_costs_only_its_open_connections() {
     let base = configmap_yaml(&[("10000", "default/api:80")]) + &service_yaml("api", 80);
     let gw = gateway(
         &(base + &slice("api", "a", a.addr, READY) + &slice("api", "b", b.addr, READY)),
-        options("127.1.4.1"),
+        long_ejections("127.1.4.1"),
     );
     let addr = gw.wait_bound(tcp(10000)).await;
 
@@ -391,7 +398,7 @@ async fn when_every_endpoint_is_ejected_all_are_tried() {
         + &service_yaml("api", 80)
         + &slice("api", "x", x, READY)
         + &slice("api", "y", y, READY);
-    let gw = gateway(&yaml, options("127.1.4.3"));
+    let gw = gateway(&yaml, long_ejections("127.1.4.3"));
     let addr = gw.wait_bound(tcp(10000)).await;
     for _ in 0..3 {
         // Each connection tries both, and both refuse.
@@ -541,7 +548,7 @@ async fn health_survives_table_rebuilds_and_is_forgotten_with_the_endpoint() {
     let base = configmap_yaml(&[("10000", "default/api:80")]) + &service_yaml("api", 80);
     let gw = gateway(
         &(base.clone() + &slice("api", "a", a.addr, READY) + &slice("api", "dead", dead, READY)),
-        options("127.1.4.5"),
+        long_ejections("127.1.4.5"),
     );
     let addr = gw.wait_bound(tcp(10000)).await;
     for _ in 0..6 {

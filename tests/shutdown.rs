@@ -295,8 +295,10 @@ async fn the_grace_closes_what_is_still_open_and_the_process_exits_zero() {
     d.wait_log(&["unready"]);
     let (status, body) = http_get(admin, "/readyz").await;
     assert_eq!((status, body.as_str()), (503, "draining: shutting down\n"));
+    // Loose bound: /readyz is 503 from the first signal on; the bound only catches a process
+    // that waits for something before turning unready (a loaded machine may be slow to answer).
     assert!(
-        signalled.elapsed() < Duration::from_millis(300),
+        signalled.elapsed() < Duration::from_secs(3),
         "unready at once"
     );
 

@@ -110,13 +110,12 @@ struct Outcome {
 
 /// Decrements the active-connections gauge and gives the connection's slot back however the
 /// connection ends.
-struct Active(
-    Arc<PortMetrics>,
-    #[expect(dead_code, reason = "held for its Drop")] Slot,
-);
+struct Active(Arc<PortMetrics>, Option<Slot>);
 
 impl Drop for Active {
     fn drop(&mut self) {
+        // The slot first: once the gauge says a connection is gone, its slot is free too.
+        drop(self.1.take());
         self.0.active.dec();
     }
 }
@@ -139,7 +138,7 @@ pub async fn serve_connection(
     let pm = ctx.metrics.port(key, service);
     pm.accepted.inc();
     pm.active.inc();
-    let active = Active(pm, slot);
+    let active = Active(pm, Some(slot));
     let mut outcome = Outcome {
         client: peer,
         endpoint: None,
@@ -212,11 +211,20 @@ async fn proxy(
     // TCP_NODELAY and keepalive come from the listening socket.
     let local = client.local_addr().map(canonical).unwrap_or(peer);
     let (source, destination, early_data) = if route.spec.proxy.decode {
-        let read = tokio::time::timeout(
-            ctx.settings.proxy_header_timeout,
-            proxy_protocol::read_header(&mut client),
-        )
-        .await;
+        // The drain deadline cuts the wait too: a client that never sends its header must not
+        // hold a shutdown or a port's drain past the grace.
+        let read = tokio::select! {
+            r = tokio::time::timeout(
+                ctx.settings.proxy_header_timeout,
+                proxy_protocol::read_header(&mut client),
+            ) => Some(r),
+            _ = close.cancelled() => None,
+        };
+        let Some(read) = read else {
+            outcome.close = CloseReason::Drained;
+            reset(client);
+            return;
+        };
         let error = match read {
             Ok(Ok((
                 Decoded::Proxied {
@@ -248,7 +256,16 @@ async fn proxy(
     };
     outcome.client = source;
 
-    let Some(mut upstream) = connect(ctx, &route, source, pm, outcome).await else {
+    let connected = tokio::select! {
+        c = connect(ctx, &route, source, pm, outcome) => Some(c),
+        _ = close.cancelled() => None,
+    };
+    let Some(connected) = connected else {
+        outcome.close = CloseReason::Drained;
+        reset(client);
+        return;
+    };
+    let Some(mut upstream) = connected else {
         pm.refused(RefuseReason::upstream_unavailable);
         outcome.close = CloseReason::UpstreamUnavailable;
         reset(client);

@@ -675,6 +675,23 @@ impl Metrics {
             .inc();
     }
 
+    /// Removes the health series of an endpoint that left every route.
+    pub fn forget_endpoint(&self, endpoint: std::net::SocketAddr, pod: &str) {
+        let name = endpoint.to_string();
+        self.health.ejections.remove(&EjectionLabels {
+            endpoint: name.clone(),
+            pod: pod.to_owned(),
+        });
+        for result in ["success", "failure"] {
+            self.health.checks.remove(&CheckLabels {
+                endpoint: name.clone(),
+                result,
+            });
+        }
+        set_flag(&self.health.ejected, endpoint, false);
+        set_flag(&self.health.check_unhealthy, endpoint, false);
+    }
+
     /// Sets whether `endpoint` is ejected (the series is removed when it is not).
     pub fn endpoint_ejected(&self, endpoint: std::net::SocketAddr, ejected: bool) {
         set_flag(&self.health.ejected, endpoint, ejected);

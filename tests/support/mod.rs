@@ -131,6 +131,8 @@ pub fn options(listen: &str) -> GatewayOptions {
     GatewayOptions {
         address: ListenAddress::Ip(listen.parse().unwrap()),
         drain_timeout: Duration::from_secs(5),
+        // Two in-process gateways on one address must fail to bind, not share the port.
+        reuse_port: false,
         ..GatewayOptions::default()
     }
 }

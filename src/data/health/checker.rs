@@ -80,15 +80,20 @@ pub async fn run(
     let mut running: HashMap<SocketAddr, (Duration, CancellationToken)> = HashMap::new();
     loop {
         let table = snapshot.load();
-        registry.retain(&tcp_endpoints(&table));
         let wanted = wanted(&table, registry.settings().checks.interval);
+        // Stale probes first, so none of them reports after its endpoint is forgotten.
         running.retain(|addr, (interval, stop)| {
             let keep = wanted.get(addr) == Some(interval);
             if !keep {
                 stop.cancel();
+                if !wanted.contains_key(addr) {
+                    registry.checks_stopped(*addr);
+                }
             }
             keep
         });
+        registry.set_checked(wanted.keys().copied().collect());
+        registry.retain(&tcp_endpoints(&table));
         for (addr, interval) in wanted {
             running.entry(addr).or_insert_with(|| {
                 let stop = shutdown.child_token();
@@ -123,7 +128,9 @@ async fn probe_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        next += interval;
+        // A probe may take longer than the interval (a blackholed endpoint): the next one
+        // starts an interval later, never in a burst to catch up.
+        next = (next + interval).max(tokio::time::Instant::now());
         let result = probe(addr, registry.settings().checks.timeout).await;
         if stop.is_cancelled() {
             return;

@@ -86,6 +86,20 @@ struct EndpointHealth {
     check_failures: AtomicU32,
     last_check_error: Mutex<Option<String>>,
     pod: Mutex<Option<Arc<str>>>,
+    /// Serialises this endpoint's transitions (the rare path); readers use the atomics alone.
+    transition: Mutex<()>,
+    /// Whether this endpoint is counted in the registry's `troubled` hint (changed only under
+    /// `transition`).
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl EndpointHealth {
+    /// Failures in a row, an ejection (or probation after one), or a failing check verdict.
+    fn in_trouble(&self) -> bool {
+        self.consecutive_failures.load(Ordering::Relaxed) > 0
+            || self.ejected_until_ms.load(Ordering::Relaxed) != 0
+            || CheckState::from_u8(self.check.load(Ordering::Relaxed)) == CheckState::Unhealthy
+    }
 }
 
 /// What `/routes` shows for one endpoint.
@@ -112,9 +126,12 @@ pub struct HealthRegistry {
     settings: HealthSettings,
     epoch: Instant,
     endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointHealth>>>,
-    /// Endpoints with failures in a row or a failing check verdict: 0 lets connections skip
-    /// every lookup. A hint kept exact by [`HealthRegistry::retain`].
+    /// Endpoints in trouble (failures in a row, ejected or on probation, failing checks): 0 lets
+    /// connections skip every lookup. Each endpoint's transitions run under its own lock and
+    /// count it in or out here, so it is never 0 while a known endpoint is in trouble.
     troubled: AtomicUsize,
+    /// Endpoints that active checks probe now.
+    checked_addrs: RwLock<HashSet<SocketAddr>>,
     metrics: Arc<Metrics>,
 }
 
@@ -126,6 +143,7 @@ impl HealthRegistry {
             epoch: Instant::now(),
             endpoints: RwLock::new(HashMap::new()),
             troubled: AtomicUsize::new(0),
+            checked_addrs: RwLock::new(HashSet::new()),
             metrics,
         }
     }
@@ -185,22 +203,34 @@ impl HealthRegistry {
         if self.all_healthy() {
             return;
         }
-        if let Some(h) = self.get(&addr) {
+        if let Some(h) = self.get(&addr)
+            && h.in_trouble()
+        {
+            let _transition = Self::lock(&h);
             self.clear_failures(addr, &h, "connect succeeded");
+            self.recount(&h);
         }
     }
 
-    fn untrouble(&self) {
-        // Saturating: a recount in `retain` may have raced with this transition.
-        let _ = self
-            .troubled
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    /// Counts `h` in or out of the `troubled` hint after a transition (under `h.transition`).
+    fn recount(&self, h: &EndpointHealth) {
+        let trouble = h.in_trouble();
+        if h.counted.swap(trouble, Ordering::Relaxed) != trouble {
+            if trouble {
+                self.troubled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.troubled.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
+    fn lock(h: &EndpointHealth) -> std::sync::MutexGuard<'_, ()> {
+        h.transition.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends failures in a row and any ejection (under `h.transition`).
     fn clear_failures(&self, addr: SocketAddr, h: &EndpointHealth, why: &str) {
-        if h.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
-            self.untrouble();
-        }
+        h.consecutive_failures.store(0, Ordering::Relaxed);
         h.ejections.store(0, Ordering::Relaxed);
         if h.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
             let pod = h.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -216,17 +246,26 @@ impl HealthRegistry {
         if pod.is_some() {
             *h.pod.lock().unwrap_or_else(|p| p.into_inner()) = pod.cloned();
         }
+        let _transition = Self::lock(&h);
         let failures = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures == 1 {
-            self.troubled.fetch_add(1, Ordering::Relaxed);
-        }
+        let ejected = self.maybe_eject(addr, &h, failures, pod);
+        self.recount(&h);
+        ejected
+    }
+
+    fn maybe_eject(
+        &self,
+        addr: SocketAddr,
+        h: &EndpointHealth,
+        failures: u32,
+        pod: Option<&Arc<str>>,
+    ) -> bool {
         let k = self.settings.eject_after;
         if k == 0 || failures < k {
             return false;
         }
         let now = self.now_ms();
-        let until = h.ejected_until_ms.load(Ordering::Relaxed);
-        if until > now {
+        if h.ejected_until_ms.load(Ordering::Relaxed) > now {
             // Already ejected (a connect that started before the ejection).
             return false;
         }
@@ -236,13 +275,8 @@ impl HealthRegistry {
             .base_ejection
             .saturating_mul(1u32 << ejections.min(16))
             .min(self.settings.max_ejection);
-        let new_until = now + backoff.as_millis() as u64;
-        if h.ejected_until_ms
-            .compare_exchange(until, new_until, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            return false; // another connection ejected it at the same instant
-        }
+        h.ejected_until_ms
+            .store(now + backoff.as_millis() as u64, Ordering::Relaxed);
         tracing::warn!(
             endpoint = %addr,
             pod = pod.map(|p| &**p).unwrap_or("-"),
@@ -257,9 +291,12 @@ impl HealthRegistry {
         true
     }
 
-    /// Records one active probe's result.
+    /// Records one active probe's result (ignored for an endpoint no longer known).
     pub fn check_result(&self, addr: SocketAddr, result: Result<(), String>) {
-        let h = self.entry(addr);
+        let Some(h) = self.get(&addr).or_else(|| self.checked(addr)) else {
+            return;
+        };
+        let _transition = Self::lock(&h);
         let checks = &self.settings.checks;
         let before = CheckState::from_u8(h.check.load(Ordering::Relaxed));
         match result {
@@ -268,7 +305,6 @@ impl HealthRegistry {
                 let passes = h.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
                 if before == CheckState::Unhealthy && passes >= checks.healthy_threshold {
                     h.check.store(1, Ordering::Relaxed);
-                    self.untrouble();
                     *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     tracing::info!(endpoint = %addr, passes, "active health check: endpoint healthy again");
                     self.metrics.endpoint_check_unhealthy(addr, false);
@@ -284,13 +320,44 @@ impl HealthRegistry {
                 let failures = h.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if before != CheckState::Unhealthy && failures >= checks.unhealthy_threshold {
                     h.check.store(2, Ordering::Relaxed);
-                    self.troubled.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(endpoint = %addr, failures, error = %error, "active health check: endpoint unhealthy; it takes no new connections");
                     self.metrics.endpoint_check_unhealthy(addr, true);
                 }
                 *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             }
         }
+        self.recount(&h);
+    }
+
+    /// The entry of an endpoint that active checks probe (created on its first probe).
+    fn checked(&self, addr: SocketAddr) -> Option<Arc<EndpointHealth>> {
+        self.checked_addrs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&addr)
+            .then(|| self.entry(addr))
+    }
+
+    /// Active checks of `addr` stopped (its ports no longer ask for them): their verdict no
+    /// longer holds it out.
+    pub fn checks_stopped(&self, addr: SocketAddr) {
+        let Some(h) = self.get(&addr) else { return };
+        let _transition = Self::lock(&h);
+        if CheckState::from_u8(h.check.swap(0, Ordering::Relaxed)) == CheckState::Unhealthy {
+            self.metrics.endpoint_check_unhealthy(addr, false);
+        }
+        h.check_passes.store(0, Ordering::Relaxed);
+        h.check_failures.store(0, Ordering::Relaxed);
+        *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.recount(&h);
+    }
+
+    /// Sets which endpoints active checks probe now.
+    pub fn set_checked(&self, addrs: HashSet<SocketAddr>) {
+        *self
+            .checked_addrs
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = addrs;
     }
 
     /// The health of `addr` for `/routes`.
@@ -334,33 +401,22 @@ impl HealthRegistry {
         }
     }
 
-    /// Forgets endpoints not in `keep` (they left every route) and recounts the hint.
+    /// Forgets endpoints not in `keep` (they left every route), their metric series with them.
     pub fn retain(&self, keep: &HashSet<SocketAddr>) {
         let mut map = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|addr, h| {
-            let stays = keep.contains(addr);
-            if !stays {
-                if h.ejected_until_ms.load(Ordering::Relaxed) != 0 {
-                    self.metrics.endpoint_ejected(*addr, false);
-                }
-                if CheckState::from_u8(h.check.load(Ordering::Relaxed)) == CheckState::Unhealthy {
-                    self.metrics.endpoint_check_unhealthy(*addr, false);
-                }
+            if keep.contains(addr) {
+                return true;
             }
-            stays
+            let _transition = Self::lock(h);
+            if h.counted.swap(false, Ordering::Relaxed) {
+                self.troubled.fetch_sub(1, Ordering::Relaxed);
+            }
+            let pod = h.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.metrics
+                .forget_endpoint(*addr, pod.as_deref().unwrap_or(""));
+            false
         });
-        // Each endpoint counts once per trouble, as the transitions count it.
-        let troubled = map
-            .values()
-            .map(|h| {
-                usize::from(h.consecutive_failures.load(Ordering::Relaxed) > 0)
-                    + usize::from(
-                        CheckState::from_u8(h.check.load(Ordering::Relaxed))
-                            == CheckState::Unhealthy,
-                    )
-            })
-            .sum();
-        self.troubled.store(troubled, Ordering::Relaxed);
     }
 
     /// Endpoints with health state (tests and debugging).

@@ -53,31 +53,31 @@ fn ejects_after_k_failures_in_a_row_and_a_success_resets_the_count() {
 
 #[test]
 fn backoff_doubles_while_failing_and_probation_re_ejects_at_once() {
-    let r = registry(2, Duration::from_millis(40));
+    // Base 200 ms, maximum 800 ms: the lower bounds below leave 200 ms for a stalled machine.
+    let r = registry(2, Duration::from_millis(200));
     r.connect_failed(addr(1), None);
     assert!(r.connect_failed(addr(1), None));
     let first = r.view(addr(1)).ejected_for_ms.unwrap();
-    assert!(first <= 40, "{first}");
-    std::thread::sleep(Duration::from_millis(60));
+    assert!(first <= 200, "{first}");
+    std::thread::sleep(Duration::from_millis(250));
     assert!(r.usable(addr(1)), "usable again after the backoff");
     assert_eq!(r.view(addr(1)).state, "probation");
+    assert!(!r.all_healthy(), "probation still needs lookups");
     assert!(
         r.connect_failed(addr(1), None),
         "one failure on probation ejects again"
     );
     let second = r.view(addr(1)).ejected_for_ms.unwrap();
-    assert!(second > 40 && second <= 80, "doubled: {second}");
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(second > 200 && second <= 400, "doubled: {second}");
+    std::thread::sleep(Duration::from_millis(450));
     assert!(r.connect_failed(addr(1), None));
     let third = r.view(addr(1)).ejected_for_ms.unwrap();
-    assert!(
-        third > 80 && third <= 160,
-        "doubled again, capped at 4x: {third}"
-    );
-    std::thread::sleep(Duration::from_millis(170));
+    assert!(third > 400 && third <= 800, "doubled again: {third}");
+    std::thread::sleep(Duration::from_millis(850));
     assert!(r.connect_failed(addr(1), None));
     let fourth = r.view(addr(1)).ejected_for_ms.unwrap();
-    assert!(fourth <= 160, "capped at the maximum: {fourth}");
+    assert!(fourth <= 800, "capped at the maximum: {fourth}");
+    assert_eq!(r.view(addr(1)).ejections, 4);
     r.connect_succeeded(addr(1));
     assert_eq!(r.view(addr(1)).state, "healthy");
     assert_eq!(r.view(addr(1)).ejections, 0, "a success resets the backoff");
@@ -96,6 +96,7 @@ fn zero_never_ejects() {
 #[test]
 fn active_checks_use_thresholds_and_a_passing_probe_ends_an_ejection() {
     let r = registry(1, Duration::from_secs(60));
+    r.set_checked(HashSet::from([addr(1), addr(2)]));
     r.check_result(addr(1), Err("refused".into()));
     assert!(r.usable(addr(1)), "one failure is below the threshold");
     r.check_result(addr(1), Err("refused".into()));
@@ -123,11 +124,51 @@ fn active_checks_use_thresholds_and_a_passing_probe_ends_an_ejection() {
         "a passing probe returns an ejected endpoint"
     );
     assert!(r.all_healthy());
+
+    // Checks stopped while unhealthy: the verdict no longer holds the endpoint out.
+    r.check_result(addr(1), Err("refused".into()));
+    r.check_result(addr(1), Err("refused".into()));
+    assert!(!r.usable(addr(1)));
+    r.checks_stopped(addr(1));
+    assert!(r.usable(addr(1)));
+    assert_eq!(r.view(addr(1)).check, CheckState::Unknown);
+    assert!(r.all_healthy());
+    // A late probe of an endpoint that is neither checked nor known is ignored.
+    r.set_checked(HashSet::new());
+    r.check_result(addr(3), Err("late".into()));
+    assert_eq!(r.known(), 2);
+}
+
+#[test]
+fn concurrent_failures_and_successes_never_hide_an_ejection() {
+    let r = registry(2, Duration::from_secs(60));
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let r = &r;
+            s.spawn(move || {
+                for i in 0..2000 {
+                    if (i + t) % 3 == 0 {
+                        r.connect_succeeded(addr(1));
+                    } else {
+                        r.connect_failed(addr(1), None);
+                    }
+                }
+            });
+        }
+    });
+    // Whatever the interleaving, the hint agrees with the endpoint's state.
+    let view = r.view(addr(1));
+    let trouble = view.consecutive_failures > 0 || view.state != "healthy";
+    assert_eq!(!r.all_healthy(), trouble, "{view:?}");
+    r.connect_succeeded(addr(1));
+    assert!(r.all_healthy());
+    assert!(r.usable(addr(1)));
 }
 
 #[test]
 fn retain_forgets_endpoints_that_left_and_keeps_the_others() {
     let r = registry(1, Duration::from_secs(60));
+    r.set_checked(HashSet::from([addr(2)]));
     r.connect_failed(addr(1), None);
     r.connect_failed(addr(2), None);
     r.check_result(addr(2), Err("x".into()));
