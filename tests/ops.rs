@@ -12,28 +12,10 @@ use dermaga::control::index::Index;
 use dermaga::control::provider::manifest::parse_manifest;
 use dermaga::gateway::Gateway;
 use dermaga::ops::access_log::{AccessLog, AccessLogFormat};
-use dermaga::ops::admin::{self, AdminState};
 use dermaga::ops::metrics::Metrics;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
-async fn start_admin(gw: &Gateway, ip: &str) -> (SocketAddr, CancellationToken) {
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let state = AdminState {
-        snapshot: gw.controller.snapshot().clone(),
-        status: gw.status(),
-        metrics: gw.metrics.clone(),
-        pipes: gw.pipes.clone(),
-        health: gw.health.clone(),
-        draining: gw.shutdown_token(),
-    };
-    tokio::spawn(admin::serve(listener, state, stop.clone()));
-    (addr, stop)
-}
 
 /// Greeting, 10 bytes each way, client half-close, EOF.
 async fn exchange(addr: SocketAddr) {

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dermaga::data::health::CheckState;
-use dermaga::gateway::Gateway;
-use dermaga::ops::admin::{self, AdminState};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -442,22 +440,6 @@ fn endpoint_health(routes: &serde_json::Value, addr: SocketAddr) -> serde_json::
         .find(|e| e["addr"] == addr.to_string())
         .unwrap_or_else(|| panic!("{addr} in {routes}"))["health"]
         .clone()
-}
-
-async fn start_admin(gw: &Gateway, ip: &str) -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    let listener = TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let state = AdminState {
-        snapshot: gw.controller.snapshot().clone(),
-        status: gw.status(),
-        metrics: gw.metrics.clone(),
-        pipes: gw.pipes.clone(),
-        health: gw.health.clone(),
-        draining: gw.shutdown_token(),
-    };
-    tokio::spawn(admin::serve(listener, state, stop.clone()));
-    (addr, stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

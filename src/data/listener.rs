@@ -397,42 +397,46 @@ impl ListenerManager {
     }
 }
 
-/// Admits one accepted connection within the connection limits and spawns its task, or
-/// refuses it at once with a reset (counted, warned about at most once a second).
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+/// What one port's accept loop needs to admit a connection: its counts, its refusal
+/// warnings, and where its connection tasks go.
+struct Admission {
     key: RouteKey,
-    ctx: &Arc<ConnContext>,
-    counts: &Arc<PortCounts>,
-    warnings: &mut RefusalWarnings,
-    close: &CancellationToken,
-    connections: &TaskTracker,
-) {
-    // The one table read of this connection.
-    let route = ctx.snapshot.load().get(&key).cloned();
-    let port_max = route
-        .as_ref()
-        .and_then(|r| r.spec.options.max_connections)
-        .unwrap_or(ctx.settings.max_connections_per_port);
-    let slot = match counts.admit(ctx.settings.max_connections, port_max) {
-        Ok(slot) => slot,
-        Err(exceeded) => {
-            let pm = port_metrics(ctx, key, route.as_deref());
-            pm.accepted.inc();
-            pm.refused(RefuseReason::max_connections);
-            super::tcp::reset(stream);
-            if let Some(refused) = warnings.over_limit.note(Instant::now()) {
-                tracing::warn!(port = %key, limit = %exceeded, refused, "connection limit reached; refusing new connections with a reset (count: refused since the last such line)");
+    ctx: Arc<ConnContext>,
+    counts: Arc<PortCounts>,
+    warnings: RefusalWarnings,
+    close: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Admission {
+    /// Admits one accepted connection within the connection limits and spawns its task, or
+    /// refuses it at once with a reset (counted, warned about at most once a second).
+    fn admit(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let (key, ctx) = (self.key, &self.ctx);
+        // The one table read of this connection.
+        let route = ctx.snapshot.load().get(&key).cloned();
+        let port_max = route
+            .as_ref()
+            .and_then(|r| r.spec.options.max_connections)
+            .unwrap_or(ctx.settings.max_connections_per_port);
+        let slot = match self.counts.admit(ctx.settings.max_connections, port_max) {
+            Ok(slot) => slot,
+            Err(exceeded) => {
+                let pm = port_metrics(ctx, key, route.as_deref());
+                pm.accepted.inc();
+                pm.refused(RefuseReason::max_connections);
+                super::tcp::reset(stream);
+                if let Some(refused) = self.warnings.over_limit.note(Instant::now()) {
+                    tracing::warn!(port = %key, limit = %exceeded, refused, "connection limit reached; refusing new connections with a reset (count: refused since the last such line)");
+                }
+                return;
             }
-            return;
-        }
-    };
-    let (ctx, close) = (ctx.clone(), close.clone());
-    connections.spawn(async move {
-        serve_connection(&ctx, key, route, slot, stream, canonical(peer), &close).await;
-    });
+        };
+        let (ctx, close) = (ctx.clone(), self.close.clone());
+        self.connections.spawn(async move {
+            serve_connection(&ctx, key, route, slot, stream, canonical(peer), &close).await;
+        });
+    }
 }
 
 async fn accept_loop(
@@ -443,8 +447,14 @@ async fn accept_loop(
     close: CancellationToken,
     connections: TaskTracker,
 ) {
-    let counts = PortCounts::new(ctx.open.clone());
-    let mut warnings = RefusalWarnings::default();
+    let mut admission = Admission {
+        key,
+        ctx: ctx.clone(),
+        counts: PortCounts::new(ctx.open.clone()),
+        warnings: RefusalWarnings::default(),
+        close,
+        connections,
+    };
     if !limits::ensure_reserve() {
         tracing::warn!(port = %key, "cannot open the spare descriptor (/dev/null); connections beyond the descriptor limit will wait in the backlog instead of being refused");
     }
@@ -456,23 +466,17 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                admit(
-                    stream,
-                    peer,
-                    key,
-                    &ctx,
-                    &counts,
-                    &mut warnings,
-                    &close,
-                    &connections,
-                );
+                admission.admit(stream, peer);
             }
             Err(err) => {
                 ctx.metrics.global.accept_errors.inc();
                 let pause = match err.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE) => {
-                        refuse_for_want_of_descriptors(&listener, key, &ctx, &mut warnings)
-                    }
+                    Some(libc::EMFILE | libc::ENFILE) => refuse_for_want_of_descriptors(
+                        &listener,
+                        key,
+                        &ctx,
+                        &mut admission.warnings,
+                    ),
                     Some(libc::ENOBUFS | libc::ENOMEM) => {
                         tracing::error!(port = %key, error = %err, "accept failed: out of memory; pausing this port's accepts for 100ms");
                         Some(Duration::from_millis(100))
@@ -500,16 +504,7 @@ async fn accept_loop(
         match accept_now(&listener) {
             Ok(Some((stream, peer))) => {
                 queued += 1;
-                admit(
-                    stream,
-                    peer,
-                    key,
-                    &ctx,
-                    &counts,
-                    &mut warnings,
-                    &close,
-                    &connections,
-                );
+                admission.admit(stream, peer);
             }
             Ok(None) => break,
             Err(err) => {

@@ -213,6 +213,27 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// Serves the admin HTTP server of `gw` on `ip` (port 0) until the returned token is cancelled.
+pub async fn start_admin(
+    gw: &Gateway,
+    ip: &str,
+) -> (SocketAddr, tokio_util::sync::CancellationToken) {
+    use dermaga::ops::admin::{self, AdminState};
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let state = AdminState {
+        snapshot: gw.controller.snapshot().clone(),
+        status: gw.status(),
+        metrics: gw.metrics.clone(),
+        pipes: gw.pipes.clone(),
+        health: gw.health.clone(),
+        draining: gw.shutdown_token(),
+    };
+    tokio::spawn(admin::serve(listener, state, stop.clone()));
+    (addr, stop)
+}
+
 /// Waits (bounded, 10 s) until `cond` holds, checking every few milliseconds. For conditions
 /// with no event to wait on, such as a counter reaching a value after a connection task ends.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
