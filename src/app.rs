@@ -120,6 +120,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
+    // First of all, before any port is bound and logged as listening: a SIGTERM from then on
+    // drains instead of killing the process with the signal's default action.
+    let draining = CancellationToken::new();
+    signals::install(draining.clone()).context("installing signal handlers")?;
     let metrics = Arc::new(Metrics::new());
     let access_log = Arc::new(AccessLog::start(
         args.access_log,
@@ -155,10 +159,6 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let admin_address = admin_listener.local_addr()?;
     // SIGTERM first makes /readyz fail (draining), then, after --shutdown-delay, closes the
     // listeners (shutdown) and drains; load balancers stop sending in between.
-    let draining = CancellationToken::new();
-    // Before the admin server's log line, which tests and scripts take as "started": a SIGTERM
-    // from then on drains instead of killing the process.
-    signals::install(draining.clone()).context("installing signal handlers")?;
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(
         admin_listener,
