@@ -5,10 +5,18 @@
 //! it has none, give the stage back and wait again. A burst starts in a 16 KiB buffer (small
 //! messages are cheaper copied); one that fills it goes on through a pipe (`splice(2)`, no copy
 //! through user space) when the pool has one to lend. An idle connection holds neither.
+//!
+//! The two pumps are one hand-written future ([`Forward`], about 150 bytes) polled by the
+//! connection's task: it waits through the sockets' own reader and writer waker slots
+//! (`poll_read_ready`, `poll_write_ready`), and every socket operation counts against tokio's
+//! task budget, so a connection whose sockets stay ready yields to the others.
 //! Invariants:
 //! - a splice call moves at most one pipe's capacity (bounded length per call);
 //! - the pipe is always empty before it is filled, so EAGAIN from socket→pipe can only mean
 //!   "no data" and clearing the socket's readiness then is right (no lost wake-up, no spin);
+//! - a read into the copy buffer that returns less than the buffer clears the readiness as
+//!   tokio's own reads do (the socket's queue was drained; a newer event keeps it ready), which
+//!   saves the read that would only have said EAGAIN;
 //! - byte counts come from the syscalls' return values;
 //! - EOF one way shuts the write side of the other socket; the other direction keeps flowing;
 //! - an error on either side ends both directions and says whose side failed;
@@ -17,12 +25,14 @@
 //! - with an idle timeout, every write to a peer stamps the connection's [`Activity`] (a coarse
 //!   clock: two relaxed atomics, no syscall); without one, nothing is stamped.
 
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::idle::Activity;
@@ -83,71 +93,180 @@ pub struct Progress {
 
 /// Forwards until both directions have seen EOF (`Ok`), or one fails. Byte counts are added
 /// to what `progress` already holds; `activity`, when given, is stamped as bytes move.
-pub async fn forward(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    pool: &PipePool,
-    progress: &mut Progress,
-    activity: Option<&Activity>,
-) -> Result<(), ForwardError> {
-    let first_eof = AtomicU8::new(0);
-    let modes_seen = AtomicU8::new(0);
-    let Progress {
-        to_upstream,
-        to_client,
-        mode,
-        first_eof: first,
-    } = progress;
-    let result = tokio::try_join!(
-        pump(
-            Ends {
-                src: client,
-                dst: upstream,
-                src_side: Side::Client,
-                dst_side: Side::Upstream,
-            },
-            pool,
-            to_upstream,
-            &first_eof,
-            &modes_seen,
-            activity,
-        ),
-        pump(
-            Ends {
-                src: upstream,
-                dst: client,
-                src_side: Side::Upstream,
-                dst_side: Side::Client,
-            },
-            pool,
-            to_client,
-            &first_eof,
-            &modes_seen,
-            activity,
-        ),
-    );
-    let seen = modes_seen.load(Ordering::Relaxed);
-    *mode = if seen & SPLICED != 0 {
-        Some(ForwardMode::Splice)
-    } else if seen & COPIED != 0 {
-        Some(ForwardMode::Copy)
-    } else {
-        None
-    };
-    *first = match first_eof.load(Ordering::Relaxed) {
-        1 => Some(Side::Client),
-        2 => Some(Side::Upstream),
-        _ => None,
-    };
-    result.map(|_| ())
+pub fn forward<'a>(
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    pool: &'a PipePool,
+    progress: &'a mut Progress,
+    activity: Option<&'a Activity>,
+) -> Forward<'a> {
+    Forward {
+        client,
+        upstream,
+        pool,
+        progress,
+        activity,
+        to_upstream: Pump::default(),
+        to_client: Pump::default(),
+        client_first: true,
+    }
 }
 
-/// One direction's two sockets.
-struct Ends<'a> {
-    src: &'a TcpStream,
-    dst: &'a TcpStream,
-    src_side: Side,
-    dst_side: Side,
+/// The future [`forward`] returns: both directions of one connection, polled by hand so that
+/// a connection waiting for bytes holds a few pointers and two empty stages, and waits on the
+/// sockets' own reader and writer slots instead of queued waiter nodes.
+pub struct Forward<'a> {
+    client: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    pool: &'a PipePool,
+    progress: &'a mut Progress,
+    activity: Option<&'a Activity>,
+    to_upstream: Pump<'a>,
+    to_client: Pump<'a>,
+    /// Which direction is polled first; alternates, so that a direction that keeps its sockets
+    /// ready cannot spend the task's whole budget on every wake-up and starve the other one.
+    client_first: bool,
+}
+
+impl Future for Forward<'_> {
+    type Output = Result<(), ForwardError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let env = Env {
+            pool: this.pool,
+            activity: this.activity,
+        };
+        let client_first = this.client_first;
+        this.client_first = !client_first;
+        for client_turn in [client_first, !client_first] {
+            let (pump, src, dst, src_side) = if client_turn {
+                (
+                    &mut this.to_upstream,
+                    &mut *this.client,
+                    &mut *this.upstream,
+                    Side::Client,
+                )
+            } else {
+                (
+                    &mut this.to_client,
+                    &mut *this.upstream,
+                    &mut *this.client,
+                    Side::Upstream,
+                )
+            };
+            if pump.done {
+                continue;
+            }
+            if let Poll::Ready(result) = pump.poll(cx, src, dst, src_side, env, this.progress) {
+                result?;
+                pump.done = true;
+            }
+        }
+        if this.to_upstream.done && this.to_client.done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// What both directions share.
+#[derive(Clone, Copy)]
+struct Env<'a> {
+    pool: &'a PipePool,
+    activity: Option<&'a Activity>,
+}
+
+/// One direction: its stage while a burst is moving (`None` while waiting for bytes).
+#[derive(Default)]
+struct Pump<'a> {
+    stage: Option<Stage<'a>>,
+    /// EOF passed on: this direction is over.
+    done: bool,
+}
+
+impl<'a> Pump<'a> {
+    /// Moves bytes from `src` to `dst` until `src` has none for now (`Pending`, with the
+    /// task's waker registered on whichever socket it waits for), its EOF has been passed on
+    /// (`Ready(Ok)`), or a socket fails.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        src_side: Side,
+        env: Env<'a>,
+        progress: &mut Progress,
+    ) -> Poll<Result<(), ForwardError>> {
+        let dst_side = match src_side {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        };
+        let src_error = |source| ForwardError {
+            side: src_side,
+            source,
+        };
+        let dst_error = |source| ForwardError {
+            side: dst_side,
+            source,
+        };
+        loop {
+            if let Some(stage) = &mut self.stage {
+                // Pass on what the stage holds; while `dst` cannot take it, the stage is kept.
+                while stage.pending() > 0 {
+                    let n = ready!(stage.poll_drain(cx, dst)).map_err(dst_error)?;
+                    match src_side {
+                        Side::Client => progress.to_upstream += n as u64,
+                        Side::Upstream => progress.to_client += n as u64,
+                    }
+                    if let Some(activity) = env.activity {
+                        activity.touch();
+                    }
+                }
+                // A read that filled the copy buffer says more is coming: go on through a pipe.
+                if stage.filled_buffer()
+                    && let Some(pipe) = env.pool.acquire()
+                {
+                    *stage = Stage::Splice(pipe);
+                    progress.mode = Some(ForwardMode::Splice);
+                }
+            } else {
+                // Storage is taken only once the source is readable.
+                ready!(src.poll_read_ready(cx)).map_err(src_error)?;
+                // Copy first: a burst of a few hundred bytes (requests, replies, handshakes)
+                // costs less through a buffer (read + write) than through a pipe (two splices,
+                // page references).
+                self.stage = Some(Stage::Copy(CopyBuffer::take()));
+                progress.mode.get_or_insert(ForwardMode::Copy);
+            }
+            let Some(stage) = &mut self.stage else {
+                unreachable!("a stage was just taken or kept")
+            };
+            match stage.poll_fill(cx, src) {
+                // Drained, and nothing more to read: give the stage back and wait.
+                Poll::Pending => {
+                    self.stage = None;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(src_error(e))),
+                Poll::Ready(Ok(0)) => {
+                    self.stage = None;
+                    progress.first_eof.get_or_insert(src_side);
+                    // EOF from src: pass the half-close on; the other direction goes on.
+                    return Poll::Ready(
+                        match socket2::SockRef::from(&*dst).shutdown(Shutdown::Write) {
+                            Err(err) if err.kind() != io::ErrorKind::NotConnected => {
+                                Err(dst_error(err))
+                            }
+                            _ => Ok(()),
+                        },
+                    );
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
 }
 
 /// Intermediate storage for one burst of one direction: taken when the source has data,
@@ -159,37 +278,68 @@ enum Stage<'a> {
 }
 
 impl Stage<'_> {
-    /// Moves what `src` has into the stage (which is empty). 0 = EOF.
-    fn fill(&mut self, src: &TcpStream) -> io::Result<usize> {
+    /// Moves what `src` has into the stage (which is empty). `Ready(Ok(0))` = EOF; `Pending` =
+    /// nothing to read (readiness cleared, the waker registered).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, src: &mut TcpStream) -> Poll<io::Result<usize>> {
         match self {
-            Stage::Splice(pipe) => {
-                let n = sys::splice(src.as_fd(), pipe.pipe().write.as_fd(), pipe.pipe().capacity)?;
-                pipe.pending = n;
-                Ok(n)
-            }
+            Stage::Splice(pipe) => loop {
+                ready!(src.poll_read_ready(cx))?;
+                // The pipe is empty: EAGAIN can only mean the socket has no data, so clearing
+                // its readiness then is right (no lost wake-up, no spin).
+                let write_end = pipe.pipe().write.as_fd();
+                let capacity = pipe.pipe().capacity;
+                match src.try_io(Interest::READABLE, || {
+                    sys::splice(src.as_fd(), write_end, capacity)
+                }) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                    Ok(n) => {
+                        pipe.pending = n;
+                        return Poll::Ready(Ok(n));
+                    }
+                }
+            },
             Stage::Copy(buf) => {
-                let n = src.try_read(&mut buf.buf)?;
+                // tokio's read clears the readiness after a short read (the socket is drained),
+                // which saves the read that would only have said EAGAIN.
+                let mut read = ReadBuf::new(&mut buf.buf);
+                ready!(Pin::new(src).poll_read(cx, &mut read))?;
+                let n = read.filled().len();
                 buf.start = 0;
                 buf.end = n;
-                Ok(n)
+                Poll::Ready(Ok(n))
             }
         }
     }
 
     /// Moves bytes from the stage into `dst`.
-    fn drain(&mut self, dst: &TcpStream) -> io::Result<usize> {
-        match self {
-            Stage::Splice(pipe) => {
-                let n = sys::splice(pipe.pipe().read.as_fd(), dst.as_fd(), pipe.pending)?;
-                pipe.pending -= n;
-                Ok(n)
-            }
+    fn poll_drain(&mut self, cx: &mut Context<'_>, dst: &mut TcpStream) -> Poll<io::Result<usize>> {
+        let n = match self {
+            Stage::Splice(pipe) => loop {
+                ready!(dst.poll_write_ready(cx))?;
+                let read_end = pipe.pipe().read.as_fd();
+                match dst.try_io(Interest::WRITABLE, || {
+                    sys::splice(read_end, dst.as_fd(), pipe.pending)
+                }) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                    Ok(n) => {
+                        pipe.pending -= n;
+                        break n;
+                    }
+                }
+            },
             Stage::Copy(buf) => {
-                let n = dst.try_write(&buf.buf[buf.start..buf.end])?;
+                let n = ready!(Pin::new(dst).poll_write(cx, &buf.buf[buf.start..buf.end]))?;
                 buf.start += n;
-                Ok(n)
+                n
             }
+        };
+        if n == 0 {
+            // Bytes were pending: a socket that takes none would make this loop forever.
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        Poll::Ready(Ok(n))
     }
 
     /// Bytes in the stage.
@@ -200,17 +350,11 @@ impl Stage<'_> {
         }
     }
 
-    fn mode_bit(&self) -> u8 {
-        match self {
-            Stage::Splice(_) => SPLICED,
-            Stage::Copy(_) => COPIED,
-        }
+    /// The last read filled the copy buffer.
+    fn filled_buffer(&self) -> bool {
+        matches!(self, Stage::Copy(buf) if buf.end == buf.buf.len())
     }
 }
-
-/// Bits of the modes a connection's bursts used: splice when any burst went through a pipe.
-const SPLICED: u8 = 1;
-const COPIED: u8 = 2;
 
 const COPY_BUFFER: usize = 16 * 1024;
 /// Copy buffers kept per thread for reuse.
@@ -249,95 +393,5 @@ impl Drop for CopyBuffer {
                 spare.push(buf);
             }
         });
-    }
-}
-
-async fn pump(
-    ends: Ends<'_>,
-    pool: &PipePool,
-    moved: &mut u64,
-    first_eof: &AtomicU8,
-    modes_seen: &AtomicU8,
-    activity: Option<&Activity>,
-) -> Result<(), ForwardError> {
-    let Ends {
-        src,
-        dst,
-        src_side,
-        dst_side,
-    } = ends;
-    let src_error = |source| ForwardError {
-        side: src_side,
-        source,
-    };
-    loop {
-        // Wait for data holding no storage.
-        src.ready(Interest::READABLE).await.map_err(src_error)?;
-        // Copy first: a burst of a few hundred bytes (requests, replies, handshakes) costs less
-        // through a buffer (read + write) than through a pipe (two splices, page references).
-        // A read that fills the buffer says more is coming: the burst goes on through a pipe.
-        let mut stage = Stage::Copy(CopyBuffer::take());
-        modes_seen.fetch_or(COPIED, Ordering::Relaxed);
-        loop {
-            // Socket readiness does not count against tokio's task budget: without this, a
-            // pump whose two sockets stay ready would never yield, starving the other
-            // direction and every other task on this worker.
-            tokio::task::consume_budget().await;
-            let n = match src.try_io(Interest::READABLE, || stage.fill(src)) {
-                // Drained and nothing more to read: give the stage back and wait.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(src_error(e)),
-                Ok(n) => n,
-            };
-            if n == 0 {
-                let code = if src_side == Side::Client { 1 } else { 2 };
-                let _ = first_eof.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
-                // EOF from src: pass the half-close on; the other direction is not affected.
-                if let Err(err) = socket2::SockRef::from(dst).shutdown(Shutdown::Write)
-                    && err.kind() != io::ErrorKind::NotConnected
-                {
-                    return Err(ForwardError {
-                        side: dst_side,
-                        source: err,
-                    });
-                }
-                return Ok(());
-            }
-            while stage.pending() > 0 {
-                let m = when_ready(dst, Interest::WRITABLE, || stage.drain(dst))
-                    .await
-                    .map_err(|source| ForwardError {
-                        side: dst_side,
-                        source,
-                    })?;
-                *moved += m as u64;
-                if let Some(activity) = activity {
-                    activity.touch();
-                }
-            }
-            if n == COPY_BUFFER
-                && matches!(stage, Stage::Copy(_))
-                && let Some(pipe) = pool.acquire()
-            {
-                stage = Stage::Splice(pipe);
-                modes_seen.fetch_or(stage.mode_bit(), Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Runs the non-blocking `op` when `socket` is ready; readiness is cleared only when `op`
-/// reports WouldBlock, and then we wait again.
-async fn when_ready<R>(
-    socket: &TcpStream,
-    interest: Interest,
-    mut op: impl FnMut() -> io::Result<R>,
-) -> io::Result<R> {
-    loop {
-        socket.ready(interest).await?;
-        match socket.try_io(interest, &mut op) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            result => return result,
-        }
     }
 }

@@ -432,10 +432,15 @@ impl Admission {
                 return;
             }
         };
-        let (ctx, close) = (ctx.clone(), self.close.clone());
-        self.connections.spawn(async move {
-            serve_connection(&ctx, key, route, slot, stream, canonical(peer), &close).await;
-        });
+        self.connections.spawn(serve_connection(
+            ctx.clone(),
+            key,
+            route,
+            slot,
+            stream,
+            canonical(peer),
+            self.close.clone(),
+        ));
     }
 }
 

@@ -93,8 +93,13 @@ fn keepalive(stream: &TcpStream) {
 
 /// Closes `stream` with a reset (SO_LINGER 0), so the peer learns at once.
 pub fn reset(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    reset_on_close(&stream);
     drop(stream);
+}
+
+/// Makes the close of `stream`, whenever it is dropped, a reset (SO_LINGER 0).
+fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// What is known about a connection when it ends.
@@ -122,20 +127,24 @@ impl Drop for Active {
 
 /// Handles one accepted connection to the end; `route` is the port's route in the table read at
 /// accept (`None`: the port has just left the table), `slot` its place in the connection counts;
-/// `close` cuts it (drain timeout).
+/// `close` cuts it (drain timeout). The returned future is the connection's task; it owns what
+/// it needs, so that nothing is held twice by a wrapper.
 pub async fn serve_connection(
-    ctx: &ConnContext,
+    ctx: Arc<ConnContext>,
     key: RouteKey,
     route: Option<Arc<Route>>,
     slot: Slot,
     client: TcpStream,
     peer: SocketAddr,
-    close: &CancellationToken,
+    close: CancellationToken,
 ) {
+    let (ctx, close) = (&*ctx, &close);
     let started = Instant::now();
-    let unknown = ObjectName::new("", "");
-    let service = route.as_ref().map_or(&unknown, |r| &r.spec.service);
-    let pm = ctx.metrics.port(key, service);
+    let pm = {
+        let unknown = ObjectName::new("", "");
+        let service = route.as_ref().map_or(&unknown, |r| &r.spec.service);
+        ctx.metrics.port(key, service)
+    };
     pm.accepted.inc();
     pm.active.inc();
     let active = Active(pm, Some(slot));
@@ -155,7 +164,9 @@ pub async fn serve_connection(
             reset(client);
         }
         Some(route) => {
-            proxy(
+            // Boxed: the set-up's state (PROXY header, connects, timers) is several times the
+            // forwarding state and would otherwise stay allocated for the connection's life.
+            let mut established = Box::pin(establish(
                 ctx,
                 key,
                 route,
@@ -164,8 +175,12 @@ pub async fn serve_connection(
                 close,
                 &active.0,
                 &mut outcome,
-            )
-            .await
+            ))
+            .await;
+            if let Some(established) = &mut established {
+                relay(ctx, key, established, close, &active.0, &mut outcome).await;
+            }
+            drop(established);
         }
     }
 
@@ -197,8 +212,21 @@ pub async fn serve_connection(
     }
 }
 
+/// A connection ready to forward: the client, the upstream it is connected to (the PROXY
+/// header, if any, sent), and what forwarding needs from the route.
+struct Established {
+    client: TcpStream,
+    upstream: TcpStream,
+    /// The client's address (from its PROXY header when it sent one).
+    source: SocketAddr,
+    activity: Option<Box<Activity>>,
+}
+
+/// Reads the client's PROXY header if the port asks for one, connects to an endpoint (with
+/// retries), sends a PROXY header if asked. `None`: the connection was refused or cut, both
+/// sockets are closed and `outcome` says why.
 #[allow(clippy::too_many_arguments)]
-async fn proxy(
+async fn establish(
     ctx: &ConnContext,
     key: RouteKey,
     route: Arc<Route>,
@@ -207,9 +235,14 @@ async fn proxy(
     close: &CancellationToken,
     pm: &PortMetrics,
     outcome: &mut Outcome,
-) {
-    // TCP_NODELAY and keepalive come from the listening socket.
-    let local = client.local_addr().map(canonical).unwrap_or(peer);
+) -> Option<Established> {
+    // TCP_NODELAY and keepalive come from the listening socket. The local address (one
+    // syscall) is needed only to read or write a PROXY header.
+    let local = if route.spec.proxy.decode || route.spec.proxy.encode {
+        client.local_addr().map(canonical).unwrap_or(peer)
+    } else {
+        peer
+    };
     let (source, destination, early_data) = if route.spec.proxy.decode {
         // The drain deadline cuts the wait too: a client that never sends its header must not
         // hold a shutdown or a port's drain past the grace.
@@ -223,7 +256,7 @@ async fn proxy(
         let Some(read) = read else {
             outcome.close = CloseReason::Drained;
             reset(client);
-            return;
+            return None;
         };
         let error = match read {
             Ok(Ok((
@@ -248,7 +281,7 @@ async fn proxy(
                 outcome.close = CloseReason::ProxyHeader;
                 outcome.error = Some(error);
                 reset(client);
-                return;
+                return None;
             }
         }
     } else {
@@ -263,13 +296,13 @@ async fn proxy(
     let Some(connected) = connected else {
         outcome.close = CloseReason::Drained;
         reset(client);
-        return;
+        return None;
     };
     let Some(mut upstream) = connected else {
         pm.refused(RefuseReason::upstream_unavailable);
         outcome.close = CloseReason::UpstreamUnavailable;
         reset(client);
-        return;
+        return None;
     };
     // Only these are needed from here on; the table is released.
     let (encode, version) = (
@@ -300,12 +333,39 @@ async fn proxy(
         outcome.error = Some(err.to_string());
         reset(client);
         reset(upstream);
-        return;
+        return None;
     }
+    Some(Established {
+        client,
+        upstream,
+        source,
+        activity,
+    })
+}
 
+/// Forwards until both sides are done, the drain deadline or the idle timeout cuts it, or a
+/// socket fails, and says how in `outcome`; a cut or a failure makes the sockets' close (when
+/// the caller drops them) a reset.
+/// The connection is borrowed, not moved in: a moved-in value would be held twice in the
+/// connection's future (as the argument and as its destructured parts).
+async fn relay(
+    ctx: &ConnContext,
+    key: RouteKey,
+    established: &mut Established,
+    close: &CancellationToken,
+    pm: &PortMetrics,
+    outcome: &mut Outcome,
+) {
+    let Established {
+        client,
+        upstream,
+        source,
+        activity,
+    } = established;
+    let source = *source;
     let activity = activity.as_deref();
     let result = tokio::select! {
-        r = forward(&client, &upstream, &ctx.pipes, &mut outcome.progress, activity) => Ok(r),
+        r = forward(client, upstream, &ctx.pipes, &mut outcome.progress, activity) => Ok(r),
         _ = close.cancelled() => Err(CloseReason::Drained),
         _ = idle::expired(activity) => Err(CloseReason::IdleTimeout),
     };
@@ -319,8 +379,8 @@ async fn proxy(
             outcome.close = cut;
             // A cut, not a close: neither peer may take it for the other's clean end (a write
             // stuck for the whole idle timeout would otherwise look delivered).
-            reset(client);
-            reset(upstream);
+            reset_on_close(client);
+            reset_on_close(upstream);
         }
         Ok(Ok(())) => {
             outcome.close = match outcome.progress.first_eof {
@@ -336,8 +396,8 @@ async fn proxy(
             };
             outcome.error = Some(err.source.to_string());
             // Tell both peers the stream broke, instead of a clean FIN that would read as success.
-            reset(client);
-            reset(upstream);
+            reset_on_close(client);
+            reset_on_close(upstream);
         }
     }
 }
