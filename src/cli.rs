@@ -251,6 +251,17 @@ pub struct RunArgs {
     )]
     pub max_connections_per_port: usize,
 
+    /// Threads that run connections (0: one per CPU this process may use). With one, dermaga
+    /// runs a single-threaded runtime: no work stealing, no wake-ups across threads.
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_WORKER_THREADS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub worker_threads: usize,
+
     /// Pipes that may exist at once for zero-copy forwarding (two per connection); connections
     /// beyond that use a buffered copy. 0 disables splice.
     #[arg(

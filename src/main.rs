@@ -12,9 +12,7 @@ fn main() -> ExitCode {
         return dermaga::ops::check::run(&check.files, &cli.run.index_settings());
     }
     dermaga::ops::logging::init(cli.run.log_format, &cli.run.log_level);
-    let result: anyhow::Result<()> = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let result: anyhow::Result<()> = runtime(cli.run.worker_threads)
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {
             runtime.block_on(async move {
@@ -32,5 +30,25 @@ fn main() -> ExitCode {
             tracing::error!("dermaga stopped: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The tokio runtime: `workers` threads (0: one per CPU this process may use, which honours
+/// the CPU affinity mask and cgroup quota); for one, the single-threaded runtime, whose tasks
+/// never wake across threads.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }

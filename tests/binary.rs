@@ -295,3 +295,49 @@ async fn sigterm_turns_unready_first_and_keeps_accepting_for_the_shutdown_delay(
     assert!(status.success());
     assert!(TcpStream::connect(port).await.is_err(), "closed after exit");
 }
+
+/// Worker threads of tokio's multi-threaded runtime in process `pid` (named `tokio-rt-worker`).
+fn runtime_workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_choose_the_runtime_and_both_forward() {
+    let backend = Backend::start("127.0.0.2", "w").await;
+    let yaml = configmap_yaml(&[("10000", "default/svc-w:80")])
+        + &service_yaml("svc-w", 80)
+        + &slices_yaml("svc-w", &[(backend.addr, true)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(&config, &yaml);
+    // One thread: the single-threaded runtime (no worker threads); three: three workers.
+    for (threads, listen, workers) in [("1", "127.1.0.53", 0), ("3", "127.1.0.54", 3)] {
+        let mut d = Dermaga::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen-address",
+            listen,
+            "--admin-address",
+            &format!("{listen}:0"),
+            "--shutdown-delay",
+            "0s",
+            "--worker-threads",
+            threads,
+        ]);
+        d.wait_log(&["listening", "10000/TCP"]);
+        let gateway: SocketAddr = format!("{listen}:10000").parse().unwrap();
+        for _ in 0..5 {
+            assert_eq!(greeting(gateway).await.unwrap(), "w");
+        }
+        assert_eq!(
+            runtime_workers(d.pid()),
+            workers,
+            "--worker-threads {threads}"
+        );
+        assert!(d.terminate().success());
+    }
+}
