@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: size classes without per-allocation headers, and aligned allocations (tokio's
+/// task cells and I/O registrations are 128-byte aligned) without the padding glibc's
+/// memalign leaves around them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use dermaga::cli::{Cli, Command};
 
