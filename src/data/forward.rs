@@ -220,6 +220,10 @@ impl<'a> Pump<'a> {
                         Side::Client => progress.to_upstream += n as u64,
                         Side::Upstream => progress.to_client += n as u64,
                     }
+                    match stage {
+                        Stage::Splice(_) => progress.mode = Some(ForwardMode::Splice),
+                        Stage::Copy(_) => _ = progress.mode.get_or_insert(ForwardMode::Copy),
+                    }
                     if let Some(activity) = env.activity {
                         activity.touch();
                     }
@@ -229,7 +233,6 @@ impl<'a> Pump<'a> {
                     && let Some(pipe) = env.pool.acquire()
                 {
                     *stage = Stage::Splice(pipe);
-                    progress.mode = Some(ForwardMode::Splice);
                 }
             } else {
                 // Storage is taken only once the source is readable.
@@ -238,15 +241,19 @@ impl<'a> Pump<'a> {
                 // costs less through a buffer (read + write) than through a pipe (two splices,
                 // page references).
                 self.stage = Some(Stage::Copy(CopyBuffer::take()));
-                progress.mode.get_or_insert(ForwardMode::Copy);
             }
             let Some(stage) = &mut self.stage else {
                 unreachable!("a stage was just taken or kept")
             };
             match stage.poll_fill(cx, src) {
-                // Drained, and nothing more to read: give the stage back and wait.
                 Poll::Pending => {
-                    self.stage = None;
+                    // Drained, and nothing more to read: give the (empty) stage back and wait.
+                    // Out of budget instead (tokio gives a unit back when a socket is not
+                    // ready, so none left means a forced yield): keep it, the burst goes on
+                    // when the task runs again, through the same pipe.
+                    if tokio::task::coop::has_budget_remaining() {
+                        self.stage = None;
+                    }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(src_error(e))),
@@ -387,7 +394,8 @@ impl CopyBuffer {
 impl Drop for CopyBuffer {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        SPARE.with(|s| {
+        // try_with: a buffer dropped while the thread's locals are torn down is just freed.
+        let _ = SPARE.try_with(|s| {
             let mut spare = s.borrow_mut();
             if spare.len() < SPARE_BUFFERS {
                 spare.push(buf);
