@@ -6,6 +6,7 @@
 # Usage: loadtest/ab.sh A_BINARY B_BINARY [ROUNDS] [SECONDS] [IDLE_CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 a=$1; b=$2; rounds=${3:-3}; secs=${4:-5}; idle=${5:-5000}
 command -v taskset >/dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }
 cargo build --release -q -p loadtest
@@ -15,24 +16,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"
 
 taskset -c 1 $lt backend --listen 127.0.0.2:19001 &
-cat > "$work/config.yaml" <<YAML
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: tcp-services, namespace: dermaga}
-data: {"10000": "default/bench:80"}
----
-apiVersion: v1
-kind: Service
-metadata: {name: bench, namespace: default}
-spec: {ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: bench-1, namespace: default, labels: {kubernetes.io/service-name: bench}}
-addressType: IPv4
-ports: [{port: 19001}]
-endpoints: [{addresses: ["127.0.0.2"]}]
-YAML
+single_backend_config "$work/config.yaml" 19001
 
 results="$work/results.jsonl"
 for round in $(seq 1 "$rounds"); do
@@ -41,7 +25,7 @@ for round in $(seq 1 "$rounds"); do
     taskset -c 0 "$bin" --config "$work/config.yaml" --listen-address 127.1.1.2 \
       --admin-address 127.1.1.2:0 --access-log off --log-level warn --shutdown-delay 0s &
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.1.1.2/10000) 2>/dev/null && break; sleep 0.05; done
+    wait_for_port 127.1.1.2 10000
     t=127.1.1.2:10000
     idle_r=$(taskset -c 1 $lt idle --target $t --connections "$idle" --hold 1s --proxy-pid $pid)
     bulk1=$(taskset -c 1 $lt bulk --target $t --streams 1 --duration "${secs}s")

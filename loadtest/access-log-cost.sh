@@ -7,6 +7,7 @@
 # binary runs as a third contender ("baseline"), to show what metrics cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 rounds=${1:-3}
 secs=${2:-5}
 command -v taskset >/dev/null || { echo "taskset is missing: apt-get install util-linux" >&2; exit 1; }
@@ -16,24 +17,7 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 taskset -c 1 $bin/loadtest backend --listen 127.0.0.2:19000 &
-cat > "$work/config.yaml" <<YAML
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: tcp-services, namespace: dermaga}
-data: {"10000": "default/bench:80"}
----
-apiVersion: v1
-kind: Service
-metadata: {name: bench, namespace: default}
-spec: {ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: bench-1, namespace: default, labels: {kubernetes.io/service-name: bench}}
-addressType: IPv4
-ports: [{port: 19000}]
-endpoints: [{addresses: ["127.0.0.2"]}]
-YAML
+single_backend_config "$work/config.yaml" 19000
 
 results="$work/results.jsonl"
 modes="json off"
@@ -48,7 +32,7 @@ for round in $(seq 1 "$rounds"); do
         --admin-address 127.1.1.1:0 --access-log "$mode" --log-level warn > "$work/access-$mode.log" &
     fi
     pid=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.1.1.1/10000) 2>/dev/null && break; sleep 0.05; done
+    wait_for_port 127.1.1.1 10000
     conn=$(taskset -c 1 $bin/loadtest conn --target 127.1.1.1:10000 --concurrency 50 --duration "${secs}s")
     bulk=$(taskset -c 1 $bin/loadtest bulk --target 127.1.1.1:10000 --streams 1 --duration "${secs}s")
     kill -TERM $pid; wait $pid || true

@@ -2,13 +2,15 @@
 # System calls per operation made by dermaga and by nginx (stream) on the same workload: the
 # kernel does most of a proxy's work on small messages and new connections, so the count of
 # calls (and which ones) is what separates proxies there. Counts come from perf's syscall
-# tracepoints on the proxy process only, over a window in the middle of the run.
+# tracepoints on the proxy process only, over the whole load run, divided by the operations
+# the load tool completed.
 # Needs perf (linux-perf), root (tracepoints), nginx-light + libnginx-mod-stream, taskset.
 # Usage: loadtest/syscalls.sh [conn|rr] [SECONDS]
 #   conn: new connections (connect, 64 B round trip, close; 50 at a time): calls per connection
 #   rr:   64 B request/response on 50 keep-alive connections: calls per request
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 workload=${1:-conn}; secs=${2:-3}
 for tool in perf taskset nginx; do
   command -v $tool >/dev/null || { echo "$tool is missing: apt-get install linux-perf util-linux nginx-light libnginx-mod-stream" >&2; exit 1; }
@@ -21,24 +23,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 ulimit -n "$(ulimit -Hn)"
 
 taskset -c 1 $lt backend --listen 127.0.0.2:19101 >/dev/null &
-cat > "$work/dermaga.yaml" <<YAML
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: tcp-services, namespace: dermaga}
-data: {"10000": "default/bench:80"}
----
-apiVersion: v1
-kind: Service
-metadata: {name: bench, namespace: default}
-spec: {ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: bench-1, namespace: default, labels: {kubernetes.io/service-name: bench}}
-addressType: IPv4
-ports: [{port: 19101}]
-endpoints: [{addresses: ["127.0.0.2"]}]
-YAML
+single_backend_config "$work/dermaga.yaml" 19101
 cat > "$work/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
@@ -61,18 +46,14 @@ esac
 
 measure() { # name pid target
   local name=$1 pid=$2 target=$3
-  taskset -c 1 $lt "${load[@]}" --target "$target" --duration "$((secs + 2))s" > "$work/$name.load.json" &
-  local load_pid=$!
-  sleep 1
-  perf stat -x, -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/$name.perf" -- sleep "$secs" 2>/dev/null
-  # The operations in the window: the rate of the whole run times the window.
-  wait $load_pid
-  python3 - "$work/$name.load.json" "$work/$name.perf" "$secs" "$name" "$key" >> "$work/rows.jsonl" <<'PY'
+  # Counted over the whole load run, so the operations are exactly the load tool's count.
+  perf stat -x, -e 'syscalls:sys_enter_*' -p "$pid" -o "$work/$name.perf" -- \
+    taskset -c 1 $lt "${load[@]}" --target "$target" --duration "${secs}s" > "$work/$name.load.json"
+  python3 - "$work/$name.load.json" "$work/$name.perf" "$name" "$key" >> "$work/rows.jsonl" <<'PY'
 import json, sys
 load = json.load(open(sys.argv[1]))
-secs = float(sys.argv[3])
 rate = load.get("conn_per_sec") or load.get("req_per_sec")
-ops = rate * secs
+ops = load[sys.argv[4]] - load.get("failed", 0)
 calls = {}
 for line in open(sys.argv[2]):
     parts = line.strip().split(",")
@@ -81,19 +62,19 @@ for line in open(sys.argv[2]):
     n, event = float(parts[0]), parts[2]
     if n > 0:
         calls[event.replace("syscalls:sys_enter_", "")] = n / ops
-print(json.dumps({"name": sys.argv[4], "rate": rate, "calls": calls}))
+print(json.dumps({"name": sys.argv[3], "rate": rate, "calls": calls}))
 PY
 }
 
 taskset -c 0 target/release/dermaga --config "$work/dermaga.yaml" --listen-address 127.1.2.2 \
   --admin-address 127.1.2.2:0 --access-log off --log-level warn --shutdown-delay 0s &
 dermaga=$!
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.1.2.2/10000) 2>/dev/null && break; sleep 0.05; done
+wait_for_port 127.1.2.2 10000
 measure dermaga $dermaga 127.1.2.2:10000
 kill -TERM $dermaga; wait $dermaga || true
 
 taskset -c 0 nginx -c "$work/nginx.conf" &
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.1.2.3/10000) 2>/dev/null && break; sleep 0.05; done
+wait_for_port 127.1.2.3 10000
 worker=$(pgrep -f "nginx: worker process" | head -1)
 measure nginx "$worker" 127.1.2.3:10000
 
