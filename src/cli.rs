@@ -258,9 +258,10 @@ pub struct RunArgs {
         global = true,
         env = "DERMAGA_WORKER_THREADS",
         value_name = "N",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u16).range(0..=1024)
     )]
-    pub worker_threads: usize,
+    pub worker_threads: u16,
 
     /// Pipes that may exist at once for zero-copy forwarding (two per connection); connections
     /// beyond that use a buffered copy. 0 disables splice.

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         return dermaga::ops::check::run(&check.files, &cli.run.index_settings());
     }
     dermaga::ops::logging::init(cli.run.log_format, &cli.run.log_level);
-    let result: anyhow::Result<()> = runtime(cli.run.worker_threads)
+    let result: anyhow::Result<()> = runtime(usize::from(cli.run.worker_threads))
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {
             runtime.block_on(async move {

@@ -236,6 +236,17 @@ fn start_up_errors_are_clear_and_exit_non_zero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-timeout"));
+
+    let out = Command::new(bin)
+        .args(["--worker-threads", "5000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--worker-threads") && stderr.contains("0..=1024"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
