@@ -2,13 +2,16 @@
 //! kustomize base builds, its RBAC grants exactly what the kube provider calls
 //! (`API_ACCESS`), and the Deployment, its flags, its ConfigMaps and its LoadBalancer Service
 //! agree with one another. The checks run on the files as written and on the output of
-//! `kubectl kustomize deploy/base` (kubectl must be installed). The tests at the end change one
+//! `kubectl kustomize deploy/base` (the kubectl that `testenv/build.sh` builds beside the API server). The tests at the end change one
 //! thing at a time and show that each check fails and says why.
 
 #[path = "deploy/manifest.rs"]
 mod manifest;
 #[path = "deploy/rbac.rs"]
 mod rbac;
+#[allow(dead_code)]
+#[path = "support/testenv.rs"]
+mod testenv;
 #[path = "deploy/workload.rs"]
 mod workload;
 

@@ -223,8 +223,9 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResourceLabels {
+struct WatchErrorLabels {
     resource: &'static str,
+    reason: &'static str,
 }
 
 /// The per-port handles one connection updates.
@@ -352,7 +353,7 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
-    kube_watch_errors: Family<ResourceLabels, Counter>,
+    kube_watch_errors: Family<WatchErrorLabels, Counter>,
     kube_events: Family<ResultLabels, Counter>,
     health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
@@ -463,10 +464,10 @@ impl Metrics {
             "Configuration loads by result (success, failure)",
             reloads.clone(),
         );
-        let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
+        let kube_watch_errors = Family::<WatchErrorLabels, Counter>::default();
         registry.register(
             "kube_watch_errors",
-            "Failed Kubernetes API list/watch calls by resource (each is retried with backoff)",
+            "Failed Kubernetes API list/watch calls by resource and reason (forbidden: refused by RBAC; unauthorized: credentials refused; unavailable: anything else); each is retried with backoff",
             kube_watch_errors.clone(),
         );
         let kube_events = Family::<ResultLabels, Counter>::default();
@@ -650,9 +651,9 @@ impl Metrics {
     }
 
     /// Records a failed Kubernetes API list or watch call.
-    pub fn kube_watch_error(&self, resource: &'static str) {
+    pub fn kube_watch_error(&self, resource: &'static str, reason: &'static str) {
         self.kube_watch_errors
-            .get_or_create(&ResourceLabels { resource })
+            .get_or_create(&WatchErrorLabels { resource, reason })
             .inc();
     }
 

@@ -370,13 +370,13 @@ pub fn read_plain_dir(dir: &Path) -> Result<Vec<Doc>, Vec<String>> {
     }
 }
 
-/// `kubectl kustomize <dir>`, parsed. kubectl is needed (it is on the CI machines).
+/// `kubectl kustomize <dir>`, parsed, with the kubectl built by `testenv/build.sh`.
 pub fn kustomize_build(dir: &Path) -> Result<Vec<Doc>, Vec<String>> {
-    let output = Command::new("kubectl")
+    let output = Command::new(crate::testenv::kubectl_binary())
         .arg("kustomize")
         .arg(dir)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `kubectl kustomize` (install kubectl): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run `kubectl kustomize`: {e}"));
     if !output.status.success() {
         return Err(vec![format!(
             "kubectl kustomize {} failed: {}",

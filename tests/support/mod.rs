@@ -1,7 +1,10 @@
 //! Shared test support: tagged fake backends on loopback, fixture YAML, an in-process gateway.
 #![allow(dead_code)]
 
+pub mod kube_api;
+pub mod netns;
 pub mod process;
+pub mod testenv;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

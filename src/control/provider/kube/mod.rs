@@ -119,8 +119,8 @@ impl KubeProvider {
 
         let metrics = controller.metrics().clone();
         let handle = |state: &mut SyncState, message: watch::Message, now| {
-            if let watch::Change::Failed(_) = message.change {
-                metrics.kube_watch_error(message.scope.resource());
+            if let watch::Change::Failed(failure) = &message.change {
+                metrics.kube_watch_error(message.scope.resource(), failure.kind.label());
             }
             state.handle(message, now)
         };

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::references::{References, references};
-use super::watch::{Change, Message, ScopeKey};
+use super::watch::{Change, Failure, FailureKind, Message, ScopeKey};
 use crate::control::index::{Index, Kind, Object};
 use crate::control::names::{ObjectName, Protocol};
 
@@ -70,7 +70,7 @@ struct Scope {
     /// Since when the scope has not had a complete list (`None`: it has one).
     unsynced_since: Option<Instant>,
     /// The error of the current failure streak, if any.
-    failing: Option<String>,
+    failing: Option<Failure>,
 }
 
 /// The provider's state.
@@ -140,7 +140,7 @@ impl SyncState {
             Change::ListDone | Change::Applied(_) | Change::Deleted(_) | Change::Recovered
         ) && let Some(error) = scope.failing.take()
         {
-            tracing::info!(watch = %key, after = %error, "Kubernetes API watch recovered");
+            tracing::info!(watch = %key, after = %error.error, "Kubernetes API watch recovered");
         }
         let wanted = |o: &Object, names: &BTreeSet<String>| match &key {
             ScopeKey::PortMap(name) => o.name() == *name,
@@ -208,17 +208,34 @@ impl SyncState {
                 tracing::info!(watch = %key, "resource version expired (410 Gone); listing again");
             }
             Change::Recovered => {}
-            Change::Failed(error) => {
-                if scope.failing.is_none() {
-                    tracing::warn!(
+            Change::Failed(failure) => {
+                let new = scope
+                    .failing
+                    .as_ref()
+                    .is_none_or(|f| f.kind != failure.kind);
+                let error = &failure.error;
+                match failure.kind {
+                    _ if !new => {
+                        tracing::debug!(watch = %key, %error, "Kubernetes API watch still failing")
+                    }
+                    FailureKind::Forbidden => tracing::error!(
                         watch = %key,
-                        error = %error,
+                        %error,
+                        "Kubernetes API watch forbidden by RBAC: grant dermaga's ServiceAccount list and watch on {} (deploy/base/rbac.yaml, docs/install.md#rbac); retrying with backoff, the last table stays in force",
+                        key.grant()
+                    ),
+                    FailureKind::Unauthorized => tracing::error!(
+                        watch = %key,
+                        %error,
+                        "Kubernetes API refused dermaga's credentials (401; an expired or revoked token?); retrying with backoff, the last table stays in force"
+                    ),
+                    FailureKind::Unavailable => tracing::warn!(
+                        watch = %key,
+                        %error,
                         "Kubernetes API watch failed; retrying with backoff, the last table stays in force"
-                    );
-                } else {
-                    tracing::debug!(watch = %key, error = %error, "Kubernetes API watch still failing");
+                    ),
                 }
-                scope.failing = Some(error);
+                scope.failing = Some(failure);
             }
         }
         if maps_changed {

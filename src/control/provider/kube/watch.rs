@@ -38,6 +38,22 @@ impl ScopeKey {
     }
 }
 
+impl ScopeKey {
+    /// What RBAC must allow (with the verbs list and watch) for this watcher.
+    pub fn grant(&self) -> String {
+        match self {
+            ScopeKey::PortMap(name) => format!(
+                "configmaps (resourceNames: {}) in namespace {}",
+                name.name, name.namespace
+            ),
+            ScopeKey::Services(ns) => format!("services in namespace {ns}"),
+            ScopeKey::Slices(ns) => {
+                format!("endpointslices (API group discovery.k8s.io) in namespace {ns}")
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for ScopeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -62,11 +78,69 @@ pub enum Change {
     /// An object was deleted.
     Deleted(Object),
     /// The API call failed; the watcher retries with backoff.
-    Failed(String),
+    Failed(Failure),
     /// The resourceVersion was too old (410 Gone): the watcher lists again.
     Expired,
     /// A retry after a failure has held for a while without failing again.
     Recovered,
+}
+
+/// Why a list or watch call failed, as far as the provider acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// 403: the authorizer (RBAC) refused the call; an operator must grant it.
+    Forbidden,
+    /// 401: the credentials were not accepted (an expired or revoked token).
+    Unauthorized,
+    /// Anything else: unreachable, timed out, a 5xx answer.
+    Unavailable,
+}
+
+impl FailureKind {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Forbidden => "forbidden",
+            FailureKind::Unauthorized => "unauthorized",
+            FailureKind::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A failed list or watch call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The error with its causes, on one line (for a 401/403: the API server's own message,
+    /// which names the user, the verb, the resource and the namespace).
+    pub error: String,
+}
+
+impl Failure {
+    fn of(e: &watcher::Error) -> Self {
+        let status = match e {
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.as_ref()),
+            watcher::Error::WatchError(s) => Some(s.as_ref()),
+            _ => None,
+        };
+        match status {
+            Some(s) if s.code == 403 => Self {
+                kind: FailureKind::Forbidden,
+                error: s.message.clone(),
+            },
+            Some(s) if s.code == 401 => Self {
+                kind: FailureKind::Unauthorized,
+                error: s.message.clone(),
+            },
+            _ => Self {
+                kind: FailureKind::Unavailable,
+                error: describe(e),
+            },
+        }
+    }
 }
 
 /// A change from one watcher.
@@ -175,7 +249,7 @@ async fn forward<K>(
             // 410 Gone is the protocol's way to say "list again", which the watcher does at
             // once; not a failure.
             Err(watcher::Error::WatchError(status)) if status.code == 410 => Change::Expired,
-            Err(e) => Change::Failed(describe(&e)),
+            Err(e) => Change::Failed(Failure::of(&e)),
         };
         let failed = matches!(change, Change::Failed(_));
         match &change {

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::*;
 use crate::control::index::{IndexSettings, SERVICE_NAME_LABEL};
-use crate::control::provider::kube::watch::{Change, Message, ScopeKey};
+use crate::control::provider::kube::watch::{Change, Failure, FailureKind, Message, ScopeKey};
 
 fn map_name() -> ObjectName {
     ObjectName::new("dermaga", "tcp-services")
@@ -330,11 +330,17 @@ fn failures_change_nothing_and_a_service_that_leaves_the_filter_is_dropped() {
     assert!(h.publish());
     h.send(
         services("default"),
-        Change::Failed("503 Service Unavailable".into()),
+        Change::Failed(Failure {
+            kind: FailureKind::Unavailable,
+            error: "503 Service Unavailable".into(),
+        }),
     );
     h.send(
         services("default"),
-        Change::Failed("503 Service Unavailable".into()),
+        Change::Failed(Failure {
+            kind: FailureKind::Unavailable,
+            error: "503 Service Unavailable".into(),
+        }),
     );
     assert!(!h.publish(), "an error is not a change");
     assert!(h.index.service(&ObjectName::new("default", "a")).is_some());

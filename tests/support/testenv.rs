@@ -1,0 +1,55 @@
+//! The real Kubernetes binaries the tests use (kube-apiserver, etcd, kubectl of the same
+//! version), built from their Go modules by `testenv/build.sh` into a cache on first use. Shared
+//! by `support::kube_api` and `tests/deploy.rs` (which renders `deploy/base` with this kubectl).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// Paths of the built binaries.
+pub struct Binaries {
+    /// kube-apiserver.
+    pub apiserver: PathBuf,
+    /// etcd.
+    pub etcd: PathBuf,
+    /// kubectl.
+    pub kubectl: PathBuf,
+}
+
+/// Builds (or finds in the cache) kube-apiserver, etcd and kubectl; panics with the build's own
+/// words when it cannot (no Go, no module proxy).
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("testenv/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run testenv/build.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "testenv/build.sh could not provide kube-apiserver and etcd:\n{}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = |key: &str| -> PathBuf {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("testenv/build.sh printed no {key}=: {stdout}"))
+                .into()
+        };
+        Binaries {
+            apiserver: path("kube-apiserver"),
+            etcd: path("etcd"),
+            kubectl: path("kubectl"),
+        }
+    })
+}
+
+/// The kubectl built beside the API server (same version).
+pub fn kubectl_binary() -> &'static Path {
+    &binaries().kubectl
+}
