@@ -160,8 +160,8 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     // SIGTERM first makes /readyz fail (draining), then, after --shutdown-delay, closes the
     // listeners (shutdown) and drains; load balancers stop sending in between.
     let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(admin::serve(
-        admin_listener,
+    let admin = admin::spawn_thread(
+        admin_listener.into_std()?,
         AdminState {
             snapshot: gateway.controller.snapshot().clone(),
             status: gateway.status(),
@@ -171,7 +171,8 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
             draining: draining.clone(),
         },
         admin_stop.clone(),
-    ));
+    )
+    .context("starting the admin server's thread")?;
     tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
 
     let controller = Arc::clone(&gateway.controller);
@@ -193,7 +194,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         );
     }
     admin_stop.cancel();
-    let _ = admin.await;
+    let _ = tokio::task::spawn_blocking(move || admin.join()).await;
     tracing::info!("all connections closed; exiting");
     Ok(())
 }

@@ -248,7 +248,8 @@ mod tests {
                     Max cpu time              unlimited            unlimited            seconds   \n\
                     Max open files            1024                 524288               files     \n";
         assert_eq!(soft_open_files_limit(text), Some(1024));
-        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
         assert_eq!(soft_open_files_limit(unlimited), None);
         assert_eq!(descriptor_reserve(64), 4);
         assert_eq!(descriptor_reserve(1024), 64);
