@@ -80,11 +80,15 @@ fn byte_size(s: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        _ => return Err(format!("unknown unit {unit:?}: write bytes, or a number with KiB, MiB or GiB (16MiB)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}: write bytes, or a number with KiB, MiB or GiB (16MiB)"
+            ));
+        }
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: write bytes, or a number with KiB, MiB or GiB (16MiB)"))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{s:?} is not a size: write bytes, or a number with KiB, MiB or GiB (16MiB)")
+    })?;
     match n.checked_mul(scale) {
         Some(b) if (1 << 10..=1 << 30).contains(&b) => Ok(b),
         _ => Err(format!("{s} is out of range: 1KiB to 1GiB")),

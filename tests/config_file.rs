@@ -57,11 +57,7 @@ fn one_port(backend: SocketAddr) -> String {
 
 async fn reloads(admin: SocketAddr, result: &str) -> f64 {
     let (_, body) = http_get(admin, "/metrics").await;
-    metric_in(
-        &body,
-        "dermaga_config_reloads_total",
-        &[("result", result)],
-    )
+    metric_in(&body, "dermaga_config_reloads_total", &[("result", result)])
 }
 
 fn start(config: &Path, ip: &str, extra: &[&str]) -> Dermaga {
@@ -93,7 +89,12 @@ async fn a_device_a_fifo_or_an_oversized_file_is_refused_and_the_last_good_one_s
     let mut d = start(
         &link,
         ip,
-        &["--config-poll-interval", "100ms", "--config-max-bytes", "4KiB"],
+        &[
+            "--config-poll-interval",
+            "100ms",
+            "--config-max-bytes",
+            "4KiB",
+        ],
     );
     d.wait_log(&["listening", "10000/TCP"]);
     let admin = d.admin_address();
@@ -153,12 +154,20 @@ fn at_start_a_fifo_or_an_oversized_file_stops_dermaga_at_once() {
     std::fs::write(&big, "#\n".repeat(1024)).unwrap();
     for (path, message) in [
         (&fifo, "fifo.yaml is a FIFO, not a regular file"),
-        (&big, "big.yaml is 2048 bytes, more than --config-max-bytes 1024"),
+        (
+            &big,
+            "big.yaml is 2048 bytes, more than --config-max-bytes 1024",
+        ),
     ] {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dermaga"))
             .args(["--config", path.to_str().unwrap()])
-            .args(["--config-max-bytes", "1KiB", "--admin-address", "127.1.14.3:0"])
+            .args([
+                "--config-max-bytes",
+                "1KiB",
+                "--admin-address",
+                "127.1.14.3:0",
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -228,6 +237,7 @@ async fn a_file_written_in_place_in_two_halves_is_applied_only_whole() {
     }
     d.wait_log(&["config reloaded"]);
     d.wait_log(&["route added", "10001/TCP", "endpoints=1"]);
+    d.wait_log(&["listening", "10001/TCP"]);
     assert_eq!(greeting(at(10001)).await.unwrap(), "web");
     stop.cancel();
     client.await.unwrap();
@@ -263,7 +273,10 @@ async fn a_deleted_file_that_comes_back_unchanged_is_valid_again() {
 
     write_config(&config, &text);
     let line = d.wait_log(&["is valid again; applied"]);
-    assert!(line.contains(&format!("--config {} is valid again", config.display())), "{line}");
+    assert!(
+        line.contains(&format!("--config {} is valid again", config.display())),
+        "{line}"
+    );
     assert_eq!(greeting(port).await.unwrap(), "web");
     assert_eq!(reloads(admin, "failure").await, 1.0);
     assert_eq!(reloads(admin, "success").await, 2.0);

@@ -135,7 +135,11 @@ fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut Ch
         ));
         return;
     }
-    let has_services = objects.iter().any(|o| matches!(o, Object::Service(_)));
+    // References are checked when the input holds the backends' Services; the LoadBalancer
+    // Service in front of dermaga alone does not make it a list of Services.
+    let has_services = objects
+        .iter()
+        .any(|o| matches!(o, Object::Service(s) if !is_load_balancer(s)));
     let load_balancers: Vec<(ObjectName, Service)> = objects
         .iter()
         .filter_map(|o| match o {
@@ -155,7 +159,12 @@ fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut Ch
     let mut index = Index::new(settings);
     index.reset_all(objects);
     let table = build(&index, None);
-    for problem in &table.problems {
+    // The map's own problems first (in key order), then what they refer to.
+    let (own, references): (Vec<_>, Vec<_>) = table
+        .problems
+        .iter()
+        .partition(|p| matches!(p, ConfigProblem::Entry(_)));
+    for problem in own.into_iter().chain(references) {
         match problem {
             ConfigProblem::Entry(e) if e.affects_routing => report.errors.push(e.to_string()),
             ConfigProblem::Entry(e) => report.warnings.push(e.to_string()),

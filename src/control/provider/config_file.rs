@@ -65,8 +65,8 @@ pub enum FileError {
     Manifest {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        error: ManifestError,
+        /// What is wrong (boxed: it is large, and rare).
+        error: Box<ManifestError>,
     },
 }
 
@@ -211,7 +211,7 @@ impl ConfigFile {
     pub fn parse(&self, text: &str) -> Result<Manifest, FileError> {
         parse_manifest(text).map_err(|error| FileError::Manifest {
             path: self.path.clone(),
-            error,
+            error: Box::new(error),
         })
     }
 }
@@ -240,7 +240,16 @@ mod tests {
             "{e}"
         );
         let e = ConfigFile::new(dir.path(), 1024).read().unwrap_err();
-        assert!(matches!(e, FileError::NotRegular { what: "a directory", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                FileError::NotRegular {
+                    what: "a directory",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -250,10 +259,14 @@ mod tests {
         std::fs::write(&file, vec![b'#'; 2048]).unwrap();
         let e = ConfigFile::new(&file, 2047).read().unwrap_err();
         assert!(
-            e.to_string()
-                .ends_with("big.yaml is 2048 bytes, more than --config-max-bytes 2047; it was not read"),
+            e.to_string().ends_with(
+                "big.yaml is 2048 bytes, more than --config-max-bytes 2047; it was not read"
+            ),
             "{e}"
         );
-        assert_eq!(ConfigFile::new(&file, 2048).read().unwrap().text.len(), 2048);
+        assert_eq!(
+            ConfigFile::new(&file, 2048).read().unwrap().text.len(),
+            2048
+        );
     }
 }

@@ -107,15 +107,11 @@ impl FileProvider {
         result
     }
 
+    /// Read in place, not on a blocking thread: at start nothing is served yet, and a blocking
+    /// thread would outlive the load by tokio's keep-alive (a thread more than `--worker-threads`).
     async fn read_and_apply(&mut self, controller: &Controller) -> Result<(), FileError> {
-        let file = self.file.clone();
-        let (loaded, manifest) = tokio::task::spawn_blocking(move || {
-            let loaded = file.read()?;
-            let manifest = file.parse(&loaded.text)?;
-            Ok::<_, FileError>((loaded, manifest))
-        })
-        .await
-        .expect("reading the config file does not panic")?;
+        let loaded = self.file.read()?;
+        let manifest = self.file.parse(&loaded.text)?;
         if !manifest.skipped.is_empty() {
             tracing::debug!(skipped = ?manifest.skipped, "objects of kinds dermaga does not use were skipped");
         }

@@ -320,7 +320,8 @@ mod tests {
 
     #[test]
     fn the_same_object_twice_is_an_error_naming_both_positions() {
-        let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\n";
+        let cm =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\n";
         let e = parse_manifest(&format!("{cm}---\nkind: Other\n---\n{cm}"))
             .unwrap_err()
             .to_string();
