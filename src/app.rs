@@ -105,7 +105,10 @@ enum Provider {
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let provider = match args.config.clone() {
-        Some(path) => Provider::File(FileProvider::new(&path, args.config_poll_interval), path),
+        Some(path) => Provider::File(
+            FileProvider::new(&path, args.config_poll_interval, args.config_max_bytes),
+            path,
+        ),
         None => {
             let client = kube_client::connect(args.kubeconfig.as_deref()).await?;
             tracing::info!(
@@ -141,6 +144,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let provider = match provider {
         Provider::File(mut file, config) => {
             file.load(&gateway.controller)
+                .await
                 .with_context(|| format!("cannot start with --config {}", config.display()))?;
             tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
             Provider::File(file, config)

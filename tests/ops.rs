@@ -182,12 +182,12 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
 
     apply(
         &gw,
-        &(yaml.clone()
-            + &configmap_yaml(&[
-                ("10000", "default/web:80"),
-                ("10001", "default/empty:80"),
-                ("10002", "default/missing:80"),
-            ])),
+        // The map replaced, the other objects kept (an object may appear only once).
+        &(configmap_yaml(&[
+            ("10000", "default/web:80"),
+            ("10001", "default/empty:80"),
+            ("10002", "default/missing:80"),
+        ]) + yaml.split_once("---\n").expect("the map's document").1),
     );
     let (_, body) = http_get(admin, "/routes").await;
     let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
