@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::control::names::ObjectName;
 use crate::ops::access_log::AccessLogFormat;
-use crate::ops::logging::LogFormat;
+use crate::ops::logging::{LogFormat, LogLevel};
 
 /// dermaga: one IP, many ports. A port-mapped TCP ingress gateway for Kubernetes, configured
 /// by an ingress-nginx `tcp-services` ConfigMap.
@@ -307,9 +307,16 @@ pub struct RunArgs {
     )]
     pub log_format: LogFormat,
 
-    /// Log level or filter (RUST_LOG, when set, wins).
-    #[arg(long, global = true, env = "DERMAGA_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Least severe level logged (RUST_LOG, when set, wins, and takes filters such as
+    /// `info,dermaga::data=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_LOG_LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
+    pub log_level: LogLevel,
 }
 
 #[cfg(test)]
