@@ -189,7 +189,8 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let flushed = tokio::task::spawn_blocking(move || access_log.flush(ACCESS_LOG_FLUSH_TIMEOUT));
     if !flushed.await.unwrap_or(false) {
         tracing::warn!(
-            "the access log could not be written out within {ACCESS_LOG_FLUSH_TIMEOUT:?} at exit; its last lines may be lost"
+            "the access log could not be written out at exit (stdout not read for {:?}, or not within {ACCESS_LOG_FLUSH_TIMEOUT:?}); its last lines may be lost",
+            crate::ops::access_log::STALLED
         );
     }
     admin_stop.cancel();
