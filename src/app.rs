@@ -102,7 +102,7 @@ enum Provider {
     Kube(KubeProvider),
 }
 
-/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns. SIGHUP reloads `--config`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let provider = match args.config.clone() {
         Some(path) => Provider::File(FileProvider::new(&path, args.config_poll_interval), path),
@@ -123,7 +123,11 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     // First of all, before any port is bound and logged as listening: a SIGTERM from then on
     // drains instead of killing the process with the signal's default action.
     let draining = CancellationToken::new();
-    signals::install(draining.clone()).context("installing signal handlers")?;
+    let hangup = match &provider {
+        Provider::File(file, path) => signals::OnHangup::Reload(path.clone(), file.reload_handle()),
+        Provider::Kube(_) => signals::OnHangup::Ignore,
+    };
+    signals::install(draining.clone(), hangup).context("installing signal handlers")?;
     let metrics = Arc::new(Metrics::new());
     let access_log = Arc::new(AccessLog::start(
         args.access_log,

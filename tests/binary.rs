@@ -532,3 +532,88 @@ async fn unread_stdout_and_stderr_never_stop_forwarding_health_or_shutdown() {
          exit {took:?} after SIGTERM (delay {delay:?} + grace {grace:?})"
     );
 }
+
+#[test]
+fn a_bad_enumerated_flag_value_exits_2_naming_the_flag_and_the_allowed_values() {
+    let bin = env!("CARGO_BIN_EXE_dermaga");
+    let allowed_levels = "[possible values: error, warn, info, debug, trace]";
+    let cases: &[(&[&str], &[(&str, &str)], &str, &str)] = &[
+        (&["--log-level", "verbose"], &[], "--log-level", allowed_levels),
+        (&["--log-level", "warning"], &[], "--log-level", allowed_levels),
+        (&["--log-level", ""], &[], "--log-level", allowed_levels),
+        (&[], &[("DERMAGA_LOG_LEVEL", "verbose")], "--log-level", allowed_levels),
+        (
+            &["--log-format", "logfmt"],
+            &[],
+            "--log-format",
+            "[possible values: text, json]",
+        ),
+        (
+            &["--access-log", "yes"],
+            &[],
+            "--access-log",
+            "[possible values: json, text, off]",
+        ),
+        (
+            &["--reuse-port=maybe"],
+            &[],
+            "--reuse-port",
+            "[possible values: true, false]",
+        ),
+    ];
+    for (args, env, flag, allowed) in cases {
+        let out = Command::new(bin)
+            .args(*args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(allowed),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+}
+
+/// SIGHUP reads and applies the --config file at once (the poll interval here is an hour, so
+/// nothing else could), and the process goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_the_process_goes_on() {
+    let listen = "127.1.14.5";
+    let port: SocketAddr = format!("{listen}:10000").parse().unwrap();
+    let a = Backend::start("127.1.14.3", "a").await;
+    let b = Backend::start("127.1.14.4", "b").await;
+    let config_for = |backend: &Backend| {
+        configmap_yaml(&[("10000", "default/web:80")])
+            + &service_yaml("web", 80)
+            + &slices_yaml("web", &[(backend.addr, true)])
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(&config, &config_for(&a));
+    let mut d = Dermaga::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen-address",
+        listen,
+        "--admin-address",
+        &format!("{listen}:0"),
+        "--shutdown-delay",
+        "0s",
+        "--config-poll-interval",
+        "1h",
+    ]);
+    d.wait_log(&["listening", "10000/TCP"]);
+    assert_eq!(greeting(port).await.unwrap(), "a");
+
+    write_config(&config, &config_for(&b));
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    d.wait_log(&[&format!("SIGHUP: reloading --config {}", config.display())]);
+    d.wait_log(&["config reloaded", "requested=true"]);
+    assert_eq!(greeting(port).await.unwrap(), "b");
+    assert!(d.child.try_wait().unwrap().is_none(), "still running");
+    assert!(d.terminate().success());
+}

@@ -2,12 +2,14 @@
 //!
 //! The file is checked every `poll` interval (its size, modification time and inode, following
 //! symlinks, so the atomic symlink swap of a mounted ConfigMap volume is seen too). A file that
-//! cannot be read or parsed is logged and the last good table stays in force.
+//! cannot be read or parsed is logged and the last good table stays in force. A nudge on
+//! [`FileProvider::reload_handle`] (SIGHUP) reads and applies it at once, changed or not.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::manifest::{ManifestError, parse_manifest};
@@ -58,6 +60,8 @@ pub struct FileProvider {
     poll: Duration,
     /// What the last read saw: the file's fingerprint taken before reading, and the text.
     seen: (Option<Fingerprint>, Option<String>),
+    /// Notified to reload now (SIGHUP).
+    reload: Arc<Notify>,
 }
 
 impl FileProvider {
@@ -67,7 +71,14 @@ impl FileProvider {
             path: path.into(),
             poll,
             seen: (None, None),
+            reload: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notify it to read and apply the file now, even if it looks unchanged (a notification
+    /// sent before [`FileProvider::watch`] runs is kept for it).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 
     /// Reads and applies the file once. Used at start, where a bad file is a fatal error.
@@ -107,12 +118,13 @@ impl FileProvider {
         let mut interval = tokio::time::interval(self.poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let forced = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+                _ = interval.tick() => false,
+                _ = self.reload.notified() => true,
+            };
             let now = fingerprint(&self.path);
-            if now == last {
+            if now == last && !forced {
                 continue;
             }
             last = now;
@@ -128,13 +140,13 @@ impl FileProvider {
                     continue;
                 }
             };
-            if last_text.as_deref() == Some(text.as_str()) {
+            if last_text.as_deref() == Some(text.as_str()) && !forced {
                 continue;
             }
             let result = self.apply(&text, &controller);
             controller.record_load(result.is_ok());
             match result {
-                Ok(()) => tracing::info!(path = %self.path.display(), "config reloaded"),
+                Ok(()) => tracing::info!(path = %self.path.display(), requested = forced, "config reloaded"),
                 Err(err) => {
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration")
                 }
