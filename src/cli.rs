@@ -388,14 +388,23 @@ mod enum_flag_tests {
         assert!(parse(&[]).unwrap().reuse_port);
         assert!(parse(&["--reuse-port"]).unwrap().reuse_port);
         for yes in ["true", "TRUE", "yes", "on", "1", "y", "t"] {
-            assert!(parse(&[&format!("--reuse-port={yes}")]).unwrap().reuse_port, "{yes}");
+            assert!(
+                parse(&[&format!("--reuse-port={yes}")]).unwrap().reuse_port,
+                "{yes}"
+            );
         }
         for no in ["false", "False", "no", "off", "0", "n", "f"] {
-            assert!(!parse(&[&format!("--reuse-port={no}")]).unwrap().reuse_port, "{no}");
+            assert!(
+                !parse(&[&format!("--reuse-port={no}")]).unwrap().reuse_port,
+                "{no}"
+            );
         }
         let err = parse(&["--reuse-port=maybe"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("[possible values: true, false]"), "{err}");
+        assert!(
+            err.to_string().contains("[possible values: true, false]"),
+            "{err}"
+        );
     }
 
     #[test]

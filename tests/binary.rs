@@ -463,7 +463,11 @@ async fn unread_stdout_and_stderr_never_stop_forwarding_health_or_shutdown() {
     });
     let mut forwarded = 0;
     while !bad.is_finished() {
-        assert_eq!(greeting(at(10000)).await.unwrap(), "web", "after {forwarded}");
+        assert_eq!(
+            greeting(at(10000)).await.unwrap(),
+            "web",
+            "after {forwarded}"
+        );
         forwarded += 1;
     }
     let (garbage_closed, refused_closed) = bad.await.unwrap();
@@ -537,11 +541,28 @@ async fn unread_stdout_and_stderr_never_stop_forwarding_health_or_shutdown() {
 fn a_bad_enumerated_flag_value_exits_2_naming_the_flag_and_the_allowed_values() {
     let bin = env!("CARGO_BIN_EXE_dermaga");
     let allowed_levels = "[possible values: error, warn, info, debug, trace]";
-    let cases: &[(&[&str], &[(&str, &str)], &str, &str)] = &[
-        (&["--log-level", "verbose"], &[], "--log-level", allowed_levels),
-        (&["--log-level", "warning"], &[], "--log-level", allowed_levels),
+    // (arguments, environment, the flag, its allowed values)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--log-level", "verbose"],
+            &[],
+            "--log-level",
+            allowed_levels,
+        ),
+        (
+            &["--log-level", "warning"],
+            &[],
+            "--log-level",
+            allowed_levels,
+        ),
         (&["--log-level", ""], &[], "--log-level", allowed_levels),
-        (&[], &[("DERMAGA_LOG_LEVEL", "verbose")], "--log-level", allowed_levels),
+        (
+            &[],
+            &[("DERMAGA_LOG_LEVEL", "verbose")],
+            "--log-level",
+            allowed_levels,
+        ),
         (
             &["--log-format", "logfmt"],
             &[],

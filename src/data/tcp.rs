@@ -286,7 +286,8 @@ async fn establish(
                     endpoint: None,
                     reason: WarnReason::ProxyHeader,
                 };
-                if let Some(suppressed) = ctx.warnings.note(warn) {
+                if let Some(held) = ctx.warnings.note(warn) {
+                    let suppressed = (held > 0).then_some(held);
                     tracing::warn!(port = %key, client = %peer, error = %error, suppressed, "closing connection: bad PROXY protocol header");
                 }
                 outcome.close = CloseReason::ProxyHeader;
@@ -481,7 +482,8 @@ async fn connect(
             endpoint: Some(endpoint.addr),
             reason: WarnReason::Connect(reason),
         };
-        if let Some(suppressed) = ctx.warnings.note(warn) {
+        if let Some(held) = ctx.warnings.note(warn) {
+            let suppressed = (held > 0).then_some(held);
             tracing::warn!(
                 port = %route.key,
                 service = %route.spec.service,
@@ -502,7 +504,8 @@ async fn connect(
         endpoint: None,
         reason: WarnReason::NoEndpointAccepted,
     };
-    if let Some(suppressed) = ctx.warnings.note(warn) {
+    if let Some(held) = ctx.warnings.note(warn) {
+        let suppressed = (held > 0).then_some(held);
         tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = outcome.attempts, suppressed, "no endpoint accepted the connection; closing client");
     }
     None

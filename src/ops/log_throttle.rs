@@ -203,7 +203,7 @@ impl ConnWarnings {
             let endpoint = key
                 .endpoint
                 .map_or_else(|| "-".to_owned(), |e| e.to_string());
-            tracing::warn!(port = %key.port, endpoint, reason = %key.reason, suppressed, interval = ?self.interval, "like warnings not logged (at most one line per port, endpoint and reason per interval)");
+            tracing::warn!(port = %key.port, endpoint = %endpoint, reason = %key.reason, suppressed, interval = ?self.interval, "like warnings not logged (at most one line per port, endpoint and reason per interval)");
         }
     }
 

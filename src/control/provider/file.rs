@@ -146,7 +146,9 @@ impl FileProvider {
             let result = self.apply(&text, &controller);
             controller.record_load(result.is_ok());
             match result {
-                Ok(()) => tracing::info!(path = %self.path.display(), requested = forced, "config reloaded"),
+                Ok(()) => {
+                    tracing::info!(path = %self.path.display(), requested = forced, "config reloaded")
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration")
                 }
