@@ -22,12 +22,14 @@ use crate::data::udp::port::UdpSettings;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::ops::access_log::AccessLog;
 use crate::ops::admin::{self, AdminState};
+use crate::ops::log_writer;
 use crate::ops::metrics::Metrics;
 use crate::ops::signals;
 
-/// At exit, how long the access log may take to be written out. Shutdown takes at most
-/// `--shutdown-delay` + `--shutdown-grace` + this (+ well under a second to exit): the pod's
-/// `terminationGracePeriodSeconds` must be longer.
+/// At exit, how long the access log and then the log may take to be written out (the log's
+/// share is [`log_writer::FLUSH_TIMEOUT`], 1 s, at the end of `main`; the access log has the
+/// rest). Shutdown takes at most `--shutdown-delay` + `--shutdown-grace` + this (+ well under a
+/// second to exit): the pod's `terminationGracePeriodSeconds` must be longer.
 pub const ACCESS_LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl RunArgs {
@@ -102,7 +104,7 @@ enum Provider {
     Kube(KubeProvider),
 }
 
-/// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
+/// Runs the gateway until SIGTERM/SIGINT, then drains and returns. SIGHUP reloads `--config`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let provider = match args.config.clone() {
         Some(path) => Provider::File(
@@ -126,7 +128,11 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     // First of all, before any port is bound and logged as listening: a SIGTERM from then on
     // drains instead of killing the process with the signal's default action.
     let draining = CancellationToken::new();
-    signals::install(draining.clone()).context("installing signal handlers")?;
+    let hangup = match &provider {
+        Provider::File(file, path) => signals::OnHangup::Reload(path.clone(), file.reload_handle()),
+        Provider::Kube(_) => signals::OnHangup::Ignore,
+    };
+    signals::install(draining.clone(), hangup).context("installing signal handlers")?;
     let metrics = Arc::new(Metrics::new());
     let access_log = Arc::new(AccessLog::start(
         args.access_log,
@@ -191,10 +197,12 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     tokio::time::sleep(args.shutdown_delay).await;
     let _ = watcher.await;
     gateway.shutdown().await;
-    let flushed = tokio::task::spawn_blocking(move || access_log.flush(ACCESS_LOG_FLUSH_TIMEOUT));
+    let access_log_flush = ACCESS_LOG_FLUSH_TIMEOUT - log_writer::FLUSH_TIMEOUT;
+    let flushed = tokio::task::spawn_blocking(move || access_log.flush(access_log_flush));
     if !flushed.await.unwrap_or(false) {
         tracing::warn!(
-            "the access log could not be written out within {ACCESS_LOG_FLUSH_TIMEOUT:?} at exit; its last lines may be lost"
+            "the access log could not be written out at exit (stdout not read for {:?}, or not within {access_log_flush:?}); its last lines may be lost",
+            crate::ops::access_log::STALLED
         );
     }
     admin_stop.cancel();

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::control::names::ObjectName;
 use crate::ops::access_log::AccessLogFormat;
-use crate::ops::logging::LogFormat;
+use crate::ops::logging::{LogFormat, LogLevel};
 
 /// dermaga: one IP, many ports. A port-mapped TCP ingress gateway for Kubernetes, configured
 /// by an ingress-nginx `tcp-services` ConfigMap.
@@ -93,6 +93,22 @@ fn byte_size(s: &str) -> Result<u64, String> {
         Some(b) if (1 << 10..=1 << 30).contains(&b) => Ok(b),
         _ => Err(format!("{s} is out of range: 1KiB to 1GiB")),
     }
+}
+
+/// `true` or `false` (also `yes`/`no`, `on`/`off`, `1`/`0`, `y`/`n`, `t`/`f`, any case); a bad
+/// value's error lists `true, false`.
+fn boolean() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    const TRUE: [&str; 5] = ["yes", "on", "1", "y", "t"];
+    const FALSE: [&str; 5] = ["no", "off", "0", "n", "f"];
+    PossibleValuesParser::new([
+        PossibleValue::new("true").aliases(TRUE),
+        PossibleValue::new("false").aliases(FALSE),
+    ])
+    .map(|s| {
+        let s = s.to_ascii_lowercase();
+        s == "true" || TRUE.contains(&s.as_str())
+    })
 }
 
 /// A duration that may be 0 (off), else at least 10ms.
@@ -191,7 +207,7 @@ pub struct RunArgs {
     /// Bind data ports with SO_REUSEPORT so that a second dermaga can bind them while this one
     /// runs and take every new connection from it (restart handover on one host); false: a
     /// second process cannot bind them.
-    #[arg(long, global = true, env = "DERMAGA_REUSE_PORT", value_name = "BOOL", default_value = "true", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, global = true, env = "DERMAGA_REUSE_PORT", value_name = "BOOL", default_value = "true", num_args = 0..=1, require_equals = true, default_missing_value = "true", ignore_case = true, value_parser = boolean())]
     pub reuse_port: bool,
 
     /// Time allowed for one connect to an endpoint.
@@ -336,9 +352,16 @@ pub struct RunArgs {
     )]
     pub log_format: LogFormat,
 
-    /// Log level or filter (RUST_LOG, when set, wins).
-    #[arg(long, global = true, env = "DERMAGA_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Least severe level logged (RUST_LOG, when set, wins, and takes filters such as
+    /// `info,dermaga::data=debug`).
+    #[arg(
+        long,
+        global = true,
+        env = "DERMAGA_LOG_LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
+    pub log_level: LogLevel,
 }
 
 #[cfg(test)]
@@ -378,5 +401,56 @@ mod limit_flag_tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("'lots' for '--max-connections"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod enum_flag_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dermaga").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    #[test]
+    fn reuse_port_takes_the_usual_spellings_of_a_boolean() {
+        assert!(parse(&[]).unwrap().reuse_port);
+        assert!(parse(&["--reuse-port"]).unwrap().reuse_port);
+        for yes in ["true", "TRUE", "yes", "on", "1", "y", "t"] {
+            assert!(
+                parse(&[&format!("--reuse-port={yes}")]).unwrap().reuse_port,
+                "{yes}"
+            );
+        }
+        for no in ["false", "False", "no", "off", "0", "n", "f"] {
+            assert!(
+                !parse(&[&format!("--reuse-port={no}")]).unwrap().reuse_port,
+                "{no}"
+            );
+        }
+        let err = parse(&["--reuse-port=maybe"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("[possible values: true, false]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn log_level_takes_only_the_five_levels() {
+        assert_eq!(parse(&[]).unwrap().log_level, LogLevel::Info);
+        assert_eq!(
+            parse(&["--log-level", "warn"]).unwrap().log_level,
+            LogLevel::Warn
+        );
+        for bad in ["warning", "verbose", "", "info,dermaga=debug"] {
+            let err = parse(&["--log-level", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(
+                err.to_string()
+                    .contains("[possible values: error, warn, info, debug, trace]"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -21,6 +21,7 @@ use crate::data::pipes::PipePool;
 use crate::data::tcp::{ConnContext, TcpSettings};
 use crate::data::udp::port::UdpSettings;
 use crate::ops::access_log::AccessLog;
+use crate::ops::log_throttle::ConnWarnings;
 use crate::ops::metrics::Metrics;
 
 /// How the data plane runs.
@@ -75,6 +76,8 @@ pub struct Gateway {
     status: watch::Receiver<ListenerStatus>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    warnings: Arc<ConnWarnings>,
+    warnings_stop: CancellationToken,
 }
 
 impl Gateway {
@@ -96,6 +99,7 @@ impl Gateway {
         let controller = Arc::new(Controller::new(index, snapshot.clone(), metrics.clone()));
         let pipes = Arc::new(PipePool::new(options.max_pipes, options.pipe_size));
         let health = Arc::new(HealthRegistry::new(options.health.clone(), metrics.clone()));
+        let warnings = Arc::new(ConnWarnings::default());
         let ctx = Arc::new(ConnContext {
             snapshot,
             settings: options.tcp.clone(),
@@ -105,6 +109,7 @@ impl Gateway {
             udp: options.udp.clone(),
             health: health.clone(),
             open: Default::default(),
+            warnings: warnings.clone(),
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout)
             .shutdown_grace(options.shutdown_grace)
@@ -112,6 +117,8 @@ impl Gateway {
         let status = manager.states();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(manager.run(shutdown.clone()));
+        let warnings_stop = CancellationToken::new();
+        tokio::spawn(warnings.clone().run(warnings_stop.clone()));
         tokio::spawn(health::checker::run(
             health.clone(),
             controller.snapshot().clone(),
@@ -125,6 +132,8 @@ impl Gateway {
             status,
             shutdown,
             task,
+            warnings,
+            warnings_stop,
         }
     }
 
@@ -165,6 +174,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.task.await;
+        // The counts of warnings held back since their last line.
+        self.warnings_stop.cancel();
+        self.warnings.flush();
     }
 
     /// A token that, when cancelled, starts the same shutdown as [`Gateway::shutdown`].

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
             cli.run.config_max_bytes,
         );
     }
-    dermaga::ops::logging::init(cli.run.log_format, &cli.run.log_level);
+    // Kept to the end of main: dropping it writes out the queued log lines (within 1 s).
+    let _logs = dermaga::ops::logging::init(cli.run.log_format, cli.run.log_level);
+    match option_env!("DERMAGA_GIT_COMMIT") {
+        Some(commit) => tracing::info!(commit, "dermaga {} starting", env!("CARGO_PKG_VERSION")),
+        None => tracing::info!("dermaga {} starting", env!("CARGO_PKG_VERSION")),
+    }
     let result: anyhow::Result<()> = runtime(usize::from(cli.run.worker_threads))
         .map_err(anyhow::Error::from)
         .and_then(|runtime| {

@@ -354,3 +354,289 @@ async fn worker_threads_choose_the_runtime_and_both_forward() {
         assert!(d.terminate().success());
     }
 }
+
+/// The write system call's number, to read `/proc/<pid>/task/<tid>/syscall`.
+#[cfg(target_arch = "x86_64")]
+const SYS_WRITE: Option<&str> = Some("1");
+#[cfg(target_arch = "aarch64")]
+const SYS_WRITE: Option<&str> = Some("64");
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const SYS_WRITE: Option<&str> = None;
+
+/// True when the thread of process `pid` named `thread` is blocked in write(2) on `fd`.
+fn blocked_writing(pid: u32, thread: &str, fd: u32) -> bool {
+    let Some(write) = SYS_WRITE else { return true };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == thread)
+        })
+        .any(|t| {
+            let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            let mut words = call.split_whitespace();
+            words.next() == Some(write) && words.next() == Some(&format!("{fd:#x}"))
+        })
+}
+
+/// Waits (bounded, 20 s) until the admin server at `admin` says ready.
+async fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect(admin).await.is_ok() && http_get(admin, "/readyz").await.0 == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{admin} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` connections to `to`, 50 at a time, each sending `hello` and reading until dermaga closes
+/// it. Returns how many were closed by dermaga within 10 s (reset or FIN).
+async fn flood(to: SocketAddr, n: usize, hello: &'static [u8]) -> usize {
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let closed = async {
+                let mut s = TcpStream::connect(to).await?;
+                s.write_all(hello).await?;
+                s.read_to_end(&mut Vec::new()).await
+            };
+            tokio::time::timeout(Duration::from_secs(10), closed)
+                .await
+                .is_ok()
+        });
+    }
+    tasks.join_all().await.into_iter().filter(|&c| c).count()
+}
+
+/// Issue 14: with stdout and stderr pipes that nobody reads (both full, their writer threads
+/// blocked in write(2)), 1,000 connections with a garbage PROXY header and 1,000 whose endpoint
+/// refuses do not stop a healthy port, `/healthz`, or SIGTERM. Debug logging, so that stderr
+/// fills even though the per-connection warnings are rate-limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_stdout_and_stderr_never_stop_forwarding_health_or_shutdown() {
+    let listen = "127.1.14.1";
+    let at = move |port: u16| -> SocketAddr { format!("{listen}:{port}").parse().unwrap() };
+    let admin = at(10254);
+    let web = Backend::start("127.1.14.2", "web").await;
+    let refusing: SocketAddr = REFUSING.parse().unwrap();
+    let yaml = configmap_yaml(&[
+        ("10000", "default/web:80"),
+        ("10001", "default/web:80:PROXY"),
+        ("10002", "default/dead:80"),
+    ]) + &service_yaml("web", 80)
+        + &service_yaml("dead", 80)
+        + &slices_yaml("web", &[(web.addr, true)])
+        + &slices_yaml("dead", &[(refusing, true)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(&config, &yaml);
+    let (delay, grace) = (Duration::from_secs(1), Duration::from_secs(4));
+    let mut d = Dermaga::start_unread(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen-address",
+            listen,
+            "--admin-address",
+            &admin.to_string(),
+            "--shutdown-delay",
+            "1s",
+            "--shutdown-grace",
+            "4s",
+            "--access-log-buffer",
+            "256",
+        ],
+        "debug,kube_client=off,kube_runtime=off",
+    );
+    wait_ready(admin).await;
+    assert_eq!(greeting(at(10000)).await.unwrap(), "web");
+
+    // 1,000 + 1,000 bad connections while a healthy client keeps connecting.
+    let bad = tokio::spawn(async move {
+        tokio::join!(
+            flood(at(10001), 1000, b"GARBAGE / HTTP/1.1\r\n\r\n"),
+            flood(at(10002), 1000, b"hello\n"),
+        )
+    });
+    let mut forwarded = 0;
+    while !bad.is_finished() {
+        assert_eq!(
+            greeting(at(10000)).await.unwrap(),
+            "web",
+            "after {forwarded}"
+        );
+        forwarded += 1;
+    }
+    let (garbage_closed, refused_closed) = bad.await.unwrap();
+    assert_eq!((garbage_closed, refused_closed), (1000, 1000));
+
+    // Both pipes are full now: their writer threads are stuck in write(2).
+    let pid = d.pid();
+    let stuck = |thread, fd| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !blocked_writing(pid, thread, fd) {
+            assert!(
+                Instant::now() < deadline,
+                "{thread} never blocked on fd {fd}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    stuck("log-writer", 2).await;
+    stuck("access-log", 1).await;
+
+    // Still: more bad connections, and every healthy one is forwarded, /healthz answers.
+    let (g, r) = tokio::join!(
+        flood(at(10001), 100, b"GARBAGE\r\n"),
+        flood(at(10002), 100, b"hello\n"),
+    );
+    assert_eq!((g, r), (100, 100));
+    for _ in 0..100 {
+        assert_eq!(greeting(at(10000)).await.unwrap(), "web");
+        forwarded += 1;
+    }
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    let refused = |reason| {
+        metric_in(
+            &metrics,
+            "dermaga_connections_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(refused("proxy_header"), 1100.0);
+    assert_eq!(refused("upstream_unavailable"), 1100.0);
+    let log_dropped = metric_in(&metrics, "dermaga_log_lines_dropped_total", &[]);
+    let access_dropped = metric_in(&metrics, "dermaga_access_log_dropped_total", &[]);
+    assert!(access_dropped > 0.0, "the access-log buffer overflowed");
+
+    // SIGTERM ends it within --shutdown-delay + --shutdown-grace, stuck pipes and all.
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let signalled = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < delay + grace,
+            "still running {:?} after SIGTERM",
+            signalled.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    println!(
+        "stdout and stderr stuck: {forwarded} healthy connections forwarded, none failed; \
+         log lines dropped {log_dropped}, access-log records dropped {access_dropped}; \
+         exit {took:?} after SIGTERM (delay {delay:?} + grace {grace:?})"
+    );
+}
+
+#[test]
+fn a_bad_enumerated_flag_value_exits_2_naming_the_flag_and_the_allowed_values() {
+    let bin = env!("CARGO_BIN_EXE_dermaga");
+    let allowed_levels = "[possible values: error, warn, info, debug, trace]";
+    // (arguments, environment, the flag, its allowed values)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--log-level", "verbose"],
+            &[],
+            "--log-level",
+            allowed_levels,
+        ),
+        (
+            &["--log-level", "warning"],
+            &[],
+            "--log-level",
+            allowed_levels,
+        ),
+        (&["--log-level", ""], &[], "--log-level", allowed_levels),
+        (
+            &[],
+            &[("DERMAGA_LOG_LEVEL", "verbose")],
+            "--log-level",
+            allowed_levels,
+        ),
+        (
+            &["--log-format", "logfmt"],
+            &[],
+            "--log-format",
+            "[possible values: text, json]",
+        ),
+        (
+            &["--access-log", "yes"],
+            &[],
+            "--access-log",
+            "[possible values: json, text, off]",
+        ),
+        (
+            &["--reuse-port=maybe"],
+            &[],
+            "--reuse-port",
+            "[possible values: true, false]",
+        ),
+    ];
+    for (args, env, flag, allowed) in cases {
+        let out = Command::new(bin)
+            .args(*args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(allowed),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
+}
+
+/// SIGHUP reads and applies the --config file at once (the poll interval here is an hour, so
+/// nothing else could), and the process goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_the_process_goes_on() {
+    let listen = "127.1.14.5";
+    let port: SocketAddr = format!("{listen}:10000").parse().unwrap();
+    let a = Backend::start("127.1.14.3", "a").await;
+    let b = Backend::start("127.1.14.4", "b").await;
+    let config_for = |backend: &Backend| {
+        configmap_yaml(&[("10000", "default/web:80")])
+            + &service_yaml("web", 80)
+            + &slices_yaml("web", &[(backend.addr, true)])
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(&config, &config_for(&a));
+    let mut d = Dermaga::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen-address",
+        listen,
+        "--admin-address",
+        &format!("{listen}:0"),
+        "--shutdown-delay",
+        "0s",
+        "--config-poll-interval",
+        "1h",
+    ]);
+    d.wait_log(&["listening", "10000/TCP"]);
+    assert_eq!(greeting(port).await.unwrap(), "a");
+
+    write_config(&config, &config_for(&b));
+    let pid = nix::unistd::Pid::from_raw(d.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    d.wait_log(&[&format!("SIGHUP: reloading --config {}", config.display())]);
+    d.wait_log(&["config reloaded", "requested=true"]);
+    assert_eq!(greeting(port).await.unwrap(), "b");
+    assert!(d.child.try_wait().unwrap().is_none(), "still running");
+    assert!(d.terminate().success());
+}

@@ -117,4 +117,34 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
         "S2: 5000 connections from 50 clients, 0 failed; {failures} refused connects (each retried) before the ejection; served {seen:?}; e.g. {line}\n{ejected}"
     );
     gw.shutdown().await;
+
+    // One line per port, endpoint and reason per 10 s: the first refusal, then (at the latest
+    // at shutdown) a summary; together they account for every refused connect.
+    let log = capture.text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("endpoint=127.0.250.250:9"))
+        .filter(|l| l.contains("upstream connect failed") || l.contains("like warnings not logged"))
+        .collect();
+    let suppressed: u64 = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("suppressed=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    let logged = lines
+        .iter()
+        .filter(|l| l.contains("upstream connect failed"))
+        .count() as u64;
+    assert_eq!(logged + suppressed, failures, "{lines:#?}");
+    assert!(lines.len() <= 3, "rate-limited: {lines:#?}");
+    println!(
+        "refused connects: {failures}, logged in {} lines: {lines:#?}",
+        lines.len()
+    );
 }

@@ -89,7 +89,7 @@ fn decode_v1(buf: &[u8]) -> Result<Option<(Decoded, usize)>, HeaderError> {
     let len = cr + 2;
     let header = ppp::v1::Header::try_from(&buf[..len]).map_err(|e| HeaderError::Invalid {
         version: "v1",
-        message: format!("{e:?}"),
+        message: e.to_string(),
     })?;
     let decoded = match header.addresses {
         ppp::v1::Addresses::Tcp4(a) => Decoded::Proxied {
@@ -118,7 +118,7 @@ fn decode_v2(buf: &[u8]) -> Result<Option<(Decoded, usize)>, HeaderError> {
     }
     let header = ppp::v2::Header::try_from(&buf[..len]).map_err(|e| HeaderError::Invalid {
         version: "v2",
-        message: format!("{e:?}"),
+        message: e.to_string(),
     })?;
     let decoded = match (header.command, header.addresses) {
         (ppp::v2::Command::Local, _) => Decoded::Local,

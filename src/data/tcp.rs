@@ -21,6 +21,7 @@ use crate::control::names::{ObjectName, RouteKey};
 use crate::control::snapshot::Snapshot;
 use crate::control::table::Route;
 use crate::ops::access_log::{AccessLog, AccessRecord, CloseReason};
+use crate::ops::log_throttle::{ConnWarnings, WarnKey, WarnReason};
 use crate::ops::metrics::{ConnectFailure, Metrics, PortMetrics, RefuseReason};
 
 /// Settings of the TCP data path.
@@ -74,6 +75,9 @@ pub struct ConnContext {
     pub health: Arc<HealthRegistry>,
     /// TCP connections open in the process, for `max_connections`.
     pub open: Arc<OpenConnections>,
+    /// Rate limit of the warnings a connection can cause (one line per port, endpoint and
+    /// reason per interval).
+    pub warnings: Arc<ConnWarnings>,
 }
 
 /// TCP keepalive on both sides, so a peer that vanished (NAT timeout, dead node) does not
@@ -277,7 +281,15 @@ async fn establish(
             Ok(decoded) => decoded,
             Err(error) => {
                 pm.refused(RefuseReason::proxy_header);
-                tracing::warn!(port = %key, client = %peer, error = %error, "closing connection: bad PROXY protocol header");
+                let warn = WarnKey {
+                    port: key,
+                    endpoint: None,
+                    reason: WarnReason::ProxyHeader,
+                };
+                if let Some(held) = ctx.warnings.note(warn) {
+                    let suppressed = (held > 0).then_some(held);
+                    tracing::warn!(port = %key, client = %peer, error = %error, suppressed, "closing connection: bad PROXY protocol header");
+                }
                 outcome.close = CloseReason::ProxyHeader;
                 outcome.error = Some(error);
                 reset(client);
@@ -350,15 +362,24 @@ async fn establish(
         let pod = outcome.pod.clone();
         pm.connect_failed(endpoint, pod.as_deref(), ConnectFailure::closed_before_data);
         ctx.health.connect_failed(endpoint, pod.as_ref());
-        tracing::warn!(
-            port = %key,
-            endpoint = %endpoint,
-            pod = pod.as_deref().unwrap_or("-"),
-            attempt = outcome.attempts,
-            client = %source,
-            error = %error,
-            "upstream closed the connection before any byte moved; trying another endpoint"
-        );
+        let warn = WarnKey {
+            port: key,
+            endpoint: Some(endpoint),
+            reason: WarnReason::Connect(ConnectFailure::closed_before_data),
+        };
+        if let Some(held) = ctx.warnings.note(warn) {
+            let suppressed = (held > 0).then_some(held);
+            tracing::warn!(
+                port = %key,
+                endpoint = %endpoint,
+                pod = pod.as_deref().unwrap_or("-"),
+                attempt = outcome.attempts,
+                client = %source,
+                error = %error,
+                suppressed,
+                "upstream closed the connection before any byte moved; trying another endpoint"
+            );
+        }
         outcome.error = Some(format!("{endpoint}: {error}"));
         tried.push(endpoint);
         drop(upstream);
@@ -526,20 +547,37 @@ async fn connect(
         if reason != ConnectFailure::other {
             health.connect_failed(endpoint.addr, endpoint.target.as_ref());
         }
-        tracing::warn!(
-            port = %route.key,
-            service = %route.spec.service,
-            endpoint = %endpoint.addr,
-            pod = endpoint.target.as_deref().unwrap_or("-"),
-            attempt = outcome.attempts,
-            max_attempts = attempts,
-            client = %client,
-            error = %error,
-            "upstream connect failed"
-        );
+        let warn = WarnKey {
+            port: route.key,
+            endpoint: Some(endpoint.addr),
+            reason: WarnReason::Connect(reason),
+        };
+        if let Some(held) = ctx.warnings.note(warn) {
+            let suppressed = (held > 0).then_some(held);
+            tracing::warn!(
+                port = %route.key,
+                service = %route.spec.service,
+                endpoint = %endpoint.addr,
+                pod = endpoint.target.as_deref().unwrap_or("-"),
+                attempt = outcome.attempts,
+                max_attempts = attempts,
+                client = %client,
+                error = %error,
+                suppressed,
+                "upstream connect failed"
+            );
+        }
         outcome.error = Some(format!("{}: {error}", endpoint.addr));
     }
-    tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = outcome.attempts, "no endpoint accepted the connection; closing client");
+    let warn = WarnKey {
+        port: route.key,
+        endpoint: None,
+        reason: WarnReason::NoEndpointAccepted,
+    };
+    if let Some(held) = ctx.warnings.note(warn) {
+        let suppressed = (held > 0).then_some(held);
+        tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = outcome.attempts, suppressed, "no endpoint accepted the connection; closing client");
+    }
     None
 }
 
@@ -577,6 +615,7 @@ mod tests {
             udp: Default::default(),
             health: Arc::new(HealthRegistry::new(HealthSettings::default(), metrics)),
             open: Arc::new(OpenConnections::default()),
+            warnings: Default::default(),
         });
         let slot = PortCounts::new(ctx.open.clone()).admit(0, 0).unwrap();
         let key = RouteKey::tcp(ListenPort::new(10000).unwrap());

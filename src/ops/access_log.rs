@@ -4,11 +4,14 @@
 //! (the port's labels, the pod name) and plain numbers, and goes into a bounded channel with
 //! `try_send`; when the channel is full the record is dropped and
 //! `dermaga_access_log_dropped_total` counts it. A dedicated thread formats (time, JSON) and
-//! writes in batches: a line waits at most 50 ms. At exit, [`AccessLog::flush`] writes the rest.
+//! writes in batches: a line waits at most 50 ms. At exit, [`AccessLog::flush`] writes the rest,
+//! and gives up early when the writer has not written a byte for [`STALLED`] (nobody reads
+//! stdout): a stuck reader costs the exit about a second, not the whole flush timeout.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -190,17 +193,27 @@ enum Msg {
 pub struct AccessLog {
     tx: Option<SyncSender<Msg>>,
     metrics: Arc<Metrics>,
+    /// Bytes written so far (progress of the writer, for [`AccessLog::flush`]).
+    written: Arc<AtomicU64>,
 }
 
 /// Bytes buffered before a write.
 const WRITE_BATCH: usize = 64 * 1024;
 /// A line waits at most this long before it is written.
 const MAX_DELAY: Duration = Duration::from_millis(50);
+/// Bytes per write call, so that progress shows while a slow reader takes a batch.
+const WRITE_CHUNK: usize = 4096;
+/// At exit, a writer that wrote nothing for this long is taken as stuck.
+pub const STALLED: Duration = Duration::from_secs(1);
 
 impl AccessLog {
     /// No access log.
     pub fn off(metrics: Arc<Metrics>) -> Self {
-        Self { tx: None, metrics }
+        Self {
+            tx: None,
+            metrics,
+            written: Default::default(),
+        }
     }
 
     /// Starts the writer thread on `out`, with room for `capacity` records in flight.
@@ -214,13 +227,23 @@ impl AccessLog {
             return Self::off(metrics);
         }
         let (tx, rx) = mpsc::sync_channel::<Msg>(capacity.max(1));
+        let written = Arc::new(AtomicU64::new(0));
+        let progress = written.clone();
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(WRITE_BATCH + 1024);
                 let mut oldest: Option<Instant> = None;
                 let mut write = |buf: &mut Vec<u8>| {
-                    let ok = out.write_all(buf).and_then(|_| out.flush()).is_ok();
+                    let ok = buf
+                        .chunks(WRITE_CHUNK)
+                        .try_for_each(|chunk| {
+                            out.write_all(chunk)?;
+                            progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            Ok::<_, std::io::Error>(())
+                        })
+                        .and_then(|_| out.flush())
+                        .is_ok();
                     buf.clear();
                     ok
                 };
@@ -260,6 +283,7 @@ impl AccessLog {
         Self {
             tx: Some(tx),
             metrics,
+            written,
         }
     }
 
@@ -279,25 +303,91 @@ impl AccessLog {
     }
 
     /// Writes out every record queued so far, waiting up to `timeout` (at exit, so the last
-    /// connections' lines are not lost). Returns false if the writer did not finish in time.
+    /// connections' lines are not lost). Returns false if the writer did not finish in time, or
+    /// wrote nothing for [`STALLED`] (nobody reads its output).
     pub fn flush(&self, timeout: Duration) -> bool {
         let Some(tx) = &self.tx else { return true };
         let deadline = Instant::now() + timeout;
+        let mut progress = (self.written.load(Ordering::Relaxed), Instant::now());
+        let mut stalled = || {
+            let now = Instant::now();
+            let written = self.written.load(Ordering::Relaxed);
+            if written != progress.0 {
+                progress = (written, now);
+            }
+            now >= deadline || now.duration_since(progress.1) >= STALLED
+        };
         let (ack_tx, ack_rx) = mpsc::sync_channel(1);
         let mut msg = Msg::Flush(ack_tx);
         loop {
             match tx.try_send(msg) {
                 Ok(()) => break,
                 Err(TrySendError::Disconnected(_)) => return false,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                Err(TrySendError::Full(m)) if !stalled() => {
                     msg = m;
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(TrySendError::Full(_)) => return false,
             }
         }
-        ack_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
+        loop {
+            match ack_rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(()) => return true,
+                Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) if stalled() => return false,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output whose first write never returns (stdout that nobody reads).
+    struct Stuck;
+    impl Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            loop {
+                std::thread::park();
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn flush_gives_up_on_a_stuck_output_after_the_stall_time_not_the_timeout() {
+        use crate::control::names::{ListenPort, ObjectName, RouteKey};
+        let metrics = Arc::new(Metrics::new());
+        let log = AccessLog::start(AccessLogFormat::Json, 16, Box::new(Stuck), metrics.clone());
+        let route = metrics.port(
+            RouteKey::tcp(ListenPort::new(10000).unwrap()),
+            &ObjectName::new("default", "web"),
+        );
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        log.record(AccessRecord {
+            ended: SystemTime::now(),
+            route,
+            client: addr,
+            peer: addr,
+            endpoint: None,
+            pod: None,
+            attempts: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration: Duration::ZERO,
+            close: CloseReason::NoEndpoints,
+            error: None,
+        });
+        let started = Instant::now();
+        assert!(!log.flush(Duration::from_secs(30)));
+        let took = started.elapsed();
+        assert!(
+            took >= STALLED && took < STALLED + Duration::from_secs(1),
+            "{took:?}"
+        );
     }
 }

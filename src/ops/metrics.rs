@@ -491,6 +491,11 @@ impl Metrics {
             global.access_log_dropped.clone(),
         );
         registry.register(
+            "log_lines_dropped",
+            "Log lines (stderr) dropped because the log queue was full (stderr read too slowly or not at all) or stderr was closed",
+            super::log_writer::lines_dropped(),
+        );
+        registry.register(
             "accept_errors",
             "Errors accepting connections (EMFILE, ENFILE, ...)",
             global.accept_errors.clone(),

@@ -4,6 +4,8 @@
 pub mod access_log;
 pub mod admin;
 pub mod check;
+pub mod log_throttle;
+pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod signals;

@@ -54,6 +54,26 @@ impl Dermaga {
         }
     }
 
+    /// Starts `dermaga` with stdout and stderr on pipes that nobody reads (they stay open: once
+    /// their 64 KiB fill, every write to them blocks). `RUST_LOG` is `rust_log`. No log line can
+    /// be waited for: give the admin address on the command line.
+    pub fn start_unread(args: &[&str], rust_log: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_dermaga"))
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dermaga");
+        let (_, logs) = mpsc::channel();
+        Self {
+            child,
+            logs,
+            seen: Vec::new(),
+        }
+    }
+
     /// Waits for a log line containing every one of `parts` (an event, bounded by 20 s).
     pub fn wait_log(&mut self, parts: &[&str]) -> String {
         if let Some(line) = self

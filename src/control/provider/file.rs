@@ -6,11 +6,14 @@
 //! apart ([`Settle`]), so a file being written in place is not applied half-written. It is
 //! read by [`ConfigFile`] (regular files only, at most `--config-max-bytes`). A file that is
 //! refused, cannot be read or does not parse is logged once, counted, and the last good table
-//! stays in force; when it is good again, that is logged too.
+//! stays in force; when it is good again, that is logged too. A nudge on
+//! [`FileProvider::reload_handle`] (SIGHUP) reads and applies it at once, settled or not,
+//! changed or not.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use super::config_file::FileError;
@@ -77,6 +80,8 @@ pub struct FileProvider {
     poll: Duration,
     /// What the last good read saw: the file's version and its text.
     seen: Option<(Fingerprint, String)>,
+    /// Notified to reload now (SIGHUP).
+    reload: Arc<Notify>,
 }
 
 impl FileProvider {
@@ -86,7 +91,14 @@ impl FileProvider {
             file: ConfigFile::new(path, max_bytes),
             poll,
             seen: None,
+            reload: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notify it to read and apply the file now, even if it looks unchanged or unsettled (a
+    /// notification sent before [`FileProvider::watch`] runs is kept for it).
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
     }
 
     /// Reads and applies the file once. Used at start, where a bad file is a fatal error; a
@@ -131,11 +143,19 @@ impl FileProvider {
         let mut interval = tokio::time::interval(self.poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let forced = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = interval.tick() => {}
-            }
-            match settle.observe(self.file.fingerprint()) {
+                _ = interval.tick() => false,
+                _ = self.reload.notified() => true,
+            };
+            // A requested reload (SIGHUP) reads now: the operator says the file is ready.
+            let step = if forced {
+                settle = Settle::after(self.file.fingerprint());
+                Step::Read
+            } else {
+                settle.observe(self.file.fingerprint())
+            };
+            match step {
                 Step::Unchanged => continue,
                 Step::Settling => {
                     tracing::debug!(config = %path, "config file changed; waiting one poll for it to settle");
@@ -162,12 +182,12 @@ impl FileProvider {
                 }
             };
             let same_text = self.seen.as_ref().map(|(_, t)| t) == Some(&loaded.text);
-            if same_text && !failing {
+            if same_text && !failing && !forced {
                 // Only the file's attributes changed.
                 self.seen = Some((loaded.fingerprint, loaded.text));
                 continue;
             }
-            let parsed = if same_text {
+            let parsed = if same_text && !forced {
                 Ok(None)
             } else {
                 let file = self.file.clone();
@@ -186,7 +206,7 @@ impl FileProvider {
                     if failing {
                         tracing::info!(config = %path, "--config {path} is valid again; applied");
                     } else {
-                        tracing::info!(path = %path, "config reloaded");
+                        tracing::info!(path = %path, requested = forced, "config reloaded");
                     }
                     failing = false;
                     self.seen = Some((loaded.fingerprint, loaded.text));
