@@ -11,8 +11,8 @@ use crate::control::names::ObjectName;
 use crate::ops::access_log::AccessLogFormat;
 use crate::ops::logging::{LogFormat, LogLevel};
 
-/// dermaga: one IP, many ports. A port-mapped TCP ingress gateway for Kubernetes, configured
-/// by an ingress-nginx `tcp-services` ConfigMap.
+/// dermaga: one IP, many ports. A port-mapped TCP/UDP ingress gateway for Kubernetes, configured
+/// by ingress-nginx `tcp-services` and `udp-services` ConfigMaps.
 #[derive(Debug, Parser)]
 #[command(name = "dermaga", version, long_about = None)]
 pub struct Cli {

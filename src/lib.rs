@@ -1,4 +1,4 @@
-//! dermaga: a port-mapped TCP ingress gateway for Kubernetes. One IP, many ports; an
+//! dermaga: a port-mapped TCP/UDP ingress gateway for Kubernetes. One IP, many ports; an
 //! ingress-nginx `tcp-services` ConfigMap maps each port to a Service port, and connections go
 //! straight to the Service's endpoints.
 //!
