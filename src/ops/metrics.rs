@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::control::names::{ObjectName, RouteKey};
+use crate::data::health::HealthKey;
 
 /// Labels of every per-port family.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,7 +124,23 @@ struct EndpointLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EjectionLabels {
     endpoint: String,
+    protocol: &'static str,
     pod: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointProtocolLabels {
+    endpoint: String,
+    protocol: &'static str,
+}
+
+impl EndpointProtocolLabels {
+    fn of(key: HealthKey) -> Self {
+        Self {
+            endpoint: key.addr.to_string(),
+            protocol: key.protocol.as_k8s(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,7 +153,7 @@ struct CheckLabels {
 #[derive(Debug, Default)]
 struct HealthFamilies {
     ejections: Family<EjectionLabels, Counter>,
-    ejected: Family<EndpointLabels, Gauge>,
+    ejected: Family<EndpointProtocolLabels, Gauge>,
     check_unhealthy: Family<EndpointLabels, Gauge>,
     checks: Family<CheckLabels, Counter>,
     all_unhealthy: Family<PortLabels, Counter>,
@@ -666,36 +683,49 @@ impl Metrics {
     }
 
     /// Counts an ejection of `endpoint`.
-    pub fn endpoint_ejection(&self, endpoint: std::net::SocketAddr, pod: &str) {
+    pub fn endpoint_ejection(&self, endpoint: impl Into<HealthKey>, pod: &str) {
+        let endpoint = endpoint.into();
         self.health
             .ejections
             .get_or_create(&EjectionLabels {
-                endpoint: endpoint.to_string(),
+                endpoint: endpoint.addr.to_string(),
+                protocol: endpoint.protocol.as_k8s(),
                 pod: pod.to_owned(),
             })
             .inc();
     }
 
     /// Removes the health series of an endpoint that left every route.
-    pub fn forget_endpoint(&self, endpoint: std::net::SocketAddr, pod: &str) {
-        let name = endpoint.to_string();
+    pub fn forget_endpoint(&self, endpoint: impl Into<HealthKey>, pod: &str) {
+        let endpoint = endpoint.into();
+        let name = endpoint.addr.to_string();
         self.health.ejections.remove(&EjectionLabels {
             endpoint: name.clone(),
+            protocol: endpoint.protocol.as_k8s(),
             pod: pod.to_owned(),
         });
-        for result in ["success", "failure"] {
-            self.health.checks.remove(&CheckLabels {
-                endpoint: name.clone(),
-                result,
-            });
+        self.health
+            .ejected
+            .remove(&EndpointProtocolLabels::of(endpoint));
+        if endpoint.protocol == crate::control::names::Protocol::Tcp {
+            for result in ["success", "failure"] {
+                self.health.checks.remove(&CheckLabels {
+                    endpoint: name.clone(),
+                    result,
+                });
+            }
+            set_flag(&self.health.check_unhealthy, endpoint.addr, false);
         }
-        set_flag(&self.health.ejected, endpoint, false);
-        set_flag(&self.health.check_unhealthy, endpoint, false);
     }
 
     /// Sets whether `endpoint` is ejected (the series is removed when it is not).
-    pub fn endpoint_ejected(&self, endpoint: std::net::SocketAddr, ejected: bool) {
-        set_flag(&self.health.ejected, endpoint, ejected);
+    pub fn endpoint_ejected(&self, endpoint: impl Into<HealthKey>, ejected: bool) {
+        let labels = EndpointProtocolLabels::of(endpoint.into());
+        if ejected {
+            self.health.ejected.get_or_create(&labels).set(1);
+        } else {
+            self.health.ejected.remove(&labels);
+        }
     }
 
     /// Sets whether active checks hold `endpoint` unhealthy (removed when not).
