@@ -292,3 +292,48 @@ async fn a_dead_endpoint_loses_no_one_query_client_and_is_ejected() {
     );
     gw.shutdown().await;
 }
+
+/// Issue 14: datagrams the kernel drops at a port's socket (receive buffer full) are counted
+/// per port. The test runs on one thread and sends its burst with blocking calls, so the
+/// gateway's receive loop cannot run until the burst is over: whatever did not fit in the
+/// socket's receive buffer is dropped. The kernel reports its drop count on the next datagram
+/// received (the probe).
+#[tokio::test]
+async fn kernel_receive_drops_are_counted_per_port() {
+    let a = udp_backend("127.0.7.4", "a").await;
+    let mut opts = options("127.1.7.2");
+    opts.shutdown_grace = Duration::from_millis(100);
+    let gw = start(&dns_yaml(&[a]), opts);
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let burst = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const BURST: u32 = 5000;
+    for _ in 0..BURST {
+        burst.send_to(&[0u8; 100], port).unwrap();
+    }
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut probes = 0;
+    let mut buf = [0u8; 64];
+    loop {
+        assert!(probes < 50, "the probe is never answered");
+        probe.send_to(b"probe", port).await.unwrap();
+        probes += 1;
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), probe.recv_from(&mut buf)).await
+            && &buf[..n] == b"a:probe"
+        {
+            break;
+        }
+    }
+    let text = gw.metrics.encode();
+    let drops = metric_in(&text, "dermaga_udp_kernel_drops_total", &[("port", "5353")]);
+    let received = metric_in(
+        &text,
+        "dermaga_udp_datagrams_received_total",
+        &[("port", "5353")],
+    );
+    let sent = f64::from(BURST + probes);
+    eprintln!("kernel drops: {sent} sent, {received} received, {drops} dropped by the kernel");
+    assert!(drops > 0.0, "{text}");
+    assert_eq!(drops, sent - received, "{text}");
+    gw.shutdown().await;
+}

@@ -27,10 +27,13 @@ use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::os::fd::AsFd;
+
 use super::flows::{Flow, FlowTable, Lookup};
 use crate::control::names::{ObjectName, RouteKey};
 use crate::control::table::{Endpoint, Route};
 use crate::data::health::HealthKey;
+use crate::data::sys;
 use crate::data::tcp::{ConnContext, canonical};
 use crate::ops::access_log::{AccessRecord, CloseReason};
 use crate::ops::metrics::{ConnectFailure, PortMetrics, UdpMetrics};
@@ -249,6 +252,13 @@ pub async fn serve_udp(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; RECEIVE_BUFFER];
     let mut lingering = false;
+    // The kernel's count of datagrams dropped at this socket (receive buffer full), attached
+    // to the next datagram received after drops; exported as its increase.
+    let kernel_drops = shared.ctx.metrics.udp_kernel_drops(key.port);
+    let mut drops_seen = 0u32;
+    if let Err(err) = sys::count_receive_drops(shared.socket.as_fd()) {
+        tracing::debug!(port = %key, error = %err, "SO_RXQ_OVFL refused; kernel drops not counted");
+    }
     loop {
         if !lingering && stop.is_cancelled() {
             lingering = true;
@@ -271,11 +281,20 @@ pub async fn serve_udp(
                 }
                 continue;
             }
-            r = shared.socket.recv_from(&mut buf) => r,
+            r = shared.socket.async_io(tokio::io::Interest::READABLE, || {
+                sys::recv_from_counting_drops(shared.socket.as_fd(), &mut buf)
+            }) => r,
         };
         match received {
-            Ok((n, client)) => {
-                on_datagram(&shared, &buf[..n], canonical(client), lingering).await;
+            Ok(received) => {
+                if let Some(drops) = received.drops
+                    && drops != drops_seen
+                {
+                    kernel_drops.inc_by(u64::from(drops.wrapping_sub(drops_seen)));
+                    drops_seen = drops;
+                }
+                let client = canonical(received.from);
+                on_datagram(&shared, &buf[..received.len], client, lingering).await;
             }
             Err(err) => tracing::debug!(port = %key, error = %err, "UDP receive failed"),
         }
