@@ -470,17 +470,15 @@ fn max_fds() -> Option<f64> {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut gauge = |name: &str, help: &str, value: f64| -> Result<(), std::fmt::Error> {
-            let g = ConstGauge::new(value);
-            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
-        };
         if let Some((cpu, rss, start)) = process_stat() {
-            gauge(
+            encoder_gauge(
+                &mut encoder,
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
                 rss,
             )?;
-            gauge(
+            encoder_gauge(
+                &mut encoder,
                 "process_start_time_seconds",
                 "Start time of the process since the Unix epoch in seconds",
                 start,

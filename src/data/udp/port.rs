@@ -19,6 +19,7 @@
 //! (`shutting_down`), and the task ends when the last flow has gone idle or at `close`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,8 +27,6 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
-
-use std::os::fd::AsFd;
 
 use super::flows::{Flow, FlowTable, Lookup};
 use crate::control::names::{ObjectName, RouteKey};
@@ -294,7 +293,7 @@ pub async fn serve_udp(
                     drops_seen = drops;
                 }
                 let client = canonical(received.from);
-                on_datagram(&shared, &buf[..received.len], client, lingering).await;
+                on_datagram(&shared, &buf[..received.len], client, lingering);
             }
             Err(err) => tracing::debug!(port = %key, error = %err, "UDP receive failed"),
         }
@@ -306,7 +305,7 @@ pub async fn serve_udp(
 }
 
 /// Forwards a client datagram, on its flow or a new one (none when `lingering`).
-async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingering: bool) {
+fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingering: bool) {
     let now = Instant::now();
     let route = shared.ctx.snapshot.load().get(&shared.key).cloned();
     let active = |e: SocketAddr| {
