@@ -393,6 +393,8 @@ pub struct Metrics {
     udp_ended: Family<ReasonLabels, Counter>,
     udp_dropped: Family<ReasonLabels, Counter>,
     udp_kernel_drops: Family<KernelDropLabels, Counter>,
+    /// UDP ports with a kernel-drops series.
+    kernel_drop_ports: Mutex<HashSet<u16>>,
     failure_series: Arc<Mutex<HashSet<FailureLabels>>>,
     /// Every set of port labels a series was created with.
     port_series: Mutex<HashSet<PortLabels>>,
@@ -748,6 +750,7 @@ impl Metrics {
             udp_ended,
             udp_dropped,
             udp_kernel_drops,
+            kernel_drop_ports: Mutex::default(),
             failure_series: Arc::default(),
             port_series: Mutex::default(),
             process,
@@ -756,6 +759,10 @@ impl Metrics {
 
     /// The counter of kernel receive drops at UDP port `port`.
     pub fn udp_kernel_drops(&self, port: ListenPort) -> Counter {
+        self.kernel_drop_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port.get());
         self.udp_kernel_drops
             .get_or_create(&KernelDropLabels { port: port.get() })
             .clone()
@@ -833,14 +840,17 @@ impl Metrics {
             .filter(|r| r.key.protocol == Protocol::Udp)
             .map(|r| r.key.port.get())
             .collect();
-        let drop_ports: Vec<u16> = gone
-            .iter()
-            .filter(|l| l.protocol == "UDP" && !udp_ports.contains(&l.port))
-            .map(|l| l.port)
-            .collect();
-        for port in drop_ports {
-            self.udp_kernel_drops.remove(&KernelDropLabels { port });
-        }
+        self.kernel_drop_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|port| {
+                let keep = udp_ports.contains(port);
+                if !keep {
+                    self.udp_kernel_drops
+                        .remove(&KernelDropLabels { port: *port });
+                }
+                keep
+            });
     }
 
     /// Removes every series with the port labels `labels`.

@@ -495,6 +495,7 @@ async fn relay_replies(
     udp: Arc<UdpMetrics>,
     flow_id: u64,
 ) {
+    let mut answered = false;
     loop {
         // Waits for a reply or an error: an ICMP port-unreachable makes the socket report
         // EPOLLERR (not EPOLLIN), which tokio passes on as ERROR readiness only, so READABLE
@@ -524,10 +525,15 @@ async fn relay_replies(
         match relayed {
             Ok(()) => {
                 shared.table().touch(client, Instant::now());
-                shared
-                    .ctx
-                    .health
-                    .connect_succeeded(HealthKey::udp(endpoint));
+                // The flow's first reply is its successful connect (once: the health lookup
+                // is not on every reply while some endpoint is in trouble).
+                if !answered {
+                    answered = true;
+                    shared
+                        .ctx
+                        .health
+                        .connect_succeeded(HealthKey::udp(endpoint));
+                }
             }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(err) => {
