@@ -105,7 +105,10 @@ enum Provider {
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let provider = match args.config.clone() {
-        Some(path) => Provider::File(FileProvider::new(&path, args.config_poll_interval), path),
+        Some(path) => Provider::File(
+            FileProvider::new(&path, args.config_poll_interval, args.config_max_bytes),
+            path,
+        ),
         None => {
             let client = kube_client::connect(args.kubeconfig.as_deref()).await?;
             tracing::info!(
@@ -141,6 +144,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let provider = match provider {
         Provider::File(mut file, config) => {
             file.load(&gateway.controller)
+                .await
                 .with_context(|| format!("cannot start with --config {}", config.display()))?;
             tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
             Provider::File(file, config)
@@ -160,8 +164,8 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     // SIGTERM first makes /readyz fail (draining), then, after --shutdown-delay, closes the
     // listeners (shutdown) and drains; load balancers stop sending in between.
     let admin_stop = CancellationToken::new();
-    let admin = tokio::spawn(admin::serve(
-        admin_listener,
+    let admin = admin::spawn_thread(
+        admin_listener.into_std()?,
         AdminState {
             snapshot: gateway.controller.snapshot().clone(),
             status: gateway.status(),
@@ -171,7 +175,8 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
             draining: draining.clone(),
         },
         admin_stop.clone(),
-    ));
+    )
+    .context("starting the admin server's thread")?;
     tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
 
     let controller = Arc::clone(&gateway.controller);
@@ -193,7 +198,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         );
     }
     admin_stop.cancel();
-    let _ = admin.await;
+    let _ = tokio::task::spawn_blocking(move || admin.join()).await;
     tracing::info!("all connections closed; exiting");
     Ok(())
 }

@@ -72,6 +72,29 @@ fn interval_or_off(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A size in bytes, with an optional binary unit (`KiB`, `MiB`, `GiB`): 1 KiB to 1 GiB.
+fn byte_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}: write bytes, or a number with KiB, MiB or GiB (16MiB)"
+            ));
+        }
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{s:?} is not a size: write bytes, or a number with KiB, MiB or GiB (16MiB)")
+    })?;
+    match n.checked_mul(scale) {
+        Some(b) if (1 << 10..=1 << 30).contains(&b) => Ok(b),
+        _ => Err(format!("{s} is out of range: 1KiB to 1GiB")),
+    }
+}
+
 /// A duration that may be 0 (off), else at least 10ms.
 fn duration_or_off(s: &str) -> Result<Duration, String> {
     match duration(s)? {
@@ -281,6 +304,12 @@ pub struct RunArgs {
     /// How often the --config file is checked for changes.
     #[arg(long, global = true, env = "DERMAGA_CONFIG_POLL_INTERVAL", value_name = "DURATION", default_value = "250ms", value_parser = positive_duration)]
     pub config_poll_interval: Duration,
+
+    /// Largest --config file read (bytes; or with a unit: 512KiB, 16MiB, 1GiB); a larger one
+    /// is refused before it is read (at start: exit 1; on reload: the last good configuration
+    /// stays). Also the limit for each file of `dermaga check`.
+    #[arg(long, global = true, env = "DERMAGA_CONFIG_MAX_BYTES", value_name = "BYTES", default_value = "16MiB", value_parser = byte_size)]
+    pub config_max_bytes: u64,
 
     /// A UDP flow with no datagram either way for this long ends (its upstream socket closes).
     #[arg(long, global = true, env = "DERMAGA_UDP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]

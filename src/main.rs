@@ -15,7 +15,11 @@ use dermaga::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Check(check)) = &cli.command {
-        return dermaga::ops::check::run(&check.files, &cli.run.index_settings());
+        return dermaga::ops::check::run(
+            &check.files,
+            &cli.run.index_settings(),
+            cli.run.config_max_bytes,
+        );
     }
     dermaga::ops::logging::init(cli.run.log_format, &cli.run.log_level);
     let result: anyhow::Result<()> = runtime(usize::from(cli.run.worker_threads))

@@ -307,12 +307,12 @@ async fn sigterm_turns_unready_first_and_keeps_accepting_for_the_shutdown_delay(
     assert!(TcpStream::connect(port).await.is_err(), "closed after exit");
 }
 
-/// Worker threads of tokio's multi-threaded runtime in process `pid` (named `tokio-rt-worker`).
-fn runtime_workers(pid: u32) -> usize {
+/// Threads of process `pid` named `name` (tokio's multi-threaded runtime: `tokio-rt-worker`).
+fn threads_named(pid: u32, name: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == "tokio-rt-worker")
+        .filter(|comm| comm.trim_end() == name)
         .count()
 }
 
@@ -345,10 +345,12 @@ async fn worker_threads_choose_the_runtime_and_both_forward() {
             assert_eq!(greeting(gateway).await.unwrap(), "w");
         }
         assert_eq!(
-            runtime_workers(d.pid()),
+            threads_named(d.pid(), "tokio-rt-worker"),
             workers,
             "--worker-threads {threads}"
         );
+        // The admin server runs on a thread of its own, beside the data plane's.
+        assert_eq!(threads_named(d.pid(), "dermaga-admin"), 1);
         assert!(d.terminate().success());
     }
 }

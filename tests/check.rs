@@ -1,23 +1,42 @@
-//! `dermaga check`: offline validation of port maps, with exit codes.
+//! `dermaga check`: offline validation of port maps, through the binary, with exit codes. It
+//! must judge as the gateway does: the same loader (duplicates, file rules, size limit), both
+//! port maps, the same entry rules.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-fn check(files: &[(&str, &str)]) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = vec!["check".to_owned()];
-    for (name, text) in files {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        args.push(path.to_str().unwrap().to_owned());
-    }
+fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dermaga"))
-        .args(&args)
+        .args(args)
+        .env_remove("DERMAGA_UDP_SERVICES_CONFIGMAP")
+        .env_remove("DERMAGA_TCP_SERVICES_CONFIGMAP")
+        .env_remove("DERMAGA_CONFIG_MAX_BYTES")
         .output()
         .unwrap();
     (
         out.status.code().unwrap(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn check_with(flags: &[&str], files: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["check".to_owned()];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        args.push(path.to_str().unwrap().to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, _) = run(&args);
+    (code, out)
+}
+
+fn check(files: &[(&str, &str)]) -> (i32, String) {
+    check_with(&[], files)
 }
 
 const GOOD_MAP: &str = r#"apiVersion: v1
@@ -27,6 +46,12 @@ data:
   "10000": "default/web:80"
   "2222": "git/ssh:22:PROXY"
 "#;
+
+fn udp_map(entries: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: udp-services, namespace: dermaga}}\ndata:\n{entries}"
+    )
+}
 
 #[test]
 fn a_good_map_passes() {
@@ -67,6 +92,18 @@ data:
 }
 
 #[test]
+fn an_unknown_option_is_a_warning_as_the_gateway_serves_the_port() {
+    let map = GOOD_MAP.to_owned() + "  \"10000.note\": \"owned by team x\"\n";
+    let (code, out) = check(&[("map.yaml", &map)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(r#"warning: ConfigMap dermaga/tcp-services: entry "10000.note": "owned by team x": unknown per-port option "note""#), "{out}");
+    assert!(
+        out.contains("3 entries in dermaga/tcp-services checked: 0 error(s), 1 warning(s)"),
+        "{out}"
+    );
+}
+
+#[test]
 fn unresolved_references_warn_when_services_are_given() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {ports: [{port: 8080}]}\n";
     let (code, out) = check(&[("map.yaml", GOOD_MAP), ("svc.yaml", svc)]);
@@ -79,17 +116,191 @@ fn unresolved_references_warn_when_services_are_given() {
 }
 
 #[test]
-fn other_names_are_checked_as_port_maps_and_bad_yaml_fails() {
-    let (code, out) = check(&[("map.yaml", &GOOD_MAP.replace("tcp-services", "my-ports"))]);
-    assert_eq!(code, 0, "{out}");
+fn a_duplicate_object_fails_check_and_the_gateway_alike() {
+    let second = GOOD_MAP.replace("default/web:80", "default/other:80");
+    let text = format!("{GOOD_MAP}---\n{second}");
+    let message =
+        "ConfigMap dermaga/tcp-services repeats document 1; an object may appear only once";
+    let (code, out) = check(&[("dup.yaml", &text)]);
+    assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("no ConfigMap named dermaga/tcp-services; checking every ConfigMap"),
+        out.contains(&format!("dup.yaml: document 2: {message}")),
         "{out}"
     );
+
+    // The gateway refuses the same file at start with the same words.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dup.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let (code, _, err) = run(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--admin-address",
+        "127.1.14.1:0",
+        "--listen-address",
+        "127.1.14.1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("dup.yaml: document 2: {message}")),
+        "{err}"
+    );
+
+    // Across the files of one check, the same rule.
+    let (code, out) = check(&[("a.yaml", GOOD_MAP), ("b.yaml", &second)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("b.yaml: document 1: ConfigMap dermaga/tcp-services repeats ")
+            && out.contains("a.yaml: document 1; an object may appear only once"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_udp_map_is_checked_by_its_flag_or_by_its_usual_name_with_a_warning() {
+    let udp = udp_map("  \"53\": \"kube-system/kube-dns:dns:PROXY\"\n");
+    let text = format!("{GOOD_MAP}---\n{udp}");
+    let proxy_error = r#"error: ConfigMap dermaga/udp-services: entry "53": "kube-system/kube-dns:dns:PROXY": PROXY protocol is only supported for TCP ports"#;
+
+    let (code, out) = check(&[("maps.yaml", &text)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(proxy_error), "{out}");
+    assert!(out.contains("warning: ConfigMap dermaga/udp-services is checked as the UDP port map, but the gateway reads it only when started with --udp-services-configmap dermaga/udp-services"), "{out}");
+    assert!(
+        out.contains("3 entries in dermaga/tcp-services, dermaga/udp-services checked: 1 error(s), 1 warning(s)"),
+        "{out}"
+    );
+
+    let flag = ["--udp-services-configmap", "dermaga/udp-services"];
+    let (code, out) = check_with(&flag, &[("maps.yaml", &text)]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(proxy_error), "{out}");
+    assert!(!out.contains("warning:"), "{out}");
+
+    // A map named by a flag but not in the input: the gateway's warning, not an error.
+    let (code, out) = check_with(&flag, &[("map.yaml", GOOD_MAP)]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: ConfigMap dermaga/udp-services does not exist"),
+        "{out}"
+    );
+}
+
+#[test]
+fn no_port_map_in_the_input_fails_and_says_which_names_are_read() {
+    let (code, out) = check(&[("map.yaml", &GOOD_MAP.replace("tcp-services", "my-ports"))]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: no port map in the input: the gateway reads ConfigMap dermaga/tcp-services (--tcp-services-configmap), and the input has ConfigMap dermaga/my-ports"),
+        "{out}"
+    );
+    let (code, out) = check_with(
+        &["--tcp-services-configmap", "dermaga/my-ports"],
+        &[("map.yaml", &GOOD_MAP.replace("tcp-services", "my-ports"))],
+    );
+    assert_eq!(code, 0, "{out}");
     let (code, out) = check(&[("bad.yaml", "apiVersion: v1\nkind: ConfigMap\ndata: [1, 2\n")]);
     assert_eq!(code, 1);
     assert!(
         out.contains("bad.yaml: document 1: not valid YAML"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_mapped_port_missing_from_the_load_balancer_service_is_a_warning() {
+    let lb = r#"apiVersion: v1
+kind: Service
+metadata: {name: dermaga, namespace: dermaga}
+spec:
+  type: LoadBalancer
+  ports:
+  - {name: tcp-10000, port: 10000, targetPort: 10000}
+  - {name: ssh, port: 22, targetPort: 2222, protocol: TCP}
+  - {name: dns, port: 53, protocol: TCP}
+"#;
+    let udp = udp_map("  \"53\": \"kube-system/kube-dns:dns\"\n");
+    let map = GOOD_MAP.to_owned() + "  \"20000\": \"default/web:80\"\n";
+    let (code, out) = check_with(
+        &["--udp-services-configmap", "dermaga/udp-services"],
+        &[("maps.yaml", &format!("{map}---\n{udp}")), ("lb.yaml", lb)],
+    );
+    assert_eq!(code, 0, "{out}");
+    // The LoadBalancer Service alone does not make the references checked.
+    assert!(!out.contains("not found"), "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("LoadBalancer")).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: port 53/UDP is mapped but not on the LoadBalancer Service dermaga/dermaga: clients cannot reach it until it is added to the Service's ports (protocol UDP, targetPort 53)",
+            "warning: port 20000/TCP is mapped but not on the LoadBalancer Service dermaga/dermaga: clients cannot reach it until it is added to the Service's ports (protocol TCP, targetPort 20000)",
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn files_are_read_as_the_gateway_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo (coreutils) is installed");
+    assert!(made.success());
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, GOOD_MAP.to_owned() + &"#\n".repeat(1024)).unwrap();
+    let map = dir.path().join("map.yaml");
+    std::fs::write(&map, GOOD_MAP).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+
+    let started = Instant::now();
+    let (code, out, _) = run(&[
+        "check",
+        "--config-max-bytes",
+        "1KiB",
+        &path(&fifo),
+        &path(&zero),
+        &path(&big),
+        &path(&map),
+    ]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(code, 1, "{out}");
+    for line in [
+        format!("error: {} is a FIFO, not a regular file", path(&fifo)),
+        format!(
+            "error: {} is a character device, not a regular file",
+            path(&zero)
+        ),
+        format!(
+            "error: {} is {} bytes, more than --config-max-bytes 1024; it was not read",
+            path(&big),
+            GOOD_MAP.len() + 2048
+        ),
+        "2 entries in dermaga/tcp-services checked: 3 error(s)".to_owned(),
+    ] {
+        assert!(out.contains(&line), "missing {line}\nin:\n{out}");
+    }
+}
+
+#[test]
+fn exit_codes_are_those_of_the_table() {
+    // 0: no error; 1: an error (above); 2: the command line.
+    assert_eq!(check(&[("map.yaml", GOOD_MAP)]).0, 0);
+    let (code, _, err) = run(&["check"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["check", "--config-max-bytes", "lots", "x.yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--config-max-bytes"), "{err}");
+    let (code, _, err) = run(&["check", "--config-max-bytes", "2GiB", "x.yaml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("out of range: 1KiB to 1GiB"), "{err}");
+    let (code, out, _) = run(&["check", "/nonexistent/map.yaml"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: cannot read /nonexistent/map.yaml: No such file or directory"),
         "{out}"
     );
 }

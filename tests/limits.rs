@@ -285,8 +285,9 @@ async fn per_port_options_override_the_flags() {
 }
 
 /// The real binary under `ulimit -n 64`: a flood of 150 held connections. The gateway accepts
-/// what its descriptors allow and refuses the rest with a reset (none left waiting in the
-/// backlog), keeps running, counts the refusals, and serves normally once the flood is gone.
+/// what its descriptors allow, short of the few it keeps for the admin server, and refuses the
+/// rest with a reset (none left waiting in the backlog), keeps running, answers `/healthz` and
+/// `/readyz` at the limit, counts the refusals, and serves normally once the flood is gone.
 /// The flood goes to a port that expects a PROXY header, so each held connection takes exactly
 /// one descriptor (no upstream connect before the header) and the limit is reached at accept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,6 +369,19 @@ async fn out_of_descriptors_refuses_the_excess_and_recovers() {
         d.child.try_wait().unwrap().is_none(),
         "dermaga keeps running"
     );
+    // At the limit, the admin server still has descriptors: the liveness and readiness probes
+    // answer while the flood's connections are held (and more keep coming).
+    let mut more = Vec::new();
+    for _ in 0..20 {
+        more.extend(connect(at(10000)).await);
+    }
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let (status, _) = tokio::time::timeout(Duration::from_secs(5), http_get(admin, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} answered within 5 s at the descriptor limit"));
+        assert_eq!(status, 200, "{path} at the descriptor limit");
+    }
+    drop(more);
 
     // The flood ends: its held connections close (no PROXY header came), descriptors free up.
     drop(held);
@@ -384,7 +398,7 @@ async fn out_of_descriptors_refuses_the_excess_and_recovers() {
         counted >= refused as f64,
         "{counted} counted, {refused} seen"
     );
-    d.wait_log(&["out of file descriptors", "refused="]);
+    d.wait_log(&["refusing new connections with a reset", "refused="]);
 
     // Normal service again, end to end.
     drop(open(at(10001), "web").await);

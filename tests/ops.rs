@@ -182,12 +182,12 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
 
     apply(
         &gw,
-        &(yaml.clone()
-            + &configmap_yaml(&[
-                ("10000", "default/web:80"),
-                ("10001", "default/empty:80"),
-                ("10002", "default/missing:80"),
-            ])),
+        // The map replaced, the other objects kept (an object may appear only once).
+        &(configmap_yaml(&[
+            ("10000", "default/web:80"),
+            ("10001", "default/empty:80"),
+            ("10002", "default/missing:80"),
+        ]) + yaml.split_once("---\n").expect("the map's document").1),
     );
     let (_, body) = http_get(admin, "/routes").await;
     let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -514,4 +514,46 @@ async fn exchange_with(addr: SocketAddr, greeting: &[u8]) {
     let mut got = vec![0u8; greeting.len()];
     s.read_exact(&mut got).await.unwrap();
     assert_eq!(got, greeting);
+}
+
+/// `/routes` answers a page at a time: filtered by port or by the Services' namespace, at most
+/// `limit` routes (1,000 at most in any case) from `offset`, with `next_offset` while more match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_filtered_and_paged() {
+    let listen = "127.1.0.79";
+    let gw = Gateway::start(Index::new(settings()), options(listen));
+    let (admin, _stop) = start_admin(&gw, listen).await;
+    let mut yaml = configmap_yaml(&[
+        ("10000", "default/web:80"),
+        ("10001", "default/web:80"),
+        ("10002", "default/web:80"),
+        ("10003", "other/db:80"),
+    ]);
+    yaml += &service_yaml("web", 80);
+    yaml += &service_yaml("db", 80).replace("namespace: default", "namespace: other");
+    apply(&gw, &yaml);
+    gw.wait_for_ports(|p| p.len() == 4).await;
+    let get = |q: &'static str| async move {
+        let (status, body) = http_get(admin, &format!("/routes{q}")).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let ports: Vec<u64> = v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["port"].as_u64().unwrap())
+            .collect();
+        (ports, v["next_offset"].as_u64())
+    };
+    assert_eq!(get("").await, (vec![10000, 10001, 10002, 10003], None));
+    assert_eq!(get("?port=10001").await, (vec![10001], None));
+    assert_eq!(get("?namespace=other").await, (vec![10003], None));
+    assert_eq!(get("?limit=2").await, (vec![10000, 10001], Some(2)));
+    assert_eq!(get("?limit=2&offset=2").await, (vec![10002, 10003], None));
+    assert_eq!(
+        get("?namespace=default&limit=1&offset=1").await,
+        (vec![10001], Some(2))
+    );
+    let (status, _) = http_get(admin, "/routes?port=notaport").await;
+    assert_eq!(status, 400);
 }

@@ -591,3 +591,70 @@ fn health_flags_parse_with_their_defaults_and_reject_a_too_short_interval() {
         .to_string();
     assert!(err.contains("at least 100ms"), "{err}");
 }
+
+/// S3's hard case: an endpoint's listener closes while connections wait in its accept queue.
+/// Connected from dermaga's side, they are reset by the kernel before any byte moved either way:
+/// nothing reached the backend, nothing reached the client, so each is tried on the other
+/// endpoint (`retry-before-data`, on by default) and no client fails. With the option off they
+/// fail, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_connections_queued_on_a_closing_listener_are_tried_elsewhere() {
+    for (retry, listen, dead_ip) in [
+        (true, "127.1.4.6", "127.0.4.20"),
+        (false, "127.1.4.7", "127.0.4.21"),
+    ] {
+        let good = Pod::start(at("127.0.4.22"), "good").await;
+        // A listener that never accepts: the kernel completes handshakes into its queue.
+        let dead = std::net::TcpListener::bind(at(dead_ip)).unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        let mut yaml = configmap_yaml(&[("10000", "default/api:80")]) + &service_yaml("api", 80);
+        if !retry {
+            yaml = yaml.replace("data:\n", "data:\n  \"10000.retry-before-data\": \"off\"\n");
+        }
+        yaml += &slice("api", "good", good.addr, READY);
+        yaml += &slice("api", "dead", dead_addr, READY);
+        let gw = gateway(&yaml, long_ejections(listen));
+        let addr = gw.wait_bound(tcp(10000)).await;
+        const CLIENTS: usize = 20;
+        let tally = Arc::new(Tally::default());
+        let (_stop, never) = watch::channel(false);
+        let load = tokio::spawn(load(addr, CLIENTS, 1, tally.clone(), never));
+        // Round robin: half the connections went to `good` and are done; the other half wait
+        // in `dead`'s accept queue.
+        wait_until("the queued half waiting", || {
+            tally.ok.load(Ordering::SeqCst) == (CLIENTS / 2) as u64
+                && metric(&gw, "dermaga_connections_active", &[("port", "10000")])
+                    == (CLIENTS / 2) as f64
+        })
+        .await;
+        drop(dead);
+        tokio::time::timeout(Duration::from_secs(30), load)
+            .await
+            .expect("load finishes")
+            .unwrap();
+        let (ok, failed) = (
+            tally.ok.load(Ordering::SeqCst),
+            tally.failed.load(Ordering::SeqCst),
+        );
+        let closed = metric(
+            &gw,
+            "dermaga_upstream_connect_failures_total",
+            &[
+                ("endpoint", &dead_addr.to_string()),
+                ("reason", "closed_before_data"),
+            ],
+        );
+        println!(
+            "retry-before-data {}: {ok} ok, {failed} failed of {CLIENTS}; {closed} closed before data",
+            if retry { "on" } else { "off" }
+        );
+        if retry {
+            assert_eq!((ok, failed), (CLIENTS as u64, 0));
+            assert_eq!(closed, (CLIENTS / 2) as f64);
+        } else {
+            assert_eq!((ok, failed), ((CLIENTS / 2) as u64, (CLIENTS / 2) as u64));
+            assert_eq!(closed, 0.0);
+        }
+        gw.shutdown().await;
+    }
+}

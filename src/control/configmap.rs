@@ -41,12 +41,19 @@ pub const OPTION_IDLE_TIMEOUT: &str = "idle-timeout";
 /// `--max-connections-per-port`.
 pub const OPTION_MAX_CONNECTIONS: &str = "max-connections";
 
+/// Per-port option: `on` (the default) or `off`. On, a connection whose endpoint resets or closes
+/// it right after the connect, before any byte moved either way, is tried on another endpoint
+/// (within `--connect-attempts`); turn it off for protocols where even an empty connection
+/// reaching the backend matters.
+pub const OPTION_RETRY_BEFORE_DATA: &str = "retry-before-data";
+
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 4] = [
+pub const KNOWN_OPTIONS: [&str; 5] = [
     OPTION_SEND_PROXY_VERSION,
     OPTION_IDLE_TIMEOUT,
     OPTION_MAX_CONNECTIONS,
     OPTION_HEALTH_CHECK_INTERVAL,
+    OPTION_RETRY_BEFORE_DATA,
 ];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
@@ -71,6 +78,9 @@ pub struct PortOptions {
     /// Active health-check interval for this port (`Some(0)`: off here; `None`: the flag's).
     #[serde(serialize_with = "serialize_duration")]
     pub health_check_interval: Option<Duration>,
+    /// Whether a connection closed by its endpoint before any byte moved is tried on another
+    /// (`None`: yes, the default).
+    pub retry_before_data: Option<bool>,
 }
 
 fn serialize_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -444,7 +454,11 @@ fn apply_option(
     option: &str,
     value: &str,
 ) -> Result<(), String> {
-    let tcp_only = [OPTION_IDLE_TIMEOUT, OPTION_MAX_CONNECTIONS];
+    let tcp_only = [
+        OPTION_IDLE_TIMEOUT,
+        OPTION_MAX_CONNECTIONS,
+        OPTION_RETRY_BEFORE_DATA,
+    ];
     if protocol == Protocol::Udp && tcp_only.contains(&option) {
         return Err(format!(
             "option {option:?} applies to TCP ports only; UDP flows are limited by --udp-idle-timeout and --udp-max-flows"
@@ -494,6 +508,18 @@ fn apply_option(
                 ));
             }
             options.health_check_interval = Some(interval);
+            Ok(())
+        }
+        OPTION_RETRY_BEFORE_DATA => {
+            options.retry_before_data = Some(match value.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                _ => {
+                    return Err(format!(
+                        "option {option:?} takes \"on\" or \"off\", not {value:?}"
+                    ));
+                }
+            });
             Ok(())
         }
         _ => Err(format!(

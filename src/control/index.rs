@@ -37,6 +37,17 @@ pub enum Kind {
     EndpointSlice,
 }
 
+impl Kind {
+    /// The kind as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
 impl Object {
     /// The object's kind.
     pub fn kind(&self) -> Kind {

@@ -141,6 +141,43 @@ impl Throttle {
     }
 }
 
+/// The descriptors the data plane leaves to the rest of the process (the admin server: health
+/// probes and scrapes, the Kubernetes watches, the log) at the top of the open-files limit.
+/// A connection accepted into a descriptor number at or above the ceiling is refused at once:
+/// since the kernel hands out the lowest free number, such a number means every one below it is
+/// in use, so the process really is that close to its limit. Under a flood the data plane's
+/// accepts thus stop short of the limit, and `/healthz` keeps a descriptor to be accepted into.
+pub fn below_descriptor_ceiling(fd: std::os::fd::RawFd) -> bool {
+    usize::try_from(fd).is_ok_and(|fd| fd < descriptor_ceiling())
+}
+
+/// The open-files limit less [`descriptor_reserve`] of it; read once, from `/proc/self/limits`
+/// (a limit raised from outside later is not seen). No limit, or none readable: no ceiling.
+pub fn descriptor_ceiling() -> usize {
+    static CEILING: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CEILING.get_or_init(|| {
+        let limit = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|text| soft_open_files_limit(&text));
+        limit.map_or(usize::MAX, |l| l - descriptor_reserve(l))
+    })
+}
+
+/// How many descriptors of a `limit` the data plane leaves free: a sixteenth, 4 to 64.
+pub fn descriptor_reserve(limit: usize) -> usize {
+    (limit / 16).clamp(4, 64).min(limit / 2)
+}
+
+/// The soft "Max open files" of a `/proc/<pid>/limits` text; `None` when unlimited or absent.
+fn soft_open_files_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The spare descriptor (`/dev/null`), shared by every port. `None` while given up, or when it
 /// could not be opened (descriptors exhausted): it is reopened at the next chance.
 static RESERVE: Mutex<Option<File>> = Mutex::new(None);
@@ -204,6 +241,23 @@ fn accept_now(listener: &TcpListener) -> Poll<io::Result<TcpStream>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_reserve_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max cpu time              unlimited            unlimited            seconds   \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files_limit(text), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(soft_open_files_limit(unlimited), None);
+        assert_eq!(descriptor_reserve(64), 4);
+        assert_eq!(descriptor_reserve(1024), 64);
+        assert_eq!(descriptor_reserve(1_048_576), 64);
+        assert_eq!(descriptor_reserve(6), 3);
+        // This process's own limit is read.
+        assert!(descriptor_ceiling() > 0);
+    }
 
     #[test]
     fn slots_are_exact_and_given_back_on_drop() {

@@ -415,6 +415,16 @@ impl Admission {
         let (key, ctx) = (self.key, &self.ctx);
         // The one table read of this connection.
         let route = ctx.snapshot.load().get(&key).cloned();
+        if !limits::below_descriptor_ceiling(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+            let pm = port_metrics(ctx, key, route.as_deref());
+            pm.accepted.inc();
+            pm.refused(RefuseReason::out_of_descriptors);
+            super::tcp::reset(stream);
+            if let Some(refused) = self.warnings.out_of_descriptors.note(Instant::now()) {
+                tracing::warn!(port = %key, refused, open = ctx.open.get(), ceiling = limits::descriptor_ceiling(), "near the open-files limit: the descriptors kept for the admin server are reached (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset (count: refused since the last such line)");
+            }
+            return;
+        }
         let port_max = route
             .as_ref()
             .and_then(|r| r.spec.options.max_connections)

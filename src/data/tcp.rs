@@ -289,26 +289,80 @@ async fn establish(
     };
     outcome.client = source;
 
-    let connected = tokio::select! {
-        c = connect(ctx, &route, source, pm, outcome) => Some(c),
-        _ = close.cancelled() => None,
-    };
-    let Some(connected) = connected else {
-        outcome.close = CloseReason::Drained;
-        reset(client);
-        return None;
-    };
-    let Some(mut upstream) = connected else {
-        pm.refused(RefuseReason::upstream_unavailable);
-        outcome.close = CloseReason::UpstreamUnavailable;
-        reset(client);
-        return None;
-    };
-    // Only these are needed from here on; the table is released.
+    // Only these are needed once connected.
     let (encode, version) = (
         route.spec.proxy.encode,
         route.spec.options.send_proxy_version,
     );
+    let mut preamble = Vec::new();
+    if encode {
+        preamble = proxy_protocol::encode(version, source, destination);
+    }
+    preamble.extend_from_slice(&early_data);
+    // Client bytes read along with the PROXY header count as received; our own header does not.
+    outcome.progress.to_upstream = early_data.len() as u64;
+    // Safe to try elsewhere: no client byte has gone to the endpoint (our own PROXY header
+    // carries none of the client's data).
+    let retry_before_data =
+        early_data.is_empty() && route.spec.options.retry_before_data.unwrap_or(true);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let upstream = loop {
+        let connected = tokio::select! {
+            c = connect(ctx, &route, source, pm, outcome, &tried) => Some(c),
+            _ = close.cancelled() => None,
+        };
+        let Some(connected) = connected else {
+            outcome.close = CloseReason::Drained;
+            reset(client);
+            return None;
+        };
+        let Some(mut upstream) = connected else {
+            pm.refused(RefuseReason::upstream_unavailable);
+            outcome.close = CloseReason::UpstreamUnavailable;
+            reset(client);
+            return None;
+        };
+        if !preamble.is_empty()
+            && let Err(err) = upstream.write_all(&preamble).await
+        {
+            tracing::debug!(port = %key, client = %source, error = %err, "writing to upstream failed");
+            outcome.close = CloseReason::BackendError;
+            outcome.error = Some(err.to_string());
+            reset(client);
+            reset(upstream);
+            return None;
+        }
+        // Only worth a wait (and two peeks) when there is another endpoint to try.
+        let another = (outcome.attempts as usize)
+            < ctx.settings.connect_attempts.min(route.active_count())
+            && tried.len() + 1 < route.active_count();
+        if !retry_before_data || !another {
+            break upstream;
+        }
+        let moved = tokio::select! {
+            m = first_move(&client, &upstream, ctx.settings.connect_timeout) => m,
+            _ = close.cancelled() => Ok(()),
+        };
+        let Err(error) = moved else { break upstream };
+        // Nothing reached the backend and nothing reached the client: as good as a failed
+        // connect. Count it so, and try another endpoint.
+        let endpoint = outcome.endpoint.expect("connected to an endpoint");
+        let pod = outcome.pod.clone();
+        pm.connect_failed(endpoint, pod.as_deref(), ConnectFailure::closed_before_data);
+        ctx.health.connect_failed(endpoint, pod.as_ref());
+        tracing::warn!(
+            port = %key,
+            endpoint = %endpoint,
+            pod = pod.as_deref().unwrap_or("-"),
+            attempt = outcome.attempts,
+            client = %source,
+            error = %error,
+            "upstream closed the connection before any byte moved; trying another endpoint"
+        );
+        outcome.error = Some(format!("{endpoint}: {error}"));
+        tried.push(endpoint);
+        drop(upstream);
+    };
     let activity = Activity::watch(
         route
             .spec
@@ -317,24 +371,6 @@ async fn establish(
             .unwrap_or(ctx.settings.idle_timeout),
     );
     drop(route);
-
-    let mut preamble = Vec::new();
-    if encode {
-        preamble = proxy_protocol::encode(version, source, destination);
-    }
-    preamble.extend_from_slice(&early_data);
-    // Client bytes read along with the PROXY header count as received; our own header does not.
-    outcome.progress.to_upstream = early_data.len() as u64;
-    if !preamble.is_empty()
-        && let Err(err) = upstream.write_all(&preamble).await
-    {
-        tracing::debug!(port = %key, client = %source, error = %err, "writing to upstream failed");
-        outcome.close = CloseReason::BackendError;
-        outcome.error = Some(err.to_string());
-        reset(client);
-        reset(upstream);
-        return None;
-    }
     Some(Established {
         client,
         upstream,
@@ -402,14 +438,38 @@ async fn relay(
     }
 }
 
+/// Waits until a byte moves first: `Ok` when the client has sent something (data or its EOF)
+/// or the upstream has data, or when nothing happened within `within`; `Err` when the upstream
+/// closed or reset the connection first, before any byte moved either way. Peeks, so nothing
+/// is consumed (a socket's readiness alone says nothing until a read has found it empty).
+async fn first_move(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    within: Duration,
+) -> Result<(), String> {
+    let (mut from_client, mut from_upstream) = ([0u8; 1], [0u8; 1]);
+    tokio::select! {
+        biased;
+        _ = client.peek(&mut from_client) => Ok(()),
+        peeked = upstream.peek(&mut from_upstream) => match peeked {
+            Ok(0) => Err("closed (FIN) before sending anything".to_owned()),
+            Ok(_) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        },
+        _ = tokio::time::sleep(within) => Ok(()),
+    }
+}
+
 /// Tries the route's endpoints in round-robin order, a different one per attempt, skipping
-/// unhealthy ones (ejected, or failing active checks) unless all are (then all are tried).
+/// unhealthy ones (ejected, or failing active checks) unless all are (then all are tried), and
+/// those in `tried`; at most `--connect-attempts` in all, counting the attempts already made.
 async fn connect(
     ctx: &ConnContext,
     route: &Route,
     client: SocketAddr,
     pm: &PortMetrics,
     outcome: &mut Outcome,
+    tried: &[SocketAddr],
 ) -> Option<TcpStream> {
     let health = &ctx.health;
     let skip_unhealthy = !health.all_healthy()
@@ -432,7 +492,8 @@ async fn connect(
     };
     let candidates = order
         .filter(|e| !skip_unhealthy || health.usable(e.addr))
-        .take(attempts);
+        .filter(|e| !tried.contains(&e.addr))
+        .take(attempts.saturating_sub(outcome.attempts as usize));
     for endpoint in candidates {
         outcome.attempts += 1;
         pm.connect_attempts.inc();

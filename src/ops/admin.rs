@@ -1,7 +1,12 @@
 //! The admin HTTP server: `/healthz`, `/readyz`, `/metrics`, `/routes`.
 //!
 //! It reads the other layers (snapshot, listener status, metrics) and owns none of their logic.
-//! `router(state)` is the injectable entry point; `serve` runs it on an already-bound listener.
+//! `router(state)` is the injectable entry point; `serve` runs it on an already-bound listener;
+//! [`spawn_thread`] runs it on a thread and runtime of its own, as the binary does, so that
+//! neither a slow client nor a large `/routes` answer takes a turn from the data plane's
+//! threads. Every request has [`REQUEST_TIMEOUT`]; `/metrics` and `/routes`, the two answers
+//! that grow with the configuration, are served [`HEAVY_AT_ONCE`] at a time (others wait their
+//! turn within the timeout), while `/healthz` and `/readyz` are never queued behind them.
 //! It must never listen on a data port: its port is reserved in the port map.
 
 use std::net::SocketAddr;
@@ -39,14 +44,48 @@ pub struct AdminState {
     pub draining: CancellationToken,
 }
 
+/// How long one admin request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many `/metrics` and `/routes` requests are served at once.
+pub const HEAVY_AT_ONCE: usize = 2;
+
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/routes", get(routes))
+        // Only the routes above share this limit.
+        .route_layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            HEAVY_AT_ONCE,
+        ))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
+}
+
+/// Runs [`serve`] on a thread named `dermaga-admin` with a single-threaded runtime of its own.
+/// The thread ends when `shutdown` is cancelled and its connections are done.
+pub fn spawn_thread(
+    listener: std::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    std::thread::Builder::new()
+        .name("dermaga-admin".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve(listener, state, shutdown).await
+            })
+        })
 }
 
 /// Serves `router` on `listener` until `shutdown`.
@@ -104,6 +143,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 struct RoutesView {
     generation: u64,
     routes: Vec<RouteView>,
+    /// Where the next page starts (`?offset=`), when more routes match than this answer holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<usize>,
     problems: Vec<String>,
 }
 
@@ -145,11 +187,53 @@ struct EndpointView {
     health: HealthView,
 }
 
-async fn routes(State(state): State<AdminState>) -> Json<RoutesView> {
+/// `/routes` query: which routes, and how many.
+#[derive(Debug, serde::Deserialize)]
+struct RoutesQuery {
+    /// Only this external port (TCP and UDP).
+    port: Option<u16>,
+    /// Only routes to Services of this namespace.
+    namespace: Option<String>,
+    /// Skip this many of the routes that match (in port order).
+    #[serde(default)]
+    offset: usize,
+    /// At most this many routes ([`ROUTES_PAGE`] when absent).
+    limit: Option<usize>,
+}
+
+/// The most routes one `/routes` answer holds; `next_offset` says where the next page starts.
+pub const ROUTES_PAGE: usize = 1000;
+
+async fn routes(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<RoutesQuery>,
+) -> Json<RoutesView> {
     let table = state.snapshot.load();
     let status = state.status.borrow().clone();
-    let routes = table
+    let limit = query.limit.unwrap_or(ROUTES_PAGE).min(ROUTES_PAGE);
+    let mut matching = table
         .routes()
+        .filter(|route| query.port.is_none_or(|p| route.key.port.get() == p))
+        .filter(|route| {
+            query
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| route.spec.service.namespace == ns)
+        })
+        .skip(query.offset)
+        .peekable();
+    let mut page = Vec::new();
+    while page.len() < limit
+        && let Some(route) = matching.next()
+    {
+        page.push(route);
+    }
+    let next_offset = matching
+        .peek()
+        .is_some()
+        .then_some(query.offset + page.len());
+    let routes = page
+        .into_iter()
         .map(|route| {
             let active: Vec<SocketAddr> = route.active_endpoints().map(|e| e.addr).collect();
             let listener = match status.ports.get(&route.key) {
@@ -201,6 +285,7 @@ async fn routes(State(state): State<AdminState>) -> Json<RoutesView> {
     Json(RoutesView {
         generation: table.generation,
         routes,
+        next_offset,
         problems: table.problems.iter().map(|p| p.to_string()).collect(),
     })
 }

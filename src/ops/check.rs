@@ -1,17 +1,30 @@
-//! `dermaga check FILE...`: validates port maps offline, before `kubectl apply`.
+//! `dermaga check FILE...`: the gateway's judgement of a configuration, offline, before
+//! `kubectl apply`.
 //!
-//! Every rejected entry is printed with its key, value and problem (exit code 1). When the
-//! files also hold the Services and EndpointSlices, entries that name a missing Service or port
-//! are printed as warnings (the objects may exist in the cluster, so they do not fail the check).
+//! It uses the gateway's own code end to end: each FILE is read by the `--config` loader
+//! ([`ConfigFile`]: regular files only, `--config-max-bytes`, the same manifest reader and the
+//! same duplicate rule, applied across the files too), the objects go into the same [`Index`]
+//! with the same port-map names and reserved ports, and the same [`build`] judges them. The
+//! split between errors and warnings follows what the gateway would do:
+//!
+//! - **error** (exit code 1): the gateway would refuse the file, or would not serve an entry as
+//!   written (`EntryError::affects_routing`), or there is no port map to check at all;
+//! - **warning**: the gateway serves what it can, but something is worth knowing: an unknown
+//!   per-port option (ignored, as ingress-nginx does), a reference or port map not in the input
+//!   (it may exist in the cluster), a mapped port that the input's LoadBalancer Service does
+//!   not expose, the UDP map read without `--udp-services-configmap`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::control::build::build;
-use crate::control::configmap::parse_port_map;
 use crate::control::index::{Index, IndexSettings, Object};
-use crate::control::names::ObjectName;
-use crate::control::provider::manifest::parse_manifest;
-use crate::control::table::ConfigProblem;
+use crate::control::names::{ObjectName, Protocol, RouteKey};
+use crate::control::provider::config_file::ConfigFile;
+use crate::control::provider::manifest::{Position, find_duplicate};
+use crate::control::table::{ConfigProblem, RouteTable};
 
 /// What a check found.
 #[derive(Debug, Default)]
@@ -26,23 +39,48 @@ pub struct CheckReport {
     pub maps: Vec<ObjectName>,
 }
 
-/// Checks the manifests in `files` (read together, as one configuration).
-pub fn check_files(files: &[impl AsRef<Path>], settings: &IndexSettings) -> CheckReport {
+/// Checks the manifests in `files` (read together, as one configuration), each read as the
+/// gateway reads `--config` with `max_bytes` as `--config-max-bytes`.
+pub fn check_files(
+    files: &[impl AsRef<Path>],
+    settings: &IndexSettings,
+    max_bytes: u64,
+) -> CheckReport {
     let mut report = CheckReport::default();
-    let mut objects = Vec::new();
+    let mut objects: Vec<(Object, String, Position)> = Vec::new();
     for file in files {
-        let file = file.as_ref();
-        match std::fs::read_to_string(file) {
-            Err(e) => report
-                .errors
-                .push(format!("{}: cannot read: {e}", file.display())),
-            Ok(text) => match parse_manifest(&text) {
-                Err(e) => report.errors.push(format!("{}: {e}", file.display())),
-                Ok(m) => objects.extend(m.objects),
-            },
+        let file = ConfigFile::new(file.as_ref(), max_bytes);
+        match file.read().and_then(|loaded| file.parse(&loaded.text)) {
+            Err(e) => report.errors.push(e.to_string()),
+            Ok(m) => {
+                let name = file.path().display().to_string();
+                objects.extend(
+                    m.objects
+                        .into_iter()
+                        .zip(m.positions)
+                        .map(|(o, p)| (o, name.clone(), p)),
+                );
+            }
         }
     }
-    check_objects(objects, settings, &mut report);
+    // The duplicate rule of one file, across the files (a copy in one file is already an error
+    // of that file).
+    let copies = objects
+        .iter()
+        .map(|(o, file, p)| (o.kind(), o.name(), (file, *p)));
+    if let Some(d) = find_duplicate(copies) {
+        let ((file, second), (first_file, first)) = (d.second, d.first);
+        report.errors.push(format!(
+            "{file}: {second}: {} {} repeats {first_file}: {first}; an object may appear only once",
+            d.kind.as_str(),
+            d.name
+        ));
+    }
+    check_objects(
+        objects.into_iter().map(|(o, _, _)| o).collect(),
+        settings,
+        &mut report,
+    );
     report
 }
 
@@ -52,68 +90,138 @@ fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut Ch
         .filter(|o| matches!(o, Object::ConfigMap(_)))
         .map(Object::name)
         .collect();
-    let mut port_maps: Vec<_> = settings
+    let mut settings = settings.clone();
+    let tcp_map = settings
         .port_maps
         .iter()
-        .filter(|(_, name)| config_maps.contains(name))
-        .cloned()
-        .collect();
-    if port_maps.is_empty() && !config_maps.is_empty() {
-        let (protocol, _) = settings.port_maps.first().cloned().unwrap_or((
-            crate::control::names::Protocol::Tcp,
-            ObjectName::new("", ""),
-        ));
-        report.warnings.push(format!(
-            "no ConfigMap named {}; checking every ConfigMap in the input as a {protocol} port map",
-            settings
-                .port_maps
-                .iter()
-                .map(|(_, n)| n.to_string())
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ));
-        port_maps = config_maps.iter().map(|n| (protocol, n.clone())).collect();
+        .find(|(p, _)| *p == Protocol::Tcp)
+        .map(|(_, n)| n.clone());
+    // The UDP map is read only when a flag names it; the usual one is not checked silently.
+    if !settings.port_maps.iter().any(|(p, _)| *p == Protocol::Udp)
+        && let Some(tcp) = &tcp_map
+    {
+        let udp = ObjectName::new(tcp.namespace.clone(), "udp-services");
+        if config_maps.contains(&udp) {
+            report.warnings.push(format!(
+                "ConfigMap {udp} is checked as the UDP port map, but the gateway reads it only when started with --udp-services-configmap {udp} (give that flag to check too)"
+            ));
+            settings.port_maps.push((Protocol::Udp, udp));
+        }
     }
-    if port_maps.is_empty() {
-        report.errors.push("no ConfigMap found in the input".into());
+    let present: Vec<ObjectName> = settings
+        .port_maps
+        .iter()
+        .map(|(_, n)| n.clone())
+        .filter(|n| config_maps.contains(n))
+        .collect();
+    if present.is_empty() {
+        let wanted: Vec<String> = settings
+            .port_maps
+            .iter()
+            .map(|(p, n)| match p {
+                Protocol::Tcp => format!("{n} (--tcp-services-configmap)"),
+                Protocol::Udp => format!("{n} (--udp-services-configmap)"),
+            })
+            .collect();
+        let found = if config_maps.is_empty() {
+            "no ConfigMap".to_owned()
+        } else {
+            let names: Vec<String> = config_maps.iter().map(ToString::to_string).collect();
+            format!("ConfigMap {}", names.join(", "))
+        };
+        report.errors.push(format!(
+            "no port map in the input: the gateway reads ConfigMap {}, and the input has {found}",
+            wanted.join(" and ")
+        ));
         return;
     }
-    for (protocol, name) in &port_maps {
-        let Some(Object::ConfigMap(cm)) = objects
-            .iter()
-            .find(|o| matches!(o, Object::ConfigMap(_)) && &o.name() == name)
-        else {
-            continue;
+    // References are checked when the input holds the backends' Services; the LoadBalancer
+    // Service in front of dermaga alone does not make it a list of Services.
+    let has_services = objects
+        .iter()
+        .any(|o| matches!(o, Object::Service(s) if !is_load_balancer(s)));
+    let load_balancers: Vec<(ObjectName, Service)> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Service(s) if is_load_balancer(s) => Some((o.name(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    for o in &objects {
+        if let Object::ConfigMap(cm) = o
+            && present.contains(&o.name())
+        {
+            report.entries += cm.data.as_ref().map_or(0, |d| d.len());
+        }
+    }
+    report.maps = present;
+
+    let mut index = Index::new(settings);
+    index.reset_all(objects);
+    let table = build(&index, None);
+    // The map's own problems first (in key order), then what they refer to.
+    let (own, references): (Vec<_>, Vec<_>) = table
+        .problems
+        .iter()
+        .partition(|p| matches!(p, ConfigProblem::Entry(_)));
+    for problem in own.into_iter().chain(references) {
+        match problem {
+            ConfigProblem::Entry(e) if e.affects_routing => report.errors.push(e.to_string()),
+            ConfigProblem::Entry(e) => report.warnings.push(e.to_string()),
+            ConfigProblem::MissingPortMap { .. } => report.warnings.push(problem.to_string()),
+            ConfigProblem::Unresolved { .. } if has_services => {
+                report.warnings.push(problem.to_string())
+            }
+            ConfigProblem::Unresolved { .. } => {}
+        }
+    }
+    report
+        .warnings
+        .extend(unexposed_ports(&table, &load_balancers));
+}
+
+fn is_load_balancer(service: &Service) -> bool {
+    service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+}
+
+/// Whether `service` sends traffic of `key`'s protocol to `key`'s port of its pods.
+fn exposes(service: &Service, key: RouteKey) -> bool {
+    let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
+    ports.into_iter().flatten().any(|p| {
+        let target = match &p.target_port {
+            None => p.port,
+            Some(IntOrString::Int(n)) => *n,
+            // A named container port: taken as the Service port's number.
+            Some(IntOrString::String(_)) => p.port,
         };
-        let data = cm.data.clone().unwrap_or_default();
-        let parsed = parse_port_map(name, &data, *protocol, &settings.reserved);
-        report.entries += data.len();
-        for e in &parsed.errors {
-            if e.affects_routing {
-                report.errors.push(e.to_string());
-            } else {
-                report.warnings.push(e.to_string());
-            }
-        }
-        report.maps.push(name.clone());
+        p.protocol.as_deref().unwrap_or("TCP") == key.protocol.as_k8s()
+            && target == i32::from(key.port.get())
+    })
+}
+
+/// One warning per mapped port that no LoadBalancer Service of the input exposes.
+fn unexposed_ports(table: &RouteTable, load_balancers: &[(ObjectName, Service)]) -> Vec<String> {
+    if load_balancers.is_empty() {
+        return Vec::new();
     }
-    if objects.iter().any(|o| matches!(o, Object::Service(_))) {
-        let mut index = Index::new(IndexSettings {
-            port_maps,
-            reserved: settings.reserved.clone(),
-        });
-        index.reset_all(objects);
-        for problem in build(&index, None).problems {
-            if let ConfigProblem::Unresolved { .. } = problem {
-                report.warnings.push(problem.to_string());
-            }
-        }
-    }
+    let names: Vec<String> = load_balancers.iter().map(|(n, _)| n.to_string()).collect();
+    table
+        .keys()
+        .filter(|key| !load_balancers.iter().any(|(_, s)| exposes(s, **key)))
+        .map(|key| {
+            format!(
+                "port {key} is mapped but not on the LoadBalancer Service {}: clients cannot reach it until it is added to the Service's ports (protocol {}, targetPort {})",
+                names.join(" or "),
+                key.protocol.as_k8s(),
+                key.port
+            )
+        })
+        .collect()
 }
 
 /// The `dermaga check` command: prints the report, returns the exit code.
-pub fn run(files: &[std::path::PathBuf], settings: &IndexSettings) -> std::process::ExitCode {
-    let report = check_files(files, settings);
+pub fn run(files: &[PathBuf], settings: &IndexSettings, max_bytes: u64) -> std::process::ExitCode {
+    let report = check_files(files, settings, max_bytes);
     for error in &report.errors {
         println!("error: {error}");
     }

@@ -83,6 +83,10 @@ pub enum ConnectFailure {
     timeout,
     /// EHOSTUNREACH / ENETUNREACH.
     unreachable,
+    /// Connected, then reset or closed by the endpoint before any byte moved either way (a
+    /// listener closed with the connection still in its accept queue): the connection is tried
+    /// on another endpoint.
+    closed_before_data,
     /// Anything else.
     other,
 }

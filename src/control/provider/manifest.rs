@@ -5,12 +5,36 @@
 //! ConfigMap keys written without quotes (`10000: "default/svc:10000"`) are read as strings, as
 //! kubectl does. Any object that cannot be read makes the whole text invalid, with an error that
 //! names the document and the object.
+//!
+//! The same object (kind, namespace and name) may appear only once: a second copy is an error
+//! naming both positions, never a silent choice of one copy. [`find_duplicate`] is that rule,
+//! used for one text here and for several files together by `dermaga check`.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use crate::control::index::Object;
+use crate::control::index::{Kind, Object};
+use crate::control::names::ObjectName;
+
+/// Where an object is in a text: its document, counted from 1 in file order (empty documents
+/// included), and its item, counted from 1, when it is in a `kind: List`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// 1-based document number.
+    pub document: usize,
+    /// 1-based item number inside a `kind: List` document.
+    pub item: Option<usize>,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.item {
+            None => write!(f, "document {}", self.document),
+            Some(item) => write!(f, "document {}, item {item}", self.document),
+        }
+    }
+}
 
 /// Why a manifest could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +59,18 @@ pub enum ManifestError {
         /// What does not fit.
         message: String,
     },
+    /// The same object twice.
+    #[error("{position}: {kind} {name} repeats {first}; an object may appear only once")]
+    Duplicate {
+        /// Where the second copy is.
+        position: Position,
+        /// Its kind.
+        kind: &'static str,
+        /// Its namespace and name.
+        name: ObjectName,
+        /// Where the first copy is.
+        first: Position,
+    },
     /// A document that is not a mapping with `kind`.
     #[error("document {document}: {message}")]
     Shape {
@@ -48,8 +84,10 @@ pub enum ManifestError {
 /// The objects found in a manifest, and how many documents of other kinds were skipped.
 #[derive(Debug, Default)]
 pub struct Manifest {
-    /// ConfigMaps, Services and EndpointSlices, in file order.
+    /// ConfigMaps, Services and EndpointSlices, in file order; each appears once.
     pub objects: Vec<Object>,
+    /// Where each object of `objects` is (same length, same order).
+    pub positions: Vec<Position>,
     /// Kinds that were present but are not used by dermaga.
     pub skipped: Vec<String>,
 }
@@ -65,16 +103,75 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, ManifestError> {
             continue;
         }
         let json = to_json(value).map_err(|message| ManifestError::Shape { document, message })?;
-        collect(json, document, &mut manifest)?;
+        collect(
+            json,
+            Position {
+                document,
+                item: None,
+            },
+            &mut manifest,
+        )?;
+    }
+    let copies = manifest
+        .objects
+        .iter()
+        .zip(&manifest.positions)
+        .map(|(o, p)| (o.kind(), o.name(), *p));
+    if let Some(d) = find_duplicate(copies) {
+        return Err(ManifestError::Duplicate {
+            position: d.second,
+            kind: d.kind.as_str(),
+            name: d.name,
+            first: d.first,
+        });
     }
     Ok(manifest)
 }
 
+/// Two copies of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateObject<P> {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Its namespace and name.
+    pub name: ObjectName,
+    /// Where it is first.
+    pub first: P,
+    /// Where it is again.
+    pub second: P,
+}
+
+/// The first object that appears twice in `objects` (kind, name, where), if any. This is the
+/// one duplicate rule of the file provider and of `dermaga check`.
+pub fn find_duplicate<P: Clone>(
+    objects: impl IntoIterator<Item = (Kind, ObjectName, P)>,
+) -> Option<DuplicateObject<P>> {
+    let mut seen: std::collections::HashMap<(Kind, ObjectName), P> =
+        std::collections::HashMap::new();
+    for (kind, name, position) in objects {
+        match seen.entry((kind, name.clone())) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                return Some(DuplicateObject {
+                    kind,
+                    name,
+                    first: first.get().clone(),
+                    second: position,
+                });
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+        }
+    }
+    None
+}
+
 fn collect(
     json: serde_json::Value,
-    document: usize,
+    position: Position,
     manifest: &mut Manifest,
 ) -> Result<(), ManifestError> {
+    let document = position.document;
     let kind = json
         .get("kind")
         .and_then(|k| k.as_str())
@@ -109,22 +206,29 @@ fn collect(
                 .and_then(|i| i.as_array())
                 .cloned()
                 .unwrap_or_default();
-            for item in items {
-                collect(item, document, manifest)?;
+            for (i, item) in items.into_iter().enumerate() {
+                let position = Position {
+                    document,
+                    item: Some(i + 1),
+                };
+                collect(item, position, manifest)?;
             }
         }
         ("v1", "ConfigMap") => {
             let cm: ConfigMap = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
             manifest.objects.push(Object::ConfigMap(cm));
+            manifest.positions.push(position);
         }
         ("v1", "Service") => {
             let svc: Service = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
             manifest.objects.push(Object::Service(svc));
+            manifest.positions.push(position);
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             let slice: EndpointSlice =
                 serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
             manifest.objects.push(Object::EndpointSlice(slice));
+            manifest.positions.push(position);
         }
         (_, "ConfigMap" | "Service" | "EndpointSlice") => {
             return Err(bad(format!(
@@ -212,5 +316,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn the_same_object_twice_is_an_error_naming_both_positions() {
+        let cm =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\n";
+        let e = parse_manifest(&format!("{cm}---\nkind: Other\n---\n{cm}"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "document 3: ConfigMap dermaga/tcp-services repeats document 1; an object may appear only once"
+        );
+        // Inside a List, items are named too; a missing namespace is `default`, as kubectl has it.
+        let e = parse_manifest(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: web}}\n- {apiVersion: v1, kind: Service, metadata: {name: web, namespace: default}}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "document 2, item 2: Service default/web repeats document 1; an object may appear only once"
+        );
     }
 }

@@ -242,10 +242,10 @@ async fn forward<K>(
         let Some(event) = next else { return };
         let change = match event {
             Ok(watcher::Event::Init) => Change::ListStart,
-            Ok(watcher::Event::InitApply(o)) => Change::Listed(wrap(o)),
+            Ok(watcher::Event::InitApply(o)) => Change::Listed(wrap(slim(o))),
             Ok(watcher::Event::InitDone) => Change::ListDone,
-            Ok(watcher::Event::Apply(o)) => Change::Applied(wrap(o)),
-            Ok(watcher::Event::Delete(o)) => Change::Deleted(wrap(o)),
+            Ok(watcher::Event::Apply(o)) => Change::Applied(wrap(slim(o))),
+            Ok(watcher::Event::Delete(o)) => Change::Deleted(wrap(slim(o))),
             // 410 Gone is the protocol's way to say "list again", which the watcher does at
             // once; not a failure.
             Err(watcher::Error::WatchError(status)) if status.code == 410 => Change::Expired,
@@ -272,6 +272,21 @@ async fn forward<K>(
         }
     }
 }
+
+/// Drops what a real API server adds to every object and dermaga never reads, before the object
+/// is kept: `metadata.managedFields` (server-side apply's field ownership, often larger than the
+/// object itself) and kubectl's `last-applied-configuration` annotation (a second copy of the
+/// object). client-go's informers do the same with a transform function.
+fn slim<K: kube::Resource>(mut o: K) -> K {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    o
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 async fn send(
     tx: &mpsc::Sender<Message>,
