@@ -63,6 +63,23 @@ impl Default for GatewayOptions {
     }
 }
 
+/// Removes the metric series of ports and endpoints that left the table, on every table
+/// published until `shutdown`.
+async fn prune_metrics(
+    metrics: Arc<Metrics>,
+    snapshot: Arc<Snapshot>,
+    shutdown: CancellationToken,
+) {
+    let mut changed = snapshot.subscribe();
+    loop {
+        metrics.retain(&snapshot.load());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = changed.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// Feed objects here.
@@ -121,6 +138,11 @@ impl Gateway {
         tokio::spawn(warnings.clone().run(warnings_stop.clone()));
         tokio::spawn(health::checker::run(
             health.clone(),
+            controller.snapshot().clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(prune_metrics(
+            metrics.clone(),
             controller.snapshot().clone(),
             shutdown.clone(),
         ));

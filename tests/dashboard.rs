@@ -44,6 +44,7 @@ fn exposed() -> BTreeSet<String> {
     );
     udp.flow_ended("idle_timeout");
     udp.dropped("max_flows");
+    m.udp_kernel_drops(ListenPort::new(1).unwrap()).inc();
     m.config_loaded(true, 0);
     let endpoint = "10.0.0.1:80".parse().unwrap();
     m.endpoint_ejection(endpoint, "pod default/web-0");

@@ -429,6 +429,93 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
     gw.shutdown().await;
 }
 
+/// The sample lines of the metrics now (every series; `process_*` included).
+fn series(gw: &Gateway) -> usize {
+    gw.metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count()
+}
+
+/// Issue 14: series of endpoints that left every route and of removed ports are removed, so
+/// their number returns to its baseline after 100 endpoints (each failing connects, ejected)
+/// and 10 ports came and went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_return_to_their_baseline_after_endpoints_and_ports_come_and_go() {
+    let web = Backend::start("127.0.8.1", "web").await;
+    let mut opts = options("127.1.8.1");
+    opts.health.base_ejection = Duration::from_secs(600);
+    opts.health.max_ejection = Duration::from_secs(600);
+    let gw = Gateway::start(Index::new(settings()), opts);
+    let base = configmap_yaml(&[("10000", "default/web:80")])
+        + &service_yaml("web", 80)
+        + &slices_yaml("web", &[(web.addr, true)]);
+    apply(&gw, &base);
+    let addr = gw.wait_bound(tcp(10000)).await;
+    exchange_with(addr, b"web\n").await;
+    let baseline = series(&gw);
+
+    let mut peak = 0;
+    for round in 0..10u16 {
+        let port = 20000 + round;
+        // Ten endpoints where nothing listens (port 9 on addresses no test binds).
+        let dead: Vec<(SocketAddr, bool)> = (0..10)
+            .map(|i| {
+                (
+                    format!("127.0.9.{}:9", round * 10 + i + 1).parse().unwrap(),
+                    true,
+                )
+            })
+            .collect();
+        let yaml = configmap_yaml(&[
+            ("10000", "default/web:80"),
+            (&port.to_string(), "default/churn:80"),
+        ]) + &service_yaml("web", 80)
+            + &slices_yaml("web", &[(web.addr, true)])
+            + &service_yaml("churn", 80)
+            + &slices_yaml("churn", &dead);
+        apply(&gw, &yaml);
+        let churn = gw.wait_bound(tcp(port)).await;
+        // Four connections of three attempts each reach every one of the ten.
+        // (The gateway resets each one, possibly before connect() has returned.)
+        for _ in 0..4 {
+            if let Ok(mut s) = TcpStream::connect(churn).await {
+                let _ = s.read(&mut [0u8; 1]).await;
+            }
+        }
+        let failures = |gw: &Gateway| {
+            metric(
+                gw,
+                "dermaga_upstream_connect_failures_total",
+                &[("port", &port.to_string())],
+            )
+        };
+        wait_until("12 failed connects", || failures(&gw) >= 12.0).await;
+        peak = peak.max(series(&gw));
+        apply(&gw, &base);
+        gw.wait_for_ports(|p| !p.contains_key(&tcp(port))).await;
+    }
+    wait_until("series back to the baseline", || series(&gw) == baseline).await;
+    eprintln!(
+        "series: baseline {baseline}, peak {peak}, after 100 endpoints and 10 ports came and went {}",
+        series(&gw)
+    );
+    assert!(
+        peak > baseline + 30,
+        "the churn made series: {peak} vs {baseline}"
+    );
+    assert_eq!(gw.health.known(), 0, "the health of the 100 is forgotten");
+    gw.shutdown().await;
+}
+
+async fn exchange_with(addr: SocketAddr, greeting: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut got = vec![0u8; greeting.len()];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, greeting);
+}
+
 /// `/routes` answers a page at a time: filtered by port or by the Services' namespace, at most
 /// `limit` routes (1,000 at most in any case) from `offset`, with `next_offset` while more match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

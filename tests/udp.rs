@@ -1,6 +1,7 @@
 //! UDP through real sockets: many clients with per-flow upstream sockets and round robin,
 //! large datagrams, TCP and UDP on the same port number, flow limit and idle expiry, flows
-//! moving when their endpoint leaves, and ICMP port-unreachable moving a flow elsewhere.
+//! moving when their endpoint leaves, and ICMP port-unreachable moving a flow elsewhere (its
+//! query re-sent, the endpoint ejected through the health registry TCP uses).
 
 mod support;
 
@@ -207,5 +208,132 @@ async fn port_unreachable_ends_the_flow_and_new_flows_skip_that_endpoint() {
             &[("reason", "upstream_refused")]
         ) >= 1.0
     );
+    gw.shutdown().await;
+}
+
+/// Issue 14: a dead endpoint (nothing listens on its port) among two, and 40 clients that each
+/// send one query from a fresh socket and wait 1 s for the answer, as DNS resolvers do. The
+/// ICMP port-unreachable is read as it arrives, the query goes on to the live endpoint, and
+/// after `--eject-after-failures` (3) refusals the dead one is ejected and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_loses_no_one_query_client_and_is_ejected() {
+    let live = udp_backend("127.0.7.2", "live").await;
+    // A port that was just free: nothing listens there once the socket is closed.
+    let dead = std::net::UdpSocket::bind("127.0.7.3:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut opts = options("127.1.7.1");
+    // Longer than any run of this test: exactly one ejection.
+    opts.health.base_ejection = Duration::from_secs(600);
+    opts.health.max_ejection = Duration::from_secs(600);
+    // The answered flows need not linger until idle at the end.
+    opts.shutdown_grace = Duration::from_millis(100);
+    let gw = start(&dns_yaml(&[live, dead]), opts);
+    let port = gw.wait_bound(udp_key(5353)).await;
+
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let query = format!("q{i}");
+                socket.send_to(query.as_bytes(), port).await.unwrap();
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await
+                {
+                    Ok(Ok((n, _))) => {
+                        assert_eq!(&buf[..n], format!("live:{query}").as_bytes());
+                        true
+                    }
+                    _ => false,
+                }
+            })
+        })
+        .collect();
+    let mut lost = 0;
+    for client in clients {
+        if !client.await.unwrap() {
+            lost += 1;
+        }
+    }
+    let text = gw.metrics.encode();
+    let refused = metric_in(
+        &text,
+        "dermaga_upstream_connect_failures_total",
+        &[("protocol", "UDP"), ("reason", "refused")],
+    );
+    let moved = metric_in(
+        &text,
+        "dermaga_upstream_retries_total",
+        &[("protocol", "UDP")],
+    );
+    eprintln!("one-query clients: {lost} of 40 lost; {refused} refusals, {moved} queries moved");
+    assert!(lost <= 2, "{lost} of 40 queries lost");
+    assert_eq!(
+        metric_in(
+            &text,
+            "dermaga_endpoint_ejections_total",
+            &[("endpoint", &dead.to_string()), ("protocol", "UDP")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(refused >= 3.0, "{refused}");
+    assert_eq!(
+        gw.health
+            .view(dermaga::data::health::HealthKey::udp(dead))
+            .state,
+        "ejected"
+    );
+    assert_eq!(
+        gw.health.view(live).state,
+        "healthy",
+        "the same address over TCP is another endpoint"
+    );
+    gw.shutdown().await;
+}
+
+/// Issue 14: datagrams the kernel drops at a port's socket (receive buffer full) are counted
+/// per port. The test runs on one thread and sends its burst with blocking calls, so the
+/// gateway's receive loop cannot run until the burst is over: whatever did not fit in the
+/// socket's receive buffer is dropped. The kernel reports its drop count on the next datagram
+/// received (the probe).
+#[tokio::test]
+async fn kernel_receive_drops_are_counted_per_port() {
+    let a = udp_backend("127.0.7.4", "a").await;
+    let mut opts = options("127.1.7.2");
+    opts.shutdown_grace = Duration::from_millis(100);
+    let gw = start(&dns_yaml(&[a]), opts);
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let burst = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    const BURST: u32 = 5000;
+    for _ in 0..BURST {
+        burst.send_to(&[0u8; 100], port).unwrap();
+    }
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut probes = 0;
+    let mut buf = [0u8; 64];
+    loop {
+        assert!(probes < 50, "the probe is never answered");
+        probe.send_to(b"probe", port).await.unwrap();
+        probes += 1;
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(200), probe.recv_from(&mut buf)).await
+            && &buf[..n] == b"a:probe"
+        {
+            break;
+        }
+    }
+    let text = gw.metrics.encode();
+    let drops = metric_in(&text, "dermaga_udp_kernel_drops_total", &[("port", "5353")]);
+    let received = metric_in(
+        &text,
+        "dermaga_udp_datagrams_received_total",
+        &[("port", "5353")],
+    );
+    let sent = f64::from(BURST + probes);
+    eprintln!("kernel drops: {sent} sent, {received} received, {drops} dropped by the kernel");
+    assert!(drops > 0.0, "{text}");
+    assert_eq!(drops, sent - received, "{text}");
     gw.shutdown().await;
 }

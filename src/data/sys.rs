@@ -1,5 +1,6 @@
-//! The one module that makes raw syscalls: pipes, `splice(2)`, and the reuseport steering
-//! program. Every `unsafe` block of the crate is here, each with its `// SAFETY:` note;
+//! The one module that makes raw syscalls: pipes, `splice(2)`, the reuseport steering
+//! program, `recvmsg(2)` with the kernel's receive-drop counter (`SO_RXQ_OVFL`), and
+//! `sysconf(3)` for the process metrics. Every `unsafe` block of the crate is here, each with its `// SAFETY:` note;
 //! everything it returns is safe to use.
 #![allow(unsafe_code)]
 
@@ -114,6 +115,133 @@ pub fn steer_reuseport_group(socket: BorrowedFd<'_>, index: u32) -> io::Result<(
     Ok(())
 }
 
+/// Makes the kernel attach its count of datagrams dropped at `socket` (receive buffer full,
+/// since the socket was created) to each datagram received after a drop (`SO_RXQ_OVFL`).
+pub fn count_receive_drops(socket: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is borrowed, hence open; the option takes an int, and the pointer
+    // and length passed are those of `on`, which lives until the call returns.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RXQ_OVFL,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One datagram received by [`recv_from_counting_drops`].
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Payload bytes written to the buffer.
+    pub len: usize,
+    /// Who sent it.
+    pub from: std::net::SocketAddr,
+    /// The socket's drop count when the datagram was queued, if the kernel attached one (it
+    /// does once a drop has happened, with [`count_receive_drops`] on).
+    pub drops: Option<u32>,
+}
+
+/// `recvfrom` that also reads the `SO_RXQ_OVFL` drop count (a control message). Non-blocking
+/// when the socket is; a datagram longer than `buf` is truncated, as with `recvfrom`.
+pub fn recv_from_counting_drops(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    // SAFETY: all-zero bytes are a valid `sockaddr_storage` (plain integers and arrays).
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one cmsghdr with a u32, aligned as cmsghdr requires (u64 words).
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut addr).cast();
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let n = loop {
+        // SAFETY: the descriptor is borrowed, hence open; every pointer in `msg` points to a
+        // live local (`addr`, `iov`, `control`) or into `buf`, with the lengths of those, and
+        // they outlive the call.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut msg, 0) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut drops = None;
+    // SAFETY: `msg` was filled by a successful recvmsg: its control pointer and length describe
+    // the control messages the kernel wrote into `control`, which the CMSG macros walk within
+    // those bounds; a SO_RXQ_OVFL message carries one u32, read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
+                drops = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<u32>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    let from = match libc::c_int::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the kernel wrote a `sockaddr_in`, which fits in the
+            // storage and needs no more alignment than it.
+            let a = unsafe { &*(&raw const addr).cast::<libc::sockaddr_in>() };
+            std::net::SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for `sockaddr_in6`.
+            let a = unsafe { &*(&raw const addr).cast::<libc::sockaddr_in6>() };
+            std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            ))
+        }
+        family => {
+            return Err(io::Error::other(format!(
+                "recvmsg returned address family {family}"
+            )));
+        }
+    };
+    Ok(Received {
+        len: n.min(buf.len()),
+        from,
+        drops,
+    })
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of CPU times in `/proc`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// The page size in bytes (`sysconf(_SC_PAGESIZE)`), the unit of memory sizes in `/proc`.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as u64 } else { 4096 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +294,31 @@ mod tests {
         let new = listen(addr);
         let _b = connect(20);
         assert_eq!((queued(&old), queued(&new)), (0, 20));
+    }
+
+    #[test]
+    fn receive_drops_are_counted_on_the_next_datagram() {
+        let rx = std::net::UdpSocket::bind("127.1.7.20:0").unwrap();
+        socket2::SockRef::from(&rx)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        count_receive_drops(rx.as_fd()).unwrap();
+        let tx = std::net::UdpSocket::bind("127.1.7.21:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[1u8; 512], to).unwrap();
+        }
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut taken = 0u32;
+        while let Ok(r) = recv_from_counting_drops(rx.as_fd(), &mut buf) {
+            assert_eq!((r.len, r.from), (512, tx.local_addr().unwrap()));
+            assert_eq!(r.drops, None, "queued before any drop");
+            taken += 1;
+        }
+        tx.send_to(b"after", to).unwrap();
+        let r = recv_from_counting_drops(rx.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..r.len], b"after");
+        assert_eq!(r.drops, Some(200 - taken), "{taken} of 200 taken");
     }
 }

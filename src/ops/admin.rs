@@ -20,10 +20,9 @@ use axum::routing::get;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::names::Protocol;
 use crate::control::snapshot::Snapshot;
 use crate::control::table::{Endpoint, Selection};
-use crate::data::health::{HealthRegistry, HealthView};
+use crate::data::health::{HealthKey, HealthRegistry, HealthView};
 use crate::data::listener::{ListenerStatus, PortState};
 use crate::data::pipes::PipePool;
 use crate::ops::metrics::Metrics;
@@ -184,9 +183,8 @@ struct EndpointView {
     endpoint: Endpoint,
     /// Takes new connections (by its EndpointSlice conditions).
     active: bool,
-    /// Passive and active health (TCP routes).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    health: Option<HealthView>,
+    /// Passive health (TCP and UDP) and active checks (TCP routes).
+    health: HealthView,
 }
 
 /// `/routes` query: which routes, and how many.
@@ -275,8 +273,10 @@ async fn routes(
                     .map(|e| EndpointView {
                         endpoint: e.clone(),
                         active: active.contains(&e.addr),
-                        health: (route.key.protocol == Protocol::Tcp)
-                            .then(|| state.health.view(e.addr)),
+                        health: state.health.view(HealthKey {
+                            addr: e.addr,
+                            protocol: route.key.protocol,
+                        }),
                     })
                     .collect(),
             }

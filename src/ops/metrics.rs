@@ -1,13 +1,19 @@
-//! Prometheus metrics, prefix `dermaga_`, served at `/metrics`.
+//! Prometheus metrics, prefix `dermaga_`, served at `/metrics`, and the process metrics of
+//! the Prometheus client libraries (`process_*`, read from `/proc/self` when scraped).
 //!
 //! Per-port families carry `port`, `protocol`, `namespace`, `service`; upstream connect failures
 //! add `endpoint` and `pod`, whose cardinality is bounded by the endpoint count. The data path
 //! gets one [`PortMetrics`] per connection from a small cache (one read lock, one hash of the
 //! route key), then only touches atomics.
+//!
+//! Series stay bounded under churn: [`Metrics::retain`], run on every published table, removes
+//! the series of ports that left the table (or whose Service changed) and the connect-failure
+//! series of endpoints that left every route; the health registry removes its own endpoint
+//! series. A connection still draining on a removed port updates handles no longer exported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
@@ -20,7 +26,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::control::names::{ObjectName, RouteKey};
+use crate::control::names::{ListenPort, ObjectName, Protocol, RouteKey};
+use crate::control::table::RouteTable;
+use crate::data::health::HealthKey;
 
 /// Labels of every per-port family.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,7 +135,23 @@ struct EndpointLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EjectionLabels {
     endpoint: String,
+    protocol: &'static str,
     pod: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointProtocolLabels {
+    endpoint: String,
+    protocol: &'static str,
+}
+
+impl EndpointProtocolLabels {
+    fn of(key: HealthKey) -> Self {
+        Self {
+            endpoint: key.addr.to_string(),
+            protocol: key.protocol.as_k8s(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,7 +164,7 @@ struct CheckLabels {
 #[derive(Debug, Default)]
 struct HealthFamilies {
     ejections: Family<EjectionLabels, Counter>,
-    ejected: Family<EndpointLabels, Gauge>,
+    ejected: Family<EndpointProtocolLabels, Gauge>,
     check_unhealthy: Family<EndpointLabels, Gauge>,
     checks: Family<CheckLabels, Counter>,
     all_unhealthy: Family<PortLabels, Counter>,
@@ -254,6 +278,8 @@ pub struct PortMetrics {
     pub idle_timeouts: Counter,
     refused: [Counter; 5],
     failures: Family<FailureLabels, Counter>,
+    /// Every failure series created, so that those of departed endpoints can be removed.
+    failure_series: Arc<Mutex<HashSet<FailureLabels>>>,
     /// Connections that found every endpoint unhealthy and tried them all.
     pub all_endpoints_unhealthy: Counter,
 }
@@ -283,14 +309,17 @@ impl PortMetrics {
         pod: Option<&str>,
         reason: ConnectFailure,
     ) {
-        self.failures
-            .get_or_create(&FailureLabels {
-                port: self.labels.clone(),
-                endpoint: endpoint.to_string(),
-                pod: pod.unwrap_or("").to_owned(),
-                reason,
-            })
-            .inc();
+        let labels = FailureLabels {
+            port: self.labels.clone(),
+            endpoint: endpoint.to_string(),
+            pod: pod.unwrap_or("").to_owned(),
+            reason,
+        };
+        self.failures.get_or_create(&labels).inc();
+        self.failure_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(labels);
     }
 }
 
@@ -367,6 +396,137 @@ pub struct Metrics {
     udp_sent: Family<PortLabels, Counter>,
     udp_ended: Family<ReasonLabels, Counter>,
     udp_dropped: Family<ReasonLabels, Counter>,
+    udp_kernel_drops: Family<KernelDropLabels, Counter>,
+    /// UDP ports with a kernel-drops series.
+    kernel_drop_ports: Mutex<HashSet<u16>>,
+    failure_series: Arc<Mutex<HashSet<FailureLabels>>>,
+    /// Every set of port labels a series was created with.
+    port_series: Mutex<HashSet<PortLabels>>,
+    /// `process_*`, without the `dermaga_` prefix.
+    process: Registry,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KernelDropLabels {
+    port: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The `udp_flows_ended` reasons, for removing a port's series.
+const FLOW_END_REASONS: [&str; 5] = [
+    "idle_timeout",
+    "endpoint_gone",
+    "upstream_refused",
+    "backend_error",
+    "drained",
+];
+
+/// The `udp_datagrams_dropped` reasons, for removing a port's series.
+const DROP_REASONS: [&str; 5] = [
+    "max_flows",
+    "no_endpoints",
+    "upstream_busy",
+    "upstream_socket",
+    "shutting_down",
+];
+
+const REFUSE_REASONS: [RefuseReason; 5] = [
+    RefuseReason::no_endpoints,
+    RefuseReason::proxy_header,
+    RefuseReason::upstream_unavailable,
+    RefuseReason::max_connections,
+    RefuseReason::out_of_descriptors,
+];
+
+/// The process metrics of the Prometheus client libraries, from `/proc/self` at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// CPU seconds, resident bytes and start time (seconds since the epoch) from `/proc/self/stat`.
+fn process_stat() -> Option<(f64, f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let ticks = crate::data::sys::clock_ticks_per_second() as f64;
+    let cpu = (field(14)? + field(15)?) as f64 / ticks;
+    let rss = (field(24)? * crate::data::sys::page_size()) as f64;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+    let start = boot as f64 + field(22)? as f64 / ticks;
+    Some((cpu, rss, start))
+}
+
+/// The soft limit on open descriptors, from `/proc/self/limits`.
+fn max_fds() -> Option<f64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    Some(soft.parse::<u64>().map_or(f64::INFINITY, |n| n as f64))
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some((cpu, rss, start)) = process_stat() {
+            encoder_gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                rss,
+            )?;
+            encoder_gauge(
+                &mut encoder,
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                start,
+            )?;
+            let c = prometheus_client::metrics::counter::ConstCounter::new(cpu);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            // The directory's own descriptor is listed too.
+            let open = dir.count().saturating_sub(1);
+            encoder_gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors",
+                open as f64,
+            )?;
+        }
+        if let Some(max) = max_fds() {
+            encoder_gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                max,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn encoder_gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
 fn duration_histogram() -> Histogram {
@@ -551,9 +711,28 @@ impl Metrics {
             "Client datagrams dropped, by reason (max_flows, no_endpoints, upstream_busy, upstream_socket, shutting_down)",
             udp_dropped.clone(),
         );
+        let udp_kernel_drops = Family::<KernelDropLabels, Counter>::default();
+        registry.register(
+            "udp_kernel_drops",
+            "Datagrams the kernel dropped at a UDP port's socket because its receive buffer was full (SO_RXQ_OVFL), per port; learnt with the next datagram received after the drops",
+            udp_kernel_drops.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the labels say which build of dermaga runs",
+            build_info,
+        );
         let health = HealthFamilies::default();
         health.register(&mut registry);
         registry.register_collector(Box::new(live.clone()));
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
             global,
@@ -579,6 +758,142 @@ impl Metrics {
             udp_sent,
             udp_ended,
             udp_dropped,
+            udp_kernel_drops,
+            kernel_drop_ports: Mutex::default(),
+            failure_series: Arc::default(),
+            port_series: Mutex::default(),
+            process,
+        }
+    }
+
+    /// The counter of kernel receive drops at UDP port `port`.
+    pub fn udp_kernel_drops(&self, port: ListenPort) -> Counter {
+        self.kernel_drop_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port.get());
+        self.udp_kernel_drops
+            .get_or_create(&KernelDropLabels { port: port.get() })
+            .clone()
+    }
+
+    fn note_port_series(&self, labels: &PortLabels) {
+        let mut known = self.port_series.lock().unwrap_or_else(|p| p.into_inner());
+        if !known.contains(labels) {
+            known.insert(labels.clone());
+        }
+    }
+
+    /// Removes the series of what `table` no longer has: ports (and a port's series under a
+    /// Service it no longer maps to; those with empty Service labels stay while the port
+    /// does), and connect failures of endpoints that are in no route of their port.
+    pub fn retain(&self, table: &RouteTable) {
+        let routes: HashMap<(u16, &'static str), (&str, &str)> = table
+            .routes()
+            .map(|r| {
+                (
+                    (r.key.port.get(), r.key.protocol.as_k8s()),
+                    (
+                        r.spec.service.namespace.as_str(),
+                        r.spec.service.name.as_str(),
+                    ),
+                )
+            })
+            .collect();
+        let keep = |l: &PortLabels| match routes.get(&(l.port, l.protocol)) {
+            None => false,
+            Some(&(ns, name)) => {
+                (l.namespace == ns && l.service == name)
+                    || (l.namespace.is_empty() && l.service.is_empty())
+            }
+        };
+        let gone: Vec<PortLabels> = {
+            let mut known = self.port_series.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = known.iter().filter(|l| !keep(l)).cloned().collect();
+            known.retain(|l| keep(l));
+            gone
+        };
+        for labels in &gone {
+            self.forget_port(labels);
+        }
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, (service, _)| table.get(key).is_some_and(|r| &r.spec.service == service));
+        let endpoints: HashSet<(u16, &'static str, String)> = table
+            .routes()
+            .flat_map(|r| {
+                r.endpoints.iter().map(move |e| {
+                    (
+                        r.key.port.get(),
+                        r.key.protocol.as_k8s(),
+                        e.addr.to_string(),
+                    )
+                })
+            })
+            .collect();
+        let mut failures = self
+            .failure_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failures.retain(|l| {
+            let keep = keep(&l.port)
+                && endpoints.contains(&(l.port.port, l.port.protocol, l.endpoint.clone()));
+            if !keep {
+                self.failures.remove(l);
+            }
+            keep
+        });
+        let udp_ports: HashSet<u16> = table
+            .routes()
+            .filter(|r| r.key.protocol == Protocol::Udp)
+            .map(|r| r.key.port.get())
+            .collect();
+        self.kernel_drop_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|port| {
+                let keep = udp_ports.contains(port);
+                if !keep {
+                    self.udp_kernel_drops
+                        .remove(&KernelDropLabels { port: *port });
+                }
+                keep
+            });
+    }
+
+    /// Removes every series with the port labels `labels`.
+    fn forget_port(&self, labels: &PortLabels) {
+        self.accepted.remove(labels);
+        self.active.remove(labels);
+        self.bytes_received.remove(labels);
+        self.bytes_sent.remove(labels);
+        self.attempts.remove(labels);
+        self.retries.remove(labels);
+        self.duration.remove(labels);
+        self.idle_timeouts.remove(labels);
+        self.health.all_unhealthy.remove(labels);
+        for reason in REFUSE_REASONS {
+            self.refused.remove(&RefusedLabels {
+                port: labels.clone(),
+                reason,
+            });
+        }
+        self.udp_created.remove(labels);
+        self.udp_active.remove(labels);
+        self.udp_received.remove(labels);
+        self.udp_sent.remove(labels);
+        for reason in FLOW_END_REASONS {
+            self.udp_ended.remove(&ReasonLabels {
+                port: labels.clone(),
+                reason,
+            });
+        }
+        for reason in DROP_REASONS {
+            self.udp_dropped.remove(&ReasonLabels {
+                port: labels.clone(),
+                reason,
+            });
         }
     }
 
@@ -594,6 +909,7 @@ impl Metrics {
             return pm.clone();
         }
         let labels = PortLabels::of(key, service);
+        self.note_port_series(&labels);
         let refused = |reason| {
             self.refused
                 .get_or_create(&RefusedLabels {
@@ -619,6 +935,7 @@ impl Metrics {
                 refused(RefuseReason::out_of_descriptors),
             ],
             failures: self.failures.clone(),
+            failure_series: self.failure_series.clone(),
             all_endpoints_unhealthy: self.health.all_unhealthy.get_or_create(&labels).clone(),
             labels,
         });
@@ -632,6 +949,7 @@ impl Metrics {
     /// The UDP handles of one route (looked up once per flow, not per datagram).
     pub fn udp(&self, key: RouteKey, service: &ObjectName) -> UdpMetrics {
         let labels = PortLabels::of(key, service);
+        self.note_port_series(&labels);
         UdpMetrics {
             flows_created: self.udp_created.get_or_create(&labels).clone(),
             flows_active: self.udp_active.get_or_create(&labels).clone(),
@@ -675,36 +993,49 @@ impl Metrics {
     }
 
     /// Counts an ejection of `endpoint`.
-    pub fn endpoint_ejection(&self, endpoint: std::net::SocketAddr, pod: &str) {
+    pub fn endpoint_ejection(&self, endpoint: impl Into<HealthKey>, pod: &str) {
+        let endpoint = endpoint.into();
         self.health
             .ejections
             .get_or_create(&EjectionLabels {
-                endpoint: endpoint.to_string(),
+                endpoint: endpoint.addr.to_string(),
+                protocol: endpoint.protocol.as_k8s(),
                 pod: pod.to_owned(),
             })
             .inc();
     }
 
     /// Removes the health series of an endpoint that left every route.
-    pub fn forget_endpoint(&self, endpoint: std::net::SocketAddr, pod: &str) {
-        let name = endpoint.to_string();
+    pub fn forget_endpoint(&self, endpoint: impl Into<HealthKey>, pod: &str) {
+        let endpoint = endpoint.into();
+        let name = endpoint.addr.to_string();
         self.health.ejections.remove(&EjectionLabels {
             endpoint: name.clone(),
+            protocol: endpoint.protocol.as_k8s(),
             pod: pod.to_owned(),
         });
-        for result in ["success", "failure"] {
-            self.health.checks.remove(&CheckLabels {
-                endpoint: name.clone(),
-                result,
-            });
+        self.health
+            .ejected
+            .remove(&EndpointProtocolLabels::of(endpoint));
+        if endpoint.protocol == crate::control::names::Protocol::Tcp {
+            for result in ["success", "failure"] {
+                self.health.checks.remove(&CheckLabels {
+                    endpoint: name.clone(),
+                    result,
+                });
+            }
+            set_flag(&self.health.check_unhealthy, endpoint.addr, false);
         }
-        set_flag(&self.health.ejected, endpoint, false);
-        set_flag(&self.health.check_unhealthy, endpoint, false);
     }
 
     /// Sets whether `endpoint` is ejected (the series is removed when it is not).
-    pub fn endpoint_ejected(&self, endpoint: std::net::SocketAddr, ejected: bool) {
-        set_flag(&self.health.ejected, endpoint, ejected);
+    pub fn endpoint_ejected(&self, endpoint: impl Into<HealthKey>, ejected: bool) {
+        let labels = EndpointProtocolLabels::of(endpoint.into());
+        if ejected {
+            self.health.ejected.get_or_create(&labels).set(1);
+        } else {
+            self.health.ejected.remove(&labels);
+        }
     }
 
     /// Sets whether active checks hold `endpoint` unhealthy (removed when not).
@@ -733,9 +1064,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
+        encode_registry(&mut out, &self.registry).expect("writing to a String");
+        encode_registry(&mut out, &self.process).expect("writing to a String");
+        encode_eof(&mut out).expect("writing to a String");
         out
     }
 }

@@ -2,8 +2,8 @@
 //! connect, then close) and reports to the [`HealthRegistry`]. Which endpoints are checked
 //! follows every published table: the TCP routes whose check interval (the port's
 //! `health-check-interval` option, else `--health-check-interval`) is set, and of those the
-//! endpoints that are ready or serving. The same task forgets the health of endpoints that
-//! left every route. UDP routes are not checked (a TCP probe says nothing about a UDP port).
+//! endpoints that are ready or serving. The same task forgets the health of endpoints (TCP and
+//! UDP) that left every route. UDP routes are not checked (a TCP probe says nothing about a UDP port).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::HealthRegistry;
+use super::{HealthKey, HealthRegistry};
 use crate::control::names::Protocol;
 use crate::control::snapshot::Snapshot;
 use crate::control::table::RouteTable;
@@ -62,11 +62,16 @@ fn wanted(table: &RouteTable, global: Option<Duration>) -> HashMap<SocketAddr, D
     wanted
 }
 
-fn tcp_endpoints(table: &RouteTable) -> HashSet<SocketAddr> {
+/// Every endpoint of every route, with its route's protocol: the health worth keeping.
+fn endpoints(table: &RouteTable) -> HashSet<HealthKey> {
     table
         .routes()
-        .filter(|r| r.key.protocol == Protocol::Tcp)
-        .flat_map(|r| r.endpoints.iter().map(|e| e.addr))
+        .flat_map(|r| {
+            r.endpoints.iter().map(|e| HealthKey {
+                addr: e.addr,
+                protocol: r.key.protocol,
+            })
+        })
         .collect()
 }
 
@@ -93,7 +98,7 @@ pub async fn run(
             keep
         });
         registry.set_checked(wanted.keys().copied().collect());
-        registry.retain(&tcp_endpoints(&table));
+        registry.retain(&endpoints(&table));
         for (addr, interval) in wanted {
             running.entry(addr).or_insert_with(|| {
                 let stop = shutdown.child_token();

@@ -1,11 +1,12 @@
-//! Endpoint health, shared by every TCP connection and kept across table rebuilds.
+//! Endpoint health, shared by every TCP connection and UDP flow and kept across table rebuilds.
 //!
 //! - **Passive** (always on unless `--eject-after 0`): an endpoint whose connects fail
 //!   (refused, reset, timed out, unreachable) `eject_after` times in a row is ejected: it takes
 //!   no new connections for a backoff that doubles with each ejection in a row (base, 2×base,
 //!   4×base, … up to the maximum). After the backoff it is on probation: the next connection may
 //!   try it; one more failure ejects it again for longer, a success (or a passing active check)
-//!   makes it healthy and resets the backoff.
+//!   makes it healthy and resets the backoff. On UDP, an ICMP port-unreachable answered to a
+//!   flow's datagram is such a failure, and a reply a success.
 //! - **Active** ([`checker`], opt-in): TCP connect probes on an interval; an endpoint failing
 //!   `unhealthy_threshold` probes in a row takes no new connections until it passes
 //!   `healthy_threshold` in a row. A passing probe also ends a passive ejection.
@@ -13,7 +14,8 @@
 //!   is ignored for that connection and every endpoint is tried: health never makes a port
 //!   refuse what its endpoints might still serve.
 //!
-//! State is keyed by endpoint address, so it survives table rebuilds for endpoints that stay;
+//! State is keyed by endpoint address and protocol ([`HealthKey`]: a pod's 53/TCP and 53/UDP are
+//! two listeners that fail apart), so it survives table rebuilds for endpoints that stay;
 //! [`HealthRegistry::retain`] forgets endpoints that left every route. The hot path costs one
 //! relaxed atomic load per connection while every endpoint is healthy.
 
@@ -25,7 +27,48 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::control::names::Protocol;
 use crate::ops::metrics::Metrics;
+
+/// An endpoint as health tracks it: its address and the protocol it serves there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HealthKey {
+    /// Where connections and flows go.
+    pub addr: SocketAddr,
+    /// The protocol of the routes that use it.
+    pub protocol: Protocol,
+}
+
+impl HealthKey {
+    /// A TCP endpoint.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// A UDP endpoint.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Udp,
+        }
+    }
+}
+
+/// An address alone is a TCP endpoint (active checks and the TCP path name endpoints so).
+impl From<SocketAddr> for HealthKey {
+    fn from(addr: SocketAddr) -> Self {
+        Self::tcp(addr)
+    }
+}
+
+impl std::fmt::Display for HealthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.protocol)
+    }
+}
 
 /// Health settings (flags).
 #[derive(Debug, Clone)]
@@ -125,7 +168,7 @@ pub struct HealthView {
 pub struct HealthRegistry {
     settings: HealthSettings,
     epoch: Instant,
-    endpoints: RwLock<HashMap<SocketAddr, Arc<EndpointHealth>>>,
+    endpoints: RwLock<HashMap<HealthKey, Arc<EndpointHealth>>>,
     /// Endpoints in trouble (failures in a row, ejected or on probation, failing checks): 0 lets
     /// connections skip every lookup. Each endpoint's transitions run under its own lock and
     /// count it in or out here, so it is never 0 while a known endpoint is in trouble.
@@ -158,7 +201,7 @@ impl HealthRegistry {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    fn get(&self, addr: &SocketAddr) -> Option<Arc<EndpointHealth>> {
+    fn get(&self, addr: &HealthKey) -> Option<Arc<EndpointHealth>> {
         self.endpoints
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -166,7 +209,7 @@ impl HealthRegistry {
             .cloned()
     }
 
-    fn entry(&self, addr: SocketAddr) -> Arc<EndpointHealth> {
+    fn entry(&self, addr: HealthKey) -> Arc<EndpointHealth> {
         if let Some(h) = self.get(&addr) {
             return h;
         }
@@ -184,10 +227,11 @@ impl HealthRegistry {
     }
 
     /// May `addr` take a new connection now (not ejected, not failing active checks)?
-    pub fn usable(&self, addr: SocketAddr) -> bool {
+    pub fn usable(&self, addr: impl Into<HealthKey>) -> bool {
         if self.all_healthy() {
             return true;
         }
+        let addr = addr.into();
         let Some(h) = self.get(&addr) else {
             return true;
         };
@@ -199,10 +243,11 @@ impl HealthRegistry {
     }
 
     /// Records a successful connect: the endpoint is healthy again.
-    pub fn connect_succeeded(&self, addr: SocketAddr) {
+    pub fn connect_succeeded(&self, addr: impl Into<HealthKey>) {
         if self.all_healthy() {
             return;
         }
+        let addr = addr.into();
         if let Some(h) = self.get(&addr)
             && h.in_trouble()
         {
@@ -229,19 +274,20 @@ impl HealthRegistry {
     }
 
     /// Ends failures in a row and any ejection (under `h.transition`).
-    fn clear_failures(&self, addr: SocketAddr, h: &EndpointHealth, why: &str) {
+    fn clear_failures(&self, addr: HealthKey, h: &EndpointHealth, why: &str) {
         h.consecutive_failures.store(0, Ordering::Relaxed);
         h.ejections.store(0, Ordering::Relaxed);
         if h.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
             let pod = h.pod.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            tracing::info!(endpoint = %addr, pod = pod.as_deref().unwrap_or("-"), "endpoint healthy again ({why}); it takes new connections");
+            tracing::info!(endpoint = %addr.addr, protocol = %addr.protocol, pod = pod.as_deref().unwrap_or("-"), "endpoint healthy again ({why}); it takes new connections");
             self.metrics.endpoint_ejected(addr, false);
         }
     }
 
     /// Records a failed connect (refused, reset, timed out, unreachable); may eject the
     /// endpoint. Returns true when this failure ejected it.
-    pub fn connect_failed(&self, addr: SocketAddr, pod: Option<&Arc<str>>) -> bool {
+    pub fn connect_failed(&self, addr: impl Into<HealthKey>, pod: Option<&Arc<str>>) -> bool {
+        let addr = addr.into();
         let h = self.entry(addr);
         if pod.is_some() {
             *h.pod.lock().unwrap_or_else(|p| p.into_inner()) = pod.cloned();
@@ -255,7 +301,7 @@ impl HealthRegistry {
 
     fn maybe_eject(
         &self,
-        addr: SocketAddr,
+        addr: HealthKey,
         h: &EndpointHealth,
         failures: u32,
         pod: Option<&Arc<str>>,
@@ -278,7 +324,8 @@ impl HealthRegistry {
         h.ejected_until_ms
             .store(now + backoff.as_millis() as u64, Ordering::Relaxed);
         tracing::warn!(
-            endpoint = %addr,
+            endpoint = %addr.addr,
+            protocol = %addr.protocol,
             pod = pod.map(|p| &**p).unwrap_or("-"),
             consecutive_failures = failures,
             ejection = ejections + 1,
@@ -293,6 +340,7 @@ impl HealthRegistry {
 
     /// Records one active probe's result (ignored for an endpoint no longer known).
     pub fn check_result(&self, addr: SocketAddr, result: Result<(), String>) {
+        let addr = HealthKey::tcp(addr);
         let Some(h) = self.get(&addr).or_else(|| self.checked(addr)) else {
             return;
         };
@@ -306,8 +354,8 @@ impl HealthRegistry {
                 if before == CheckState::Unhealthy && passes >= checks.healthy_threshold {
                     h.check.store(1, Ordering::Relaxed);
                     *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    tracing::info!(endpoint = %addr, passes, "active health check: endpoint healthy again");
-                    self.metrics.endpoint_check_unhealthy(addr, false);
+                    tracing::info!(endpoint = %addr.addr, passes, "active health check: endpoint healthy again");
+                    self.metrics.endpoint_check_unhealthy(addr.addr, false);
                 } else if before == CheckState::Unknown {
                     h.check.store(1, Ordering::Relaxed);
                 }
@@ -320,8 +368,8 @@ impl HealthRegistry {
                 let failures = h.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 if before != CheckState::Unhealthy && failures >= checks.unhealthy_threshold {
                     h.check.store(2, Ordering::Relaxed);
-                    tracing::warn!(endpoint = %addr, failures, error = %error, "active health check: endpoint unhealthy; it takes no new connections");
-                    self.metrics.endpoint_check_unhealthy(addr, true);
+                    tracing::warn!(endpoint = %addr.addr, failures, error = %error, "active health check: endpoint unhealthy; it takes no new connections");
+                    self.metrics.endpoint_check_unhealthy(addr.addr, true);
                 }
                 *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             }
@@ -330,18 +378,20 @@ impl HealthRegistry {
     }
 
     /// The entry of an endpoint that active checks probe (created on its first probe).
-    fn checked(&self, addr: SocketAddr) -> Option<Arc<EndpointHealth>> {
+    fn checked(&self, addr: HealthKey) -> Option<Arc<EndpointHealth>> {
         self.checked_addrs
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&addr)
+            .contains(&addr.addr)
             .then(|| self.entry(addr))
     }
 
     /// Active checks of `addr` stopped (its ports no longer ask for them): their verdict no
     /// longer holds it out.
     pub fn checks_stopped(&self, addr: SocketAddr) {
-        let Some(h) = self.get(&addr) else { return };
+        let Some(h) = self.get(&HealthKey::tcp(addr)) else {
+            return;
+        };
         let _transition = Self::lock(&h);
         if CheckState::from_u8(h.check.swap(0, Ordering::Relaxed)) == CheckState::Unhealthy {
             self.metrics.endpoint_check_unhealthy(addr, false);
@@ -361,8 +411,8 @@ impl HealthRegistry {
     }
 
     /// The health of `addr` for `/routes`.
-    pub fn view(&self, addr: SocketAddr) -> HealthView {
-        let Some(h) = self.get(&addr) else {
+    pub fn view(&self, addr: impl Into<HealthKey>) -> HealthView {
+        let Some(h) = self.get(&addr.into()) else {
             return HealthView {
                 state: "healthy",
                 consecutive_failures: 0,
@@ -402,7 +452,7 @@ impl HealthRegistry {
     }
 
     /// Forgets endpoints not in `keep` (they left every route), their metric series with them.
-    pub fn retain(&self, keep: &HashSet<SocketAddr>) {
+    pub fn retain(&self, keep: &HashSet<HealthKey>) {
         let mut map = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         map.retain(|addr, h| {
             if keep.contains(addr) {

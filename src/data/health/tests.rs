@@ -174,7 +174,7 @@ fn retain_forgets_endpoints_that_left_and_keeps_the_others() {
     r.check_result(addr(2), Err("x".into()));
     r.check_result(addr(2), Err("x".into()));
     assert_eq!(r.known(), 2);
-    r.retain(&HashSet::from([addr(1)]));
+    r.retain(&HashSet::from([HealthKey::tcp(addr(1))]));
     assert_eq!(r.known(), 1);
     assert!(
         !r.usable(addr(1)),

@@ -7,13 +7,45 @@
 //!   stays in the route's active set;
 //! - a flow whose endpoint left the set is ended and the datagram starts a new flow on another
 //!   endpoint (no black hole after a pod churn);
-//! - an endpoint that answered with ICMP port-unreachable is skipped for new flows for a while,
-//!   unless every candidate is skipped;
+//! - the last datagram a flow sent upstream is kept until a reply comes (up to
+//!   [`KEEP_UNANSWERED`] bytes, in a buffer the flow reuses), so that a flow whose endpoint
+//!   answers ICMP port-unreachable can move to another endpoint with it; which endpoint a new
+//!   flow takes, and whether an endpoint is ejected, is the shared health registry's business
+//!   (`crate::data::health`), not this table's;
 //! - a flow idle for the idle timeout expires; at most `max_flows` flows exist per port.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Largest datagram a flow keeps until it is answered (an Ethernet MTU's worth; DNS queries
+/// are far smaller). A larger one is not kept: if its endpoint refuses, it is lost and the
+/// client's retry goes elsewhere.
+pub const KEEP_UNANSWERED: usize = 1500;
+
+/// The last datagram a flow sent upstream, while no reply has come since.
+#[derive(Debug, Default)]
+pub struct Unanswered(Vec<u8>);
+
+impl Unanswered {
+    /// `payload` was sent: keep it (if small enough), replacing the previous one.
+    pub fn keep(&mut self, payload: &[u8]) {
+        self.0.clear();
+        if payload.len() <= KEEP_UNANSWERED {
+            self.0.extend_from_slice(payload);
+        }
+    }
+
+    /// A reply came: nothing is unanswered (the buffer is kept for the next datagram).
+    pub fn answered(&mut self) {
+        self.0.clear();
+    }
+
+    /// The unanswered datagram, if one is kept.
+    pub fn take(self) -> Option<Vec<u8>> {
+        (!self.0.is_empty()).then_some(self.0)
+    }
+}
 
 /// One flow.
 #[derive(Debug)]
@@ -22,6 +54,8 @@ pub struct Flow<H> {
     pub endpoint: SocketAddr,
     /// Last datagram either way.
     pub last_seen: Instant,
+    /// The last datagram sent upstream, while unanswered.
+    pub unanswered: Unanswered,
     /// The shell's resources for it.
     pub handle: H,
 }
@@ -43,22 +77,17 @@ pub enum Lookup<'a, H> {
 #[derive(Debug)]
 pub struct FlowTable<H> {
     flows: HashMap<SocketAddr, Flow<H>>,
-    skipped_until: HashMap<SocketAddr, Instant>,
     idle_timeout: Duration,
     max_flows: usize,
-    skip_for: Duration,
 }
 
 impl<H> FlowTable<H> {
     /// A table whose flows expire after `idle_timeout` and that holds at most `max_flows`.
-    /// Endpoints that refuse are skipped for `skip_for`.
-    pub fn new(idle_timeout: Duration, max_flows: usize, skip_for: Duration) -> Self {
+    pub fn new(idle_timeout: Duration, max_flows: usize) -> Self {
         Self {
             flows: HashMap::new(),
-            skipped_until: HashMap::new(),
             idle_timeout,
             max_flows,
-            skip_for,
         }
     }
 
@@ -72,11 +101,13 @@ impl<H> FlowTable<H> {
         self.flows.is_empty()
     }
 
-    /// Classifies a datagram from `client`; `active` says whether an endpoint is still in the
-    /// route's active set. An existing flow is touched.
+    /// Classifies a datagram (`payload`) from `client`; `active` says whether an endpoint is
+    /// still in the route's active set. An existing flow is touched and keeps the datagram as
+    /// its unanswered one.
     pub fn lookup(
         &mut self,
         client: SocketAddr,
+        payload: &[u8],
         now: Instant,
         active: impl Fn(SocketAddr) -> bool,
     ) -> Lookup<'_, H> {
@@ -94,49 +125,38 @@ impl<H> FlowTable<H> {
         }
         let flow = self.flows.get_mut(&client).expect("present");
         flow.last_seen = now;
+        flow.unanswered.keep(payload);
         Lookup::Existing(&flow.handle)
     }
 
-    /// Picks the endpoint for a new flow: the first candidate (in round-robin order) that is
-    /// not being skipped; if all are skipped, the first one.
-    pub fn choose(
+    /// Records a new flow that sends `payload` first.
+    pub fn insert(
         &mut self,
-        candidates: impl IntoIterator<Item = SocketAddr>,
+        client: SocketAddr,
+        endpoint: SocketAddr,
+        handle: H,
+        payload: &[u8],
         now: Instant,
-    ) -> Option<SocketAddr> {
-        self.skipped_until.retain(|_, until| *until > now);
-        let mut first = None;
-        for candidate in candidates {
-            if !self.skipped_until.contains_key(&candidate) {
-                return Some(candidate);
-            }
-            first.get_or_insert(candidate);
-        }
-        first
-    }
-
-    /// Records a new flow.
-    pub fn insert(&mut self, client: SocketAddr, endpoint: SocketAddr, handle: H, now: Instant) {
+    ) {
+        let mut unanswered = Unanswered::default();
+        unanswered.keep(payload);
         self.flows.insert(
             client,
             Flow {
                 endpoint,
                 last_seen: now,
+                unanswered,
                 handle,
             },
         );
     }
 
-    /// A reply went back to `client`: the flow is alive.
+    /// A reply went back to `client`: the flow is alive and its last datagram answered.
     pub fn touch(&mut self, client: SocketAddr, now: Instant) {
         if let Some(flow) = self.flows.get_mut(&client) {
             flow.last_seen = now;
+            flow.unanswered.answered();
         }
-    }
-
-    /// `endpoint` answered ICMP port-unreachable: skip it for new flows for a while.
-    pub fn refused(&mut self, endpoint: SocketAddr, now: Instant) {
-        self.skipped_until.insert(endpoint, now + self.skip_for);
     }
 
     /// The flow of `client`, if any.
@@ -184,16 +204,15 @@ mod tests {
     #[test]
     fn flows_stick_expire_when_idle_and_replies_keep_them_alive() {
         let t0 = Instant::now();
-        let mut t: FlowTable<u32> =
-            FlowTable::new(Duration::from_secs(30), 10, Duration::from_secs(5));
+        let mut t: FlowTable<u32> = FlowTable::new(Duration::from_secs(30), 10);
         assert!(matches!(
-            t.lookup(a("1.1.1.1:1"), t0, |_| true),
+            t.lookup(a("1.1.1.1:1"), b"q", t0, |_| true),
             Lookup::Create
         ));
-        t.insert(a("1.1.1.1:1"), a("10.0.0.1:53"), 7, t0);
-        t.insert(a("1.1.1.1:2"), a("10.0.0.2:53"), 8, t0);
+        t.insert(a("1.1.1.1:1"), a("10.0.0.1:53"), 7, b"q", t0);
+        t.insert(a("1.1.1.1:2"), a("10.0.0.2:53"), 8, b"q", t0);
         assert!(matches!(
-            t.lookup(a("1.1.1.1:1"), t0 + Duration::from_secs(10), |_| true),
+            t.lookup(a("1.1.1.1:1"), b"q", t0 + Duration::from_secs(10), |_| true),
             Lookup::Existing(7)
         ));
         t.touch(a("1.1.1.1:2"), t0 + Duration::from_secs(20));
@@ -213,21 +232,20 @@ mod tests {
     #[test]
     fn max_flows_refuses_new_clients_but_not_existing_ones() {
         let t0 = Instant::now();
-        let mut t: FlowTable<()> =
-            FlowTable::new(Duration::from_secs(30), 2, Duration::from_secs(5));
-        t.insert(a("1.1.1.1:1"), a("10.0.0.1:53"), (), t0);
-        t.insert(a("1.1.1.1:2"), a("10.0.0.1:53"), (), t0);
+        let mut t: FlowTable<()> = FlowTable::new(Duration::from_secs(30), 2);
+        t.insert(a("1.1.1.1:1"), a("10.0.0.1:53"), (), b"q", t0);
+        t.insert(a("1.1.1.1:2"), a("10.0.0.1:53"), (), b"q", t0);
         assert!(matches!(
-            t.lookup(a("1.1.1.1:3"), t0, |_| true),
+            t.lookup(a("1.1.1.1:3"), b"q", t0, |_| true),
             Lookup::Full
         ));
         assert!(matches!(
-            t.lookup(a("1.1.1.1:1"), t0, |_| true),
+            t.lookup(a("1.1.1.1:1"), b"q", t0, |_| true),
             Lookup::Existing(())
         ));
         t.expire(t0 + Duration::from_secs(31));
         assert!(matches!(
-            t.lookup(a("1.1.1.1:3"), t0, |_| true),
+            t.lookup(a("1.1.1.1:3"), b"q", t0, |_| true),
             Lookup::Create
         ));
     }
@@ -235,11 +253,10 @@ mod tests {
     #[test]
     fn a_flow_whose_endpoint_left_moves() {
         let t0 = Instant::now();
-        let mut t: FlowTable<u8> =
-            FlowTable::new(Duration::from_secs(30), 10, Duration::from_secs(5));
-        t.insert(a("1.1.1.1:1"), a("10.0.0.1:53"), 1, t0);
+        let mut t: FlowTable<u8> = FlowTable::new(Duration::from_secs(30), 10);
+        t.insert(a("1.1.1.1:1"), a("10.0.0.1:53"), 1, b"q", t0);
         let gone_endpoint = a("10.0.0.1:53");
-        match t.lookup(a("1.1.1.1:1"), t0, |e| e != gone_endpoint) {
+        match t.lookup(a("1.1.1.1:1"), b"q", t0, |e| e != gone_endpoint) {
             Lookup::Moved(old) => assert_eq!(old.endpoint, gone_endpoint),
             other => panic!("{other:?}"),
         }
@@ -247,23 +264,28 @@ mod tests {
     }
 
     #[test]
-    fn refused_endpoints_are_skipped_for_a_while_unless_all_are() {
+    fn the_last_datagram_is_kept_until_answered() {
         let t0 = Instant::now();
-        let mut t: FlowTable<()> =
-            FlowTable::new(Duration::from_secs(30), 10, Duration::from_secs(5));
-        let (e1, e2) = (a("10.0.0.1:53"), a("10.0.0.2:53"));
-        t.refused(e1, t0);
-        assert_eq!(t.choose([e1, e2], t0 + Duration::from_secs(1)), Some(e2));
+        let mut t: FlowTable<()> = FlowTable::new(Duration::from_secs(30), 10);
+        let c = a("1.1.1.1:1");
+        t.insert(c, a("10.0.0.1:53"), (), b"first", t0);
+        assert!(matches!(
+            t.lookup(c, b"second", t0, |_| true),
+            Lookup::Existing(())
+        ));
+        let flow = t.remove(c).unwrap();
+        assert_eq!(flow.unanswered.take().as_deref(), Some(&b"second"[..]));
+
+        t.insert(c, a("10.0.0.1:53"), (), b"query", t0);
+        t.touch(c, t0);
+        assert_eq!(t.remove(c).unwrap().unanswered.take(), None, "answered");
+
+        let big = vec![7u8; KEEP_UNANSWERED + 1];
+        t.insert(c, a("10.0.0.1:53"), (), &big, t0);
         assert_eq!(
-            t.choose([e1], t0 + Duration::from_secs(1)),
-            Some(e1),
-            "all skipped: try anyway"
+            t.remove(c).unwrap().unanswered.take(),
+            None,
+            "too big to keep"
         );
-        assert_eq!(
-            t.choose([e1, e2], t0 + Duration::from_secs(6)),
-            Some(e1),
-            "skip over"
-        );
-        assert_eq!(t.choose(std::iter::empty(), t0), None);
     }
 }

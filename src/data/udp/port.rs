@@ -3,12 +3,23 @@
 //! back to the client from the port's socket, and ends flows (idle, endpoint gone, ICMP
 //! port-unreachable, port removed) with metrics and one access-log record each.
 //!
+//! A dead endpoint (nothing listens on its port) answers a flow's datagram with ICMP
+//! port-unreachable, which Linux reports on the flow's connected socket as `ECONNREFUSED`.
+//! The reply task waits for errors as well as replies, so it learns of it as soon as the ICMP
+//! arrives, not at the flow's next datagram (a one-query client such as a DNS resolver sends
+//! none). The refusal counts as a failed connect of that endpoint in the health registry shared
+//! with TCP (ejected after `--eject-after-failures`), and the flow moves: its unanswered
+//! datagram is sent again on a new flow to another endpoint, up to `--connect-attempts`
+//! endpoints in all. New flows skip ejected endpoints as TCP connections do (the panic rule
+//! included); a reply counts as a successful connect.
+//!
 //! When the port stops accepting (`stop`) it ends every flow at once if `close` is cancelled
 //! too (a removed port). Otherwise (shutdown) it keeps its socket open and lingers: datagrams of
 //! open flows still go upstream and replies still come back, new clients' datagrams are dropped
 //! (`shutting_down`), and the task ends when the last flow has gone idle or at `close`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,9 +30,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::flows::{Flow, FlowTable, Lookup};
 use crate::control::names::{ObjectName, RouteKey};
+use crate::control::table::{Endpoint, Route};
+use crate::data::health::HealthKey;
+use crate::data::sys;
 use crate::data::tcp::{ConnContext, canonical};
 use crate::ops::access_log::{AccessRecord, CloseReason};
-use crate::ops::metrics::{PortMetrics, UdpMetrics};
+use crate::ops::metrics::{ConnectFailure, PortMetrics, UdpMetrics};
 
 /// UDP settings.
 #[derive(Debug, Clone)]
@@ -49,9 +63,6 @@ const RECEIVE_BUFFER: usize = 65_536;
 
 static NEXT_FLOW_ID: AtomicU64 = AtomicU64::new(1);
 
-/// How long an endpoint that answered ICMP port-unreachable is skipped for new flows.
-const SKIP_REFUSING: Duration = Duration::from_secs(5);
-
 /// One flow's resources; dropping it stops the reply task.
 #[derive(Debug)]
 pub struct FlowHandle {
@@ -59,6 +70,8 @@ pub struct FlowHandle {
     endpoint: SocketAddr,
     upstream: Arc<UdpSocket>,
     pod: Option<Arc<str>>,
+    /// Endpoints that refused this flow's datagram before it moved here.
+    tried: Vec<SocketAddr>,
     started: Instant,
     received: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
@@ -79,6 +92,8 @@ struct Shared {
     key: RouteKey,
     socket: Arc<UdpSocket>,
     table: Mutex<FlowTable<FlowHandle>>,
+    /// Cancelled when the port stops taking new flows.
+    stop: CancellationToken,
     /// When a datagram-path warning was last logged (rate limit: one per 10 s per port).
     last_warning: Mutex<Option<Instant>>,
 }
@@ -94,38 +109,83 @@ impl Shared {
         ok
     }
 
-    /// A flow's socket failed: ICMP port-unreachable (reported on receive or on send) skips the
-    /// endpoint for new flows for a while; either way the flow ends, if it is still the one
-    /// with `flow_id` (the client may already have a newer flow).
+    /// A flow's socket failed, if it is still the client's flow with `flow_id` (the client may
+    /// already have a newer one): the flow ends. ICMP port-unreachable (`ECONNREFUSED`, on
+    /// receive or on send) is a failed connect of the endpoint in the health registry, and the
+    /// flow's unanswered datagram, if it kept one, goes on a new flow to another endpoint.
     fn flow_failed(
-        &self,
+        self: &Arc<Self>,
         client: SocketAddr,
         endpoint: SocketAddr,
         flow_id: u64,
         err: std::io::Error,
     ) {
-        let refused = err.raw_os_error() == Some(libc::ECONNREFUSED);
         let flow = {
             let mut table = self.table();
-            if refused {
-                table.refused(endpoint, Instant::now());
-            }
             if table.get(client).is_some_and(|f| f.handle.id == flow_id) {
                 table.remove(client)
             } else {
                 None
             }
         };
-        let Some(flow) = flow else { return };
-        if refused && self.may_warn(Instant::now()) {
-            tracing::warn!(port = %self.key, endpoint = %endpoint, client = %client, "UDP endpoint answered port unreachable: its flows end and new flows skip it for a while (logged at most every 10s)");
+        let Some(mut flow) = flow else { return };
+        if err.raw_os_error() != Some(libc::ECONNREFUSED) {
+            self.end(
+                client,
+                flow,
+                CloseReason::BackendError,
+                Some(err.to_string()),
+            );
+            return;
         }
-        let close = if refused {
-            CloseReason::UpstreamRefused
-        } else {
-            CloseReason::BackendError
-        };
-        self.end(client, flow, close, Some(err.to_string()));
+        let pod = flow.handle.pod.clone();
+        flow.handle
+            .route
+            .connect_failed(endpoint, pod.as_deref(), ConnectFailure::refused);
+        self.ctx
+            .health
+            .connect_failed(HealthKey::udp(endpoint), pod.as_ref());
+        let unanswered = std::mem::take(&mut flow.unanswered).take();
+        let mut tried = std::mem::take(&mut flow.handle.tried);
+        tried.push(endpoint);
+        let attempts = self.ctx.settings.connect_attempts.max(1);
+        let retry = unanswered.filter(|_| tried.len() < attempts && !self.stop.is_cancelled());
+        if self.may_warn(Instant::now()) {
+            tracing::warn!(port = %self.key, endpoint = %endpoint, pod = pod.as_deref().unwrap_or("-"), client = %client, moved = retry.is_some(), "UDP endpoint answered port unreachable: the flow ends, its unanswered datagram goes to another endpoint (moved=true), and the endpoint counts a failed connect (logged at most every 10s)");
+        }
+        self.end(
+            client,
+            flow,
+            CloseReason::UpstreamRefused,
+            Some(err.to_string()),
+        );
+        let Some(datagram) = retry else { return };
+        let route = self.ctx.snapshot.load().get(&self.key).cloned();
+        if let Some(route) = route.filter(|r| r.active_count() > 0) {
+            start_flow(self, &route, client, &datagram, tried);
+        }
+    }
+
+    /// The endpoint for a new flow, in round-robin order: not one of `tried`, and not ejected
+    /// unless every candidate is (the panic rule, as for TCP).
+    fn choose<'r>(&self, route: &'r Route, tried: &[SocketAddr]) -> Option<&'r Endpoint> {
+        let health = &self.ctx.health;
+        let fresh = |e: &Endpoint| !tried.contains(&e.addr);
+        if health.all_healthy() {
+            return route.pick_order().find(|e| fresh(e));
+        }
+        let usable = |e: &Endpoint| fresh(e) && health.usable(HealthKey::udp(e.addr));
+        if route.active_endpoints().any(usable) {
+            return route.pick_order_usable(usable).find(|e| usable(e));
+        }
+        if tried.is_empty() {
+            self.ctx
+                .metrics
+                .port(self.key, &route.spec.service)
+                .all_endpoints_unhealthy
+                .inc();
+        }
+        route.pick_order().find(|e| fresh(e))
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, FlowTable<FlowHandle>> {
@@ -181,11 +241,8 @@ pub async fn serve_udp(
         ctx,
         key,
         socket: Arc::new(socket),
-        table: Mutex::new(FlowTable::new(
-            settings.idle_timeout,
-            settings.max_flows,
-            SKIP_REFUSING,
-        )),
+        table: Mutex::new(FlowTable::new(settings.idle_timeout, settings.max_flows)),
+        stop: stop.clone(),
         last_warning: Mutex::new(None),
     });
     let mut sweep = tokio::time::interval(
@@ -194,6 +251,13 @@ pub async fn serve_udp(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; RECEIVE_BUFFER];
     let mut lingering = false;
+    // The kernel's count of datagrams dropped at this socket (receive buffer full), attached
+    // to the next datagram received after drops; exported as its increase.
+    let kernel_drops = shared.ctx.metrics.udp_kernel_drops(key.port);
+    let mut drops_seen = 0u32;
+    if let Err(err) = sys::count_receive_drops(shared.socket.as_fd()) {
+        tracing::debug!(port = %key, error = %err, "SO_RXQ_OVFL refused; kernel drops not counted");
+    }
     loop {
         if !lingering && stop.is_cancelled() {
             lingering = true;
@@ -216,11 +280,20 @@ pub async fn serve_udp(
                 }
                 continue;
             }
-            r = shared.socket.recv_from(&mut buf) => r,
+            r = shared.socket.async_io(tokio::io::Interest::READABLE, || {
+                sys::recv_from_counting_drops(shared.socket.as_fd(), &mut buf)
+            }) => r,
         };
         match received {
-            Ok((n, client)) => {
-                on_datagram(&shared, &buf[..n], canonical(client), lingering).await;
+            Ok(received) => {
+                if let Some(drops) = received.drops
+                    && drops != drops_seen
+                {
+                    kernel_drops.inc_by(u64::from(drops.wrapping_sub(drops_seen)));
+                    drops_seen = drops;
+                }
+                let client = canonical(received.from);
+                on_datagram(&shared, &buf[..received.len], client, lingering);
             }
             Err(err) => tracing::debug!(port = %key, error = %err, "UDP receive failed"),
         }
@@ -232,7 +305,7 @@ pub async fn serve_udp(
 }
 
 /// Forwards a client datagram, on its flow or a new one (none when `lingering`).
-async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingering: bool) {
+fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingering: bool) {
     let now = Instant::now();
     let route = shared.ctx.snapshot.load().get(&shared.key).cloned();
     let active = |e: SocketAddr| {
@@ -242,7 +315,7 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, l
     };
     let existing = {
         let mut table = shared.table();
-        match table.lookup(client, now, active) {
+        match table.lookup(client, payload, now, active) {
             Lookup::Existing(h) => Some((
                 h.upstream.clone(),
                 h.received.clone(),
@@ -297,17 +370,24 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, l
             .dropped("no_endpoints");
         return;
     };
-    let endpoint = {
-        let mut table = shared.table();
-        table.choose(route.pick_order().map(|e| e.addr), now)
+    start_flow(shared, &route, client, payload, Vec::new());
+}
+
+/// Starts a flow of `client` on an endpoint of `route` other than `tried` (endpoints that
+/// refused this datagram already) and sends `payload` on it.
+fn start_flow(
+    shared: &Arc<Shared>,
+    route: &Route,
+    client: SocketAddr,
+    payload: &[u8],
+    tried: Vec<SocketAddr>,
+) {
+    let now = Instant::now();
+    let Some(chosen) = shared.choose(route, &tried) else {
+        return;
     };
-    let Some(endpoint) = endpoint else { return };
-    let pod = route
-        .endpoints
-        .iter()
-        .find(|e| e.addr == endpoint)
-        .and_then(|e| e.target.clone());
-    let upstream = match connect_upstream(endpoint).await {
+    let (endpoint, pod) = (chosen.addr, chosen.target.clone());
+    let upstream = match connect_upstream(endpoint) {
         Ok(s) => Arc::new(s),
         Err(err) => {
             if shared.may_warn(now) {
@@ -322,10 +402,15 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, l
         }
     };
     let route_metrics = shared.ctx.metrics.port(shared.key, &route.spec.service);
+    if !tried.is_empty() {
+        route_metrics.retries.inc();
+    }
     let udp = Arc::new(shared.ctx.metrics.udp(shared.key, &route.spec.service));
     udp.flows_created.inc();
     udp.flows_active.inc();
-    udp.datagrams_received.inc();
+    if tried.is_empty() {
+        udp.datagrams_received.inc();
+    }
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let id = NEXT_FLOW_ID.fetch_add(1, Ordering::Relaxed);
@@ -343,6 +428,7 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, l
         endpoint,
         upstream: upstream.clone(),
         pod,
+        tried,
         started: now,
         received: received.clone(),
         sent,
@@ -350,7 +436,9 @@ async fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, l
         route: route_metrics,
         udp: udp.clone(),
     };
-    shared.table().insert(client, endpoint, handle, now);
+    shared
+        .table()
+        .insert(client, endpoint, handle, payload, now);
     if let Err(err) = send_upstream(&upstream, payload, &received, &udp) {
         shared.flow_failed(client, endpoint, id, err);
     }
@@ -379,14 +467,17 @@ fn send_upstream(
     Ok(())
 }
 
-async fn connect_upstream(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
+/// A non-blocking UDP socket connected to `endpoint` (plain syscalls, no await: a refused
+/// flow moves from within its own reply task).
+fn connect_upstream(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = match endpoint.ip() {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(local).await?;
-    socket.connect(endpoint).await?;
-    Ok(socket)
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(endpoint)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
 }
 
 thread_local! {
@@ -404,11 +495,15 @@ async fn relay_replies(
     udp: Arc<UdpMetrics>,
     flow_id: u64,
 ) {
+    let mut answered = false;
     loop {
-        // `async_io` waits for readability (which an ICMP error also signals, as for `recv`)
-        // and clears it only when the closure reports WouldBlock.
+        // Waits for a reply or an error: an ICMP port-unreachable makes the socket report
+        // EPOLLERR (not EPOLLIN), which tokio passes on as ERROR readiness only, so READABLE
+        // alone would sleep through it until the flow's next datagram. The read then returns
+        // the pending error (ECONNREFUSED). `async_io` clears the readiness it woke on only
+        // when the closure reports WouldBlock.
         let relayed = upstream
-            .async_io(tokio::io::Interest::READABLE, || {
+            .async_io(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR, || {
                 REPLY_BUFFER.with_borrow_mut(|buf| {
                     // Plain syscalls on the non-blocking sockets: tokio's own `try_*` would
                     // consult readiness bits that an ICMP error (ERROR only) or a socket whose
@@ -428,7 +523,18 @@ async fn relay_replies(
             })
             .await;
         match relayed {
-            Ok(()) => shared.table().touch(client, Instant::now()),
+            Ok(()) => {
+                shared.table().touch(client, Instant::now());
+                // The flow's first reply is its successful connect (once: the health lookup
+                // is not on every reply while some endpoint is in trouble).
+                if !answered {
+                    answered = true;
+                    shared
+                        .ctx
+                        .health
+                        .connect_succeeded(HealthKey::udp(endpoint));
+                }
+            }
             Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(err) => {
                 // Ends this task's own flow (dropping it aborts this task: return at once).
