@@ -124,16 +124,29 @@ fn duration_or_off(s: &str) -> Result<Duration, String> {
 pub struct RunArgs {
     /// File provider: a YAML file of ConfigMaps, Services and EndpointSlices (multi-document or
     /// `kind: List`), reloaded when it changes. Without it, dermaga watches the Kubernetes API.
-    #[arg(long, global = true, env = "DERMAGA_CONFIG", value_name = "PATH")]
+    #[arg(
+        help_heading = "Configuration source",
+        long,
+        global = true,
+        env = "DERMAGA_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
 
     /// Kubeconfig for the Kubernetes API provider (without it: $KUBECONFIG, then
     /// ~/.kube/config, then the in-cluster service account).
-    #[arg(long, global = true, env = "DERMAGA_KUBECONFIG", value_name = "PATH")]
+    #[arg(
+        help_heading = "Configuration source",
+        long,
+        global = true,
+        env = "DERMAGA_KUBECONFIG",
+        value_name = "PATH"
+    )]
     pub kubeconfig: Option<PathBuf>,
 
     /// The TCP port map, NAMESPACE/NAME (same flag as ingress-nginx).
     #[arg(
+        help_heading = "Configuration source",
         long,
         global = true,
         env = "DERMAGA_TCP_SERVICES_CONFIGMAP",
@@ -145,6 +158,7 @@ pub struct RunArgs {
     /// The UDP port map, NAMESPACE/NAME (same flag as ingress-nginx). Without it, no UDP port
     /// is opened.
     #[arg(
+        help_heading = "Configuration source",
         long,
         global = true,
         env = "DERMAGA_UDP_SERVICES_CONFIGMAP",
@@ -153,12 +167,19 @@ pub struct RunArgs {
     pub udp_services_configmap: Option<ObjectName>,
 
     /// Address data ports are bound to (default: all addresses, IPv4 and IPv6).
-    #[arg(long, global = true, env = "DERMAGA_LISTEN_ADDRESS", value_name = "IP")]
+    #[arg(
+        help_heading = "Listening",
+        long,
+        global = true,
+        env = "DERMAGA_LISTEN_ADDRESS",
+        value_name = "IP"
+    )]
     pub listen_address: Option<IpAddr>,
 
     /// Address of the admin HTTP server (/healthz, /readyz, /metrics, /routes). Its port is
     /// reserved: no port-map entry may use it. Keep it out of the LoadBalancer Service's ports.
     #[arg(
+        help_heading = "Listening",
         long,
         global = true,
         env = "DERMAGA_ADMIN_ADDRESS",
@@ -169,6 +190,7 @@ pub struct RunArgs {
 
     /// Access log on stdout: one line per connection when it ends.
     #[arg(
+        help_heading = "Logs",
         long,
         global = true,
         env = "DERMAGA_ACCESS_LOG",
@@ -180,6 +202,7 @@ pub struct RunArgs {
     /// Access-log records that may wait to be written; beyond, records are dropped (and counted
     /// in dermaga_access_log_dropped_total) rather than slowing connections down.
     #[arg(
+        help_heading = "Logs",
         long,
         global = true,
         env = "DERMAGA_ACCESS_LOG_BUFFER",
@@ -190,33 +213,33 @@ pub struct RunArgs {
 
     /// How long the open connections of a port removed from the port map may run before they
     /// are closed (at shutdown, --shutdown-grace applies instead).
-    #[arg(long, global = true, env = "DERMAGA_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    #[arg(help_heading = "Shutdown and drain", long, global = true, env = "DERMAGA_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub drain_timeout: Duration,
 
     /// On SIGTERM, how long to keep accepting after /readyz turns 503, so load balancers and
     /// endpoint lists stop sending here before the listeners close (the built-in preStop sleep).
-    #[arg(long, global = true, env = "DERMAGA_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[arg(help_heading = "Shutdown and drain", long, global = true, env = "DERMAGA_SHUTDOWN_DELAY", value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub shutdown_delay: Duration,
 
     /// On SIGTERM, after --shutdown-delay: every port stops accepting, and open TCP connections
     /// and UDP flows may finish for this long; the rest are then closed and dermaga exits 0.
     /// terminationGracePeriodSeconds must exceed --shutdown-delay + this + 5s (access-log flush).
-    #[arg(long, global = true, env = "DERMAGA_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    #[arg(help_heading = "Shutdown and drain", long, global = true, env = "DERMAGA_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "60s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
     /// Bind data ports with SO_REUSEPORT so that a second dermaga can bind them while this one
     /// runs and take every new connection from it (restart handover on one host); false: a
     /// second process cannot bind them.
-    #[arg(long, global = true, env = "DERMAGA_REUSE_PORT", value_name = "BOOL", default_value = "true", num_args = 0..=1, require_equals = true, default_missing_value = "true", ignore_case = true, value_parser = boolean())]
+    #[arg(help_heading = "Listening", long, global = true, env = "DERMAGA_REUSE_PORT", value_name = "BOOL", default_value = "true", num_args = 0..=1, require_equals = true, default_missing_value = "true", ignore_case = true, value_parser = boolean())]
     pub reuse_port: bool,
 
     /// Time allowed for one connect to an endpoint.
-    #[arg(long, global = true, env = "DERMAGA_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub connect_timeout: Duration,
 
     /// Endpoints tried per connection at most, a different one each time (refused, reset and
     /// timed-out connects move on to the next).
-    #[arg(long, global = true, env = "DERMAGA_CONNECT_ATTEMPTS", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_CONNECT_ATTEMPTS", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub connect_attempts: u16,
 
     /// Passive health: an endpoint whose connects fail (refused, reset, timed out,
@@ -224,6 +247,7 @@ pub struct RunArgs {
     /// --ejection-time, doubling with each ejection in a row up to --max-ejection-time. 0: never.
     /// When every endpoint of a port is ejected, all are tried (health never empties a port).
     #[arg(
+        help_heading = "Endpoints: connects, retries and health",
         long,
         global = true,
         env = "DERMAGA_EJECT_AFTER_FAILURES",
@@ -233,44 +257,45 @@ pub struct RunArgs {
     pub eject_after_failures: u32,
 
     /// Length of an endpoint's first ejection.
-    #[arg(long, global = true, env = "DERMAGA_EJECTION_TIME", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_EJECTION_TIME", value_name = "DURATION", default_value = "10s", value_parser = positive_duration)]
     pub ejection_time: Duration,
 
     /// Longest ejection.
-    #[arg(long, global = true, env = "DERMAGA_MAX_EJECTION_TIME", value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_MAX_EJECTION_TIME", value_name = "DURATION", default_value = "5m", value_parser = positive_duration)]
     pub max_ejection_time: Duration,
 
     /// Active health checks for every TCP port: a TCP connect to each endpoint this often
     /// (0s: off, except on ports whose "<port>.health-check-interval" option sets one).
-    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_INTERVAL", value_name = "DURATION", default_value = "0s", value_parser = interval_or_off)]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_HEALTH_CHECK_INTERVAL", value_name = "DURATION", default_value = "0s", value_parser = interval_or_off)]
     pub health_check_interval: Duration,
 
     /// Time allowed for one health-check connect.
-    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = positive_duration)]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_HEALTH_CHECK_TIMEOUT", value_name = "DURATION", default_value = "2s", value_parser = positive_duration)]
     pub health_check_timeout: Duration,
 
     /// Passing checks in a row that make an unhealthy endpoint healthy again.
-    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_HEALTHY_THRESHOLD", value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_HEALTH_CHECK_HEALTHY_THRESHOLD", value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub health_check_healthy_threshold: u32,
 
     /// Failing checks in a row that make an endpoint unhealthy (no new connections).
-    #[arg(long, global = true, env = "DERMAGA_HEALTH_CHECK_UNHEALTHY_THRESHOLD", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_HEALTH_CHECK_UNHEALTHY_THRESHOLD", value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub health_check_unhealthy_threshold: u32,
 
     /// Time a client has to send its PROXY protocol header on ports that expect one.
-    #[arg(long, global = true, env = "DERMAGA_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    #[arg(help_heading = "Endpoints: connects, retries and health", long, global = true, env = "DERMAGA_PROXY_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     pub proxy_header_timeout: Duration,
 
     // Connection limits (issue #5).
     /// A TCP connection with no byte moving either way for this long is cut (both peers get a
     /// reset). 0s: never (the default). A port's "<port>.idle-timeout" option overrides it.
-    #[arg(long, global = true, env = "DERMAGA_IDLE_TIMEOUT", value_name = "DURATION", default_value = "0s", value_parser = duration_or_off)]
+    #[arg(help_heading = "Limits and timeouts", long, global = true, env = "DERMAGA_IDLE_TIMEOUT", value_name = "DURATION", default_value = "0s", value_parser = duration_or_off)]
     pub idle_timeout: Duration,
 
     /// TCP connections open at once in the whole process; beyond, new ones are reset at once
     /// (dermaga_connections_refused_total{reason="max_connections"}). 0: no limit (the default;
     /// the descriptor limit, ulimit -n, is then the ceiling: about two descriptors per connection).
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         global = true,
         env = "DERMAGA_MAX_CONNECTIONS",
@@ -282,6 +307,7 @@ pub struct RunArgs {
     /// TCP connections open at once on one port; beyond, new ones are reset at once. 0: no limit
     /// (the default). A port's "<port>.max-connections" option overrides it.
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         global = true,
         env = "DERMAGA_MAX_CONNECTIONS_PER_PORT",
@@ -292,7 +318,7 @@ pub struct RunArgs {
 
     /// Threads that run connections (0: one per CPU this process may use). With one, dermaga
     /// runs a single-threaded runtime: no work stealing, no wake-ups across threads.
-    #[arg(
+    #[arg(help_heading = "Listening", 
         long,
         global = true,
         env = "DERMAGA_WORKER_THREADS",
@@ -305,6 +331,7 @@ pub struct RunArgs {
     /// Pipes that may exist at once for zero-copy forwarding (two per connection); connections
     /// beyond that use a buffered copy. 0 disables splice.
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         global = true,
         env = "DERMAGA_MAX_PIPES",
@@ -314,26 +341,27 @@ pub struct RunArgs {
     pub max_pipes: usize,
 
     /// Capacity asked for each pipe, in bytes.
-    #[arg(long, global = true, env = "DERMAGA_PIPE_SIZE", value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(4096..=1048576))]
+    #[arg(help_heading = "Limits and timeouts", long, global = true, env = "DERMAGA_PIPE_SIZE", value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(4096..=1048576))]
     pub pipe_size: u32,
 
     /// How often the --config file is checked for changes.
-    #[arg(long, global = true, env = "DERMAGA_CONFIG_POLL_INTERVAL", value_name = "DURATION", default_value = "250ms", value_parser = positive_duration)]
+    #[arg(help_heading = "Configuration source", long, global = true, env = "DERMAGA_CONFIG_POLL_INTERVAL", value_name = "DURATION", default_value = "250ms", value_parser = positive_duration)]
     pub config_poll_interval: Duration,
 
     /// Largest --config file read (bytes; or with a unit: 512KiB, 16MiB, 1GiB); a larger one
     /// is refused before it is read (at start: exit 1; on reload: the last good configuration
     /// stays). Also the limit for each file of `dermaga check`.
-    #[arg(long, global = true, env = "DERMAGA_CONFIG_MAX_BYTES", value_name = "BYTES", default_value = "16MiB", value_parser = byte_size)]
+    #[arg(help_heading = "Configuration source", long, global = true, env = "DERMAGA_CONFIG_MAX_BYTES", value_name = "BYTES", default_value = "16MiB", value_parser = byte_size)]
     pub config_max_bytes: u64,
 
     /// A UDP flow with no datagram either way for this long ends (its upstream socket closes).
-    #[arg(long, global = true, env = "DERMAGA_UDP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
+    #[arg(help_heading = "Limits and timeouts", long, global = true, env = "DERMAGA_UDP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
     pub udp_idle_timeout: Duration,
 
     /// UDP flows per port at most; datagrams from new clients beyond that are dropped (and
     /// counted in dermaga_udp_datagrams_dropped_total{reason="max_flows"}).
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         global = true,
         env = "DERMAGA_UDP_MAX_FLOWS",
@@ -344,6 +372,7 @@ pub struct RunArgs {
 
     /// Log format (logs go to stderr; the access log goes to stdout).
     #[arg(
+        help_heading = "Logs",
         long,
         global = true,
         env = "DERMAGA_LOG_FORMAT",
@@ -355,6 +384,7 @@ pub struct RunArgs {
     /// Least severe level logged (RUST_LOG, when set, wins, and takes filters such as
     /// `info,dermaga::data=debug`).
     #[arg(
+        help_heading = "Logs",
         long,
         global = true,
         env = "DERMAGA_LOG_LEVEL",
