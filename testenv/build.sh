@@ -5,7 +5,8 @@
 #
 #   testenv/build.sh     build (or reuse); prints kube-apiserver=PATH, etcd=PATH, kubectl=PATH
 #
-# Environment: DERMAGA_TESTENV_CACHE (default ~/.cache/dermaga-testenv). Needs Go >= 1.26 and the
+# Environment: TESTENV_CACHE (default ~/.cache/dermaga-testenv; not DERMAGA_..., a prefix the
+# gateway's flags read from the environment, which tests/deploy.rs refuses to see set). Needs Go >= 1.26 and the
 # Go module proxy; when either is missing it says which and exits 1 (it never skips).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,7 +18,7 @@ module_version() { # go.mod module
 KUBE_VERSION=$(module_version "$here/kube-apiserver/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(module_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
 [[ $KUBE_VERSION == v1.* && $ETCD_VERSION == v3.* ]] || { echo "testenv: cannot read the versions from the go.mod files ($KUBE_VERSION, $ETCD_VERSION)" >&2; exit 1; }
-cache="${DERMAGA_TESTENV_CACHE:-$HOME/.cache/dermaga-testenv}"
+cache="${TESTENV_CACHE:-$HOME/.cache/dermaga-testenv}"
 apiserver="$cache/kube-apiserver-$KUBE_VERSION"
 kubectl="$cache/kubectl-$KUBE_VERSION"
 etcd="$cache/etcd-$ETCD_VERSION"
