@@ -48,6 +48,12 @@ impl RunArgs {
                 self.admin_address
             ),
         );
+        if let Some(health) = self.health_address {
+            reserved.reserve(
+                health.port(),
+                format!("the probes are served there (--health-address {health})"),
+            );
+        }
         let mut port_maps = vec![(Protocol::Tcp, self.tcp_services_configmap.clone())];
         if let Some(udp) = &self.udp_services_configmap {
             port_maps.push((Protocol::Udp, udp.clone()));
@@ -167,11 +173,23 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
             )
         })?;
     let admin_address = admin_listener.local_addr()?;
+    let health_listener =
+        match args.health_address {
+            None => None,
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
+                || format!("the probes cannot be served on --health-address {address}"),
+            )?),
+        };
+    let health_address = match &health_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
     // SIGTERM first makes /readyz fail (draining), then, after --shutdown-delay, closes the
     // listeners (shutdown) and drains; load balancers stop sending in between.
     let admin_stop = CancellationToken::new();
     let admin = admin::spawn_thread(
         admin_listener.into_std()?,
+        health_listener.map(|l| l.into_std()).transpose()?,
         AdminState {
             snapshot: gateway.controller.snapshot().clone(),
             status: gateway.status(),
@@ -184,6 +202,9 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     )
     .context("starting the admin server's thread")?;
     tracing::info!(address = %admin_address, "admin server listening (/healthz /readyz /metrics /routes)");
+    if let Some(address) = health_address {
+        tracing::info!(%address, "probes listening (/healthz /readyz)");
+    }
 
     let controller = Arc::clone(&gateway.controller);
     let watcher = match provider {

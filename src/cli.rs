@@ -188,6 +188,19 @@ pub struct RunArgs {
     )]
     pub admin_address: SocketAddr,
 
+    /// A second address that serves only /healthz and /readyz, for the kubelet's probes, so that
+    /// the admin address (which shows every Service, pod name and IP on /routes) can be closed
+    /// to all but the metrics scrapers. Its port is reserved like the admin port. Default: none
+    /// (the probes use the admin address, which always serves them too).
+    #[arg(
+        help_heading = "Listening",
+        long,
+        global = true,
+        env = "DERMAGA_HEALTH_ADDRESS",
+        value_name = "ADDR:PORT"
+    )]
+    pub health_address: Option<SocketAddr>,
+
     /// Access log on stdout: one line per connection when it ends.
     #[arg(
         help_heading = "Logs",

@@ -539,6 +539,161 @@ async fn unread_stdout_and_stderr_never_stop_forwarding_health_or_shutdown() {
     );
 }
 
+/// CPU time (user + system, in clock ticks) of the threads of `pid` that run connections: all
+/// but the admin server's and the two log writers'.
+fn data_plane_ticks(pid: u32) -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... : the fields after the closing parenthesis, utime and stime
+        // being the 12th and 13th of them.
+        let (comm, rest) = stat.split_once(") ").unwrap();
+        let comm = comm.split_once(" (").unwrap().1;
+        if ["dermaga-admin", "log-writer", "access-log"].contains(&comm) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    ticks
+}
+
+/// A backend that sends zeros as fast as its peer reads, until the peer goes away.
+async fn firehose(ip: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let block = vec![0u8; 256 * 1024];
+                while s.write_all(&block).await.is_ok() {}
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Issue 14: `--health-address` serves the probes alone (every other path 404, the admin
+/// address keeps all of its paths), and both answer at once while the data plane's only thread
+/// is saturated by bulk transfers: the admin thread is not theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_on_their_own_address_answer_while_the_data_plane_is_saturated() {
+    let listen = "127.1.15.1";
+    let (source, _source) = firehose("127.1.15.2").await;
+    let yaml = configmap_yaml(&[("10000", "default/bulk:80")])
+        + &service_yaml("bulk", 80)
+        + &slices_yaml("bulk", &[(source, true)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dermaga.yaml");
+    write_config(&config, &yaml);
+    let mut d = Dermaga::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--listen-address",
+        listen,
+        "--admin-address",
+        &format!("{listen}:0"),
+        "--health-address",
+        "127.1.15.3:0",
+        "--worker-threads",
+        "1",
+        "--shutdown-delay",
+        "0s",
+        "--shutdown-grace",
+        "1s",
+    ]);
+    let admin = d.admin_address();
+    let probes = d.logged_address("probes listening");
+    wait_ready(probes).await;
+    for path in ["/metrics", "/routes"] {
+        assert_eq!(
+            http_get(probes, path).await.0,
+            404,
+            "{path} on the probes' address"
+        );
+        assert_eq!(
+            http_get(admin, path).await.0,
+            200,
+            "{path} on the admin address"
+        );
+    }
+    assert_eq!(http_get(admin, "/healthz").await.0, 200);
+
+    // Eight bulk downloads through the gateway, read and thrown away as fast as possible.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let gateway: SocketAddr = format!("{listen}:10000").parse().unwrap();
+    let mut downloads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let stop = stop.clone();
+        let mut s = TcpStream::connect(gateway).await.unwrap();
+        downloads.spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut moved = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return moved,
+                    n = s.read(&mut buf) => match n {
+                        Ok(n) if n > 0 => moved += n as u64,
+                        _ => return moved,
+                    },
+                }
+            }
+        });
+    }
+    // Wait until the bytes flow, then probe as the kubelet does (deploy/base: timeoutSeconds 2).
+    let flowing = Instant::now();
+    let ticks_before = loop {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        if metric_in(&metrics, "dermaga_connections_active", &[]) >= 8.0 {
+            break data_plane_ticks(d.pid());
+        }
+        assert!(
+            flowing.elapsed() < Duration::from_secs(20),
+            "downloads never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let window = Instant::now();
+    let mut took = Vec::new();
+    for round in 0..60 {
+        for path in ["/healthz", "/readyz"] {
+            let asked = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(2), http_get(probes, path)).await;
+            took.push(asked.elapsed());
+            assert_eq!(
+                answer.map(|(status, _)| status).ok(),
+                Some(200),
+                "{path} (round {round}) within the probe's 2s"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let seconds = window.elapsed().as_secs_f64();
+    let ticks = data_plane_ticks(d.pid()) - ticks_before;
+    stop.cancel();
+    let moved: u64 = downloads.join_all().await.into_iter().sum();
+    // /proc counts in USER_HZ, 100 per second on Linux.
+    let busy = ticks as f64 / 100.0 / seconds;
+    took.sort();
+    println!(
+        "data plane (1 thread) busy {:.0}% of a core over {seconds:.1}s moving {} MiB; \
+         {} probes answered, median {:?}, max {:?}",
+        busy * 100.0,
+        moved >> 20,
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    // The overload was real: the data plane's thread did little else than forward.
+    assert!(busy > 0.3, "data plane only {:.0}% busy", busy * 100.0);
+    assert!(d.terminate().success());
+}
+
 #[test]
 fn a_bad_enumerated_flag_value_exits_2_naming_the_flag_and_the_allowed_values() {
     let bin = env!("CARGO_BIN_EXE_dermaga");

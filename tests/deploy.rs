@@ -67,6 +67,10 @@ fn port_problems(docs: &[Doc]) -> Vec<String> {
     workload::check_ports(docs, &gateway(docs))
 }
 
+fn policy_problems(docs: &[Doc]) -> Vec<String> {
+    workload::check_network_policy(docs, &gateway(docs))
+}
+
 #[test]
 fn every_manifest_parses_into_its_kubernetes_type() {
     let base = base();
@@ -291,16 +295,31 @@ fn deployment_check_fails_on_each_weakened_setting() {
     );
 
     // Flags move the checks: a longer shutdown grace needs a longer grace period, another
-    // admin port needs other probes.
+    // probes port needs other probes, and without --health-address the probes go to the
+    // admin port.
     let mut flags = docs.clone();
     let args = pod_mut(&mut flags).containers[0].args.as_mut().unwrap();
     args.push("--shutdown-grace=2m".to_owned());
-    args.push("--admin-address=0.0.0.0:9000".to_owned());
+    args.retain(|a| !a.starts_with("--health-address"));
+    args.push("--health-address=0.0.0.0:9000".to_owned());
     assert_reports(
         &deployment_problems(&flags),
         &[
             "--shutdown-grace 120s",
-            "readinessProbe: port String(\"admin\") (container port Some(10254)) is not the admin port 9000",
+            "readinessProbe: port String(\"health\") (container port Some(10255)) is not the probes' port 9000 of --health-address 0.0.0.0:9000",
+            "livenessProbe: port String(\"health\") (container port Some(10255)) is not the probes' port 9000 of --health-address 0.0.0.0:9000",
+        ],
+    );
+    let mut no_health = docs.clone();
+    pod_mut(&mut no_health).containers[0]
+        .args
+        .as_mut()
+        .unwrap()
+        .retain(|a| !a.starts_with("--health-address"));
+    assert_reports(
+        &deployment_problems(&no_health),
+        &[
+            "readinessProbe: port String(\"health\") (container port Some(10255)) is not the probes' port 10254 of --admin-address 0.0.0.0:10254",
         ],
     );
 
@@ -361,6 +380,12 @@ fn port_check_fails_when_a_mapped_port_is_not_exposed() {
                 ..Default::default()
             });
             ports.push(k8s_openapi::api::core::v1::ServicePort {
+                name: Some("probes".to_owned()),
+                port: 8080,
+                target_port: Some(IntOrString::String("health".to_owned())),
+                ..Default::default()
+            });
+            ports.push(k8s_openapi::api::core::v1::ServicePort {
                 name: Some("udp-10000".to_owned()),
                 port: 10000,
                 protocol: Some("UDP".to_owned()),
@@ -372,7 +397,8 @@ fn port_check_fails_when_a_mapped_port_is_not_exposed() {
     assert_reports(
         &port_problems(&extra),
         &[
-            "exposes the admin port 10254",
+            "port 10254 exposes port 10254 to the load balancer: the admin server listens there (--admin-address 0.0.0.0:10254)",
+            "port 8080 exposes port 10255 to the load balancer: the probes are served there (--health-address 0.0.0.0:10255)",
             "port 10000 targets 10000/UDP, which no port-map entry opens",
             "externalTrafficPolicy is Some(\"Cluster\"), expected Local",
         ],
@@ -385,6 +411,87 @@ fn port_check_fails_when_a_mapped_port_is_not_exposed() {
         &[
             "ConfigMap dermaga/udp-services (named by the Deployment's flags) is not in the manifests",
         ],
+    );
+}
+
+#[test]
+fn the_network_policy_opens_every_data_port_and_closes_the_admin_port() {
+    for (what, docs) in both() {
+        let problems = policy_problems(&docs);
+        if !problems.is_empty() {
+            fail(&format!("{what}: the NetworkPolicy"), &problems);
+        }
+    }
+}
+
+fn ingress_mut(
+    docs: &mut [Doc],
+) -> &mut Vec<k8s_openapi::api::networking::v1::NetworkPolicyIngressRule> {
+    docs.iter_mut()
+        .find_map(|d| match &mut d.object {
+            Object::NetworkPolicy(n) => n.spec.as_mut()?.ingress.as_mut(),
+            _ => None,
+        })
+        .expect("a NetworkPolicy with ingress rules")
+}
+
+#[test]
+fn network_policy_check_fails_on_each_opening_or_closing_too_much() {
+    use k8s_openapi::api::networking::v1::{NetworkPolicyIngressRule, NetworkPolicyPort};
+    let docs = built();
+
+    // The admin port's rule loses its `from`: open to everyone.
+    let mut open = docs.clone();
+    ingress_mut(&mut open)[1].from = None;
+    assert_reports(
+        &policy_problems(&open),
+        &["the admin port 10254 (/metrics, /routes) is open to everyone"],
+    );
+
+    // The data ranges stop one short, and the health port is opened to pods.
+    let mut short = docs.clone();
+    let rules = ingress_mut(&mut short);
+    let data = rules[0].ports.as_mut().unwrap();
+    data[1].end_port = Some(65534);
+    data[2].port = Some(IntOrString::Int(2));
+    rules.push(NetworkPolicyIngressRule {
+        from: rules[1].from.clone(),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::String("health".to_owned())),
+            protocol: Some("TCP".to_owned()),
+            end_port: None,
+        }]),
+    });
+    assert_reports(
+        &policy_problems(&short),
+        &[
+            "port 65535/TCP is not open to everyone",
+            "port 1/UDP is not open to everyone",
+            "the probes' port 10255 (--health-address) is open to pods",
+        ],
+    );
+
+    // The admin port moves, the policy does not: 10254 is now a data port nobody may reach,
+    // and the new admin port is open to everyone.
+    let mut moved = docs.clone();
+    pod_mut(&mut moved).containers[0]
+        .args
+        .as_mut()
+        .unwrap()
+        .push("--admin-address=0.0.0.0:9000".to_owned());
+    assert_reports(
+        &policy_problems(&moved),
+        &[
+            "port 10254/TCP is not open to everyone",
+            "the admin port 9000 (/metrics, /routes) is open to everyone",
+        ],
+    );
+
+    let mut none = docs.clone();
+    none.retain(|d| !matches!(d.object, Object::NetworkPolicy(_)));
+    assert_reports(
+        &policy_problems(&none),
+        &["expected one NetworkPolicy in namespace dermaga selecting the gateway's pods, found 0"],
     );
 }
 

@@ -182,7 +182,8 @@ impl ReservedPorts {
         self.0.insert(port, why.into());
     }
 
-    fn reason(&self, port: u16) -> Option<&str> {
+    /// Why `port` is reserved, if it is.
+    pub fn reason(&self, port: u16) -> Option<&str> {
         self.0.get(&port).map(String::as_str)
     }
 }

@@ -8,6 +8,10 @@
 //! that grow with the configuration, are served [`HEAVY_AT_ONCE`] at a time (others wait their
 //! turn within the timeout), while `/healthz` and `/readyz` are never queued behind them.
 //! It must never listen on a data port: its port is reserved in the port map.
+//!
+//! With `--health-address`, [`probes_router`] serves `/healthz` and `/readyz` alone on a second
+//! address, on the same thread: the probes then need no access to the port that shows every
+//! Service, pod name and IP (`/routes`), which a NetworkPolicy can close to all but the scrapers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,19 +63,35 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             HEAVY_AT_ONCE,
         ))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ))
+        .merge(probe_routes())
+        .layer(request_timeout())
         .with_state(state)
 }
 
-/// Runs [`serve`] on a thread named `dermaga-admin` with a single-threaded runtime of its own.
-/// The thread ends when `shutdown` is cancelled and its connections are done.
+/// `/healthz` and `/readyz` only (everything else 404): what `--health-address` serves.
+pub fn probes_router(state: AdminState) -> Router {
+    probe_routes().layer(request_timeout()).with_state(state)
+}
+
+fn probe_routes() -> Router<AdminState> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+}
+
+fn request_timeout() -> tower_http::timeout::TimeoutLayer {
+    tower_http::timeout::TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        REQUEST_TIMEOUT,
+    )
+}
+
+/// Runs [`serve`] on a thread named `dermaga-admin` with a single-threaded runtime of its own,
+/// and, when `probes` is given, [`serve_probes`] on it beside. The thread ends when `shutdown`
+/// is cancelled and the connections of both are done.
 pub fn spawn_thread(
     listener: std::net::TcpListener,
+    probes: Option<std::net::TcpListener>,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
@@ -83,18 +103,40 @@ pub fn spawn_thread(
                 .build()?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                serve(listener, state, shutdown).await
+                let probes = match probes {
+                    Some(probes) => Some(tokio::net::TcpListener::from_std(probes)?),
+                    None => None,
+                };
+                let admin = serve(listener, state.clone(), shutdown.clone());
+                let probes = async move {
+                    match probes {
+                        Some(probes) => serve_probes(probes, state, shutdown).await,
+                        None => Ok(()),
+                    }
+                };
+                tokio::try_join!(admin, probes).map(|_| ())
             })
         })
 }
 
-/// Serves `router` on `listener` until `shutdown`.
+/// Serves [`router`] on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Serves [`probes_router`] on `listener` until `shutdown`.
+pub async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, probes_router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -1,6 +1,6 @@
 //! The gateway's Deployment, read with dermaga's own flag parser, and what must agree with it:
-//! its security settings, probes, grace period, ConfigMaps, LoadBalancer Service and
-//! PodDisruptionBudget.
+//! its security settings, probes, grace period, ConfigMaps, LoadBalancer Service,
+//! PodDisruptionBudget and NetworkPolicy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use dermaga::control::configmap::{ReservedPorts, parse_port_map};
 use dermaga::control::names::{ObjectName, Protocol};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe};
+use k8s_openapi::api::networking::v1::{NetworkPolicyIngressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -83,6 +84,23 @@ impl Gateway {
     /// The admin server's port.
     pub fn admin_port(&self) -> u16 {
         self.flags.admin_address.port()
+    }
+
+    /// Where the kubelet's probes go: the `--health-address` port when set, else the admin
+    /// port; and the flag that says so.
+    pub fn probe_port(&self) -> (u16, String) {
+        match self.flags.health_address {
+            Some(health) => (health.port(), format!("--health-address {health}")),
+            None => (
+                self.admin_port(),
+                format!("--admin-address {}", self.flags.admin_address),
+            ),
+        }
+    }
+
+    /// The ports no port-map entry may use, as the gateway reserves them.
+    pub fn reserved_ports(&self) -> ReservedPorts {
+        self.flags.index_settings().reserved
     }
 
     /// A container port by number or name.
@@ -218,10 +236,11 @@ fn check_probe(
     path: &str,
     problems: &mut Vec<String>,
 ) {
-    let admin = i32::from(gw.admin_port());
+    let (port, flag) = gw.probe_port();
+    let port = i32::from(port);
     let Some(get) = probe.and_then(|p| p.http_get.as_ref()) else {
         problems.push(format!(
-            "{what}: expected httpGet {path} on the admin port {admin}"
+            "{what}: expected httpGet {path} on port {port} ({flag})"
         ));
         return;
     };
@@ -229,10 +248,10 @@ fn check_probe(
         problems.push(format!("{what}: path {:?}, expected {path:?}", get.path));
     }
     match gw.resolve(&get.port) {
-        Some(p) if p == admin => {}
+        Some(p) if p == port => {}
         other => problems.push(format!(
-            "{what}: port {:?} (container port {other:?}) is not the admin port {admin} of --admin-address {}",
-            get.port, gw.flags.admin_address
+            "{what}: port {:?} (container port {other:?}) is not the probes' port {port} of {flag}",
+            get.port
         )),
     }
     if get.scheme.as_deref().is_some_and(|s| s != "HTTP") {
@@ -457,14 +476,7 @@ fn config_map<'a>(docs: &'a [Doc], name: &ObjectName) -> Option<&'a ConfigMap> {
 /// nothing else) is exposed on the LoadBalancer Service of the gateway's pods.
 pub fn check_ports(docs: &[Doc], gw: &Gateway) -> Vec<String> {
     let mut p = Vec::new();
-    let mut reserved = ReservedPorts::default();
-    reserved.reserve(
-        gw.admin_port(),
-        format!(
-            "the admin server listens there (--admin-address {})",
-            gw.flags.admin_address
-        ),
-    );
+    let reserved = gw.reserved_ports();
     let mut mapped: BTreeSet<(String, i32)> = BTreeSet::new();
     for (protocol, name) in gw.port_maps() {
         let Some(cm) = config_map(docs, &name) else {
@@ -537,9 +549,13 @@ pub fn check_ports(docs: &[Doc], gw: &Gateway) -> Vec<String> {
                 ));
                 continue;
             };
-            if target == i32::from(gw.admin_port()) {
+            let why = u16::try_from(target)
+                .ok()
+                .filter(|_| protocol == "TCP")
+                .and_then(|t| reserved.reason(t));
+            if let Some(why) = why {
                 p.push(format!(
-                    "{name}: port {} exposes the admin port {target} to the load balancer",
+                    "{name}: port {} exposes port {target} to the load balancer: {why}",
                     port.port
                 ));
             } else if !mapped.contains(&(protocol.clone(), target)) {
@@ -558,6 +574,135 @@ pub fn check_ports(docs: &[Doc], gw: &Gateway) -> Vec<String> {
                 "{}: mapped port {port}/{protocol} is not exposed; add `- {{name: {}-{port}, protocol: {protocol}, port: {port}, targetPort: {port}}}` to its ports",
                 names.join(", "),
                 protocol.to_lowercase()
+            ));
+        }
+    }
+    p
+}
+
+/// Who an ingress rule admits: everyone (no `from`, or an ipBlock of a whole address space
+/// without exceptions), or only some.
+fn admits_everyone(rule: &NetworkPolicyIngressRule) -> bool {
+    let whole = |peer: &NetworkPolicyPeer| {
+        peer.ip_block.as_ref().is_some_and(|b| {
+            (b.cidr == "0.0.0.0/0" || b.cidr == "::/0")
+                && b.except.as_ref().is_none_or(|e| e.is_empty())
+        })
+    };
+    rule.from
+        .as_ref()
+        .is_none_or(|from| from.is_empty() || from.iter().any(whole))
+}
+
+/// Whether `rule` opens `port`/`protocol` (a rule without ports opens every port).
+fn opens(rule: &NetworkPolicyIngressRule, gw: &Gateway, protocol: &str, port: i32) -> bool {
+    let Some(ports) = rule.ports.as_ref().filter(|p| !p.is_empty()) else {
+        return true;
+    };
+    ports.iter().any(|p| {
+        if p.protocol.as_deref().unwrap_or("TCP") != protocol {
+            return false;
+        }
+        let Some(first) = p.port.as_ref() else {
+            return true;
+        };
+        let Some(first) = gw.resolve(first) else {
+            return false;
+        };
+        port == first || p.end_port.is_some_and(|end| (first..=end).contains(&port))
+    })
+}
+
+/// The NetworkPolicy of the gateway's pods: every mapped port (and every port a map could
+/// add, but the reserved ones) open to everyone; the admin port open to some peers only (the
+/// scrapers), never to everyone; the probes' own port (`--health-address`) to no pod.
+pub fn check_network_policy(docs: &[Doc], gw: &Gateway) -> Vec<String> {
+    let mut p = Vec::new();
+    let labels = gw.pod_labels();
+    let ns = gw.namespace();
+    let policies: Vec<_> = docs
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::NetworkPolicy(n) if n.metadata.namespace.as_deref() == Some(ns.as_str()) => {
+                Some(n)
+            }
+            _ => None,
+        })
+        .filter(|n| {
+            n.spec.as_ref().is_some_and(|s| {
+                s.pod_selector
+                    .as_ref()
+                    .is_some_and(|sel| selects(sel, &labels))
+            })
+        })
+        .collect();
+    let [policy] = policies.as_slice() else {
+        p.push(format!(
+            "expected one NetworkPolicy in namespace {ns} selecting the gateway's pods, found {}",
+            policies.len()
+        ));
+        return p;
+    };
+    let spec = policy.spec.clone().unwrap_or_default();
+    if !spec
+        .policy_types
+        .as_ref()
+        .is_some_and(|t| t.iter().any(|t| t == "Ingress"))
+    {
+        p.push("policyTypes does not list Ingress".to_owned());
+    }
+    let rules = spec.ingress.unwrap_or_default();
+    let open_to_all = |protocol: &str, port: i32| {
+        rules
+            .iter()
+            .any(|r| admits_everyone(r) && opens(r, gw, protocol, port))
+    };
+    let open_to_some =
+        |protocol: &str, port: i32| rules.iter().any(|r| opens(r, gw, protocol, port));
+
+    let reserved = gw.reserved_ports();
+    // Every port a map entry could use must be open to everyone: the edges of the ranges
+    // and of the reserved ports are where a policy goes wrong.
+    let mut candidates: BTreeSet<(&str, i32)> = BTreeSet::new();
+    for protocol in ["TCP", "UDP"] {
+        for port in [1, 1023, 1024, 10000, 20000, 65535] {
+            candidates.insert((protocol, port));
+        }
+        for r in [gw.admin_port(), gw.probe_port().0] {
+            let r = i32::from(r);
+            candidates.extend([(protocol, r - 1), (protocol, r), (protocol, r + 1)]);
+        }
+    }
+    for (protocol, port) in candidates {
+        let is_reserved = protocol == "TCP"
+            && u16::try_from(port)
+                .ok()
+                .and_then(|port| reserved.reason(port))
+                .is_some();
+        if !is_reserved && !(1..=65535).contains(&port) {
+            continue;
+        }
+        if !is_reserved && !open_to_all(protocol, port) {
+            p.push(format!(
+                "port {port}/{protocol} is not open to everyone: a port-map entry could use it"
+            ));
+        }
+    }
+    let admin = i32::from(gw.admin_port());
+    if open_to_all("TCP", admin) {
+        p.push(format!(
+            "the admin port {admin} (/metrics, /routes) is open to everyone"
+        ));
+    } else if !open_to_some("TCP", admin) {
+        p.push(format!(
+            "the admin port {admin} is open to no one: the metrics scraper needs it"
+        ));
+    }
+    if let Some(health) = gw.flags.health_address {
+        let port = i32::from(health.port());
+        if open_to_some("TCP", port) {
+            p.push(format!(
+                "the probes' port {port} (--health-address) is open to pods; only the kubelet (always admitted) needs it"
             ));
         }
     }

@@ -125,7 +125,12 @@ impl Drop for Dermaga {
 impl Dermaga {
     /// The admin server's address, from its start-up log line.
     pub fn admin_address(&mut self) -> SocketAddr {
-        let line = self.wait_log(&["admin server listening"]);
+        self.logged_address("admin server listening")
+    }
+
+    /// The `address=` of the first log line containing `what`.
+    pub fn logged_address(&mut self, what: &str) -> SocketAddr {
+        let line = self.wait_log(&[what]);
         line.split("address=")
             .nth(1)
             .unwrap()
