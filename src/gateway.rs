@@ -13,13 +13,13 @@ use crate::control::controller::Controller;
 use crate::control::index::Index;
 use crate::control::names::RouteKey;
 use crate::control::snapshot::Snapshot;
+use crate::data::context::UdpSettings;
+use crate::data::context::{ConnContext, TcpSettings};
 use crate::data::health::{self, HealthRegistry, HealthSettings};
 use crate::data::listener::{
     ListenAddress, ListenerManager, ListenerStatus, PortState, PortStates,
 };
 use crate::data::pipes::PipePool;
-use crate::data::tcp::{ConnContext, TcpSettings};
-use crate::data::udp::port::UdpSettings;
 use crate::ops::access_log::AccessLog;
 use crate::ops::log_throttle::ConnWarnings;
 use crate::ops::metrics::Metrics;

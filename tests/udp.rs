@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dermaga::control::index::Index;
-use dermaga::data::udp::port::UdpSettings;
+use dermaga::data::context::UdpSettings;
 use dermaga::gateway::{Gateway, GatewayOptions};
 use support::*;
 use tokio::net::UdpSocket;

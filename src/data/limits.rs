@@ -219,7 +219,7 @@ pub fn refuse_with_reserve(listener: &TcpListener) -> ReserveOutcome {
     drop(spare);
     let outcome = match accept_now(listener) {
         Poll::Ready(Ok(stream)) => {
-            super::tcp::reset(stream);
+            super::net::reset(stream);
             ReserveOutcome::Refused
         }
         Poll::Ready(Err(err)) => ReserveOutcome::Failed(Some(err)),

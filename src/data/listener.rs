@@ -26,8 +26,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::context::ConnContext;
 use super::limits::{self, PortCounts, ReserveOutcome, Throttle};
-use super::tcp::{ConnContext, canonical, serve_connection};
+use super::net::canonical;
+use super::tcp::serve_connection;
 use super::udp::port::serve_udp;
 use crate::control::names::{ObjectName, Protocol, RouteKey};
 use crate::control::table::Route;
@@ -88,7 +90,7 @@ fn bind_socket(
             // Accepted sockets inherit these from the listener on Linux: set once here rather
             // than with five setsockopt calls per connection.
             socket.set_tcp_nodelay(true)?;
-            socket.set_tcp_keepalive(&super::tcp::keepalive_settings())?;
+            socket.set_tcp_keepalive(&super::net::keepalive_settings())?;
         }
         let reuse_port = reuse_port && warn_once_on_error(socket.set_reuse_port(true));
         socket.bind(&addr.into())?;
@@ -419,7 +421,7 @@ impl Admission {
             let pm = port_metrics(ctx, key, route.as_deref());
             pm.accepted.inc();
             pm.refused(RefuseReason::out_of_descriptors);
-            super::tcp::reset(stream);
+            super::net::reset(stream);
             if let Some(refused) = self.warnings.out_of_descriptors.note(Instant::now()) {
                 tracing::warn!(port = %key, refused, open = ctx.open.get(), ceiling = limits::descriptor_ceiling(), "near the open-files limit: the descriptors kept for the admin server are reached (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset (count: refused since the last such line)");
             }
@@ -435,7 +437,7 @@ impl Admission {
                 let pm = port_metrics(ctx, key, route.as_deref());
                 pm.accepted.inc();
                 pm.refused(RefuseReason::max_connections);
-                super::tcp::reset(stream);
+                super::net::reset(stream);
                 if let Some(refused) = self.warnings.over_limit.note(Instant::now()) {
                     tracing::warn!(port = %key, limit = %exceeded, refused, "connection limit reached; refusing new connections with a reset (count: refused since the last such line)");
                 }

@@ -4,13 +4,17 @@
 //! UDP flows with one connected upstream socket each ([`udp`]). Endpoint health (passive
 //! ejection, active checks) is shared by every connection ([`health`]). Connection limits and
 //! the out-of-descriptors refusal are applied at accept ([`limits`]); idle connections are cut
-//! by a coarse per-connection timer ([`idle`]).
+//! by a coarse per-connection timer ([`idle`]). What every connection or flow task is handed
+//! is in [`context`]; the safe socket helpers they share (keepalive, reset, canonical
+//! addresses) in [`net`].
 
+pub mod context;
 pub mod forward;
 pub mod health;
 pub mod idle;
 pub mod limits;
 pub mod listener;
+pub mod net;
 pub mod pipes;
 pub mod proxy_protocol;
 pub mod sys;

@@ -11,100 +11,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::context::ConnContext;
 use super::forward::{ForwardMode, Progress, Side, forward};
-use super::health::HealthRegistry;
 use super::idle::{self, Activity};
-use super::limits::{OpenConnections, Slot};
-use super::pipes::PipePool;
+use super::limits::Slot;
+use super::net::{canonical, keepalive, reset, reset_on_close};
 use super::proxy_protocol::{self, Decoded};
 use crate::control::names::{ObjectName, RouteKey};
-use crate::control::snapshot::Snapshot;
 use crate::control::table::Route;
-use crate::ops::access_log::{AccessLog, AccessRecord, CloseReason};
-use crate::ops::log_throttle::{ConnWarnings, WarnKey, WarnReason};
-use crate::ops::metrics::{ConnectFailure, Metrics, PortMetrics, RefuseReason};
-
-/// Settings of the TCP data path.
-#[derive(Debug, Clone)]
-pub struct TcpSettings {
-    /// Time allowed for one upstream connect.
-    pub connect_timeout: Duration,
-    /// Endpoints tried per connection at most (each a different endpoint).
-    pub connect_attempts: usize,
-    /// Time allowed for a client to send its PROXY header.
-    pub proxy_header_timeout: Duration,
-    /// Connections with no byte moving for this long are cut (zero: never), unless their port's
-    /// `idle-timeout` option says otherwise.
-    pub idle_timeout: Duration,
-    /// Connections open at once in the process (0: no limit).
-    pub max_connections: usize,
-    /// Connections open at once per port (0: no limit), unless the port's `max-connections`
-    /// option says otherwise.
-    pub max_connections_per_port: usize,
-}
-
-impl Default for TcpSettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            connect_attempts: 3,
-            proxy_header_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::ZERO,
-            max_connections: 0,
-            max_connections_per_port: 0,
-        }
-    }
-}
-
-/// What every connection task shares.
-#[derive(Debug)]
-pub struct ConnContext {
-    /// The routing table.
-    pub snapshot: Arc<Snapshot>,
-    /// Settings.
-    pub settings: TcpSettings,
-    /// Pipes for splice.
-    pub pipes: Arc<PipePool>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Access log.
-    pub access_log: Arc<AccessLog>,
-    /// UDP settings.
-    pub udp: crate::data::udp::port::UdpSettings,
-    /// Endpoint health (passive ejection, active checks).
-    pub health: Arc<HealthRegistry>,
-    /// TCP connections open in the process, for `max_connections`.
-    pub open: Arc<OpenConnections>,
-    /// Rate limit of the warnings a connection can cause (one line per port, endpoint and
-    /// reason per interval).
-    pub warnings: Arc<ConnWarnings>,
-}
-
-/// TCP keepalive on both sides, so a peer that vanished (NAT timeout, dead node) does not
-/// hold a connection, its pipes and descriptors forever: probes after 60 s idle, every 10 s,
-/// 6 unanswered probes end it.
-/// Client sockets inherit them (and TCP_NODELAY) from the listening socket.
-pub fn keepalive_settings() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10))
-        .with_retries(6)
-}
-
-fn keepalive(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive_settings());
-}
-
-/// Closes `stream` with a reset (SO_LINGER 0), so the peer learns at once.
-pub fn reset(stream: TcpStream) {
-    reset_on_close(&stream);
-    drop(stream);
-}
-
-/// Makes the close of `stream`, whenever it is dropped, a reset (SO_LINGER 0).
-fn reset_on_close(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-}
+use crate::ops::access_log::{AccessRecord, CloseReason};
+use crate::ops::log_throttle::{WarnKey, WarnReason};
+use crate::ops::metrics::{ConnectFailure, PortMetrics, RefuseReason};
 
 /// What is known about a connection when it ends.
 struct Outcome {
@@ -581,18 +498,19 @@ async fn connect(
     None
 }
 
-/// `::ffff:a.b.c.d` → `a.b.c.d`, so a dual-stack listener reports IPv4 clients as IPv4.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::control::names::ListenPort;
+    use crate::control::snapshot::Snapshot;
+    use crate::data::context::TcpSettings;
     use crate::data::forward::Forward;
+    use crate::data::health::HealthRegistry;
     use crate::data::health::HealthSettings;
     use crate::data::limits::{OpenConnections, PortCounts};
+    use crate::data::pipes::PipePool;
+    use crate::ops::access_log::AccessLog;
+    use crate::ops::metrics::Metrics;
 
     /// An idle connection holds its task: the future of `serve_connection` plus tokio's task
     /// header and trailer, in 128-byte steps. RSS per idle connection (the ≤ 2 KiB target of

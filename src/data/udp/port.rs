@@ -31,29 +31,12 @@ use tokio_util::sync::CancellationToken;
 use super::flows::{Flow, FlowTable, Lookup};
 use crate::control::names::{ObjectName, RouteKey};
 use crate::control::table::{Endpoint, Route};
+use crate::data::context::{ConnContext, UdpSettings};
 use crate::data::health::HealthKey;
+use crate::data::net::canonical;
 use crate::data::sys;
-use crate::data::tcp::{ConnContext, canonical};
 use crate::ops::access_log::{AccessRecord, CloseReason};
 use crate::ops::metrics::{ConnectFailure, PortMetrics, UdpMetrics};
-
-/// UDP settings.
-#[derive(Debug, Clone)]
-pub struct UdpSettings {
-    /// A flow with no datagram either way for this long ends.
-    pub idle_timeout: Duration,
-    /// Flows per port at most; datagrams from new clients beyond are dropped.
-    pub max_flows: usize,
-}
-
-impl Default for UdpSettings {
-    fn default() -> Self {
-        Self {
-            idle_timeout: Duration::from_secs(30),
-            max_flows: 65536,
-        }
-    }
-}
 
 /// Largest UDP payload over IPv4 (65,535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
