@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::RunArgs;
 use crate::control::configmap::ReservedPorts;
 use crate::control::index::{Index, IndexSettings};
-use crate::control::names::Protocol;
 use crate::control::provider::file::FileProvider;
 use crate::control::provider::kube::KubeProvider;
 use crate::control::provider::kube::client as kube_client;
@@ -20,11 +19,12 @@ use crate::data::health::HealthSettings;
 use crate::data::health::checker::CheckSettings;
 use crate::data::listener::ListenAddress;
 use crate::gateway::{Gateway, GatewayOptions};
-use crate::ops::access_log::AccessLog;
+use crate::names::Protocol;
 use crate::ops::admin::{self, AdminState};
-use crate::ops::log_writer;
-use crate::ops::metrics::Metrics;
 use crate::ops::signals;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::log_writer;
+use crate::telemetry::metrics::Metrics;
 
 /// At exit, how long the access log and then the log may take to be written out (the log's
 /// share is [`log_writer::FLUSH_TIMEOUT`], 1 s, at the end of `main`; the access log has the
@@ -223,7 +223,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     if !flushed.await.unwrap_or(false) {
         tracing::warn!(
             "the access log could not be written out at exit (stdout not read for {:?}, or not within {access_log_flush:?}); its last lines may be lost",
-            crate::ops::access_log::STALLED
+            crate::telemetry::access_log::STALLED
         );
     }
     admin_stop.cancel();

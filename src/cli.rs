@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::names::ObjectName;
-use crate::ops::access_log::AccessLogFormat;
-use crate::ops::logging::{LogFormat, LogLevel};
+use crate::names::ObjectName;
+use crate::telemetry::access_log::AccessLogFormat;
+use crate::telemetry::logging::{LogFormat, LogLevel};
 
 /// dermaga: one IP, many ports. A port-mapped TCP/UDP ingress gateway for Kubernetes, configured
 /// by ingress-nginx `tcp-services` and `udp-services` ConfigMaps.

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::controller::Controller;
 use crate::control::index::Index;
-use crate::control::names::RouteKey;
 use crate::control::snapshot::Snapshot;
 use crate::data::context::UdpSettings;
 use crate::data::context::{ConnContext, TcpSettings};
@@ -20,9 +19,10 @@ use crate::data::listener::{
     ListenAddress, ListenerManager, ListenerStatus, PortState, PortStates,
 };
 use crate::data::pipes::PipePool;
-use crate::ops::access_log::AccessLog;
-use crate::ops::log_throttle::ConnWarnings;
-use crate::ops::metrics::Metrics;
+use crate::names::RouteKey;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::log_throttle::ConnWarnings;
+use crate::telemetry::metrics::Metrics;
 
 /// How the data plane runs.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ async fn prune_metrics(
 ) {
     let mut changed = snapshot.subscribe();
     loop {
-        metrics.retain(&snapshot.load());
+        metrics.retain(&snapshot.load().in_force());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = changed.changed() => if r.is_err() { return },

@@ -23,4 +23,7 @@ pub mod control;
 pub mod data;
 pub mod demo;
 pub mod gateway;
+pub mod names;
 pub mod ops;
+pub mod sys;
+pub mod telemetry;

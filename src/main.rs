@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         );
     }
     // Kept to the end of main: dropping it writes out the queued log lines (within 1 s).
-    let _logs = dermaga::ops::logging::init(cli.run.log_format, cli.run.log_level);
+    let _logs = dermaga::telemetry::logging::init(cli.run.log_format, cli.run.log_level);
     match option_env!("DERMAGA_GIT_COMMIT") {
         Some(commit) => tracing::info!(commit, "dermaga {} starting", env!("CARGO_PKG_VERSION")),
         None => tracing::info!("dermaga {} starting", env!("CARGO_PKG_VERSION")),

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use dermaga::control::names::{ListenPort, ObjectName, Protocol, RouteKey};
-use dermaga::ops::metrics::{ConnectFailure, Metrics, RefuseReason};
+use dermaga::names::{ListenPort, ObjectName, Protocol, RouteKey};
+use dermaga::telemetry::metrics::Metrics;
+use dermaga::telemetry::outcome::{ConnectFailure, RefuseReason};
 
 fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {

@@ -986,8 +986,8 @@ async fn scale_run(
         .collect();
     let mut settings = settings();
     settings.port_maps = vec![(
-        dermaga::control::names::Protocol::Tcp,
-        dermaga::control::names::ObjectName::new("dermaga", "tcp-services"),
+        dermaga::names::Protocol::Tcp,
+        dermaga::names::ObjectName::new("dermaga", "tcp-services"),
     )];
     let mut index = Index::new(settings);
     index.reset_all(objects);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use dermaga::control::index::Index;
 use dermaga::gateway::{Gateway, GatewayOptions};
-use dermaga::ops::access_log::{AccessLog, AccessLogFormat};
-use dermaga::ops::metrics::Metrics;
+use dermaga::telemetry::access_log::{AccessLog, AccessLogFormat};
+use dermaga::telemetry::metrics::Metrics;
 use support::process::Dermaga;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

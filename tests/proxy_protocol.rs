@@ -6,8 +6,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use dermaga::control::names::ProxyVersion;
 use dermaga::data::proxy_protocol::{Decoded, decode, encode};
+use dermaga::names::ProxyVersion;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

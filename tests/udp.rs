@@ -15,10 +15,10 @@ use dermaga::gateway::{Gateway, GatewayOptions};
 use support::*;
 use tokio::net::UdpSocket;
 
-fn udp_key(port: u16) -> dermaga::control::names::RouteKey {
-    dermaga::control::names::RouteKey {
-        port: dermaga::control::names::ListenPort::new(port).unwrap(),
-        protocol: dermaga::control::names::Protocol::Udp,
+fn udp_key(port: u16) -> dermaga::names::RouteKey {
+    dermaga::names::RouteKey {
+        port: dermaga::names::ListenPort::new(port).unwrap(),
+        protocol: dermaga::names::Protocol::Udp,
     }
 }
 
@@ -280,9 +280,7 @@ async fn a_dead_endpoint_loses_no_one_query_client_and_is_ejected() {
     );
     assert!(refused >= 3.0, "{refused}");
     assert_eq!(
-        gw.health
-            .view(dermaga::data::health::HealthKey::udp(dead))
-            .state,
+        gw.health.view(dermaga::names::HealthKey::udp(dead)).state,
         "ejected"
     );
     assert_eq!(

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use dermaga::control::configmap::{ReservedPorts, parse_port_map};
-use dermaga::control::names::{ObjectName, Protocol};
+use dermaga::names::{ObjectName, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -19,8 +19,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::configmap::{RouteSpec, parse_port_map};
 use super::index::Index;
-use super::names::{ObjectName, Protocol, RouteKey, ServicePortRef};
 use super::table::{ConfigProblem, Endpoint, Route, RouteTable, UnresolvedReason};
+use crate::names::{ObjectName, Protocol, RouteKey, ServicePortRef};
 
 /// Builds the table. `previous` is the table in force, used to keep the last good route of a
 /// port whose entry has become invalid.

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
+use crate::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
 
 /// Per-port option: PROXY protocol version sent to the backend (`v1`, the default, or `v2`).
 pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";

@@ -9,7 +9,7 @@ use super::diff::diff;
 use super::index::Index;
 use super::snapshot::Snapshot;
 use super::table::ConfigProblem;
-use crate::ops::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Applies provider updates to the Index and publishes the resulting tables.
 #[derive(Debug)]

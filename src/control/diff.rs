@@ -3,8 +3,8 @@
 //! The listener manager binds `added`, leaves `changed` and unchanged listeners alone (a change
 //! of endpoints needs no new socket: connections read the table), and drains `removed`.
 
-use super::names::RouteKey;
 use super::table::RouteTable;
+use crate::names::RouteKey;
 
 /// The difference between two tables, each list in key order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -46,8 +46,8 @@ pub fn diff(old: &RouteTable, new: &RouteTable) -> TableDiff {
 mod tests {
     use super::*;
     use crate::control::configmap::parse_value;
-    use crate::control::names::{ListenPort, Protocol};
     use crate::control::table::{Endpoint, Route};
+    use crate::names::{ListenPort, Protocol};
 
     fn route(port: u16, value: &str, endpoints: &[&str]) -> Route {
         let key = RouteKey::tcp(ListenPort::new(port).unwrap());

@@ -7,7 +7,6 @@ pub mod configmap;
 pub mod controller;
 pub mod diff;
 pub mod index;
-pub mod names;
 pub mod provider;
 pub mod snapshot;
 pub mod table;

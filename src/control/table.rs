@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::configmap::{EntryError, RouteSpec};
-use super::names::{ObjectName, RouteKey};
+use crate::names::{ObjectName, RouteKey};
+use crate::telemetry::metrics::RoutesInForce;
 
 /// One backend address with the EndpointSlice conditions it came with.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -270,6 +271,22 @@ impl RouteTable {
     /// The route of one `(port, protocol)`.
     pub fn get(&self, key: &RouteKey) -> Option<&Arc<Route>> {
         self.routes.get(key)
+    }
+
+    /// Each route's key, Service and endpoint addresses: what [`Metrics::retain`] keeps the
+    /// series of.
+    ///
+    /// [`Metrics::retain`]: crate::telemetry::metrics::Metrics::retain
+    pub fn in_force(&self) -> RoutesInForce {
+        self.routes()
+            .map(|r| {
+                (
+                    r.key,
+                    r.spec.service.clone(),
+                    r.endpoints.iter().map(|e| e.addr).collect(),
+                )
+            })
+            .collect()
     }
 
     /// All routes in key order.

@@ -9,9 +9,9 @@ use super::health::HealthRegistry;
 use super::limits::OpenConnections;
 use super::pipes::PipePool;
 use crate::control::snapshot::Snapshot;
-use crate::ops::access_log::AccessLog;
-use crate::ops::log_throttle::ConnWarnings;
-use crate::ops::metrics::Metrics;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::log_throttle::ConnWarnings;
+use crate::telemetry::metrics::Metrics;
 
 /// Settings of the TCP data path.
 #[derive(Debug, Clone)]

@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 
 use super::idle::Activity;
 use super::pipes::{PipePool, PooledPipe};
-use super::sys;
+use crate::sys;
 
 /// How the bytes were moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -11,7 +11,7 @@
 //! in its accept queue are accepted and served (closing would reset them). With `reuse_port`,
 //! data ports are bound with `SO_REUSEPORT` and steered so that a second process binding the
 //! same port (a successor) takes every new connection and datagram while both run
-//! ([`super::sys::steer_reuseport_group`]): the old one can then close with nothing queued.
+//! ([`crate::sys::steer_reuseport_group`]): the old one can then close with nothing queued.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -31,9 +31,10 @@ use super::limits::{self, PortCounts, ReserveOutcome, Throttle};
 use super::net::canonical;
 use super::tcp::serve_connection;
 use super::udp::port::serve_udp;
-use crate::control::names::{ObjectName, Protocol, RouteKey};
 use crate::control::table::Route;
-use crate::ops::metrics::{PortMetrics, RefuseReason};
+use crate::names::{ObjectName, Protocol, RouteKey};
+use crate::telemetry::metrics::PortMetrics;
+use crate::telemetry::outcome::RefuseReason;
 
 /// The state of one port, as the manager last left it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -101,7 +102,7 @@ fn bind_socket(
         // Attached for UDP too, so a client's flow moves to a successor once, when it starts
         // (with hashing it would move when either process joins or leaves the group).
         if reuse_port {
-            warn_once_on_error(super::sys::steer_reuseport_group(socket.as_fd(), 1));
+            warn_once_on_error(crate::sys::steer_reuseport_group(socket.as_fd(), 1));
         }
         socket.set_nonblocking(true)?;
         Ok(socket)

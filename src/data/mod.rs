@@ -1,6 +1,6 @@
 //! Data plane: listening sockets per route ([`listener`]), one task per TCP connection
 //! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
-//! [`pipes`], [`sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
+//! [`pipes`], [`crate::sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
 //! UDP flows with one connected upstream socket each ([`udp`]). Endpoint health (passive
 //! ejection, active checks) is shared by every connection ([`health`]). Connection limits and
 //! the out-of-descriptors refusal are applied at accept ([`limits`]); idle connections are cut
@@ -17,6 +17,5 @@ pub mod listener;
 pub mod net;
 pub mod pipes;
 pub mod proxy_protocol;
-pub mod sys;
 pub mod tcp;
 pub mod udp;

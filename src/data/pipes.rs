@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::sys::{self, Pipe};
+use crate::sys::{self, Pipe};
 
 /// Counters the pool keeps (exported as metrics by the ops layer).
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::control::names::ProxyVersion;
+use crate::names::ProxyVersion;
 
 /// The 12-byte signature that starts a v2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

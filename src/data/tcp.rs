@@ -17,11 +17,12 @@ use super::idle::{self, Activity};
 use super::limits::Slot;
 use super::net::{canonical, keepalive, reset, reset_on_close};
 use super::proxy_protocol::{self, Decoded};
-use crate::control::names::{ObjectName, RouteKey};
 use crate::control::table::Route;
-use crate::ops::access_log::{AccessRecord, CloseReason};
-use crate::ops::log_throttle::{WarnKey, WarnReason};
-use crate::ops::metrics::{ConnectFailure, PortMetrics, RefuseReason};
+use crate::names::{ObjectName, RouteKey};
+use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::log_throttle::{WarnKey, WarnReason};
+use crate::telemetry::metrics::PortMetrics;
+use crate::telemetry::outcome::{CloseReason, ConnectFailure, RefuseReason};
 
 /// What is known about a connection when it ends.
 struct Outcome {
@@ -501,7 +502,6 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::names::ListenPort;
     use crate::control::snapshot::Snapshot;
     use crate::data::context::TcpSettings;
     use crate::data::forward::Forward;
@@ -509,8 +509,9 @@ mod tests {
     use crate::data::health::HealthSettings;
     use crate::data::limits::{OpenConnections, PortCounts};
     use crate::data::pipes::PipePool;
-    use crate::ops::access_log::AccessLog;
-    use crate::ops::metrics::Metrics;
+    use crate::names::ListenPort;
+    use crate::telemetry::access_log::AccessLog;
+    use crate::telemetry::metrics::Metrics;
 
     /// An idle connection holds its task: the future of `serve_connection` plus tokio's task
     /// header and trailer, in 128-byte steps. RSS per idle connection (the ≤ 2 KiB target of

@@ -26,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::snapshot::Snapshot;
 use crate::control::table::{Endpoint, Selection};
-use crate::data::health::{HealthKey, HealthRegistry, HealthView};
+use crate::data::health::{HealthRegistry, HealthView};
 use crate::data::listener::{ListenerStatus, PortState};
 use crate::data::pipes::PipePool;
-use crate::ops::metrics::Metrics;
+use crate::names::HealthKey;
+use crate::telemetry::metrics::Metrics;
 
 /// What the admin server reads.
 #[derive(Debug, Clone)]

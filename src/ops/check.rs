@@ -21,10 +21,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::control::build::build;
 use crate::control::index::{Index, IndexSettings, Object};
-use crate::control::names::{ObjectName, Protocol, RouteKey};
 use crate::control::provider::config_file::ConfigFile;
 use crate::control::provider::manifest::{Position, find_duplicate};
 use crate::control::table::{ConfigProblem, RouteTable};
+use crate::names::{ObjectName, Protocol, RouteKey};
 
 /// What a check found.
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use dermaga::cli::{Cli, RunArgs};
 use dermaga::control::configmap::{ReservedPorts, parse_port_map};
-use dermaga::control::names::{ObjectName, Protocol};
+use dermaga::names::{ObjectName, Protocol};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe};
 use k8s_openapi::api::networking::v1::{NetworkPolicyIngressRule, NetworkPolicyPeer};

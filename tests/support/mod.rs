@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use dermaga::control::configmap::ReservedPorts;
 use dermaga::control::index::{Index, IndexSettings};
-use dermaga::control::names::{ListenPort, ObjectName, Protocol, RouteKey};
 use dermaga::control::provider::manifest::parse_manifest;
 use dermaga::data::listener::ListenAddress;
 use dermaga::gateway::{Gateway, GatewayOptions};
+use dermaga::names::{ListenPort, ObjectName, Protocol, RouteKey};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -3,8 +3,8 @@
 use super::*;
 use crate::control::configmap::ReservedPorts;
 use crate::control::index::{IndexSettings, Kind, Object};
-use crate::control::names::ListenPort;
 use crate::control::table::{ConfigProblem, Selection};
+use crate::names::ListenPort;
 use serde_json::json;
 
 fn configmap(data: serde_json::Value) -> Object {

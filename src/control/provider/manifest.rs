@@ -15,7 +15,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
 use crate::control::index::{Kind, Object};
-use crate::control::names::ObjectName;
+use crate::names::ObjectName;
 
 /// Where an object is in a text: its document, counted from 1 in file order (empty documents
 /// included), and its item, counted from 1, when it is in a `kind: List`.

@@ -14,10 +14,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{HealthKey, HealthRegistry};
-use crate::control::names::Protocol;
+use super::HealthRegistry;
 use crate::control::snapshot::Snapshot;
 use crate::control::table::RouteTable;
+use crate::names::HealthKey;
+use crate::names::Protocol;
 
 /// Active check settings (flags).
 #[derive(Debug, Clone)]

@@ -27,48 +27,8 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::control::names::Protocol;
-use crate::ops::metrics::Metrics;
-
-/// An endpoint as health tracks it: its address and the protocol it serves there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct HealthKey {
-    /// Where connections and flows go.
-    pub addr: SocketAddr,
-    /// The protocol of the routes that use it.
-    pub protocol: Protocol,
-}
-
-impl HealthKey {
-    /// A TCP endpoint.
-    pub fn tcp(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            protocol: Protocol::Tcp,
-        }
-    }
-
-    /// A UDP endpoint.
-    pub fn udp(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            protocol: Protocol::Udp,
-        }
-    }
-}
-
-/// An address alone is a TCP endpoint (active checks and the TCP path name endpoints so).
-impl From<SocketAddr> for HealthKey {
-    fn from(addr: SocketAddr) -> Self {
-        Self::tcp(addr)
-    }
-}
-
-impl std::fmt::Display for HealthKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.protocol)
-    }
-}
+use crate::names::HealthKey;
+use crate::telemetry::metrics::Metrics;
 
 /// Health settings (flags).
 #[derive(Debug, Clone)]

@@ -29,14 +29,15 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::flows::{Flow, FlowTable, Lookup};
-use crate::control::names::{ObjectName, RouteKey};
 use crate::control::table::{Endpoint, Route};
 use crate::data::context::{ConnContext, UdpSettings};
-use crate::data::health::HealthKey;
 use crate::data::net::canonical;
-use crate::data::sys;
-use crate::ops::access_log::{AccessRecord, CloseReason};
-use crate::ops::metrics::{ConnectFailure, PortMetrics, UdpMetrics};
+use crate::names::HealthKey;
+use crate::names::{ObjectName, RouteKey};
+use crate::sys;
+use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::metrics::{PortMetrics, UdpMetrics};
+use crate::telemetry::outcome::{CloseReason, ConnectFailure};
 
 /// Largest UDP payload over IPv4 (65,535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;

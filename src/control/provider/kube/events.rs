@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::{mpsc, watch};
 
-use crate::control::names::{ObjectName, Protocol, RouteKey};
 use crate::control::table::ConfigProblem;
 use crate::data::listener::{ListenerStatus, PortState};
-use crate::ops::metrics::Metrics;
+use crate::names::{ObjectName, Protocol, RouteKey};
+use crate::telemetry::metrics::Metrics;
 
 /// Events carry at most 1 kB of message.
 const MAX_NOTE: usize = 1024;

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use self::sync::{Command, SyncState};
 use self::watch::ScopeKey;
 use crate::control::controller::Controller;
-use crate::control::names::{ObjectName, Protocol};
 use crate::data::listener::ListenerStatus;
+use crate::names::{ObjectName, Protocol};
 
 /// Watches the API server and feeds a [`Controller`].
 pub struct KubeProvider {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::control::configmap::{ReservedPorts, parse_port_map};
-use crate::control::names::{ObjectName, Protocol};
+use crate::names::{ObjectName, Protocol};
 
 /// Referenced Service names by namespace.
 pub type References = BTreeMap<String, BTreeSet<String>>;

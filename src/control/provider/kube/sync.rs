@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use super::references::{References, references};
 use super::watch::{Change, Failure, FailureKind, Message, ScopeKey};
 use crate::control::index::{Index, Kind, Object};
-use crate::control::names::{ObjectName, Protocol};
+use crate::names::{ObjectName, Protocol};
 
 /// How long a later (re-)list may hold back publishing other changes.
 pub const HOLD: Duration = Duration::from_secs(2);

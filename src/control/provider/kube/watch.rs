@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::references::slice_selector;
 use crate::control::index::Object;
-use crate::control::names::ObjectName;
+use crate::names::ObjectName;
 use std::collections::BTreeSet;
 use std::time::Duration;
 

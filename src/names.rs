@@ -4,6 +4,7 @@
 //! (`default/svc:10000`, `10000/TCP`), so errors and logs can quote them directly.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::num::NonZeroU16;
 
 /// Transport protocol of a listener and of the Service port it maps to.
@@ -155,5 +156,45 @@ impl fmt::Display for ProxyVersion {
             ProxyVersion::V1 => "v1",
             ProxyVersion::V2 => "v2",
         })
+    }
+}
+
+/// An endpoint as health tracks it: its address and the protocol it serves there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HealthKey {
+    /// Where connections and flows go.
+    pub addr: SocketAddr,
+    /// The protocol of the routes that use it.
+    pub protocol: Protocol,
+}
+
+impl HealthKey {
+    /// A TCP endpoint.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    /// A UDP endpoint.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Udp,
+        }
+    }
+}
+
+/// An address alone is a TCP endpoint (active checks and the TCP path name endpoints so).
+impl From<SocketAddr> for HealthKey {
+    fn from(addr: SocketAddr) -> Self {
+        Self::tcp(addr)
+    }
+}
+
+impl std::fmt::Display for HealthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.protocol)
     }
 }

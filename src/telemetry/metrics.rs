@@ -17,18 +17,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::control::names::{ListenPort, ObjectName, Protocol, RouteKey};
-use crate::control::table::RouteTable;
-use crate::data::health::HealthKey;
+use crate::names::{HealthKey, ListenPort, ObjectName, Protocol, RouteKey};
+use crate::telemetry::outcome::{ConnectFailure, RefuseReason};
 
 /// Labels of every per-port family.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,55 +48,6 @@ impl PortLabels {
             protocol: key.protocol.as_k8s(),
             namespace: service.namespace.clone(),
             service: service.name.clone(),
-        }
-    }
-}
-
-/// Why a connection was refused or closed before forwarding.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum RefuseReason {
-    /// The port had no usable endpoint.
-    no_endpoints,
-    /// The PROXY header was bad, missing or late.
-    proxy_header,
-    /// Every connect attempt failed.
-    upstream_unavailable,
-    /// Over `--max-connections`, `--max-connections-per-port` or the port's `max-connections`.
-    max_connections,
-    /// Accept failed for want of descriptors (EMFILE, ENFILE); reset with the spare one.
-    out_of_descriptors,
-}
-
-/// Why an upstream connect failed.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum ConnectFailure {
-    /// ECONNREFUSED: nothing listens there.
-    refused,
-    /// ECONNRESET during connect.
-    reset,
-    /// No answer within `--connect-timeout`.
-    timeout,
-    /// EHOSTUNREACH / ENETUNREACH.
-    unreachable,
-    /// Connected, then reset or closed by the endpoint before any byte moved either way (a
-    /// listener closed with the connection still in its accept queue): the connection is tried
-    /// on another endpoint.
-    closed_before_data,
-    /// Anything else.
-    other,
-}
-
-impl ConnectFailure {
-    /// Classifies a connect error.
-    pub fn of(err: &std::io::Error) -> Self {
-        match err.raw_os_error() {
-            Some(libc::ECONNREFUSED) => Self::refused,
-            Some(libc::ECONNRESET) => Self::reset,
-            Some(libc::ETIMEDOUT) => Self::timeout,
-            Some(libc::EHOSTUNREACH | libc::ENETUNREACH) => Self::unreachable,
-            _ => Self::other,
         }
     }
 }
@@ -368,6 +316,24 @@ impl Collector for Live {
     }
 }
 
+/// What the routing table in force has, as far as series go: each route's Service and
+/// endpoint addresses. [`Metrics::retain`] removes the series of everything else.
+#[derive(Debug, Clone, Default)]
+pub struct RoutesInForce(HashMap<RouteKey, (ObjectName, Vec<std::net::SocketAddr>)>);
+
+impl FromIterator<(RouteKey, ObjectName, Vec<std::net::SocketAddr>)> for RoutesInForce {
+    fn from_iter<I: IntoIterator<Item = (RouteKey, ObjectName, Vec<std::net::SocketAddr>)>>(
+        routes: I,
+    ) -> Self {
+        Self(
+            routes
+                .into_iter()
+                .map(|(key, service, endpoints)| (key, (service, endpoints)))
+                .collect(),
+        )
+    }
+}
+
 /// All metrics of the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -452,9 +418,9 @@ fn process_stat() -> Option<(f64, f64, f64)> {
     // Fields after the command name (which may hold spaces), from field 3 (state) on.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    let ticks = crate::data::sys::clock_ticks_per_second() as f64;
+    let ticks = crate::sys::clock_ticks_per_second() as f64;
     let cpu = (field(14)? + field(15)?) as f64 / ticks;
-    let rss = (field(24)? * crate::data::sys::page_size()) as f64;
+    let rss = (field(24)? * crate::sys::page_size()) as f64;
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
@@ -784,19 +750,17 @@ impl Metrics {
         }
     }
 
-    /// Removes the series of what `table` no longer has: ports (and a port's series under a
-    /// Service it no longer maps to; those with empty Service labels stay while the port
-    /// does), and connect failures of endpoints that are in no route of their port.
-    pub fn retain(&self, table: &RouteTable) {
+    /// Removes the series of what the table in force no longer has: ports (and a port's
+    /// series under a Service it no longer maps to; those with empty Service labels stay while
+    /// the port does), and connect failures of endpoints that are in no route of their port.
+    pub fn retain(&self, table: &RoutesInForce) {
         let routes: HashMap<(u16, &'static str), (&str, &str)> = table
-            .routes()
-            .map(|r| {
+            .0
+            .iter()
+            .map(|(key, (service, _))| {
                 (
-                    (r.key.port.get(), r.key.protocol.as_k8s()),
-                    (
-                        r.spec.service.namespace.as_str(),
-                        r.spec.service.name.as_str(),
-                    ),
+                    (key.port.get(), key.protocol.as_k8s()),
+                    (service.namespace.as_str(), service.name.as_str()),
                 )
             })
             .collect();
@@ -819,17 +783,14 @@ impl Metrics {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|key, (service, _)| table.get(key).is_some_and(|r| &r.spec.service == service));
+            .retain(|key, (service, _)| table.0.get(key).is_some_and(|(s, _)| s == service));
         let endpoints: HashSet<(u16, &'static str, String)> = table
-            .routes()
-            .flat_map(|r| {
-                r.endpoints.iter().map(move |e| {
-                    (
-                        r.key.port.get(),
-                        r.key.protocol.as_k8s(),
-                        e.addr.to_string(),
-                    )
-                })
+            .0
+            .iter()
+            .flat_map(|(key, (_, endpoints))| {
+                endpoints
+                    .iter()
+                    .map(move |e| (key.port.get(), key.protocol.as_k8s(), e.to_string()))
             })
             .collect();
         let mut failures = self
@@ -845,9 +806,10 @@ impl Metrics {
             keep
         });
         let udp_ports: HashSet<u16> = table
-            .routes()
-            .filter(|r| r.key.protocol == Protocol::Udp)
-            .map(|r| r.key.port.get())
+            .0
+            .keys()
+            .filter(|key| key.protocol == Protocol::Udp)
+            .map(|key| key.port.get())
             .collect();
         self.kernel_drop_ports
             .lock()
@@ -1017,7 +979,7 @@ impl Metrics {
         self.health
             .ejected
             .remove(&EndpointProtocolLabels::of(endpoint));
-        if endpoint.protocol == crate::control::names::Protocol::Tcp {
+        if endpoint.protocol == crate::names::Protocol::Tcp {
             for result in ["success", "failure"] {
                 self.health.checks.remove(&CheckLabels {
                     endpoint: name.clone(),
@@ -1087,7 +1049,7 @@ fn set_flag(family: &Family<EndpointLabels, Gauge>, endpoint: std::net::SocketAd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::names::ListenPort;
+    use crate::names::ListenPort;
 
     #[test]
     fn families_register_and_encode_without_deadlock() {

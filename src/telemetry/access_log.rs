@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::metrics::{Metrics, PortMetrics};
+use super::outcome::CloseReason;
 
 /// How access-log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,53 +27,6 @@ pub enum AccessLogFormat {
     Text,
     /// No access log.
     Off,
-}
-
-/// How a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CloseReason {
-    /// The client closed its side first; the backend then finished.
-    ClientClosed,
-    /// The backend closed its side first; the client then finished.
-    BackendClosed,
-    /// The port was removed (or the process stopped) and the drain timeout cut the connection.
-    Drained,
-    /// Refused at once: no usable endpoint.
-    NoEndpoints,
-    /// Closed: bad, missing or late PROXY protocol header.
-    ProxyHeader,
-    /// Closed: every connect attempt failed.
-    UpstreamUnavailable,
-    /// An I/O error on the client side.
-    ClientError,
-    /// An I/O error on the backend side.
-    BackendError,
-    /// No byte (TCP) or datagram (UDP) either way for the idle timeout.
-    IdleTimeout,
-    /// UDP: the flow's endpoint left the route; the next datagram starts a new flow.
-    EndpointGone,
-    /// UDP: the endpoint answered ICMP port-unreachable.
-    UpstreamRefused,
-}
-
-impl CloseReason {
-    /// The name used in log lines.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientClosed => "client_closed",
-            CloseReason::BackendClosed => "backend_closed",
-            CloseReason::Drained => "drained",
-            CloseReason::NoEndpoints => "no_endpoints",
-            CloseReason::ProxyHeader => "proxy_header",
-            CloseReason::UpstreamUnavailable => "upstream_unavailable",
-            CloseReason::ClientError => "client_error",
-            CloseReason::BackendError => "backend_error",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::EndpointGone => "endpoint_gone",
-            CloseReason::UpstreamRefused => "upstream_refused",
-        }
-    }
 }
 
 /// One access-log record, as the data path hands it over.
@@ -360,7 +314,7 @@ mod tests {
 
     #[test]
     fn flush_gives_up_on_a_stuck_output_after_the_stall_time_not_the_timeout() {
-        use crate::control::names::{ListenPort, ObjectName, RouteKey};
+        use crate::names::{ListenPort, ObjectName, RouteKey};
         let metrics = Arc::new(Metrics::new());
         let log = AccessLog::start(AccessLogFormat::Json, 16, Box::new(Stuck), metrics.clone());
         let route = metrics.port(

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::control::names::RouteKey;
-use crate::ops::metrics::ConnectFailure;
+use crate::names::RouteKey;
+use crate::telemetry::outcome::ConnectFailure;
 
 /// The pure rule: per key, the first event logs, then one line per `interval` at most.
 #[derive(Debug)]
