@@ -22,6 +22,7 @@ use crate::gateway::{Gateway, GatewayOptions};
 use crate::names::Protocol;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::signals;
+use crate::status::events;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::log_writer;
 use crate::telemetry::metrics::Metrics;
@@ -210,7 +211,22 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
     let watcher = match provider {
         Provider::File(file, _) => tokio::spawn(file.watch(controller, draining.clone())),
         Provider::Kube(kube) => {
-            tokio::spawn(kube.run(controller, gateway.status(), draining.clone()))
+            // Events on the port maps, for as long as the provider watches.
+            let events = tokio::spawn(events::record(
+                events::Reporting::new(kube.client()),
+                events::EventSources {
+                    problems: controller.subscribe_problems(),
+                    listeners: gateway.status(),
+                    port_maps: kube.port_map_refs(),
+                    map_of: args.index_settings().port_maps.into_iter().collect(),
+                },
+                controller.metrics().clone(),
+            ));
+            let draining = draining.clone();
+            tokio::spawn(async move {
+                kube.run(controller, draining).await;
+                events.abort();
+            })
         }
     };
     draining.cancelled().await;

@@ -25,5 +25,6 @@ pub mod demo;
 pub mod gateway;
 pub mod names;
 pub mod ops;
+pub mod status;
 pub mod sys;
 pub mod telemetry;

@@ -8,12 +8,11 @@
 //!   re-lists it), and the EndpointSlices of exactly the referenced Services
 //!   (`kubernetes.io/service-name in (...)`), the objects that change with every pod.
 //!
-//! [`sync`] decides what to publish and when; [`watch`] runs the kube-rs watchers;
-//! [`events`] records configuration problems as Events on the port maps.
+//! [`sync`] decides what to publish and when; [`watch`] runs the kube-rs watchers. Reading
+//! objects is all it does: writing back (Events on the port maps) is [`crate::status`]'s.
 
 pub mod access;
 pub mod client;
-pub mod events;
 pub mod references;
 pub mod sync;
 pub mod watch;
@@ -21,20 +20,21 @@ pub mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::sync::{Command, SyncState};
 use self::watch::ScopeKey;
 use crate::control::controller::Controller;
-use crate::data::listener::ListenerStatus;
 use crate::names::{ObjectName, Protocol};
 
 /// Watches the API server and feeds a [`Controller`].
 pub struct KubeProvider {
     client: kube::Client,
     port_maps: Vec<(Protocol, ObjectName)>,
-    reporter: kube::runtime::events::Reporter,
+    /// The port maps as last seen, as object references (what Events are recorded on).
+    port_map_refs: tokio::sync::watch::Sender<BTreeMap<ObjectName, ObjectReference>>,
 }
 
 /// Aborts the watcher task when its scope is dropped or restarted.
@@ -49,28 +49,29 @@ impl Drop for WatcherTask {
 impl KubeProvider {
     /// A provider for the port maps named by the flags.
     pub fn new(client: kube::Client, port_maps: Vec<(Protocol, ObjectName)>) -> Self {
-        let instance = std::env::var("POD_NAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .ok();
         Self {
             client,
             port_maps,
-            reporter: kube::runtime::events::Reporter {
-                controller: "dermaga".into(),
-                instance,
-            },
+            port_map_refs: tokio::sync::watch::channel(BTreeMap::new()).0,
         }
+    }
+
+    /// The API client it watches with.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The port maps as last seen, as object references, for recording Events on them
+    /// ([`crate::status::events`]).
+    pub fn port_map_refs(
+        &self,
+    ) -> tokio::sync::watch::Receiver<BTreeMap<ObjectName, ObjectReference>> {
+        self.port_map_refs.subscribe()
     }
 
     /// Watches until `shutdown`, publishing a table after each batch of changes (the first
     /// only once every watcher has listed).
-    /// `listeners` is the listener manager's status, for Events on ports that cannot be bound.
-    pub async fn run(
-        self,
-        controller: Arc<Controller>,
-        listeners: tokio::sync::watch::Receiver<ListenerStatus>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, controller: Arc<Controller>, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::channel(1024);
         let (mut state, commands) =
             SyncState::new(self.port_maps.clone(), std::time::Instant::now());
@@ -102,21 +103,6 @@ impl KubeProvider {
         };
         execute(commands, &mut tasks);
 
-        let (maps_tx, maps_rx) = tokio::sync::watch::channel(BTreeMap::new());
-        let recorder = tokio::spawn(events::record(
-            events::Reporting {
-                client: self.client.clone(),
-                reporter: self.reporter.clone(),
-            },
-            events::EventSources {
-                problems: controller.subscribe_problems(),
-                listeners,
-                port_maps: maps_rx,
-                map_of: self.port_maps.iter().cloned().collect(),
-            },
-            controller.metrics().clone(),
-        ));
-
         let metrics = controller.metrics().clone();
         let handle = |state: &mut SyncState, message: watch::Message, now| {
             if let watch::Change::Failed(failure) = &message.change {
@@ -142,7 +128,7 @@ impl KubeProvider {
                 _ = sleep_until(hold), if hold.is_some() => {}
             }
             if let Some(batch) = state.take_batch(std::time::Instant::now()) {
-                maps_tx.send_replace(
+                self.port_map_refs.send_replace(
                     self.port_maps
                         .iter()
                         .filter_map(|(_, name)| {
@@ -156,7 +142,6 @@ impl KubeProvider {
             }
         }
         drop(tasks);
-        recorder.abort();
     }
 }
 

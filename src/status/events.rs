@@ -37,6 +37,23 @@ pub struct Reporting {
     pub reporter: Reporter,
 }
 
+impl Reporting {
+    /// Reports as controller `dermaga`, instance `$POD_NAME` (else `$HOSTNAME`), so that each
+    /// replica signs its Events with its own name.
+    pub fn new(client: kube::Client) -> Self {
+        let instance = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .ok();
+        Self {
+            client,
+            reporter: Reporter {
+                controller: "dermaga".into(),
+                instance,
+            },
+        }
+    }
+}
+
 /// Publishes Warning Events until the sources close.
 pub async fn record(recorder: Reporting, mut sources: EventSources, metrics: Arc<Metrics>) {
     let mut failed_ports: BTreeSet<RouteKey> = BTreeSet::new();
