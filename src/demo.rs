@@ -45,7 +45,7 @@ pub async fn run(mut args: RunArgs, demo: DemoArgs) -> anyhow::Result<()> {
         BACKENDS[1].0,
         path.display()
     );
-    crate::app::run(args).await
+    crate::process::run(args).await
 }
 
 fn write_config(path: &PathBuf) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! Wires the planes together: a [`Controller`] publishing tables, a listener manager following
-//! them, shared metrics, access log and pipe pool. This is the injectable entry point that
-//! `main` and the integration tests both use.
+//! The gateway in-process, without the process around it ([`crate::process`]): a
+//! [`TablePublisher`] publishing tables, a listener manager following them, shared metrics,
+//! access log, health and pipe pool. The injectable entry point that the process and the
+//! integration tests both use.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::controller::Controller;
 use crate::control::index::Index;
+use crate::control::publisher::TablePublisher;
 use crate::control::snapshot::Snapshot;
 use crate::data::context::UdpSettings;
 use crate::data::context::{ConnContext, TcpSettings};
@@ -83,7 +84,7 @@ async fn prune_metrics(
 /// A running gateway.
 pub struct Gateway {
     /// Feed objects here.
-    pub controller: Arc<Controller>,
+    pub publisher: Arc<TablePublisher>,
     /// Metrics of the whole process.
     pub metrics: Arc<Metrics>,
     /// The splice pipe pool.
@@ -105,7 +106,7 @@ impl Gateway {
         Self::start_with(index, options, metrics, access_log)
     }
 
-    /// Starts the listener manager; ports open as soon as the controller publishes a table.
+    /// Starts the listener manager; ports open as soon as the publisher publishes a table.
     pub fn start_with(
         index: Index,
         options: GatewayOptions,
@@ -113,7 +114,11 @@ impl Gateway {
         access_log: Arc<AccessLog>,
     ) -> Self {
         let snapshot = Arc::new(Snapshot::new());
-        let controller = Arc::new(Controller::new(index, snapshot.clone(), metrics.clone()));
+        let publisher = Arc::new(TablePublisher::new(
+            index,
+            snapshot.clone(),
+            metrics.clone(),
+        ));
         let pipes = Arc::new(PipePool::new(options.max_pipes, options.pipe_size));
         let health = Arc::new(HealthRegistry::new(options.health.clone(), metrics.clone()));
         let warnings = Arc::new(ConnWarnings::default());
@@ -138,16 +143,16 @@ impl Gateway {
         tokio::spawn(warnings.clone().run(warnings_stop.clone()));
         tokio::spawn(health::checker::run(
             health.clone(),
-            controller.snapshot().clone(),
+            publisher.snapshot().clone(),
             shutdown.clone(),
         ));
         tokio::spawn(prune_metrics(
             metrics.clone(),
-            controller.snapshot().clone(),
+            publisher.snapshot().clone(),
             shutdown.clone(),
         ));
         Self {
-            controller,
+            publisher,
             metrics,
             pipes,
             health,

@@ -3,21 +3,27 @@
 //! straight to the Service's endpoints.
 //!
 //! ```text
-//!  control plane                                  data plane
-//!  provider (file | kube) ──objects──▶ Index       listener manager (one socket per port)
-//!                                       │ build()     │ accept
-//!                                       ▼             ▼
-//!                     Controller ──▶ RouteTable ──▶ tcp: load table once → pick endpoint
-//!                                   (ArcSwap)         → connect (retry others) → splice / copy
-//!  ops: logging, signals (SIGTERM → stop accepting → drain → exit)
+//!  process (flags, signals, admin thread) · ops (admin, check) · status (Events)
+//!  ──────────────────────────────────────────────────────────────────────────────
+//!  sources: provider (file | kube) ──objects──▶ Index
+//!                                                │ build()
+//!  control:                 TablePublisher ──▶ RouteTable (ArcSwap snapshot)
+//!                                                │ load once per connection
+//!  data:    listener manager (one socket per port) → tcp: pick endpoint → connect (retry
+//!           others) → splice / copy;  udp: flows with one upstream socket each
+//!  ──────────────────────────────────────────────────────────────────────────────
+//!  telemetry (metrics, access log, logging) · names (vocabulary) · sys (syscalls)
 //! ```
 //!
-//! - [`control`]: providers, Index, pure `build()`, table diff, snapshot.
-//! - [`data`]: listeners, TCP connections, forwarding, PROXY protocol, the syscall module.
-//! - [`ops`]: logs and signals.
-//! - [`gateway`]: the injectable entry point both `main` and tests use.
+//! Each layer uses only those below it (`tests/layers.rs` reads the `use` lines and checks):
+//! - [`names`], [`sys`]: the vocabulary and the one module with `unsafe`.
+//! - [`telemetry`]: metrics, access log, logging, the data plane's outcome words.
+//! - [`control`]: Index, pure `build()`, table diff, [`control::publisher::TablePublisher`],
+//!   snapshot; its [`control::provider`]s (the sources) sit above the data plane.
+//! - [`data`]: listeners, TCP connections, UDP flows, forwarding, PROXY protocol, health.
+//! - [`gateway`]: the gateway in-process, the entry point the tests use.
+//! - [`status`], [`ops`], [`process`], [`cli`], [`demo`]: on top.
 
-pub mod app;
 pub mod cli;
 pub mod control;
 pub mod data;
@@ -25,6 +31,7 @@ pub mod demo;
 pub mod gateway;
 pub mod names;
 pub mod ops;
+pub mod process;
 pub mod status;
 pub mod sys;
 pub mod telemetry;

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
                 match cli.command {
                     Some(Command::Demo(demo)) => dermaga::demo::run(cli.run, demo).await,
                     Some(Command::Check(_)) => unreachable!("handled above"),
-                    None => dermaga::app::run(cli.run).await,
+                    None => dermaga::process::run(cli.run).await,
                 }
             })
         });

@@ -249,7 +249,7 @@ async fn access_log_has_one_line_per_connection_with_every_field() {
             + &slices_yaml("held", &[(held.addr, true)])
     };
     let objects = parse_manifest(&yaml(true)).unwrap().objects;
-    gw.controller.update(|i| i.reset_all(objects));
+    gw.publisher.update(|i| i.reset_all(objects));
     let web_port = gw.wait_bound(tcp(10000)).await;
     let nothing_port = gw.wait_bound(tcp(10001)).await;
     let held_port = gw.wait_bound(tcp(10003)).await;
@@ -325,7 +325,7 @@ async fn access_log_has_one_line_per_connection_with_every_field() {
     let mut greet = [0u8; 5];
     h.read_exact(&mut greet).await.unwrap();
     let objects = parse_manifest(&yaml(false)).unwrap().objects;
-    gw.controller.update(|i| i.reset_all(objects));
+    gw.publisher.update(|i| i.reset_all(objects));
     wait_until("record 4", || lines.records().len() == 4).await;
     let drained = lines
         .records()

@@ -540,7 +540,7 @@ async fn health_survives_table_rebuilds_and_is_forgotten_with_the_endpoint() {
 
     // A rebuild that keeps the endpoint (another endpoint joins): still ejected.
     let c = Pod::start(at("127.0.4.12"), "c").await;
-    let generation = gw.controller.snapshot().load().generation;
+    let generation = gw.publisher.snapshot().load().generation;
     apply(
         &gw,
         &(base.clone()
@@ -548,7 +548,7 @@ async fn health_survives_table_rebuilds_and_is_forgotten_with_the_endpoint() {
             + &slice("api", "dead", dead, READY)
             + &slice("api", "c", c.addr, READY)),
     );
-    let snapshot = gw.controller.snapshot().clone();
+    let snapshot = gw.publisher.snapshot().clone();
     wait_until("new table", || snapshot.load().generation > generation).await;
     assert_eq!(gw.health.view(dead).state, "ejected");
     let before = metric(

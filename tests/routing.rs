@@ -92,7 +92,7 @@ async fn missing_service_keeps_the_port_bound_and_refusing() {
         outcome.await.unwrap_err().kind(),
         std::io::ErrorKind::ConnectionReset
     );
-    let table = gw.controller.snapshot().load();
+    let table = gw.publisher.snapshot().load();
     let problems: Vec<String> = table.problems.iter().map(|p| p.to_string()).collect();
     assert!(
         problems
@@ -125,7 +125,7 @@ async fn bad_entries_are_reported_and_the_good_ones_still_serve() {
     let addr = gw.wait_bound(tcp(10000)).await;
     assert_eq!(greeting(addr).await.unwrap(), "good");
 
-    let table = gw.controller.snapshot().load();
+    let table = gw.publisher.snapshot().load();
     let problems: Vec<String> = table.problems.iter().map(|p| p.to_string()).collect();
     let expect = [
         ("\"0\"", "port 0"),

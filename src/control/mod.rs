@@ -1,12 +1,12 @@
 //! Control plane: providers report Kubernetes objects, the [`index::Index`] holds them, the pure
 //! [`build::build`] turns them into an immutable [`table::RouteTable`], and the
-//! [`controller::Controller`] publishes it through the [`snapshot::Snapshot`].
+//! [`publisher::TablePublisher`] publishes it through the [`snapshot::Snapshot`].
 
 pub mod build;
 pub mod configmap;
-pub mod controller;
 pub mod diff;
 pub mod index;
 pub mod provider;
+pub mod publisher;
 pub mod snapshot;
 pub mod table;

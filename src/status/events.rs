@@ -1,6 +1,6 @@
 //! Records problems as Kubernetes Events on the port-map ConfigMap they concern, once when
 //! each appears (`kubectl describe configmap tcp-services` shows them): configuration problems
-//! from the controller, and ports that cannot be bound (in use by another process).
+//! from the table publisher, and ports that cannot be bound (in use by another process).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ const MAX_NOTE: usize = 1024;
 
 /// Where Events go and what they are about.
 pub struct EventSources {
-    /// Problems as they appear ([`crate::control::controller::Controller::subscribe_problems`]).
+    /// Problems as they appear ([`crate::control::publisher::TablePublisher::subscribe_problems`]).
     pub problems: mpsc::UnboundedReceiver<ConfigProblem>,
     /// The listener manager's port states.
     pub listeners: watch::Receiver<ListenerStatus>,

@@ -394,7 +394,7 @@ pub fn check_deployment(docs: &[Doc], gw: &Gateway) -> Vec<String> {
             grace.as_secs(),
             gw.flags.shutdown_delay,
             gw.flags.shutdown_grace,
-            dermaga::app::ACCESS_LOG_FLUSH_TIMEOUT
+            dermaga::process::ACCESS_LOG_FLUSH_TIMEOUT
         ));
     }
 

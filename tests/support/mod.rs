@@ -149,7 +149,7 @@ pub fn gateway(yaml: &str, options: GatewayOptions) -> Gateway {
 
 pub fn apply(gw: &Gateway, yaml: &str) {
     let objects = parse_manifest(yaml).expect("fixture parses").objects;
-    gw.controller.update(|i| i.reset_all(objects));
+    gw.publisher.update(|i| i.reset_all(objects));
 }
 
 pub fn tcp(port: u16) -> RouteKey {
@@ -226,7 +226,7 @@ pub async fn start_admin(
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let state = AdminState {
-        snapshot: gw.controller.snapshot().clone(),
+        snapshot: gw.publisher.snapshot().clone(),
         status: gw.status(),
         metrics: gw.metrics.clone(),
         pipes: gw.pipes.clone(),

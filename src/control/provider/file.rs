@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::config_file::FileError;
 use super::config_file::{ConfigFile, Fingerprint, Loaded};
-use crate::control::controller::Controller;
+use crate::control::publisher::TablePublisher;
 
 /// At start, how many times a file that keeps changing while it is read is read again.
 const START_ATTEMPTS: usize = 20;
@@ -73,7 +73,7 @@ impl Settle {
     }
 }
 
-/// Watches one file and feeds its objects to a [`Controller`].
+/// Watches one file and feeds its objects to a [`TablePublisher`].
 #[derive(Debug, Clone)]
 pub struct FileProvider {
     file: ConfigFile,
@@ -104,38 +104,38 @@ impl FileProvider {
     /// Reads and applies the file once. Used at start, where a bad file is a fatal error; a
     /// file that changes while it is read is read again (after one poll interval, a bounded
     /// number of times).
-    pub async fn load(&mut self, controller: &Controller) -> Result<(), FileError> {
+    pub async fn load(&mut self, publisher: &TablePublisher) -> Result<(), FileError> {
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            match self.read_and_apply(controller).await {
+            match self.read_and_apply(publisher).await {
                 Err(FileError::Changed { .. }) if attempts < START_ATTEMPTS => {
                     tokio::time::sleep(self.poll).await;
                 }
                 other => break other,
             }
         };
-        controller.record_load(result.is_ok());
+        publisher.record_load(result.is_ok());
         result
     }
 
     /// Read in place, not on a blocking thread: at start nothing is served yet, and a blocking
     /// thread would outlive the load by tokio's keep-alive (a thread more than `--worker-threads`).
-    async fn read_and_apply(&mut self, controller: &Controller) -> Result<(), FileError> {
+    async fn read_and_apply(&mut self, publisher: &TablePublisher) -> Result<(), FileError> {
         let loaded = self.file.read()?;
         let manifest = self.file.parse(&loaded.text)?;
         if !manifest.skipped.is_empty() {
             tracing::debug!(skipped = ?manifest.skipped, "objects of kinds dermaga does not use were skipped");
         }
         let objects = manifest.objects;
-        controller.update(|index| index.reset_all(objects));
+        publisher.update(|index| index.reset_all(objects));
         let Loaded { fingerprint, text } = loaded;
         self.seen = Some((fingerprint, text));
         Ok(())
     }
 
     /// Reloads the file whenever it changes and has settled, until `shutdown`.
-    pub async fn watch(mut self, controller: Arc<Controller>, shutdown: CancellationToken) {
+    pub async fn watch(mut self, publisher: Arc<TablePublisher>, shutdown: CancellationToken) {
         let path = self.file.path().display().to_string();
         let mut settle = Settle::after(self.seen.as_ref().map(|(f, _)| f.clone()));
         // Whether the last attempt failed: the next good one says so.
@@ -176,7 +176,7 @@ impl FileProvider {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration");
-                    controller.record_load(false);
+                    publisher.record_load(false);
                     failing = true;
                     continue;
                 }
@@ -200,9 +200,9 @@ impl FileProvider {
                 Ok(manifest) => {
                     if let Some(manifest) = manifest {
                         let objects = manifest.objects;
-                        controller.update(|index| index.reset_all(objects));
+                        publisher.update(|index| index.reset_all(objects));
                     }
-                    controller.record_load(true);
+                    publisher.record_load(true);
                     if failing {
                         tracing::info!(config = %path, "--config {path} is valid again; applied");
                     } else {
@@ -213,7 +213,7 @@ impl FileProvider {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "config reload failed; keeping the last good configuration");
-                    controller.record_load(false);
+                    publisher.record_load(false);
                     failing = true;
                 }
             }

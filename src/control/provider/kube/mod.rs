@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::sync::{Command, SyncState};
 use self::watch::ScopeKey;
-use crate::control::controller::Controller;
+use crate::control::publisher::TablePublisher;
 use crate::names::{ObjectName, Protocol};
 
-/// Watches the API server and feeds a [`Controller`].
+/// Watches the API server and feeds a [`TablePublisher`].
 pub struct KubeProvider {
     client: kube::Client,
     port_maps: Vec<(Protocol, ObjectName)>,
@@ -71,7 +71,7 @@ impl KubeProvider {
 
     /// Watches until `shutdown`, publishing a table after each batch of changes (the first
     /// only once every watcher has listed).
-    pub async fn run(self, controller: Arc<Controller>, shutdown: CancellationToken) {
+    pub async fn run(self, publisher: Arc<TablePublisher>, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::channel(1024);
         let (mut state, commands) =
             SyncState::new(self.port_maps.clone(), std::time::Instant::now());
@@ -103,7 +103,7 @@ impl KubeProvider {
         };
         execute(commands, &mut tasks);
 
-        let metrics = controller.metrics().clone();
+        let metrics = publisher.metrics().clone();
         let handle = |state: &mut SyncState, message: watch::Message, now| {
             if let watch::Change::Failed(failure) = &message.change {
                 metrics.kube_watch_error(message.scope.resource(), failure.kind.label());
@@ -137,8 +137,8 @@ impl KubeProvider {
                         })
                         .collect(),
                 );
-                controller.update(|index| batch.into_iter().for_each(|op| op.run(index)));
-                controller.record_load(true);
+                publisher.update(|index| batch.into_iter().for_each(|op| op.run(index)));
+                publisher.record_load(true);
             }
         }
         drop(tasks);

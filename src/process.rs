@@ -1,5 +1,6 @@
-//! The `dermaga` process: flags → Index settings and gateway options → admin server, access log,
-//! providers → run until a signal, then drain.
+//! The `dermaga` process around the in-process [`crate::gateway::Gateway`]: flags → Index
+//! settings and gateway options → signals, access log, provider, admin thread, Events → run
+//! until a signal, then drain and exit.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -156,7 +157,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
 
     let provider = match provider {
         Provider::File(mut file, config) => {
-            file.load(&gateway.controller)
+            file.load(&gateway.publisher)
                 .await
                 .with_context(|| format!("cannot start with --config {}", config.display()))?;
             tracing::info!(config = %config.display(), "configuration loaded; watching for changes");
@@ -192,7 +193,7 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         admin_listener.into_std()?,
         health_listener.map(|l| l.into_std()).transpose()?,
         AdminState {
-            snapshot: gateway.controller.snapshot().clone(),
+            snapshot: gateway.publisher.snapshot().clone(),
             status: gateway.status(),
             metrics,
             pipes: gateway.pipes.clone(),
@@ -207,24 +208,24 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         tracing::info!(%address, "probes listening (/healthz /readyz)");
     }
 
-    let controller = Arc::clone(&gateway.controller);
+    let publisher = Arc::clone(&gateway.publisher);
     let watcher = match provider {
-        Provider::File(file, _) => tokio::spawn(file.watch(controller, draining.clone())),
+        Provider::File(file, _) => tokio::spawn(file.watch(publisher, draining.clone())),
         Provider::Kube(kube) => {
             // Events on the port maps, for as long as the provider watches.
             let events = tokio::spawn(events::record(
                 events::Reporting::new(kube.client()),
                 events::EventSources {
-                    problems: controller.subscribe_problems(),
+                    problems: publisher.subscribe_problems(),
                     listeners: gateway.status(),
                     port_maps: kube.port_map_refs(),
                     map_of: args.index_settings().port_maps.into_iter().collect(),
                 },
-                controller.metrics().clone(),
+                publisher.metrics().clone(),
             ));
             let draining = draining.clone();
             tokio::spawn(async move {
-                kube.run(controller, draining).await;
+                kube.run(publisher, draining).await;
                 events.abort();
             })
         }

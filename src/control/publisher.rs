@@ -13,16 +13,16 @@ use crate::telemetry::metrics::Metrics;
 
 /// Applies provider updates to the Index and publishes the resulting tables.
 #[derive(Debug)]
-pub struct Controller {
+pub struct TablePublisher {
     index: Mutex<Index>,
     snapshot: Arc<Snapshot>,
     metrics: Arc<Metrics>,
-    /// Told of each problem when it first appears (the kube provider records Events).
+    /// Told of each problem when it first appears ([`crate::status::events`] records them as Events).
     problem_subscribers: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ConfigProblem>>>,
 }
 
-impl Controller {
-    /// A controller publishing into `snapshot`.
+impl TablePublisher {
+    /// A publisher into `snapshot`.
     pub fn new(index: Index, snapshot: Arc<Snapshot>, metrics: Arc<Metrics>) -> Self {
         Self {
             index: Mutex::new(index),
@@ -55,7 +55,7 @@ impl Controller {
         &self.metrics
     }
 
-    /// The snapshot this controller publishes to.
+    /// The snapshot this publisher publishes to.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
     }
