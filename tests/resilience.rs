@@ -281,7 +281,10 @@ async fn s3_an_endpoint_killed_under_load_costs_only_its_open_connections() {
         failed_connects <= 3.0 + 49.0,
         "b is ejected after 3 refusals: {failed_connects} refused connects"
     );
-    assert_ne!(gw.health.view(b.addr).state, "healthy");
+    assert_ne!(
+        gw.health.view(b.addr, std::time::Instant::now()).state,
+        "healthy"
+    );
     gw.shutdown().await;
 }
 
@@ -402,8 +405,14 @@ async fn when_every_endpoint_is_ejected_all_are_tried() {
         // Each connection tries both, and both refuse.
         assert!(short_connection(addr).await.is_err());
     }
-    assert_eq!(gw.health.view(x).state, "ejected");
-    assert_eq!(gw.health.view(y).state, "ejected");
+    assert_eq!(
+        gw.health.view(x, std::time::Instant::now()).state,
+        "ejected"
+    );
+    assert_eq!(
+        gw.health.view(y, std::time::Instant::now()).state,
+        "ejected"
+    );
 
     let _x = Pod::start(x, "x").await;
     // Without the panic rule the port would refuse for the ejection's 10 s.
@@ -416,7 +425,7 @@ async fn when_every_endpoint_is_ejected_all_are_tried() {
         ) >= 1.0
     );
     assert_eq!(
-        gw.health.view(x).state,
+        gw.health.view(x, std::time::Instant::now()).state,
         "healthy",
         "the success ended x's ejection"
     );
@@ -458,7 +467,7 @@ async fn active_checks_take_a_dead_endpoint_out_before_any_client_meets_it() {
     let (admin, stop_admin) = start_admin(&gw, "127.1.4.4").await;
     let health = gw.health.clone();
     wait_until("b checked healthy", || {
-        health.view(b_addr).check == CheckState::Healthy
+        health.view(b_addr, std::time::Instant::now()).check == CheckState::Healthy
     })
     .await;
     assert_eq!(
@@ -468,7 +477,7 @@ async fn active_checks_take_a_dead_endpoint_out_before_any_client_meets_it() {
 
     b.kill().await;
     wait_until("b checked unhealthy (3 failed probes)", || {
-        health.view(b_addr).check == CheckState::Unhealthy
+        health.view(b_addr, std::time::Instant::now()).check == CheckState::Unhealthy
     })
     .await;
     let view = endpoint_health(&routes_json(admin).await, b_addr);
@@ -507,7 +516,7 @@ async fn active_checks_take_a_dead_endpoint_out_before_any_client_meets_it() {
     // Back on the same address: healthy after two passing probes.
     let _b = Pod::start(b_addr, "b2").await;
     wait_until("b healthy again", || {
-        health.view(b_addr).check == CheckState::Healthy
+        health.view(b_addr, std::time::Instant::now()).check == CheckState::Healthy
     })
     .await;
     let mut seen = std::collections::BTreeSet::new();
@@ -536,7 +545,10 @@ async fn health_survives_table_rebuilds_and_is_forgotten_with_the_endpoint() {
     for _ in 0..6 {
         assert_eq!(short_connection(addr).await.as_deref(), Ok("a"));
     }
-    assert_eq!(gw.health.view(dead).state, "ejected");
+    assert_eq!(
+        gw.health.view(dead, std::time::Instant::now()).state,
+        "ejected"
+    );
 
     // A rebuild that keeps the endpoint (another endpoint joins): still ejected.
     let c = Pod::start(at("127.0.4.12"), "c").await;
@@ -550,7 +562,10 @@ async fn health_survives_table_rebuilds_and_is_forgotten_with_the_endpoint() {
     );
     let snapshot = gw.publisher.snapshot().clone();
     wait_until("new table", || snapshot.load().generation > generation).await;
-    assert_eq!(gw.health.view(dead).state, "ejected");
+    assert_eq!(
+        gw.health.view(dead, std::time::Instant::now()).state,
+        "ejected"
+    );
     let before = metric(
         &gw,
         "dermaga_upstream_connect_failures_total",

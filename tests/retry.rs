@@ -94,7 +94,10 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
         failures, retried,
         "every refused connect was retried once and succeeded"
     );
-    assert_eq!(gw.health.view(refusing).state, "ejected");
+    assert_eq!(
+        gw.health.view(refusing, std::time::Instant::now()).state,
+        "ejected"
+    );
 
     let log = capture.text();
     let line = log

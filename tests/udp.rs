@@ -280,11 +280,16 @@ async fn a_dead_endpoint_loses_no_one_query_client_and_is_ejected() {
     );
     assert!(refused >= 3.0, "{refused}");
     assert_eq!(
-        gw.health.view(dermaga::names::HealthKey::udp(dead)).state,
+        gw.health
+            .view(
+                dermaga::names::HealthKey::udp(dead),
+                std::time::Instant::now()
+            )
+            .state,
         "ejected"
     );
     assert_eq!(
-        gw.health.view(live).state,
+        gw.health.view(live, std::time::Instant::now()).state,
         "healthy",
         "the same address over TCP is another endpoint"
     );

@@ -279,7 +279,8 @@ async fn establish(
         let endpoint = outcome.endpoint.expect("connected to an endpoint");
         let pod = outcome.pod.clone();
         pm.connect_failed(endpoint, pod.as_deref(), ConnectFailure::closed_before_data);
-        ctx.health.connect_failed(endpoint, pod.as_ref());
+        ctx.health
+            .connect_failed(endpoint, pod.as_ref(), Instant::now());
         let warn = WarnKey {
             port: key,
             endpoint: Some(endpoint),
@@ -411,8 +412,11 @@ async fn connect(
     tried: &[SocketAddr],
 ) -> Option<TcpStream> {
     let health = &ctx.health;
-    let skip_unhealthy = !health.all_healthy()
-        && if route.active_endpoints().any(|e| health.usable(e.addr)) {
+    // The clock is read once per connection, and only while some endpoint is in trouble.
+    let now = (!health.all_healthy()).then(Instant::now);
+    let usable = |addr| now.is_none_or(|now| health.usable(addr, now));
+    let skip_unhealthy = now.is_some()
+        && if route.active_endpoints().any(|e| usable(e.addr)) {
             true
         } else {
             pm.all_endpoints_unhealthy.inc();
@@ -425,12 +429,12 @@ async fn connect(
         .max(1)
         .min(route.active_count());
     let order = if skip_unhealthy {
-        route.pick_order_usable(|e| health.usable(e.addr))
+        route.pick_order_usable(|e| usable(e.addr))
     } else {
         route.pick_order()
     };
     let candidates = order
-        .filter(|e| !skip_unhealthy || health.usable(e.addr))
+        .filter(|e| !skip_unhealthy || usable(e.addr))
         .filter(|e| !tried.contains(&e.addr))
         .take(attempts.saturating_sub(outcome.attempts as usize));
     for endpoint in candidates {
@@ -463,7 +467,7 @@ async fn connect(
         pm.connect_failed(endpoint.addr, endpoint.target.as_deref(), reason);
         // A local shortage (out of descriptors...) says nothing about the endpoint.
         if reason != ConnectFailure::other {
-            health.connect_failed(endpoint.addr, endpoint.target.as_ref());
+            health.connect_failed(endpoint.addr, endpoint.target.as_ref(), Instant::now());
         }
         let warn = WarnKey {
             port: route.key,

@@ -252,6 +252,7 @@ async fn routes(
     axum::extract::Query(query): axum::extract::Query<RoutesQuery>,
 ) -> Json<RoutesView> {
     let table = state.snapshot.load();
+    let now = std::time::Instant::now();
     let status = state.status.borrow().clone();
     let limit = query.limit.unwrap_or(ROUTES_PAGE).min(ROUTES_PAGE);
     let mut matching = table
@@ -316,10 +317,13 @@ async fn routes(
                     .map(|e| EndpointView {
                         endpoint: e.clone(),
                         active: active.contains(&e.addr),
-                        health: state.health.view(HealthKey {
-                            addr: e.addr,
-                            protocol: route.key.protocol,
-                        }),
+                        health: state.health.view(
+                            HealthKey {
+                                addr: e.addr,
+                                protocol: route.key.protocol,
+                            },
+                            now,
+                        ),
                     })
                     .collect(),
             }

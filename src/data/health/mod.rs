@@ -18,6 +18,10 @@
 //! two listeners that fail apart), so it survives table rebuilds for endpoints that stay;
 //! [`HealthRegistry::retain`] forgets endpoints that left every route. The hot path costs one
 //! relaxed atomic load per connection while every endpoint is healthy.
+//!
+//! The registry never reads the clock: every call that depends on time takes `now`, so its
+//! tests step time instead of sleeping. The decisions themselves are pure functions
+//! ([`ejection_backoff`], [`check_step`]); the registry applies them to its atomics.
 
 pub mod checker;
 
@@ -57,6 +61,7 @@ impl Default for HealthSettings {
 /// What active checks last said about an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(u8)]
 pub enum CheckState {
     /// Not checked (checks off for its routes), or not enough probes yet.
     Unknown,
@@ -67,12 +72,63 @@ pub enum CheckState {
 }
 
 impl CheckState {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Healthy,
-            2 => Self::Unhealthy,
+    /// The state stored in `cell` (as its discriminant, see [`CheckState::store`]).
+    fn load(cell: &AtomicU8) -> Self {
+        match cell.load(Ordering::Relaxed) {
+            v if v == Self::Healthy as u8 => Self::Healthy,
+            v if v == Self::Unhealthy as u8 => Self::Unhealthy,
             _ => Self::Unknown,
         }
+    }
+
+    /// Stores this state in `cell`; returns the one it replaces.
+    fn swap(self, cell: &AtomicU8) -> Self {
+        let before = Self::load(cell);
+        cell.store(self as u8, Ordering::Relaxed);
+        before
+    }
+}
+
+/// The ejection that `failures` connects failed in a row make, after `ejections` ejections in
+/// a row: its backoff (base, doubled per ejection in a row, up to the maximum), or none while
+/// fewer than `eject_after` (or never, when that is 0).
+pub fn ejection_backoff(
+    settings: &HealthSettings,
+    failures: u32,
+    ejections: u32,
+) -> Option<Duration> {
+    let k = settings.eject_after;
+    if k == 0 || failures < k {
+        return None;
+    }
+    Some(
+        settings
+            .base_ejection
+            .saturating_mul(1u32 << ejections.min(16))
+            .min(settings.max_ejection),
+    )
+}
+
+/// The active-check verdict after one more probe, `passes` or `failures` being the count in a
+/// row including it: unhealthy after `unhealthy_threshold` failures, healthy again after
+/// `healthy_threshold` passes; an endpoint not yet judged is healthy at its first pass.
+pub fn check_step(
+    before: CheckState,
+    passed: bool,
+    in_a_row: u32,
+    checks: &checker::CheckSettings,
+) -> CheckState {
+    match (before, passed) {
+        (CheckState::Unknown, true) => CheckState::Healthy,
+        (CheckState::Unhealthy, true) if in_a_row >= checks.healthy_threshold => {
+            CheckState::Healthy
+        }
+        (CheckState::Unknown | CheckState::Healthy, false)
+            if in_a_row >= checks.unhealthy_threshold =>
+        {
+            CheckState::Unhealthy
+        }
+        (before, _) => before,
     }
 }
 
@@ -101,7 +157,7 @@ impl EndpointHealth {
     fn in_trouble(&self) -> bool {
         self.consecutive_failures.load(Ordering::Relaxed) > 0
             || self.ejected_until_ms.load(Ordering::Relaxed) != 0
-            || CheckState::from_u8(self.check.load(Ordering::Relaxed)) == CheckState::Unhealthy
+            || CheckState::load(&self.check) == CheckState::Unhealthy
     }
 }
 
@@ -156,9 +212,9 @@ impl HealthRegistry {
         &self.settings
     }
 
-    fn now_ms(&self) -> u64 {
+    fn now_ms(&self, now: Instant) -> u64 {
         // +1: 0 means "not ejected".
-        self.epoch.elapsed().as_millis() as u64 + 1
+        now.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 
     fn get(&self, addr: &HealthKey) -> Option<Arc<EndpointHealth>> {
@@ -186,8 +242,8 @@ impl HealthRegistry {
         self.troubled.load(Ordering::Relaxed) == 0
     }
 
-    /// May `addr` take a new connection now (not ejected, not failing active checks)?
-    pub fn usable(&self, addr: impl Into<HealthKey>) -> bool {
+    /// May `addr` take a new connection at `now` (not ejected, not failing active checks)?
+    pub fn usable(&self, addr: impl Into<HealthKey>, now: Instant) -> bool {
         if self.all_healthy() {
             return true;
         }
@@ -195,11 +251,11 @@ impl HealthRegistry {
         let Some(h) = self.get(&addr) else {
             return true;
         };
-        if CheckState::from_u8(h.check.load(Ordering::Relaxed)) == CheckState::Unhealthy {
+        if CheckState::load(&h.check) == CheckState::Unhealthy {
             return false;
         }
         let until = h.ejected_until_ms.load(Ordering::Relaxed);
-        until == 0 || until <= self.now_ms()
+        until == 0 || until <= self.now_ms(now)
     }
 
     /// Records a successful connect: the endpoint is healthy again.
@@ -244,9 +300,14 @@ impl HealthRegistry {
         }
     }
 
-    /// Records a failed connect (refused, reset, timed out, unreachable); may eject the
-    /// endpoint. Returns true when this failure ejected it.
-    pub fn connect_failed(&self, addr: impl Into<HealthKey>, pod: Option<&Arc<str>>) -> bool {
+    /// Records a failed connect (refused, reset, timed out, unreachable) at `now`; may eject
+    /// the endpoint. Returns true when this failure ejected it.
+    pub fn connect_failed(
+        &self,
+        addr: impl Into<HealthKey>,
+        pod: Option<&Arc<str>>,
+        now: Instant,
+    ) -> bool {
         let addr = addr.into();
         let h = self.entry(addr);
         if pod.is_some() {
@@ -254,7 +315,7 @@ impl HealthRegistry {
         }
         let _transition = Self::lock(&h);
         let failures = h.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let ejected = self.maybe_eject(addr, &h, failures, pod);
+        let ejected = self.maybe_eject(addr, &h, failures, pod, now);
         self.recount(&h);
         ejected
     }
@@ -265,22 +326,18 @@ impl HealthRegistry {
         h: &EndpointHealth,
         failures: u32,
         pod: Option<&Arc<str>>,
+        now: Instant,
     ) -> bool {
-        let k = self.settings.eject_after;
-        if k == 0 || failures < k {
+        let ejections = h.ejections.load(Ordering::Relaxed);
+        let Some(backoff) = ejection_backoff(&self.settings, failures, ejections) else {
             return false;
-        }
-        let now = self.now_ms();
+        };
+        let now = self.now_ms(now);
         if h.ejected_until_ms.load(Ordering::Relaxed) > now {
             // Already ejected (a connect that started before the ejection).
             return false;
         }
-        let ejections = h.ejections.fetch_add(1, Ordering::Relaxed);
-        let backoff = self
-            .settings
-            .base_ejection
-            .saturating_mul(1u32 << ejections.min(16))
-            .min(self.settings.max_ejection);
+        h.ejections.store(ejections + 1, Ordering::Relaxed);
         h.ejected_until_ms
             .store(now + backoff.as_millis() as u64, Ordering::Relaxed);
         tracing::warn!(
@@ -306,31 +363,40 @@ impl HealthRegistry {
         };
         let _transition = Self::lock(&h);
         let checks = &self.settings.checks;
-        let before = CheckState::from_u8(h.check.load(Ordering::Relaxed));
-        match result {
+        let before = CheckState::load(&h.check);
+        let (passed, in_a_row) = match &result {
             Ok(()) => {
                 h.check_failures.store(0, Ordering::Relaxed);
-                let passes = h.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
-                if before == CheckState::Unhealthy && passes >= checks.healthy_threshold {
-                    h.check.store(1, Ordering::Relaxed);
+                (true, h.check_passes.fetch_add(1, Ordering::Relaxed) + 1)
+            }
+            Err(_) => {
+                h.check_passes.store(0, Ordering::Relaxed);
+                (false, h.check_failures.fetch_add(1, Ordering::Relaxed) + 1)
+            }
+        };
+        let after = check_step(before, passed, in_a_row, checks);
+        after.swap(&h.check);
+        match (before, after) {
+            (CheckState::Unhealthy, CheckState::Healthy) => {
+                tracing::info!(endpoint = %addr.addr, passes = in_a_row, "active health check: endpoint healthy again");
+                self.metrics.endpoint_check_unhealthy(addr.addr, false);
+            }
+            (_, CheckState::Unhealthy) if before != CheckState::Unhealthy => {
+                let error = result.as_ref().err().map(String::as_str).unwrap_or("");
+                tracing::warn!(endpoint = %addr.addr, failures = in_a_row, error = %error, "active health check: endpoint unhealthy; it takes no new connections");
+                self.metrics.endpoint_check_unhealthy(addr.addr, true);
+            }
+            _ => {}
+        }
+        match result {
+            // A pass ends a passive ejection, unless the endpoint is still unhealthy by checks.
+            Ok(()) => {
+                if after != CheckState::Unhealthy {
                     *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    tracing::info!(endpoint = %addr.addr, passes, "active health check: endpoint healthy again");
-                    self.metrics.endpoint_check_unhealthy(addr.addr, false);
-                } else if before == CheckState::Unknown {
-                    h.check.store(1, Ordering::Relaxed);
-                }
-                if before != CheckState::Unhealthy || passes >= checks.healthy_threshold {
                     self.clear_failures(addr, &h, "an active check passed");
                 }
             }
             Err(error) => {
-                h.check_passes.store(0, Ordering::Relaxed);
-                let failures = h.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if before != CheckState::Unhealthy && failures >= checks.unhealthy_threshold {
-                    h.check.store(2, Ordering::Relaxed);
-                    tracing::warn!(endpoint = %addr.addr, failures, error = %error, "active health check: endpoint unhealthy; it takes no new connections");
-                    self.metrics.endpoint_check_unhealthy(addr.addr, true);
-                }
                 *h.last_check_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             }
         }
@@ -353,7 +419,7 @@ impl HealthRegistry {
             return;
         };
         let _transition = Self::lock(&h);
-        if CheckState::from_u8(h.check.swap(0, Ordering::Relaxed)) == CheckState::Unhealthy {
+        if CheckState::Unknown.swap(&h.check) == CheckState::Unhealthy {
             self.metrics.endpoint_check_unhealthy(addr, false);
         }
         h.check_passes.store(0, Ordering::Relaxed);
@@ -370,8 +436,8 @@ impl HealthRegistry {
             .unwrap_or_else(|p| p.into_inner()) = addrs;
     }
 
-    /// The health of `addr` for `/routes`.
-    pub fn view(&self, addr: impl Into<HealthKey>) -> HealthView {
+    /// The health of `addr` at `now`, for `/routes`.
+    pub fn view(&self, addr: impl Into<HealthKey>, now: Instant) -> HealthView {
         let Some(h) = self.get(&addr.into()) else {
             return HealthView {
                 state: "healthy",
@@ -382,9 +448,9 @@ impl HealthRegistry {
                 check_error: None,
             };
         };
-        let now = self.now_ms();
+        let now = self.now_ms(now);
         let until = h.ejected_until_ms.load(Ordering::Relaxed);
-        let check = CheckState::from_u8(h.check.load(Ordering::Relaxed));
+        let check = CheckState::load(&h.check);
         let state = if check == CheckState::Unhealthy {
             "unhealthy"
         } else if until > now {

@@ -128,7 +128,7 @@ impl Shared {
             .connect_failed(endpoint, pod.as_deref(), ConnectFailure::refused);
         self.ctx
             .health
-            .connect_failed(HealthKey::udp(endpoint), pod.as_ref());
+            .connect_failed(HealthKey::udp(endpoint), pod.as_ref(), Instant::now());
         let unanswered = std::mem::take(&mut flow.unanswered).take();
         let mut tried = std::mem::take(&mut flow.handle.tried);
         tried.push(endpoint);
@@ -158,7 +158,8 @@ impl Shared {
         if health.all_healthy() {
             return route.pick_order().find(|e| fresh(e));
         }
-        let usable = |e: &Endpoint| fresh(e) && health.usable(HealthKey::udp(e.addr));
+        let now = Instant::now();
+        let usable = |e: &Endpoint| fresh(e) && health.usable(HealthKey::udp(e.addr), now);
         if route.active_endpoints().any(usable) {
             return route.pick_order_usable(usable).find(|e| usable(e));
         }
