@@ -8,15 +8,14 @@
 //! - **Descriptors.** A spare descriptor ([`refuse_with_reserve`]), shared by every port, is
 //!   given up for an instant when accept fails for want of descriptors (EMFILE, ENFILE), so the
 //!   pending connection can be accepted and reset at once instead of waiting in the backlog.
-//! - **Warnings.** Refusals are logged through a [`Throttle`]: one line per port and reason per
-//!   second at most, with the number refused since the last line.
+//! - **Warnings.** Refusals are logged by the accept loop through the process's one warning
+//!   throttle ([`crate::telemetry::log_throttle`]), per port and reason.
 
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
@@ -112,32 +111,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.port.release();
         self.0.global.release();
-    }
-}
-
-/// Lets a warning through at most once per [`Throttle::PERIOD`], counting the ones held back.
-#[derive(Debug, Default)]
-pub struct Throttle {
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl Throttle {
-    /// At most one line per this period.
-    pub const PERIOD: Duration = Duration::from_secs(1);
-
-    /// One more event; `Some(n)` when a line is due now, `n` counting the events since the
-    /// last line (this one included).
-    pub fn note(&mut self, now: Instant) -> Option<u64> {
-        self.held += 1;
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < Self::PERIOD)
-        {
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held))
     }
 }
 
@@ -307,17 +280,5 @@ mod tests {
         assert!(highest.load(Ordering::Relaxed) <= 100);
         assert_eq!(admitted.load(Ordering::Relaxed), 100);
         assert_eq!(global.get(), 0);
-    }
-
-    #[test]
-    fn the_throttle_lets_one_line_a_second_through_with_the_count() {
-        let mut throttle = Throttle::default();
-        let t0 = Instant::now();
-        assert_eq!(throttle.note(t0), Some(1));
-        for i in 1..=9 {
-            assert_eq!(throttle.note(t0 + Duration::from_millis(i * 100)), None);
-        }
-        assert_eq!(throttle.note(t0 + Duration::from_millis(1000)), Some(10));
-        assert_eq!(throttle.note(t0 + Duration::from_millis(5000)), Some(1));
     }
 }

@@ -1,6 +1,8 @@
-//! Rate limit for warnings that can come once per connection (a bad PROXY header, a refused
-//! connect): the first of a kind is logged at once, then at most one line per interval carries
-//! the count of those held back, so a flood of bad connections cannot flood the log.
+//! Rate limit for warnings that can come once per connection or datagram (a bad PROXY header,
+//! a refused connect, a connection refused at a limit or for want of descriptors, a UDP flow
+//! limit or port unreachable): the first of a kind is logged at once, then at most one line per
+//! interval carries the count of those held back, so a flood cannot flood the log. The TCP
+//! path, the accept loops and the UDP ports all go through the one [`ConnWarnings`].
 //!
 //! [`LogThrottle`] is the pure rule (it takes `now`, does no I/O); [`ConnWarnings`] is the
 //! shell the data path shares: a lock around it, and a task that writes the summary lines of
@@ -122,6 +124,17 @@ pub enum WarnReason {
     Connect(ConnectFailure),
     /// No endpoint accepted the connection (every attempt failed).
     NoEndpointAccepted,
+    /// A connection refused at accept: over a connection limit.
+    ConnectionLimit,
+    /// A connection refused at accept: the descriptors kept for the rest of the process are
+    /// reached, or accept failed for want of descriptors.
+    OutOfDescriptors,
+    /// UDP: datagrams of a new client dropped at the flow limit.
+    UdpFlowLimit,
+    /// UDP: no upstream socket could be opened for a new flow.
+    UdpUpstreamSocket,
+    /// UDP: an endpoint answered ICMP port-unreachable.
+    UdpPortUnreachable,
 }
 
 impl fmt::Display for WarnReason {
@@ -137,6 +150,11 @@ impl fmt::Display for WarnReason {
             }
             WarnReason::Connect(ConnectFailure::other) => "upstream connect failed",
             WarnReason::NoEndpointAccepted => "no endpoint accepted the connection",
+            WarnReason::ConnectionLimit => "connection limit reached",
+            WarnReason::OutOfDescriptors => "out of file descriptors",
+            WarnReason::UdpFlowLimit => "UDP flow limit reached",
+            WarnReason::UdpUpstreamSocket => "cannot open an upstream UDP socket",
+            WarnReason::UdpPortUnreachable => "UDP endpoint answered port unreachable",
         })
     }
 }

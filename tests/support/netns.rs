@@ -55,8 +55,10 @@ impl NetNs {
         setns(&self.fd, CloneFlags::CLONE_NEWNET).expect("setns into the test's network namespace");
     }
 
-    /// Runs `test` inside the namespace on a two-worker runtime whose threads all live there.
+    /// Runs `test` inside the namespace on a two-worker runtime whose threads all live there;
+    /// the calling thread goes back to its own namespace afterwards (tests share one binary).
     pub fn block_on<F: std::future::Future>(self: &Arc<Self>, test: F) -> F::Output {
+        let home = File::open("/proc/thread-self/ns/net").expect("own netns descriptor");
         self.enter();
         let ns = Arc::clone(self);
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -65,7 +67,10 @@ impl NetNs {
             .on_thread_start(move || ns.enter())
             .build()
             .expect("tokio runtime");
-        runtime.block_on(test)
+        let output = runtime.block_on(test);
+        drop(runtime);
+        setns(&home, CloneFlags::CLONE_NEWNET).expect("setns back to the test thread's namespace");
+        output
     }
 }
 

@@ -1,12 +1,12 @@
 //! A TCP port's accept loop: admits each connection within the connection limits and the
-//! descriptor ceiling (or refuses it at once with a reset, counted and warned about at most
-//! once a second), keeps the listener alive under EMFILE by refusing with a spare descriptor,
+//! descriptor ceiling (or refuses it at once with a reset, counted, and warned about through
+//! the process's one warning throttle), keeps the listener alive under EMFILE by refusing with a spare descriptor,
 //! and serves what is still queued when the port stops accepting.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,27 +15,37 @@ use tokio_util::task::TaskTracker;
 use super::drain::Drain;
 use crate::control::table::Route;
 use crate::data::context::ConnContext;
-use crate::data::limits::{self, PortCounts, ReserveOutcome, Throttle};
+use crate::data::limits::{self, PortCounts, ReserveOutcome};
 use crate::data::net::canonical;
 use crate::data::tcp::serve_connection;
 use crate::names::{ObjectName, RouteKey};
+use crate::telemetry::log_throttle::{WarnKey, WarnReason};
 use crate::telemetry::metrics::PortMetrics;
 use crate::telemetry::outcome::RefuseReason;
 
-/// What one port's accept loop needs to admit a connection: its counts, its refusal
-/// warnings, and where its connection tasks go.
+/// What one port's accept loop needs to admit a connection: its counts and where its
+/// connection tasks go.
 struct Admission {
     key: RouteKey,
     ctx: Arc<ConnContext>,
     counts: Arc<PortCounts>,
-    warnings: RefusalWarnings,
     close: CancellationToken,
     connections: TaskTracker,
 }
 
+/// A refusal warning of `key`'s port, through the process's one warning throttle: `Some(n)`
+/// when it is to be logged now, `n` the like warnings held back since the last line.
+fn note(ctx: &ConnContext, key: RouteKey, reason: WarnReason) -> Option<u64> {
+    ctx.warnings.note(WarnKey {
+        port: key,
+        endpoint: None,
+        reason,
+    })
+}
+
 impl Admission {
     /// Admits one accepted connection within the connection limits and spawns its task, or
-    /// refuses it at once with a reset (counted, warned about at most once a second).
+    /// refuses it at once with a reset (counted, and warned about through the throttle).
     fn admit(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
         let (key, ctx) = (self.key, &self.ctx);
         // The one table read of this connection.
@@ -45,8 +55,9 @@ impl Admission {
             pm.accepted.inc();
             pm.refused(RefuseReason::out_of_descriptors);
             crate::data::net::reset(stream);
-            if let Some(refused) = self.warnings.out_of_descriptors.note(Instant::now()) {
-                tracing::warn!(port = %key, refused, open = ctx.open.get(), ceiling = limits::descriptor_ceiling(), "near the open-files limit: the descriptors kept for the admin server are reached (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset (count: refused since the last such line)");
+            if let Some(held) = note(ctx, key, WarnReason::OutOfDescriptors) {
+                let suppressed = (held > 0).then_some(held);
+                tracing::warn!(port = %key, suppressed, open = ctx.open.get(), ceiling = limits::descriptor_ceiling(), "near the open-files limit: the descriptors kept for the admin server are reached (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset");
             }
             return;
         }
@@ -61,8 +72,9 @@ impl Admission {
                 pm.accepted.inc();
                 pm.refused(RefuseReason::max_connections);
                 crate::data::net::reset(stream);
-                if let Some(refused) = self.warnings.over_limit.note(Instant::now()) {
-                    tracing::warn!(port = %key, limit = %exceeded, refused, "connection limit reached; refusing new connections with a reset (count: refused since the last such line)");
+                if let Some(held) = note(ctx, key, WarnReason::ConnectionLimit) {
+                    let suppressed = (held > 0).then_some(held);
+                    tracing::warn!(port = %key, limit = %exceeded, suppressed, "connection limit reached; refusing new connections with a reset");
                 }
                 return;
             }
@@ -91,7 +103,6 @@ pub(super) async fn accept_loop(
         key,
         ctx: ctx.clone(),
         counts: PortCounts::new(ctx.open.clone()),
-        warnings: RefusalWarnings::default(),
         close: drain.close_signal(),
         connections: drain.tasks().clone(),
     };
@@ -111,12 +122,9 @@ pub(super) async fn accept_loop(
             Err(err) => {
                 ctx.metrics.global.accept_errors.inc();
                 let pause = match err.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE) => refuse_for_want_of_descriptors(
-                        &listener,
-                        key,
-                        &ctx,
-                        &mut admission.warnings,
-                    ),
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        refuse_for_want_of_descriptors(&listener, key, &ctx)
+                    }
                     Some(libc::ENOBUFS | libc::ENOMEM) => {
                         tracing::error!(port = %key, error = %err, "accept failed: out of memory; pausing this port's accepts for 100ms");
                         Some(Duration::from_millis(100))
@@ -183,13 +191,6 @@ fn accept_now(listener: &TcpListener) -> io::Result<Option<(tokio::net::TcpStrea
     }
 }
 
-/// One accept loop's rate-limited refusal warnings, one per reason.
-#[derive(Default)]
-struct RefusalWarnings {
-    over_limit: Throttle,
-    out_of_descriptors: Throttle,
-}
-
 /// The port's metrics handles (the rare path of refusals made before a connection task).
 fn port_metrics(ctx: &ConnContext, key: RouteKey, route: Option<&Route>) -> Arc<PortMetrics> {
     let unknown = ObjectName::new("", "");
@@ -204,7 +205,6 @@ fn refuse_for_want_of_descriptors(
     listener: &TcpListener,
     key: RouteKey,
     ctx: &ConnContext,
-    warnings: &mut RefusalWarnings,
 ) -> Option<Duration> {
     match limits::refuse_with_reserve(listener) {
         ReserveOutcome::Refused => {
@@ -212,15 +212,17 @@ fn refuse_for_want_of_descriptors(
             let pm = port_metrics(ctx, key, route.as_deref());
             pm.accepted.inc();
             pm.refused(RefuseReason::out_of_descriptors);
-            if let Some(refused) = warnings.out_of_descriptors.note(Instant::now()) {
-                tracing::warn!(port = %key, refused, open = ctx.open.get(), "out of file descriptors (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset (count: refused since the last such line)");
+            if let Some(held) = note(ctx, key, WarnReason::OutOfDescriptors) {
+                let suppressed = (held > 0).then_some(held);
+                tracing::warn!(port = %key, suppressed, open = ctx.open.get(), "out of file descriptors (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset");
             }
             None
         }
         ReserveOutcome::NothingPending => None,
         ReserveOutcome::Failed(err) => {
-            if warnings.out_of_descriptors.note(Instant::now()).is_some() {
-                tracing::error!(port = %key, error = ?err.map(|e| e.to_string()), "out of file descriptors and no spare one to refuse with; pausing this port's accepts for 100ms");
+            if let Some(held) = note(ctx, key, WarnReason::OutOfDescriptors) {
+                let suppressed = (held > 0).then_some(held);
+                tracing::error!(port = %key, suppressed, error = ?err.map(|e| e.to_string()), "out of file descriptors and no spare one to refuse with; pausing this port's accepts for 100ms");
             }
             Some(Duration::from_millis(100))
         }

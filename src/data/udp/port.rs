@@ -36,6 +36,7 @@ use crate::names::HealthKey;
 use crate::names::{ObjectName, RouteKey};
 use crate::sys;
 use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::log_throttle::{WarnKey, WarnReason};
 use crate::telemetry::metrics::{PortMetrics, UdpMetrics};
 use crate::telemetry::outcome::{CloseReason, ConnectFailure};
 
@@ -78,19 +79,18 @@ struct Shared {
     table: Mutex<FlowTable<FlowHandle>>,
     /// Cancelled when the port stops taking new flows.
     stop: CancellationToken,
-    /// When a datagram-path warning was last logged (rate limit: one per 10 s per port).
-    last_warning: Mutex<Option<Instant>>,
 }
 
 impl Shared {
-    /// True at most once per 10 s: whether a warning on the datagram path may be logged now.
-    fn may_warn(&self, now: Instant) -> bool {
-        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
-        let ok = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
-        if ok {
-            *last = Some(now);
-        }
-        ok
+    /// A datagram-path warning, through the process's one warning throttle (per port,
+    /// endpoint and reason): `Some(n)` when it is to be logged now, `n` the like warnings
+    /// held back since the last line.
+    fn warn_due(&self, endpoint: Option<SocketAddr>, reason: WarnReason) -> Option<u64> {
+        self.ctx.warnings.note(WarnKey {
+            port: self.key,
+            endpoint,
+            reason,
+        })
     }
 
     /// A flow's socket failed, if it is still the client's flow with `flow_id` (the client may
@@ -134,8 +134,9 @@ impl Shared {
         tried.push(endpoint);
         let attempts = self.ctx.settings.connect_attempts.max(1);
         let retry = unanswered.filter(|_| tried.len() < attempts && !self.stop.is_cancelled());
-        if self.may_warn(Instant::now()) {
-            tracing::warn!(port = %self.key, endpoint = %endpoint, pod = pod.as_deref().unwrap_or("-"), client = %client, moved = retry.is_some(), "UDP endpoint answered port unreachable: the flow ends, its unanswered datagram goes to another endpoint (moved=true), and the endpoint counts a failed connect (logged at most every 10s)");
+        if let Some(held) = self.warn_due(Some(endpoint), WarnReason::UdpPortUnreachable) {
+            let suppressed = (held > 0).then_some(held);
+            tracing::warn!(port = %self.key, endpoint = %endpoint, pod = pod.as_deref().unwrap_or("-"), client = %client, moved = retry.is_some(), suppressed, "UDP endpoint answered port unreachable: the flow ends, its unanswered datagram goes to another endpoint (moved=true), and the endpoint counts a failed connect");
         }
         self.end(
             client,
@@ -228,7 +229,6 @@ pub async fn serve_udp(
         socket: Arc::new(socket),
         table: Mutex::new(FlowTable::new(settings.idle_timeout, settings.max_flows)),
         stop: stop.clone(),
-        last_warning: Mutex::new(None),
     });
     let mut sweep = tokio::time::interval(
         (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
@@ -324,8 +324,9 @@ fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingeri
                     .metrics
                     .udp(shared.key, &service)
                     .dropped("max_flows");
-                if shared.may_warn(now) {
-                    tracing::warn!(port = %shared.key, client = %client, "UDP flow limit (--udp-max-flows) reached: datagrams from new clients are dropped until flows expire (counted in dermaga_udp_datagrams_dropped_total{{reason=\"max_flows\"}}; logged at most every 10s)");
+                if let Some(held) = shared.warn_due(None, WarnReason::UdpFlowLimit) {
+                    let suppressed = (held > 0).then_some(held);
+                    tracing::warn!(port = %shared.key, client = %client, suppressed, "UDP flow limit (--udp-max-flows) reached: datagrams from new clients are dropped until flows expire (counted in dermaga_udp_datagrams_dropped_total{{reason=\"max_flows\"}})");
                 }
                 return;
             }
@@ -375,8 +376,9 @@ fn start_flow(
     let upstream = match connect_upstream(endpoint) {
         Ok(s) => Arc::new(s),
         Err(err) => {
-            if shared.may_warn(now) {
-                tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, "cannot open an upstream UDP socket; datagrams dropped (counted in dermaga_udp_datagrams_dropped_total{{reason=\"upstream_socket\"}}; logged at most every 10s)");
+            if let Some(held) = shared.warn_due(Some(endpoint), WarnReason::UdpUpstreamSocket) {
+                let suppressed = (held > 0).then_some(held);
+                tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, suppressed, "cannot open an upstream UDP socket; datagrams dropped (counted in dermaga_udp_datagrams_dropped_total{{reason=\"upstream_socket\"}})");
             }
             shared
                 .ctx
