@@ -15,7 +15,7 @@
 //!  telemetry (metrics, access log, logging) · names (vocabulary) · sys (syscalls)
 //! ```
 //!
-//! Each layer uses only those below it (`tests/layers.rs` reads the `use` lines and checks):
+//! Each layer uses only those below it (`tests/it/layers.rs` reads the `use` lines and checks):
 //! - [`names`], [`sys`]: the vocabulary and the one module with `unsafe`.
 //! - [`telemetry`]: metrics, access log, logging, the data plane's outcome words.
 //! - [`control`]: Index, pure `build()`, table diff, [`control::publisher::TablePublisher`],

@@ -6,7 +6,7 @@
 #   testenv/build.sh     build (or reuse); prints kube-apiserver=PATH, etcd=PATH, kubectl=PATH
 #
 # Environment: TESTENV_CACHE (default ~/.cache/dermaga-testenv; not DERMAGA_..., a prefix the
-# gateway's flags read from the environment, which tests/deploy.rs refuses to see set). Needs Go >= 1.26 and the
+# gateway's flags read from the environment, which tests/it/deploy.rs refuses to see set). Needs Go >= 1.26 and the
 # Go module proxy; when either is missing it says which and exits 1 (it never skips).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -1,11 +1,9 @@
 //! Routing through real sockets: S1 (each port to its own Service), ports without endpoints
 //! refusing at once, bad entries costing nothing else, endpoint changes without a new socket.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 

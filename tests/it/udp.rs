@@ -3,16 +3,14 @@
 //! moving when their endpoint leaves, and ICMP port-unreachable moving a flow elsewhere (its
 //! query re-sent, the endpoint ejected through the health registry TCP uses).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use dermaga::control::index::Index;
 use dermaga::data::context::UdpSettings;
 use dermaga::gateway::{Gateway, GatewayOptions};
-use support::*;
 use tokio::net::UdpSocket;
 
 fn udp_key(port: u16) -> dermaga::names::RouteKey {

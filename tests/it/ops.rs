@@ -1,19 +1,17 @@
 //! Operating it: the admin server over real HTTP (/healthz, /readyz, /metrics with exact counter
 //! values after known traffic, /routes following a reload) and the access log's every field.
 
-mod support;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use dermaga::control::index::Index;
 use dermaga::control::provider::manifest::parse_manifest;
 use dermaga::gateway::Gateway;
 use dermaga::telemetry::access_log::{AccessLog, AccessLogFormat};
 use dermaga::telemetry::metrics::Metrics;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

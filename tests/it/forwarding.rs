@@ -1,11 +1,9 @@
 //! Forwarding correctness through real sockets: 256 MiB each way with checksums, half-close,
 //! the splice path and the copy fallback, and the fallback when the pipe pool runs out, and idle connections holding no pipes.
 
-mod support;
-
 use std::net::SocketAddr;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

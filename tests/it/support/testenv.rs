@@ -1,6 +1,6 @@
 //! The real Kubernetes binaries the tests use (kube-apiserver, etcd, kubectl of the same
 //! version), built from their Go modules by `testenv/build.sh` into a cache on first use. Shared
-//! by `support::kube_api` and `tests/deploy.rs` (which renders `deploy/base` with this kubectl).
+//! by `support::kube_api` and `tests/it/deploy.rs` (which renders `deploy/base` with this kubectl).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -2,10 +2,8 @@
 //! (built from their Go modules by `testenv/build.sh`), `deploy/base` applied with `kubectl apply
 //! -k`, and the `dermaga` binary authenticated as the `dermaga` ServiceAccount, so the real RBAC
 //! authorizer judges every call it makes. Each test runs in a network namespace of its own
-//! (`support::netns`): the API server, etcd, the gateway and the tagged backends, which live on
+//! (`crate::support::netns`): the API server, etcd, the gateway and the tagged backends, which live on
 //! 10.233.x.y because EndpointSlice validation rejects loopback addresses.
-
-mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::kube_api::{GATEWAY_USER, KubeApi};
+use crate::support::netns::NetNs;
+use crate::support::process::Dermaga;
+use crate::support::*;
 use serde_json::{Value, json};
-use support::kube_api::{GATEWAY_USER, KubeApi};
-use support::netns::NetNs;
-use support::process::Dermaga;
-use support::*;
 
 /// Runs a test's body in a fresh network namespace.
 fn in_netns<F: std::future::Future>(test: F) -> F::Output {
@@ -713,7 +711,7 @@ fn rbac_allows_exactly_what_the_gateway_needs() {
             );
         }
         // With its own token, as the gateway holds it: Secrets are refused by the authorizer.
-        let err = support::kube_api::kubectl_as(
+        let err = crate::support::kube_api::kubectl_as(
             &c.gateway_kubeconfig,
             &["get", "secrets", "-n", "dermaga"],
         )

@@ -4,8 +4,6 @@
 //! only whole, and a file that was deleted and comes back says it is valid again. Through it
 //! all, the last good configuration keeps forwarding.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::process::Dermaga;
-use support::*;
+use crate::support::process::Dermaga;
+use crate::support::*;
 
 /// Replaces `path` atomically with `yaml`.
 fn write_config(path: &Path, yaml: &str) {

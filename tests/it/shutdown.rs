@@ -6,8 +6,6 @@
 //!
 //! Addresses: gateways on 127.1.6.1–127.1.6.40, backends on 127.0.6.x.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -15,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::process::Dermaga;
-use support::*;
+use crate::support::process::Dermaga;
+use crate::support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

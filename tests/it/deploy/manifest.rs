@@ -374,7 +374,7 @@ pub fn read_plain_dir(dir: &Path) -> Result<Vec<Doc>, Vec<String>> {
 
 /// `kubectl kustomize <dir>`, parsed, with the kubectl built by `testenv/build.sh`.
 pub fn kustomize_build(dir: &Path) -> Result<Vec<Doc>, Vec<String>> {
-    let output = Command::new(crate::testenv::kubectl_binary())
+    let output = Command::new(crate::support::testenv::kubectl_binary())
         .arg("kustomize")
         .arg(dir)
         .output()

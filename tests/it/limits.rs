@@ -3,18 +3,16 @@
 //! new ones in once others close; per-port options override the flags; and the real binary under
 //! a low descriptor limit refuses a flood instead of leaving it in the backlog, then serves again.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::process::Dermaga;
+use crate::support::*;
 use dermaga::control::index::Index;
 use dermaga::gateway::{Gateway, GatewayOptions};
 use dermaga::telemetry::access_log::{AccessLog, AccessLogFormat};
 use dermaga::telemetry::metrics::Metrics;
-use support::process::Dermaga;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,15 +3,13 @@
 //! load, every endpoint ejected (the panic rule), active checks, and health state across table
 //! rebuilds. Each test counts what succeeded and what failed.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use dermaga::data::health::CheckState;
-use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

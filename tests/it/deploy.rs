@@ -5,14 +5,8 @@
 //! `kubectl kustomize deploy/base` (the kubectl that `testenv/build.sh` builds beside the API server). The tests at the end change one
 //! thing at a time and show that each check fails and says why.
 
-#[path = "deploy/manifest.rs"]
 mod manifest;
-#[path = "deploy/rbac.rs"]
 mod rbac;
-#[allow(dead_code)]
-#[path = "support/testenv.rs"]
-mod testenv;
-#[path = "deploy/workload.rs"]
 mod workload;
 
 use std::path::PathBuf;

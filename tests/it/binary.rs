@@ -2,15 +2,13 @@
 //! traffic (add a port, change a port's endpoints, remove a port and drain it), a bad file
 //! keeping the last good configuration, and start-up errors.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::process::Dermaga;
-use support::*;
+use crate::support::process::Dermaga;
+use crate::support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

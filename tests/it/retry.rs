@@ -2,9 +2,7 @@
 //! (the refused connect is retried on another endpoint), the refusing endpoint is ejected after
 //! three refusals so retries stay bounded, and the log names the refusing endpoint and its pod. This file installs a global log capture, so it holds this one test only.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {

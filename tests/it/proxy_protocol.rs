@@ -1,14 +1,12 @@
 //! PROXY protocol through real sockets: decoding from the client, encoding to the backend (v1
 //! and v2), garbage headers and a slow partial header closed at the header timeout.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use dermaga::data::proxy_protocol::{Decoded, decode, encode};
 use dermaga::names::ProxyVersion;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

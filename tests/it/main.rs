@@ -1,0 +1,23 @@
+//! The integration tests, one binary (one link of the crate and its dependencies instead of one
+//! per file): each module is what was a file of its own under `tests/`, `support` what they
+//! share. Real sockets on 127.0.0.0/8, the real `dermaga` binary, the real kube-apiserver.
+
+mod support;
+
+mod binary;
+mod check;
+mod config_file;
+mod dashboard;
+mod deploy;
+mod forwarding;
+mod fuzz_corpus;
+mod kube_provider;
+mod layers;
+mod limits;
+mod ops;
+mod proxy_protocol;
+mod resilience;
+mod retry;
+mod routing;
+mod shutdown;
+mod udp;
