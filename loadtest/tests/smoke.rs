@@ -275,16 +275,25 @@ fn dns_over_udp_reports_qps_latency_and_cpu_per_query() {
     proxy_sane(&v);
 }
 
+/// The runners pin the proxy to CPU 0 and the load to CPU 1 with taskset: without either, the
+/// tests below fail saying what is missing (never a silent pass).
+fn needs_taskset_and_two_cpus() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        Command::new("taskset").arg("--version").output().is_ok(),
+        "taskset is missing: apt-get install util-linux"
+    );
+    assert!(
+        cpus >= 2,
+        "the runners pin the proxy and the load to two CPUs; this machine lets the test use {cpus}"
+    );
+}
+
 /// The compare runner end to end on the direct path only (no proxy packages needed): every
-/// workload, one round, a report and charts. Needs taskset and two CPUs; skipped otherwise.
+/// workload, one round, a report and charts. Needs taskset and two CPUs.
 #[test]
 fn compare_runs_the_direct_path_and_writes_a_report() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let taskset = Command::new("taskset").arg("--version").output().is_ok();
-    if cpus < 2 || !taskset {
-        eprintln!("skipped: needs taskset and 2 CPUs (have {cpus}, taskset: {taskset})");
-        return;
-    }
+    needs_taskset_and_two_cpus();
     let out = std::env::temp_dir().join(format!("loadtest-smoke-{}", std::process::id()));
     let out_s = out.to_str().unwrap();
     let o = Command::new(BIN)
@@ -394,15 +403,10 @@ fn failover_counts_a_refusing_endpoint() {
 }
 
 /// The failover runner end to end on the direct path (no proxy packages needed): both
-/// scenarios, one round, a report. Needs taskset and two CPUs; skipped otherwise.
+/// scenarios, one round, a report. Needs taskset and two CPUs.
 #[test]
 fn failover_compare_runs_the_direct_path_and_writes_a_report() {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let taskset = Command::new("taskset").arg("--version").output().is_ok();
-    if cpus < 2 || !taskset {
-        eprintln!("skipped: needs taskset and 2 CPUs (have {cpus}, taskset: {taskset})");
-        return;
-    }
+    needs_taskset_and_two_cpus();
     let out = std::env::temp_dir().join(format!("loadtest-failover-{}", std::process::id()));
     let docs = out.join("doc.md");
     std::fs::create_dir_all(&out).unwrap();

@@ -396,7 +396,7 @@ async fn out_of_descriptors_refuses_the_excess_and_recovers() {
         counted >= refused as f64,
         "{counted} counted, {refused} seen"
     );
-    d.wait_log(&["refusing new connections with a reset", "refused="]);
+    d.wait_log(&["refusing new connections with a reset", "port=10000/TCP"]);
 
     // Normal service again, end to end.
     drop(open(at(10001), "web").await);

@@ -43,6 +43,21 @@ fn note(ctx: &ConnContext, key: RouteKey, reason: WarnReason) -> Option<u64> {
     })
 }
 
+/// Counts a connection refused at accept on `key`'s port for `reason`; `Some(suppressed)` when
+/// the warning is to be logged now (`suppressed`: like warnings held back since the last line).
+fn count_refusal(
+    ctx: &ConnContext,
+    key: RouteKey,
+    route: Option<&Route>,
+    reason: RefuseReason,
+    warning: WarnReason,
+) -> Option<Option<u64>> {
+    let pm = port_metrics(ctx, key, route);
+    pm.accepted.inc();
+    pm.refused(reason);
+    note(ctx, key, warning).map(|held| (held > 0).then_some(held))
+}
+
 impl Admission {
     /// Admits one accepted connection within the connection limits and spawns its task, or
     /// refuses it at once with a reset (counted, and warned about through the throttle).
@@ -51,12 +66,12 @@ impl Admission {
         // The one table read of this connection.
         let route = ctx.snapshot.load().get(&key).cloned();
         if !limits::below_descriptor_ceiling(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
-            let pm = port_metrics(ctx, key, route.as_deref());
-            pm.accepted.inc();
-            pm.refused(RefuseReason::out_of_descriptors);
             crate::data::net::reset(stream);
-            if let Some(held) = note(ctx, key, WarnReason::OutOfDescriptors) {
-                let suppressed = (held > 0).then_some(held);
+            let (reason, warning) = (
+                RefuseReason::out_of_descriptors,
+                WarnReason::OutOfDescriptors,
+            );
+            if let Some(suppressed) = count_refusal(ctx, key, route.as_deref(), reason, warning) {
                 tracing::warn!(port = %key, suppressed, open = ctx.open.get(), ceiling = limits::descriptor_ceiling(), "near the open-files limit: the descriptors kept for the admin server are reached (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset");
             }
             return;
@@ -68,12 +83,11 @@ impl Admission {
         let slot = match self.counts.admit(ctx.settings.max_connections, port_max) {
             Ok(slot) => slot,
             Err(exceeded) => {
-                let pm = port_metrics(ctx, key, route.as_deref());
-                pm.accepted.inc();
-                pm.refused(RefuseReason::max_connections);
                 crate::data::net::reset(stream);
-                if let Some(held) = note(ctx, key, WarnReason::ConnectionLimit) {
-                    let suppressed = (held > 0).then_some(held);
+                let (reason, warning) =
+                    (RefuseReason::max_connections, WarnReason::ConnectionLimit);
+                if let Some(suppressed) = count_refusal(ctx, key, route.as_deref(), reason, warning)
+                {
                     tracing::warn!(port = %key, limit = %exceeded, suppressed, "connection limit reached; refusing new connections with a reset");
                 }
                 return;
@@ -209,11 +223,11 @@ fn refuse_for_want_of_descriptors(
     match limits::refuse_with_reserve(listener) {
         ReserveOutcome::Refused => {
             let route = ctx.snapshot.load().get(&key).cloned();
-            let pm = port_metrics(ctx, key, route.as_deref());
-            pm.accepted.inc();
-            pm.refused(RefuseReason::out_of_descriptors);
-            if let Some(held) = note(ctx, key, WarnReason::OutOfDescriptors) {
-                let suppressed = (held > 0).then_some(held);
+            let (reason, warning) = (
+                RefuseReason::out_of_descriptors,
+                WarnReason::OutOfDescriptors,
+            );
+            if let Some(suppressed) = count_refusal(ctx, key, route.as_deref(), reason, warning) {
                 tracing::warn!(port = %key, suppressed, open = ctx.open.get(), "out of file descriptors (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset");
             }
             None

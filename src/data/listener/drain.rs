@@ -105,6 +105,14 @@ mod tests {
     use super::*;
     use tokio::time::Instant;
 
+    /// Settles with a deadline of `secs`, never lifted, never cut.
+    async fn settle_within(drain: &Drain, secs: u64) -> Settled {
+        let never = CancellationToken::new();
+        drain
+            .settle(Duration::from_secs(secs), &never, &never)
+            .await
+    }
+
     /// A task that ends after `after`, or when the port's close signal comes.
     fn connection(drain: &Drain, after: Duration) {
         let close = drain.close_signal();
@@ -125,13 +133,7 @@ mod tests {
         let started = Instant::now();
         drain.begin();
         assert!(stop.is_cancelled());
-        let settled = drain
-            .settle(
-                Duration::from_secs(10),
-                &CancellationToken::new(),
-                &CancellationToken::new(),
-            )
-            .await;
+        let settled = settle_within(&drain, 10).await;
         assert_eq!(settled, Settled::Finished);
         assert_eq!(started.elapsed(), Duration::from_secs(7));
         assert!(!close.is_cancelled());
@@ -144,13 +146,7 @@ mod tests {
         connection(&drain, Duration::from_secs(3600));
         let started = Instant::now();
         drain.begin();
-        let settled = drain
-            .settle(
-                Duration::from_secs(10),
-                &CancellationToken::new(),
-                &CancellationToken::new(),
-            )
-            .await;
+        let settled = settle_within(&drain, 10).await;
         assert_eq!(settled, Settled::DeadlineReached(1));
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert!(!drain.close_signal().is_cancelled());
@@ -203,13 +199,7 @@ mod tests {
         let drain = Drain::new();
         let started = Instant::now();
         drain.begin();
-        let settled = drain
-            .settle(
-                Duration::from_secs(10),
-                &CancellationToken::new(),
-                &CancellationToken::new(),
-            )
-            .await;
+        let settled = settle_within(&drain, 10).await;
         assert_eq!(settled, Settled::Finished);
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
