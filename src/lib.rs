@@ -22,7 +22,7 @@
 //!   snapshot; its [`control::provider`]s (the sources) sit above the data plane.
 //! - [`data`]: listeners, TCP connections, UDP flows, forwarding, PROXY protocol, health.
 //! - [`gateway`]: the gateway in-process, the entry point the tests use.
-//! - [`status`], [`ops`], [`process`], [`cli`], [`demo`]: on top.
+//! - `status`, [`ops`], [`process`], [`cli`], [`demo`]: on top.
 
 pub mod cli;
 pub mod control;
@@ -32,6 +32,6 @@ pub mod gateway;
 pub mod names;
 pub mod ops;
 pub mod process;
-pub mod status;
+pub(crate) mod status;
 pub mod sys;
 pub mod telemetry;

@@ -29,7 +29,7 @@ use crate::telemetry::log_writer;
 use crate::telemetry::metrics::Metrics;
 
 /// At exit, how long the access log and then the log may take to be written out (the log's
-/// share is [`log_writer::FLUSH_TIMEOUT`], 1 s, at the end of `main`; the access log has the
+/// share is `log_writer::FLUSH_TIMEOUT`, 1 s, at the end of `main`; the access log has the
 /// rest). Shutdown takes at most `--shutdown-delay` + `--shutdown-grace` + this (+ well under a
 /// second to exit): the pod's `terminationGracePeriodSeconds` must be longer.
 pub const ACCESS_LOG_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -4,7 +4,7 @@
 
 pub mod build;
 pub mod configmap;
-pub mod diff;
+pub(crate) mod diff;
 pub mod index;
 pub mod provider;
 pub mod publisher;

@@ -85,6 +85,7 @@ impl PortCounts {
     }
 
     /// Connections open on this port now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.port.get()
     }

@@ -1,21 +1,21 @@
 //! Data plane: listening sockets per route ([`listener`]), one task per TCP connection
-//! ([`tcp`]) that picks an endpoint with retries and forwards with `splice(2)` ([`forward`],
-//! [`pipes`], [`crate::sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
-//! UDP flows with one connected upstream socket each ([`udp`]). Endpoint health (passive
+//! (`tcp`) that picks an endpoint with retries and forwards with `splice(2)` (`forward`,
+//! `pipes`, [`crate::sys`]) or a buffered copy, PROXY protocol framing ([`proxy_protocol`]), and
+//! UDP flows with one connected upstream socket each (`udp`). Endpoint health (passive
 //! ejection, active checks) is shared by every connection ([`health`]). Connection limits and
-//! the out-of-descriptors refusal are applied at accept ([`limits`]); idle connections are cut
-//! by a coarse per-connection timer ([`idle`]). What every connection or flow task is handed
+//! the out-of-descriptors refusal are applied at accept (`limits`); idle connections are cut
+//! by a coarse per-connection timer (`idle`). What every connection or flow task is handed
 //! is in [`context`]; the safe socket helpers they share (keepalive, reset, canonical
-//! addresses) in [`net`].
+//! addresses) in `net`.
 
 pub mod context;
-pub mod forward;
+pub(crate) mod forward;
 pub mod health;
-pub mod idle;
-pub mod limits;
+pub(crate) mod idle;
+pub(crate) mod limits;
 pub mod listener;
-pub mod net;
-pub mod pipes;
+pub(crate) mod net;
+pub(crate) mod pipes;
 pub mod proxy_protocol;
-pub mod tcp;
-pub mod udp;
+pub(crate) mod tcp;
+pub(crate) mod udp;

@@ -2,7 +2,7 @@
 //! `kubectl apply`.
 //!
 //! It uses the gateway's own code end to end: each FILE is read by the `--config` loader
-//! ([`ConfigFile`]: regular files only, `--config-max-bytes`, the same manifest reader and the
+//! (`ConfigFile`: regular files only, `--config-max-bytes`, the same manifest reader and the
 //! same duplicate rule, applied across the files too), the objects go into the same [`Index`]
 //! with the same port-map names and reserved ports, and the same [`build`] judges them. The
 //! split between errors and warnings follows what the gateway would do:

@@ -3,4 +3,4 @@
 
 pub mod admin;
 pub mod check;
-pub mod signals;
+pub(crate) mod signals;

@@ -3,4 +3,4 @@
 //! ([`events`]). It sits on top, beside `ops`: it reads the control plane's problems and the
 //! data plane's listener states.
 
-pub mod events;
+pub(crate) mod events;

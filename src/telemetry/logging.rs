@@ -1,5 +1,5 @@
 //! Log output on stderr: human-readable text or one JSON object per line, filtered by
-//! `--log-level` or `RUST_LOG`, written by [`log_writer`](super::log_writer) so that a stuck
+//! `--log-level` or `RUST_LOG`, written by `log_writer` so that a stuck
 //! reader of stderr drops lines (counted) instead of stopping the gateway.
 //!
 //! The text format is logfmt-like: a field value with a space, `"` or `=` in it (or empty) is

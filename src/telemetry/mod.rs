@@ -4,8 +4,8 @@
 //! [`crate::names`] and [`crate::sys`]).
 
 pub mod access_log;
-pub mod log_throttle;
-pub mod log_writer;
+pub(crate) mod log_throttle;
+pub(crate) mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;

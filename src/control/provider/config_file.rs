@@ -19,9 +19,6 @@ use std::time::SystemTime;
 
 use super::manifest::{Manifest, ManifestError, parse_manifest};
 
-/// The default of `--config-max-bytes`: 16 MiB.
-pub const DEFAULT_MAX_BYTES: u64 = 16 * 1024 * 1024;
-
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {

@@ -1,6 +1,6 @@
 //! The listener manager: keeps one listening socket per route of the published table.
 //! Binding is in [`bind`], the accept loop with admission and the descriptor-exhaustion path
-//! in [`accept`], one port's drain in [`drain`]; this module reconciles sockets with tables.
+//! in `accept`, one port's drain in [`drain`]; this module reconciles sockets with tables.
 //!
 //! On every new table it binds ports that appeared, leaves every other listener untouched (a
 //! route whose endpoints changed keeps its socket: connections read the table themselves), and

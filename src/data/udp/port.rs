@@ -40,9 +40,6 @@ use crate::telemetry::log_throttle::{WarnKey, WarnReason};
 use crate::telemetry::metrics::{PortMetrics, UdpMetrics};
 use crate::telemetry::outcome::{CloseReason, ConnectFailure};
 
-/// Largest UDP payload over IPv4 (65,535 − 8 − 20).
-pub const MAX_DATAGRAM: usize = 65_507;
-
 /// Receive buffers hold any UDP payload (IPv6 allows up to 65,527 bytes).
 const RECEIVE_BUFFER: usize = 65_536;
 

@@ -8,14 +8,14 @@
 //!   re-lists it), and the EndpointSlices of exactly the referenced Services
 //!   (`kubernetes.io/service-name in (...)`), the objects that change with every pod.
 //!
-//! [`sync`] decides what to publish and when; [`watch`] runs the kube-rs watchers. Reading
-//! objects is all it does: writing back (Events on the port maps) is [`crate::status`]'s.
+//! `sync` decides what to publish and when; `watch` runs the kube-rs watchers. Reading
+//! objects is all it does: writing back (Events on the port maps) is `crate::status`'s.
 
 pub mod access;
-pub mod client;
-pub mod references;
-pub mod sync;
-pub mod watch;
+pub(crate) mod client;
+pub(crate) mod references;
+pub(crate) mod sync;
+pub(crate) mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -62,7 +62,7 @@ impl KubeProvider {
     }
 
     /// The port maps as last seen, as object references, for recording Events on them
-    /// ([`crate::status::events`]).
+    /// (`crate::status::events`).
     pub fn port_map_refs(
         &self,
     ) -> tokio::sync::watch::Receiver<BTreeMap<ObjectName, ObjectReference>> {

@@ -303,11 +303,6 @@ impl SyncState {
         commands
     }
 
-    /// True once every scope has completed its first list and the first table was taken.
-    pub fn published_once(&self) -> bool {
-        self.published_once
-    }
-
     /// When publishing is held back by a (re-)listing scope, the instant it may go ahead anyway.
     pub fn hold_until(&self) -> Option<Instant> {
         if !self.published_once || self.pending.is_empty() {
