@@ -10,19 +10,19 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use dermaga::cli::{Cli, Command};
+use dermaga::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Check(check)) = &cli.command {
-        return dermaga::ops::check::run(
+        return dermaga::run_check(
             &check.files,
             &cli.run.index_settings(),
             cli.run.config_max_bytes,
         );
     }
     // Kept to the end of main: dropping it writes out the queued log lines (within 1 s).
-    let _logs = dermaga::telemetry::logging::init(cli.run.log_format, cli.run.log_level);
+    let _logs = dermaga::init_logging(cli.run.log_format, cli.run.log_level);
     match option_env!("DERMAGA_GIT_COMMIT") {
         Some(commit) => tracing::info!(commit, "dermaga {} starting", env!("CARGO_PKG_VERSION")),
         None => tracing::info!("dermaga {} starting", env!("CARGO_PKG_VERSION")),
@@ -32,9 +32,9 @@ fn main() -> ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async move {
                 match cli.command {
-                    Some(Command::Demo(demo)) => dermaga::demo::run(cli.run, demo).await,
+                    Some(Command::Demo(demo)) => dermaga::run_demo(cli.run, demo).await,
                     Some(Command::Check(_)) => unreachable!("handled above"),
-                    None => dermaga::process::run(cli.run).await,
+                    None => dermaga::run(cli.run).await,
                 }
             })
         });

@@ -2,7 +2,7 @@
 //! arbitrary text: never panics; an error is a value, not a crash.
 #![no_main]
 
-use dermaga::control::provider::manifest::parse_manifest;
+use dermaga::parse_manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

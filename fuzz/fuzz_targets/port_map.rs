@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use dermaga::control::configmap::{ReservedPorts, parse_port_map};
-use dermaga::names::{ObjectName, Protocol};
+use dermaga::{ReservedPorts, parse_port_map};
+use dermaga::{ObjectName, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

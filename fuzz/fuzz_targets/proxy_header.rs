@@ -2,7 +2,7 @@
 //! header lies within the input, and a header found in a prefix is found the same in the whole.
 #![no_main]
 
-use dermaga::data::proxy_protocol::decode;
+use dermaga::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

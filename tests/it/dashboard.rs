@@ -2,9 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use dermaga::names::{ListenPort, ObjectName, Protocol, RouteKey};
-use dermaga::telemetry::metrics::Metrics;
-use dermaga::telemetry::outcome::{ConnectFailure, RefuseReason};
+use dermaga::Metrics;
+use dermaga::{ConnectFailure, RefuseReason};
+use dermaga::{ListenPort, ObjectName, Protocol, RouteKey};
 
 fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {

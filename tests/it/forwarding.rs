@@ -243,11 +243,7 @@ async fn pool_exhaustion_falls_back_to_copy_per_connection() {
     println!("spliced {spliced}, copied {copied}");
 }
 
-fn count(
-    metrics: &dermaga::telemetry::metrics::Metrics,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> u64 {
+fn count(metrics: &dermaga::Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
     metric_in(&metrics.encode(), name, labels) as u64
 }
 

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use dermaga::control::configmap::{ReservedPorts, parse_port_map};
-use dermaga::control::provider::manifest::parse_manifest;
-use dermaga::data::proxy_protocol::decode;
-use dermaga::names::{ObjectName, Protocol};
+use dermaga::decode;
+use dermaga::parse_manifest;
+use dermaga::{ObjectName, Protocol};
+use dermaga::{ReservedPorts, parse_port_map};
 
 /// Every file of `fuzz/corpus/<target>/`; at least one.
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {

@@ -184,12 +184,12 @@ fn at(listen: &str, port: u16) -> SocketAddr {
 }
 
 /// Every request the gateway's ServiceAccount made so far is one
-/// `dermaga::control::provider::kube::access::API_ACCESS` declares, and the first `allowed` of
+/// `dermaga::API_ACCESS` declares, and the first `allowed` of
 /// them (all when `None`) were allowed by the real authorizer. (A restarted API server serves
 /// requests before its RBAC caches are filled and refuses them meanwhile: tests that restart it
 /// pass the count of requests made before.) Returns the number of requests.
 fn assert_gateway_calls_allowed_and_declared(api: &KubeApi, allowed: Option<usize>) -> usize {
-    use dermaga::control::provider::kube::access::API_ACCESS;
+    use dermaga::API_ACCESS;
     let requests = api.requests_of(GATEWAY_USER);
     assert!(
         !requests.is_empty(),
@@ -642,7 +642,7 @@ fn readyz_is_503_until_every_initial_list_is_in() {
 
 #[test]
 fn rbac_allows_exactly_what_the_gateway_needs() {
-    use dermaga::control::provider::kube::access::{API_ACCESS, AccessScope};
+    use dermaga::{API_ACCESS, AccessScope};
     in_netns(async {
         let c = Cluster::start();
         let sa = format!("--as={GATEWAY_USER}");
@@ -960,7 +960,7 @@ async fn scale_run(
     d.wait_log(&["route changed", "30007/TCP"]);
 
     // The same build in process, timed (median of 5), from the objects the API server holds.
-    use dermaga::control::index::{Index, Object};
+    use dermaga::{Index, Object};
     let referenced = |v: &Value| v["metadata"]["name"].as_str().unwrap().starts_with("svc-");
     let objects: Vec<Object> = c
         .api
@@ -984,15 +984,15 @@ async fn scale_run(
         .collect();
     let mut settings = settings();
     settings.port_maps = vec![(
-        dermaga::names::Protocol::Tcp,
-        dermaga::names::ObjectName::new("dermaga", "tcp-services"),
+        dermaga::Protocol::Tcp,
+        dermaga::ObjectName::new("dermaga", "tcp-services"),
     )];
     let mut index = Index::new(settings);
     index.reset_all(objects);
     let mut builds: Vec<Duration> = (0..5)
         .map(|_| {
             let t = Instant::now();
-            let table = dermaga::control::build::build(&index, None);
+            let table = dermaga::build(&index, None);
             let took = t.elapsed();
             assert_eq!(table.len(), MAPPED);
             took

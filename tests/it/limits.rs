@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::process::Dermaga;
 use crate::support::*;
-use dermaga::control::index::Index;
-use dermaga::gateway::{Gateway, GatewayOptions};
-use dermaga::telemetry::access_log::{AccessLog, AccessLogFormat};
-use dermaga::telemetry::metrics::Metrics;
+use dermaga::Index;
+use dermaga::Metrics;
+use dermaga::{AccessLog, AccessLogFormat};
+use dermaga::{Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use dermaga::control::index::Index;
-use dermaga::control::provider::manifest::parse_manifest;
-use dermaga::gateway::Gateway;
-use dermaga::telemetry::access_log::{AccessLog, AccessLogFormat};
-use dermaga::telemetry::metrics::Metrics;
+use dermaga::Gateway;
+use dermaga::Index;
+use dermaga::Metrics;
+use dermaga::parse_manifest;
+use dermaga::{AccessLog, AccessLogFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

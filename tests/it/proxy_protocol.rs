@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use dermaga::data::proxy_protocol::{Decoded, decode, encode};
-use dermaga::names::ProxyVersion;
+use dermaga::ProxyVersion;
+use dermaga::{Decoded, decode, encode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -47,7 +47,7 @@ async fn roundtrip(gateway: SocketAddr, bytes: &[u8]) -> std::io::Result<(Vec<u8
 
 /// A gateway on its own listen address (tests run in parallel: each needs its own), and a
 /// function giving the address of one of its ports.
-async fn setup(listen: &'static str) -> (dermaga::gateway::Gateway, impl Fn(u16) -> SocketAddr) {
+async fn setup(listen: &'static str) -> (dermaga::Gateway, impl Fn(u16) -> SocketAddr) {
     let backend = recorder("127.0.0.2").await;
     let yaml = configmap_yaml(&[
         ("10000", "default/rec:80:PROXY:PROXY"),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::support::*;
-use dermaga::data::health::CheckState;
+use dermaga::CheckState;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -123,7 +123,7 @@ impl Drop for Pod {
 }
 
 /// Gateway options whose ejections outlast any run of these tests (600 s).
-fn long_ejections(listen: &str) -> dermaga::gateway::GatewayOptions {
+fn long_ejections(listen: &str) -> dermaga::GatewayOptions {
     let mut opts = options(listen);
     opts.health.base_ejection = Duration::from_secs(600);
     opts.health.max_ejection = Duration::from_secs(600);
@@ -595,11 +595,11 @@ async fn health_survives_table_rebuilds_and_is_forgotten_with_the_endpoint() {
 #[test]
 fn health_flags_parse_with_their_defaults_and_reject_a_too_short_interval() {
     use clap::Parser;
-    let cli = dermaga::cli::Cli::try_parse_from(["dermaga"]).unwrap();
+    let cli = dermaga::Cli::try_parse_from(["dermaga"]).unwrap();
     assert_eq!(cli.run.eject_after_failures, 3);
     assert_eq!(cli.run.ejection_time, Duration::from_secs(10));
     assert!(cli.run.health_check_interval.is_zero());
-    let err = dermaga::cli::Cli::try_parse_from(["dermaga", "--health-check-interval", "5ms"])
+    let err = dermaga::Cli::try_parse_from(["dermaga", "--health-check-interval", "5ms"])
         .unwrap_err()
         .to_string();
     assert!(err.contains("at least 100ms"), "{err}");

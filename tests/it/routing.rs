@@ -189,7 +189,7 @@ async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_fails_alone_and_is_retried() {
-    use dermaga::data::listener::PortState;
+    use dermaga::PortState;
     let listen = "127.1.0.6";
     let squatter = std::net::TcpListener::bind((listen, 10001)).unwrap();
     let backend = Backend::start("127.0.0.2", "web").await;

@@ -8,15 +8,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::*;
-use dermaga::control::index::Index;
-use dermaga::data::context::UdpSettings;
-use dermaga::gateway::{Gateway, GatewayOptions};
+use dermaga::Index;
+use dermaga::UdpSettings;
+use dermaga::{Gateway, GatewayOptions};
 use tokio::net::UdpSocket;
 
-fn udp_key(port: u16) -> dermaga::names::RouteKey {
-    dermaga::names::RouteKey {
-        port: dermaga::names::ListenPort::new(port).unwrap(),
-        protocol: dermaga::names::Protocol::Udp,
+fn udp_key(port: u16) -> dermaga::RouteKey {
+    dermaga::RouteKey {
+        port: dermaga::ListenPort::new(port).unwrap(),
+        protocol: dermaga::Protocol::Udp,
     }
 }
 
@@ -279,10 +279,7 @@ async fn a_dead_endpoint_loses_no_one_query_client_and_is_ejected() {
     assert!(refused >= 3.0, "{refused}");
     assert_eq!(
         gw.health
-            .view(
-                dermaga::names::HealthKey::udp(dead),
-                std::time::Instant::now()
-            )
+            .view(dermaga::HealthKey::udp(dead), std::time::Instant::now())
             .state,
         "ejected"
     );

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use dermaga::control::provider::kube::access::{API_ACCESS, AccessScope};
-use dermaga::names::ObjectName;
+use dermaga::ObjectName;
+use dermaga::{API_ACCESS, AccessScope};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 
 use super::manifest::{Doc, Object};

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clap::Parser;
-use dermaga::cli::{Cli, RunArgs};
-use dermaga::control::configmap::{ReservedPorts, parse_port_map};
-use dermaga::names::{ObjectName, Protocol};
+use dermaga::{Cli, RunArgs};
+use dermaga::{ObjectName, Protocol};
+use dermaga::{ReservedPorts, parse_port_map};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Probe};
 use k8s_openapi::api::networking::v1::{NetworkPolicyIngressRule, NetworkPolicyPeer};
@@ -394,7 +394,7 @@ pub fn check_deployment(docs: &[Doc], gw: &Gateway) -> Vec<String> {
             grace.as_secs(),
             gw.flags.shutdown_delay,
             gw.flags.shutdown_grace,
-            dermaga::process::ACCESS_LOG_FLUSH_TIMEOUT
+            dermaga::ACCESS_LOG_FLUSH_TIMEOUT
         ));
     }
 

@@ -9,12 +9,12 @@ pub mod testenv;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use dermaga::control::configmap::ReservedPorts;
-use dermaga::control::index::{Index, IndexSettings};
-use dermaga::control::provider::manifest::parse_manifest;
-use dermaga::data::listener::ListenAddress;
-use dermaga::gateway::{Gateway, GatewayOptions};
-use dermaga::names::{ListenPort, ObjectName, Protocol, RouteKey};
+use dermaga::ListenAddress;
+use dermaga::ReservedPorts;
+use dermaga::parse_manifest;
+use dermaga::{Gateway, GatewayOptions};
+use dermaga::{Index, IndexSettings};
+use dermaga::{ListenPort, ObjectName, Protocol, RouteKey};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -221,7 +221,7 @@ pub async fn start_admin(
     gw: &Gateway,
     ip: &str,
 ) -> (SocketAddr, tokio_util::sync::CancellationToken) {
-    use dermaga::ops::admin::{self, AdminState};
+    use dermaga::AdminState;
     let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -233,7 +233,7 @@ pub async fn start_admin(
         health: gw.health.clone(),
         draining: gw.shutdown_token(),
     };
-    tokio::spawn(admin::serve(listener, state, stop.clone()));
+    tokio::spawn(dermaga::serve_admin(listener, state, stop.clone()));
     (addr, stop)
 }
 
