@@ -204,8 +204,7 @@ async fn establish(
                     endpoint: None,
                     reason: WarnReason::ProxyHeader,
                 };
-                if let Some(held) = ctx.warnings.note(warn) {
-                    let suppressed = (held > 0).then_some(held);
+                if let Some(suppressed) = ctx.warnings.note(warn) {
                     tracing::warn!(port = %key, client = %peer, error = %error, suppressed, "closing connection: bad PROXY protocol header");
                 }
                 outcome.close = CloseReason::ProxyHeader;
@@ -286,8 +285,7 @@ async fn establish(
             endpoint: Some(endpoint),
             reason: WarnReason::Connect(ConnectFailure::closed_before_data),
         };
-        if let Some(held) = ctx.warnings.note(warn) {
-            let suppressed = (held > 0).then_some(held);
+        if let Some(suppressed) = ctx.warnings.note(warn) {
             tracing::warn!(
                 port = %key,
                 endpoint = %endpoint,
@@ -474,8 +472,7 @@ async fn connect(
             endpoint: Some(endpoint.addr),
             reason: WarnReason::Connect(reason),
         };
-        if let Some(held) = ctx.warnings.note(warn) {
-            let suppressed = (held > 0).then_some(held);
+        if let Some(suppressed) = ctx.warnings.note(warn) {
             tracing::warn!(
                 port = %route.key,
                 service = %route.spec.service,
@@ -496,8 +493,7 @@ async fn connect(
         endpoint: None,
         reason: WarnReason::NoEndpointAccepted,
     };
-    if let Some(held) = ctx.warnings.note(warn) {
-        let suppressed = (held > 0).then_some(held);
+    if let Some(suppressed) = ctx.warnings.note(warn) {
         tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = outcome.attempts, suppressed, "no endpoint accepted the connection; closing client");
     }
     None

@@ -203,10 +203,12 @@ impl ConnWarnings {
         self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One warning of `key`: `Some(held)` when the caller logs it now (with `held`, the like
-    /// warnings not logged since the last line, as the `suppressed` field), `None` when not.
-    pub fn note(&self, key: WarnKey) -> Option<u64> {
-        self.lock().note(key, Instant::now())
+    /// One warning of `key`: `Some(suppressed)` when the caller logs it now, with
+    /// `suppressed` as the line's field (the like warnings not logged since the last line;
+    /// `None` when there were none), and `None` when it is held back.
+    pub fn note(&self, key: WarnKey) -> Option<Option<u64>> {
+        let held = self.lock().note(key, Instant::now())?;
+        Some((held > 0).then_some(held))
     }
 
     /// Writes the summary lines due now.

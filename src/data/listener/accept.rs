@@ -33,9 +33,9 @@ struct Admission {
     connections: TaskTracker,
 }
 
-/// A refusal warning of `key`'s port, through the process's one warning throttle: `Some(n)`
-/// when it is to be logged now, `n` the like warnings held back since the last line.
-fn note(ctx: &ConnContext, key: RouteKey, reason: WarnReason) -> Option<u64> {
+/// A refusal warning of `key`'s port, through the process's one warning throttle:
+/// `Some(suppressed)` when it is to be logged now.
+fn note(ctx: &ConnContext, key: RouteKey, reason: WarnReason) -> Option<Option<u64>> {
     ctx.warnings.note(WarnKey {
         port: key,
         endpoint: None,
@@ -55,7 +55,7 @@ fn count_refusal(
     let pm = port_metrics(ctx, key, route);
     pm.accepted.inc();
     pm.refused(reason);
-    note(ctx, key, warning).map(|held| (held > 0).then_some(held))
+    note(ctx, key, warning)
 }
 
 impl Admission {
@@ -234,8 +234,7 @@ fn refuse_for_want_of_descriptors(
         }
         ReserveOutcome::NothingPending => None,
         ReserveOutcome::Failed(err) => {
-            if let Some(held) = note(ctx, key, WarnReason::OutOfDescriptors) {
-                let suppressed = (held > 0).then_some(held);
+            if let Some(suppressed) = note(ctx, key, WarnReason::OutOfDescriptors) {
                 tracing::error!(port = %key, suppressed, error = ?err.map(|e| e.to_string()), "out of file descriptors and no spare one to refuse with; pausing this port's accepts for 100ms");
             }
             Some(Duration::from_millis(100))

@@ -80,9 +80,8 @@ struct Shared {
 
 impl Shared {
     /// A datagram-path warning, through the process's one warning throttle (per port,
-    /// endpoint and reason): `Some(n)` when it is to be logged now, `n` the like warnings
-    /// held back since the last line.
-    fn warn_due(&self, endpoint: Option<SocketAddr>, reason: WarnReason) -> Option<u64> {
+    /// endpoint and reason): `Some(suppressed)` when it is to be logged now.
+    fn warn_due(&self, endpoint: Option<SocketAddr>, reason: WarnReason) -> Option<Option<u64>> {
         self.ctx.warnings.note(WarnKey {
             port: self.key,
             endpoint,
@@ -131,8 +130,7 @@ impl Shared {
         tried.push(endpoint);
         let attempts = self.ctx.settings.connect_attempts.max(1);
         let retry = unanswered.filter(|_| tried.len() < attempts && !self.stop.is_cancelled());
-        if let Some(held) = self.warn_due(Some(endpoint), WarnReason::UdpPortUnreachable) {
-            let suppressed = (held > 0).then_some(held);
+        if let Some(suppressed) = self.warn_due(Some(endpoint), WarnReason::UdpPortUnreachable) {
             tracing::warn!(port = %self.key, endpoint = %endpoint, pod = pod.as_deref().unwrap_or("-"), client = %client, moved = retry.is_some(), suppressed, "UDP endpoint answered port unreachable: the flow ends, its unanswered datagram goes to another endpoint (moved=true), and the endpoint counts a failed connect");
         }
         self.end(
@@ -321,8 +319,7 @@ fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingeri
                     .metrics
                     .udp(shared.key, &service)
                     .dropped("max_flows");
-                if let Some(held) = shared.warn_due(None, WarnReason::UdpFlowLimit) {
-                    let suppressed = (held > 0).then_some(held);
+                if let Some(suppressed) = shared.warn_due(None, WarnReason::UdpFlowLimit) {
                     tracing::warn!(port = %shared.key, client = %client, suppressed, "UDP flow limit (--udp-max-flows) reached: datagrams from new clients are dropped until flows expire (counted in dermaga_udp_datagrams_dropped_total{{reason=\"max_flows\"}})");
                 }
                 return;
@@ -373,8 +370,8 @@ fn start_flow(
     let upstream = match connect_upstream(endpoint) {
         Ok(s) => Arc::new(s),
         Err(err) => {
-            if let Some(held) = shared.warn_due(Some(endpoint), WarnReason::UdpUpstreamSocket) {
-                let suppressed = (held > 0).then_some(held);
+            if let Some(suppressed) = shared.warn_due(Some(endpoint), WarnReason::UdpUpstreamSocket)
+            {
                 tracing::warn!(port = %shared.key, endpoint = %endpoint, error = %err, suppressed, "cannot open an upstream UDP socket; datagrams dropped (counted in dermaga_udp_datagrams_dropped_total{{reason=\"upstream_socket\"}})");
             }
             shared
