@@ -29,3 +29,33 @@ wait_for_port() {
   echo "nothing listens on $1:$2 after 5 s" >&2
   return 1
 }
+
+# start_dnsmasq PIDFILE: dnsmasq on 127.0.0.2:5300 (CPU 1), answering example.test with
+# 10.0.0.1, in the background (a job of the calling shell).
+start_dnsmasq() {
+  taskset -c 1 dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
+    --listen-address=127.0.0.2 --port=5300 --address=/example.test/10.0.0.1 --pid-file="$1" \
+    --user=root --group=root --log-facility=- 2>/dev/null &
+}
+
+# dns_backend_config FILE: a --config file mapping UDP port 5353 to that dnsmasq.
+dns_backend_config() {
+  cat > "$1" <<YAML
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: udp-services, namespace: dermaga}
+data: {"5353": "default/dns:53"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: default}
+spec: {ports: [{name: dns, port: 53, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: default, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: dns, port: 5300, protocol: UDP}]
+endpoints: [{addresses: ["127.0.0.2"]}]
+YAML
+}

@@ -6,6 +6,7 @@
 # Usage: loadtest/udp-compare.sh [ROUNDS] [SECONDS] [CLIENTS]   (defaults 3, 5, 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/lib.sh
 rounds=${1:-3}; secs=${2:-5}; clients=${3:-50}
 missing=()
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
@@ -20,28 +21,8 @@ bin=$PWD/target/release
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; sleep 0.2; rm -rf "$work"' EXIT
 
-taskset -c 1 dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces \
-  --listen-address=127.0.0.2 --port=5300 --address=/example.test/10.0.0.1 --pid-file="$work/dnsmasq.pid" \
-  --user=root --group=root --log-facility=- 2>/dev/null &
-
-cat > "$work/dermaga.yaml" <<YAML
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: udp-services, namespace: dermaga}
-data: {"5353": "default/dns:53"}
----
-apiVersion: v1
-kind: Service
-metadata: {name: dns, namespace: default}
-spec: {ports: [{name: dns, port: 53, protocol: UDP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: dns-1, namespace: default, labels: {kubernetes.io/service-name: dns}}
-addressType: IPv4
-ports: [{name: dns, port: 5300, protocol: UDP}]
-endpoints: [{addresses: ["127.0.0.2"]}]
-YAML
+start_dnsmasq "$work/dnsmasq.pid"
+dns_backend_config "$work/dermaga.yaml"
 cat > "$work/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
