@@ -44,6 +44,7 @@ pub(crate) mod telemetry;
 pub use cli::{Cli, Command, RunArgs};
 pub use control::build::build;
 pub use control::configmap::{ReservedPorts, parse_port_map};
+pub use control::fixture;
 pub use control::index::{Index, IndexSettings, Object};
 pub use control::provider::kube::access::{API_ACCESS, AccessScope};
 pub use control::provider::manifest::parse_manifest;

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod configmap;
 pub(crate) mod diff;
+pub mod fixture;
 pub mod index;
 pub mod provider;
 pub mod publisher;

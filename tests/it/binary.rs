@@ -3,7 +3,6 @@
 //! keeping the last good configuration, and start-up errors.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -13,12 +12,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Replaces the file atomically, as `kubectl`-mounted ConfigMaps and editors do.
-fn write_config(path: &Path, yaml: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_demo_answers_on_both_ports_and_exits_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,12 +246,7 @@ async fn sigterm_turns_unready_first_and_keeps_accepting_for_the_shutdown_delay(
     let web = Backend::start("127.0.0.2", "web").await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dermaga.yaml");
-    write_config(
-        &config,
-        &(configmap_yaml(&[("10000", "default/web:80")])
-            + &service_yaml("web", 80)
-            + &slices_yaml("web", &[(web.addr, true)])),
-    );
+    write_config(&config, &(route_yaml("10000", "web", &[(web.addr, true)])));
     let mut d = Dermaga::start(&[
         "--config",
         config.to_str().unwrap(),
@@ -317,9 +305,7 @@ fn threads_named(pid: u32, name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_threads_choose_the_runtime_and_both_forward() {
     let backend = Backend::start("127.0.0.2", "w").await;
-    let yaml = configmap_yaml(&[("10000", "default/svc-w:80")])
-        + &service_yaml("svc-w", 80)
-        + &slices_yaml("svc-w", &[(backend.addr, true)]);
+    let yaml = route_yaml("10000", "svc-w", &[(backend.addr, true)]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dermaga.yaml");
     write_config(&config, &yaml);
@@ -583,9 +569,7 @@ async fn firehose(ip: &str) -> (SocketAddr, tokio::task::JoinHandle<()>) {
 async fn probes_on_their_own_address_answer_while_the_data_plane_is_saturated() {
     let listen = "127.1.15.1";
     let (source, _source) = firehose("127.1.15.2").await;
-    let yaml = configmap_yaml(&[("10000", "default/bulk:80")])
-        + &service_yaml("bulk", 80)
-        + &slices_yaml("bulk", &[(source, true)]);
+    let yaml = route_yaml("10000", "bulk", &[(source, true)]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dermaga.yaml");
     write_config(&config, &yaml);
@@ -761,11 +745,7 @@ async fn sighup_reloads_the_config_file_and_the_process_goes_on() {
     let port: SocketAddr = format!("{listen}:10000").parse().unwrap();
     let a = Backend::start("127.1.14.3", "a").await;
     let b = Backend::start("127.1.14.4", "b").await;
-    let config_for = |backend: &Backend| {
-        configmap_yaml(&[("10000", "default/web:80")])
-            + &service_yaml("web", 80)
-            + &slices_yaml("web", &[(backend.addr, true)])
-    };
+    let config_for = |backend: &Backend| route_yaml("10000", "web", &[(backend.addr, true)]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dermaga.yaml");
     write_config(&config, &config_for(&a));

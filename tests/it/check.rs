@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use dermaga::Protocol;
+use dermaga::fixture::{Fixture, PortMap, port, port_map, service};
+
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dermaga"))
         .args(args)
@@ -39,23 +42,20 @@ fn check(files: &[(&str, &str)]) -> (i32, String) {
     check_with(&[], files)
 }
 
-const GOOD_MAP: &str = r#"apiVersion: v1
-kind: ConfigMap
-metadata: {name: tcp-services, namespace: dermaga}
-data:
-  "10000": "default/web:80"
-  "2222": "git/ssh:22:PROXY"
-"#;
+/// Two good entries, one with PROXY.
+fn good_map() -> PortMap {
+    port_map("dermaga", "tcp-services")
+        .entry("10000", "default/web:80")
+        .entry("2222", "git/ssh:22:PROXY")
+}
 
-fn udp_map(entries: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: udp-services, namespace: dermaga}}\ndata:\n{entries}"
-    )
+fn udp_map(key: &str, value: &str) -> String {
+    port_map("dermaga", "udp-services").entry(key, value).yaml()
 }
 
 #[test]
 fn a_good_map_passes() {
-    let (code, out) = check(&[("map.yaml", GOOD_MAP)]);
+    let (code, out) = check(&[("map.yaml", &good_map().yaml())]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("2 entries in dermaga/tcp-services checked: 0 error(s), 0 warning(s)"),
@@ -65,17 +65,14 @@ fn a_good_map_passes() {
 
 #[test]
 fn every_bad_entry_is_printed_with_key_and_value_and_fails() {
-    let bad = r#"apiVersion: v1
-kind: ConfigMap
-metadata: {name: tcp-services, namespace: dermaga}
-data:
-  "10000": "default/web:80"
-  "0": "default/web:80"
-  "10001": "web:80"
-  "10002": "default/web:80:FOO"
-  "10254": "default/web:80"
-"#;
-    let (code, out) = check(&[("map.yaml", bad)]);
+    let bad = port_map("dermaga", "tcp-services")
+        .entry("10000", "default/web:80")
+        .entry("0", "default/web:80")
+        .entry("10001", "web:80")
+        .entry("10002", "default/web:80:FOO")
+        .entry("10254", "default/web:80")
+        .yaml();
+    let (code, out) = check(&[("map.yaml", &bad)]);
     assert_eq!(code, 1, "{out}");
     for line in [
         r#"error: ConfigMap dermaga/tcp-services: entry "0": "default/web:80": port 0 cannot be listened on"#,
@@ -93,7 +90,7 @@ data:
 
 #[test]
 fn an_unknown_option_is_a_warning_as_the_gateway_serves_the_port() {
-    let map = GOOD_MAP.to_owned() + "  \"10000.note\": \"owned by team x\"\n";
+    let map = good_map().entry("10000.note", "owned by team x").yaml();
     let (code, out) = check(&[("map.yaml", &map)]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(r#"warning: ConfigMap dermaga/tcp-services: entry "10000.note": "owned by team x": unknown per-port option "note""#), "{out}");
@@ -105,8 +102,8 @@ fn an_unknown_option_is_a_warning_as_the_gateway_serves_the_port() {
 
 #[test]
 fn unresolved_references_warn_when_services_are_given() {
-    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: default}\nspec: {ports: [{port: 8080}]}\n";
-    let (code, out) = check(&[("map.yaml", GOOD_MAP), ("svc.yaml", svc)]);
+    let svc = service("default", "web").port(port(8080)).yaml();
+    let (code, out) = check(&[("map.yaml", &good_map().yaml()), ("svc.yaml", &svc)]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("warning: port 10000/TCP -> default/web:80: Service default/web has no TCP port 80 (it has: 8080/TCP)"), "{out}");
     assert!(
@@ -117,8 +114,9 @@ fn unresolved_references_warn_when_services_are_given() {
 
 #[test]
 fn a_duplicate_object_fails_check_and_the_gateway_alike() {
-    let second = GOOD_MAP.replace("default/web:80", "default/other:80");
-    let text = format!("{GOOD_MAP}---\n{second}");
+    let first = good_map().yaml();
+    let second = good_map().entry("10000", "default/other:80").yaml();
+    let text = format!("{first}{second}");
     let message =
         "ConfigMap dermaga/tcp-services repeats document 1; an object may appear only once";
     let (code, out) = check(&[("dup.yaml", &text)]);
@@ -147,7 +145,7 @@ fn a_duplicate_object_fails_check_and_the_gateway_alike() {
     );
 
     // Across the files of one check, the same rule.
-    let (code, out) = check(&[("a.yaml", GOOD_MAP), ("b.yaml", &second)]);
+    let (code, out) = check(&[("a.yaml", &first), ("b.yaml", &second)]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("b.yaml: document 1: ConfigMap dermaga/tcp-services repeats ")
@@ -158,8 +156,8 @@ fn a_duplicate_object_fails_check_and_the_gateway_alike() {
 
 #[test]
 fn the_udp_map_is_checked_by_its_flag_or_by_its_usual_name_with_a_warning() {
-    let udp = udp_map("  \"53\": \"kube-system/kube-dns:dns:PROXY\"\n");
-    let text = format!("{GOOD_MAP}---\n{udp}");
+    let udp = udp_map("53", "kube-system/kube-dns:dns:PROXY");
+    let text = good_map().yaml() + &udp;
     let proxy_error = r#"error: ConfigMap dermaga/udp-services: entry "53": "kube-system/kube-dns:dns:PROXY": PROXY protocol is only supported for TCP ports"#;
 
     let (code, out) = check(&[("maps.yaml", &text)]);
@@ -178,7 +176,7 @@ fn the_udp_map_is_checked_by_its_flag_or_by_its_usual_name_with_a_warning() {
     assert!(!out.contains("warning:"), "{out}");
 
     // A map named by a flag but not in the input: the gateway's warning, not an error.
-    let (code, out) = check_with(&flag, &[("map.yaml", GOOD_MAP)]);
+    let (code, out) = check_with(&flag, &[("map.yaml", &good_map().yaml())]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("warning: ConfigMap dermaga/udp-services does not exist"),
@@ -188,7 +186,10 @@ fn the_udp_map_is_checked_by_its_flag_or_by_its_usual_name_with_a_warning() {
 
 #[test]
 fn no_port_map_in_the_input_fails_and_says_which_names_are_read() {
-    let (code, out) = check(&[("map.yaml", &GOOD_MAP.replace("tcp-services", "my-ports"))]);
+    let my_ports = port_map("dermaga", "my-ports")
+        .entry("10000", "default/web:80")
+        .yaml();
+    let (code, out) = check(&[("map.yaml", &my_ports)]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("error: no port map in the input: the gateway reads ConfigMap dermaga/tcp-services (--tcp-services-configmap), and the input has ConfigMap dermaga/my-ports"),
@@ -196,7 +197,7 @@ fn no_port_map_in_the_input_fails_and_says_which_names_are_read() {
     );
     let (code, out) = check_with(
         &["--tcp-services-configmap", "dermaga/my-ports"],
-        &[("map.yaml", &GOOD_MAP.replace("tcp-services", "my-ports"))],
+        &[("map.yaml", &my_ports)],
     );
     assert_eq!(code, 0, "{out}");
     let (code, out) = check(&[("bad.yaml", "apiVersion: v1\nkind: ConfigMap\ndata: [1, 2\n")]);
@@ -209,21 +210,22 @@ fn no_port_map_in_the_input_fails_and_says_which_names_are_read() {
 
 #[test]
 fn a_mapped_port_missing_from_the_load_balancer_service_is_a_warning() {
-    let lb = r#"apiVersion: v1
-kind: Service
-metadata: {name: dermaga, namespace: dermaga}
-spec:
-  type: LoadBalancer
-  ports:
-  - {name: tcp-10000, port: 10000, targetPort: 10000}
-  - {name: ssh, port: 22, targetPort: 2222, protocol: TCP}
-  - {name: dns, port: 53, protocol: TCP}
-"#;
-    let udp = udp_map("  \"53\": \"kube-system/kube-dns:dns\"\n");
-    let map = GOOD_MAP.to_owned() + "  \"20000\": \"default/web:80\"\n";
+    let lb = service("dermaga", "dermaga")
+        .service_type("LoadBalancer")
+        .port(port(10000).named("tcp-10000").target_number(10000))
+        .port(
+            port(22)
+                .named("ssh")
+                .target_number(2222)
+                .protocol(Protocol::Tcp),
+        )
+        .port(port(53).named("dns").protocol(Protocol::Tcp))
+        .yaml();
+    let udp = udp_map("53", "kube-system/kube-dns:dns");
+    let map = good_map().entry("20000", "default/web:80").yaml();
     let (code, out) = check_with(
         &["--udp-services-configmap", "dermaga/udp-services"],
-        &[("maps.yaml", &format!("{map}---\n{udp}")), ("lb.yaml", lb)],
+        &[("maps.yaml", &(map + &udp)), ("lb.yaml", &lb)],
     );
     assert_eq!(code, 0, "{out}");
     // The LoadBalancer Service alone does not make the references checked.
@@ -251,9 +253,10 @@ fn files_are_read_as_the_gateway_reads_them() {
     let zero = dir.path().join("zero.yaml");
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let big = dir.path().join("big.yaml");
-    std::fs::write(&big, GOOD_MAP.to_owned() + &"#\n".repeat(1024)).unwrap();
+    let good = good_map().yaml();
+    std::fs::write(&big, good.clone() + &"#\n".repeat(1024)).unwrap();
     let map = dir.path().join("map.yaml");
-    std::fs::write(&map, GOOD_MAP).unwrap();
+    std::fs::write(&map, &good).unwrap();
     let path = |p: &Path| p.to_str().unwrap().to_owned();
 
     let started = Instant::now();
@@ -277,7 +280,7 @@ fn files_are_read_as_the_gateway_reads_them() {
         format!(
             "error: {} is {} bytes, more than --config-max-bytes 1024; it was not read",
             path(&big),
-            GOOD_MAP.len() + 2048
+            good.len() + 2048
         ),
         "2 entries in dermaga/tcp-services checked: 3 error(s)".to_owned(),
     ] {
@@ -288,7 +291,7 @@ fn files_are_read_as_the_gateway_reads_them() {
 #[test]
 fn exit_codes_are_those_of_the_table() {
     // 0: no error; 1: an error (above); 2: the command line.
-    assert_eq!(check(&[("map.yaml", GOOD_MAP)]).0, 0);
+    assert_eq!(check(&[("map.yaml", &good_map().yaml())]).0, 0);
     let (code, _, err) = run(&["check"]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run(&["check", "--config-max-bytes", "lots", "x.yaml"]);

@@ -15,12 +15,6 @@ use crate::support::process::Dermaga;
 use crate::support::*;
 
 /// Replaces `path` atomically with `yaml`.
-fn write_config(path: &Path, yaml: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// Points the symlink `link` at `target`, atomically (as a ConfigMap volume's `..data` swap).
 fn swap_link(link: &Path, target: &Path) {
     let tmp = link.with_extension("new-link");
@@ -48,9 +42,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn one_port(backend: SocketAddr) -> String {
-    configmap_yaml(&[("10000", "default/web:80")])
-        + &service_yaml("web", 80)
-        + &slices_yaml("web", &[(backend, true)])
+    route_yaml("10000", "web", &[(backend, true)])
 }
 
 async fn reloads(admin: SocketAddr, result: &str) -> f64 {

@@ -115,9 +115,7 @@ async fn transfer(gateway: SocketAddr, total: u64) {
 }
 
 fn yaml(backend: SocketAddr) -> String {
-    configmap_yaml(&[("10000", "default/bulk:80")])
-        + &service_yaml("bulk", 80)
-        + &slices_yaml("bulk", &[(backend, true)])
+    route_yaml("10000", "bulk", &[(backend, true)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,9 +249,7 @@ fn count(metrics: &dermaga::Metrics, name: &str, labels: &[(&str, &str)]) -> u64
 async fn idle_connections_hold_no_pipes() {
     let echo = Backend::start("127.0.0.3", "idle").await;
     let gw = gateway(
-        &(configmap_yaml(&[("10000", "default/echo:80")])
-            + &service_yaml("echo", 80)
-            + &slices_yaml("echo", &[(echo.addr, true)])),
+        &(route_yaml("10000", "echo", &[(echo.addr, true)])),
         options("127.1.0.33"),
     );
     let addr = gw.wait_bound(tcp(10000)).await;

@@ -15,6 +15,8 @@ use crate::support::kube_api::{GATEWAY_USER, KubeApi};
 use crate::support::netns::NetNs;
 use crate::support::process::Dermaga;
 use crate::support::*;
+use dermaga::Protocol;
+use dermaga::fixture::{self, Fixture};
 use serde_json::{Value, json};
 
 /// Runs a test's body in a fresh network namespace.
@@ -100,32 +102,26 @@ impl Cluster {
     }
 }
 
-/// A Service with one port named `main`.
+/// A Service with one TCP port named `main`.
 fn service(name: &str, port: u16) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"ports": [{"name": "main", "port": port, "protocol": "TCP"}]}})
+    fixture::service("default", name)
+        .port(fixture::port(port).named("main").protocol(Protocol::Tcp))
+        .json()
 }
 
-/// One EndpointSlice named `name` for `service` with the given endpoints.
+/// One EndpointSlice named `name` for `service` with the given endpoints (pods `<name>-pod-<i>`),
+/// its port `main` the first endpoint's.
 fn slice(name: &str, service: &str, endpoints: &[(SocketAddr, bool)]) -> Value {
     let port = endpoints.first().map_or(1, |(a, _)| a.port());
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "main", "port": port, "protocol": "TCP"}],
-        "endpoints": endpoints.iter().enumerate().map(|(i, (addr, ready))| json!({
-            "addresses": [addr.ip().to_string()],
-            "conditions": {"ready": ready},
-            "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("{name}-pod-{i}")},
-        })).collect::<Vec<_>>(),
-    })
+    let pods = endpoints.iter().enumerate().map(|(i, (addr, ready))| {
+        fixture::endpoint(addr.ip())
+            .ready(*ready)
+            .pod("default", &format!("{name}-pod-{i}"))
+    });
+    fixture::endpoint_slice("default", name, service)
+        .port(fixture::port(port).named("main").protocol(Protocol::Tcp))
+        .endpoints(pods)
+        .json()
 }
 
 /// Waits (bounded) for /readyz 200.
@@ -830,19 +826,10 @@ fn scale_500_ports_20_endpoints_each_beside_5000_unreferenced_services() {
             2 * MAPPED,
             created.elapsed().as_secs_f64()
         );
-        let data: serde_json::Map<String, Value> = (0..MAPPED)
-            .map(|i| {
-                (
-                    (30000 + i).to_string(),
-                    json!(format!("default/svc-{i}:10000")),
-                )
-            })
-            .collect();
-        c.api.apply(
-            &json!({"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "tcp-services", "namespace": "dermaga"}, "data": data})
-            .to_string(),
-        );
+        let map = (0..MAPPED).fold(fixture::port_map("dermaga", "tcp-services"), |map, i| {
+            map.entry(&(30000 + i).to_string(), &format!("default/svc-{i}:10000"))
+        });
+        c.api.apply(&map.json().to_string());
         let alone = scale_run(&c, 0, "127.1.2.11", endpoint).await;
 
         let created = Instant::now();

@@ -374,12 +374,7 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
         metrics.clone(),
     ));
     let gw = Gateway::start_with(Index::new(settings()), options(listen), metrics, log);
-    apply(
-        &gw,
-        &(configmap_yaml(&[("10000", "default/bye:80")])
-            + &service_yaml("bye", 80)
-            + &slices_yaml("bye", &[(backend, true)])),
-    );
+    apply(&gw, &(route_yaml("10000", "bye", &[(backend, true)])));
     let port = gw.wait_bound(tcp(10000)).await;
     let mut s = TcpStream::connect(port).await.unwrap();
     let mut all = Vec::new();
@@ -446,9 +441,7 @@ async fn series_return_to_their_baseline_after_endpoints_and_ports_come_and_go()
     opts.health.base_ejection = Duration::from_secs(600);
     opts.health.max_ejection = Duration::from_secs(600);
     let gw = Gateway::start(Index::new(settings()), opts);
-    let base = configmap_yaml(&[("10000", "default/web:80")])
-        + &service_yaml("web", 80)
-        + &slices_yaml("web", &[(web.addr, true)]);
+    let base = route_yaml("10000", "web", &[(web.addr, true)]);
     apply(&gw, &base);
     let addr = gw.wait_bound(tcp(10000)).await;
     exchange_with(addr, b"web\n").await;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::support::*;
-use dermaga::CheckState;
+use crate::support::{self, *};
+use dermaga::fixture::{Fixture, endpoint};
+use dermaga::{CheckState, Protocol};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -211,16 +212,24 @@ async fn load(
     }
 }
 
-fn slice(service: &str, name: &str, addr: SocketAddr, conditions: &str) -> String {
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: main, port: {}}}]\nendpoints:\n- addresses: [\"{}\"]\n  conditions: {{{conditions}}}\n  targetRef: {{kind: Pod, namespace: default, name: {name}}}\n---\n",
-        addr.port(),
-        addr.ip()
-    )
+/// The slice `name` of `service` with one endpoint at `addr` (its pod also named `name`).
+fn slice(service: &str, name: &str, addr: SocketAddr, state: PodState) -> String {
+    let pod = endpoint(addr.ip()).pod("default", name);
+    let pod = match state {
+        PodState::Ready => pod.ready(true),
+        PodState::Terminating => pod.draining(),
+    };
+    support::slice(service, name, addr.port(), Protocol::Tcp, pod).yaml()
 }
 
-const READY: &str = "ready: true";
-const TERMINATING: &str = "ready: false, serving: true, terminating: true";
+#[derive(Clone, Copy)]
+enum PodState {
+    Ready,
+    /// Not ready, still serving, terminating: a pod in its shutdown delay.
+    Terminating,
+}
+const READY: PodState = PodState::Ready;
+const TERMINATING: PodState = PodState::Terminating;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_an_endpoint_killed_under_load_costs_only_its_open_connections() {

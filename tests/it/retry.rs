@@ -17,9 +17,11 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
     let a = Backend::start("127.0.0.2", "a").await;
     let b = Backend::start("127.0.0.3", "b").await;
     let refusing: std::net::SocketAddr = REFUSING.parse().unwrap();
-    let yaml = configmap_yaml(&[("10000", "default/api:80")])
-        + &service_yaml("api", 80)
-        + &slices_yaml("api", &[(a.addr, true), (refusing, true), (b.addr, true)]);
+    let yaml = route_yaml(
+        "10000",
+        "api",
+        &[(a.addr, true), (refusing, true), (b.addr, true)],
+    );
     let mut opts = options("127.1.0.20");
     // Longer than any run of this test, however loaded the machine: exactly one ejection.
     opts.health.base_ejection = std::time::Duration::from_secs(600);

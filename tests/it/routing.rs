@@ -225,9 +225,7 @@ async fn a_port_removed_and_re_added_keeps_its_open_connections() {
     let with = configmap_yaml(&[("10000", "default/web:80"), ("10001", "default/web:80")])
         + &service_yaml("web", 80)
         + &slices_yaml("web", &[(web.addr, true)]);
-    let without = configmap_yaml(&[("10001", "default/web:80")])
-        + &service_yaml("web", 80)
-        + &slices_yaml("web", &[(web.addr, true)]);
+    let without = route_yaml("10001", "web", &[(web.addr, true)]);
     let mut opts = options("127.1.0.7");
     opts.drain_timeout = Duration::from_millis(300);
     let gw = gateway(&with, opts);

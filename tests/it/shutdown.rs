@@ -19,12 +19,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Replaces the file atomically.
-fn write_config(path: &Path, yaml: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// Port 10000 → Service `web` with `endpoints`.
 fn web_config(dir: &Path, endpoints: &[SocketAddr]) -> String {
     let ready: Vec<(SocketAddr, bool)> = endpoints.iter().map(|e| (*e, true)).collect();

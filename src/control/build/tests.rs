@@ -2,71 +2,33 @@
 
 use super::*;
 use crate::control::configmap::ReservedPorts;
+use crate::control::fixture::{
+    self, EndpointFixture, Fixture, Port, SliceFixture, endpoint, endpoint_slice, port,
+};
 use crate::control::index::{IndexSettings, Kind, Object};
 use crate::control::table::{ConfigProblem, Selection};
 use crate::names::ListenPort;
-use serde_json::json;
 
-fn configmap(data: serde_json::Value) -> Object {
-    Object::ConfigMap(
-        serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"namespace": "dermaga", "name": "tcp-services"},
-            "data": data,
-        }))
-        .unwrap(),
-    )
+fn port_map(entries: &[(&str, &str)]) -> Object {
+    fixture::port_map("dermaga", "tcp-services")
+        .entries(entries)
+        .object()
 }
 
-fn service(name: &str, ports: serde_json::Value) -> Object {
-    Object::Service(
-        serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": "default", "name": name},
-            "spec": {"ports": ports},
-        }))
-        .unwrap(),
-    )
+fn service<const N: usize>(name: &str, ports: [Port; N]) -> Object {
+    ports
+        .into_iter()
+        .fold(fixture::service("default", name), |s, p| s.port(p))
+        .object()
 }
 
-fn slice(
-    name: &str,
-    svc: &str,
-    address_type: &str,
-    ports: serde_json::Value,
-    endpoints: serde_json::Value,
-) -> Object {
-    Object::EndpointSlice(
-        serde_json::from_value(json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"namespace": "default", "name": name,
-                         "labels": {"kubernetes.io/service-name": svc}},
-            "addressType": address_type,
-            "ports": ports,
-            "endpoints": endpoints,
-        }))
-        .unwrap(),
-    )
+fn slice(name: &str, service: &str) -> SliceFixture {
+    endpoint_slice("default", name, service)
 }
 
-fn ep(
-    addr: &str,
-    ready: Option<bool>,
-    serving: Option<bool>,
-    terminating: Option<bool>,
-) -> serde_json::Value {
-    let mut conditions = serde_json::Map::new();
-    if let Some(v) = ready {
-        conditions.insert("ready".into(), json!(v));
-    }
-    if let Some(v) = serving {
-        conditions.insert("serving".into(), json!(v));
-    }
-    if let Some(v) = terminating {
-        conditions.insert("terminating".into(), json!(v));
-    }
-    json!({"addresses": [addr], "conditions": conditions,
-           "targetRef": {"kind": "Pod", "namespace": "default", "name": format!("pod-{addr}")}})
+/// An endpoint with a pod behind it, named after its address.
+fn ep(addr: &str) -> EndpointFixture {
+    endpoint(addr).pod("default", &format!("pod-{addr}"))
 }
 
 fn index(objects: Vec<Object>) -> Index {
@@ -97,25 +59,20 @@ fn active(table: &RouteTable, port: u16) -> Vec<String> {
 fn s1_each_port_reaches_its_own_service() {
     let t = build(
         &index(vec![
-            configmap(
-                json!({"10000": "default/xyz-10000:10000", "20000": "default/xyz-20000:20000"}),
-            ),
-            service("xyz-10000", json!([{"port": 10000}])),
-            service("xyz-20000", json!([{"port": 20000}])),
-            slice(
-                "xyz-10000-a",
-                "xyz-10000",
-                "IPv4",
-                json!([{"port": 10000}]),
-                json!([ep("10.0.0.1", Some(true), None, None)]),
-            ),
-            slice(
-                "xyz-20000-a",
-                "xyz-20000",
-                "IPv4",
-                json!([{"port": 20000}]),
-                json!([ep("10.0.0.2", Some(true), None, None)]),
-            ),
+            port_map(&[
+                ("10000", "default/xyz-10000:10000"),
+                ("20000", "default/xyz-20000:20000"),
+            ]),
+            service("xyz-10000", [port(10000)]),
+            service("xyz-20000", [port(20000)]),
+            slice("xyz-10000-a", "xyz-10000")
+                .port(port(10000))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .object(),
+            slice("xyz-20000-a", "xyz-20000")
+                .port(port(20000))
+                .endpoint(ep("10.0.0.2").ready(true))
+                .object(),
         ]),
         None,
     );
@@ -129,25 +86,23 @@ fn service_port_by_name_and_endpoint_port_per_slice() {
     // Two slices of one Service whose pods listen on different numbers for the port named "db".
     let t = build(
         &index(vec![
-            configmap(json!({"5432": "default/pg:db", "5433": "default/pg:5432"})),
+            port_map(&[("5432", "default/pg:db"), ("5433", "default/pg:5432")]),
             service(
                 "pg",
-                json!([{"name": "db", "port": 5432, "targetPort": "db"}, {"name": "metrics", "port": 9187}]),
+                [
+                    port(5432).named("db").target_name("db"),
+                    port(9187).named("metrics"),
+                ],
             ),
-            slice(
-                "pg-a",
-                "pg",
-                "IPv4",
-                json!([{"name": "db", "port": 15432}, {"name": "metrics", "port": 9187}]),
-                json!([ep("10.0.0.1", Some(true), None, None)]),
-            ),
-            slice(
-                "pg-b",
-                "pg",
-                "IPv4",
-                json!([{"name": "db", "port": 25432}]),
-                json!([ep("10.0.0.2", Some(true), None, None)]),
-            ),
+            slice("pg-a", "pg")
+                .port(port(15432).named("db"))
+                .port(port(9187).named("metrics"))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .object(),
+            slice("pg-b", "pg")
+                .port(port(25432).named("db"))
+                .endpoint(ep("10.0.0.2").ready(true))
+                .object(),
         ]),
         None,
     );
@@ -159,57 +114,60 @@ fn service_port_by_name_and_endpoint_port_per_slice() {
 fn endpoint_conditions_follow_the_kube_proxy_rule() {
     struct Case {
         name: &'static str,
-        endpoints: serde_json::Value,
+        endpoints: Vec<EndpointFixture>,
         want: Vec<&'static str>,
         selection: Selection,
     }
     let cases = vec![
         Case {
             name: "ready only",
-            endpoints: json!([
-                ep("10.0.0.1", Some(true), Some(true), Some(false)),
-                ep("10.0.0.2", Some(false), Some(true), Some(true))
-            ]),
+            endpoints: vec![
+                ep("10.0.0.1").ready(true).serving(true).terminating(false),
+                ep("10.0.0.2").ready(false).serving(true).terminating(true),
+            ],
             want: vec!["10.0.0.1:80"],
             selection: Selection::Ready,
         },
         Case {
             name: "terminating but still marked ready: not while another is ready",
-            endpoints: json!([
-                ep("10.0.0.1", Some(true), Some(true), Some(true)),
-                ep("10.0.0.2", Some(true), Some(true), Some(false))
-            ]),
+            endpoints: vec![
+                ep("10.0.0.1").ready(true).serving(true).terminating(true),
+                ep("10.0.0.2").ready(true).serving(true).terminating(false),
+            ],
             want: vec!["10.0.0.2:80"],
             selection: Selection::Ready,
         },
         Case {
             name: "nil conditions count as ready",
-            endpoints: json!([ep("10.0.0.1", None, None, None)]),
+            endpoints: vec![ep("10.0.0.1")],
             want: vec!["10.0.0.1:80"],
             selection: Selection::Ready,
         },
         Case {
             name: "no ready: serving and terminating",
-            endpoints: json!([
-                ep("10.0.0.1", Some(false), Some(true), Some(true)),
-                ep("10.0.0.2", Some(false), Some(false), Some(true)),
-                ep("10.0.0.3", Some(false), Some(false), Some(false))
-            ]),
+            endpoints: vec![
+                ep("10.0.0.1").ready(false).serving(true).terminating(true),
+                ep("10.0.0.2").ready(false).serving(false).terminating(true),
+                ep("10.0.0.3")
+                    .ready(false)
+                    .serving(false)
+                    .terminating(false),
+            ],
             want: vec!["10.0.0.1:80"],
             selection: Selection::ServingTerminating,
         },
         Case {
             name: "nothing usable",
-            endpoints: json!([
-                ep("10.0.0.2", Some(false), Some(false), Some(true)),
-                ep("10.0.0.3", Some(false), None, None)
-            ]),
+            endpoints: vec![
+                ep("10.0.0.2").ready(false).serving(false).terminating(true),
+                ep("10.0.0.3").ready(false),
+            ],
             want: vec![],
             selection: Selection::None,
         },
         Case {
             name: "no endpoints at all",
-            endpoints: json!([]),
+            endpoints: vec![],
             want: vec![],
             selection: Selection::None,
         },
@@ -217,15 +175,12 @@ fn endpoint_conditions_follow_the_kube_proxy_rule() {
     for case in cases {
         let t = build(
             &index(vec![
-                configmap(json!({"80": "default/web:80"})),
-                service("web", json!([{"port": 80}])),
-                slice(
-                    "web-a",
-                    "web",
-                    "IPv4",
-                    json!([{"port": 80}]),
-                    case.endpoints,
-                ),
+                port_map(&[("80", "default/web:80")]),
+                service("web", [port(80)]),
+                slice("web-a", "web")
+                    .port(port(80))
+                    .endpoints(case.endpoints)
+                    .object(),
             ]),
             None,
         );
@@ -243,40 +198,28 @@ fn endpoint_conditions_follow_the_kube_proxy_rule() {
 fn address_types_and_duplicates() {
     let t = build(
         &index(vec![
-            configmap(json!({"80": "default/web:80"})),
-            service("web", json!([{"port": 80}])),
-            slice(
-                "web-v4",
-                "web",
-                "IPv4",
-                json!([{"port": 8080}]),
-                json!([
-                    ep("10.0.0.1", Some(true), None, None),
-                    ep("not-an-ip", Some(true), None, None)
-                ]),
-            ),
-            slice(
-                "web-v6",
-                "web",
-                "IPv6",
-                json!([{"port": 8080}]),
-                json!([ep("fd00::1", Some(true), None, None)]),
-            ),
-            slice(
-                "web-fqdn",
-                "web",
-                "FQDN",
-                json!([{"port": 8080}]),
-                json!([ep("example.com", Some(true), None, None)]),
-            ),
+            port_map(&[("80", "default/web:80")]),
+            service("web", [port(80)]),
+            slice("web-v4", "web")
+                .port(port(8080))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .endpoint(ep("not-an-ip").ready(true))
+                .object(),
+            slice("web-v6", "web")
+                .address_type("IPv6")
+                .port(port(8080))
+                .endpoint(ep("fd00::1").ready(true))
+                .object(),
+            slice("web-fqdn", "web")
+                .address_type("FQDN")
+                .port(port(8080))
+                .endpoint(ep("example.com").ready(true))
+                .object(),
             // The same address again, not ready, in a second IPv4 slice: the ready copy wins.
-            slice(
-                "web-v4-dup",
-                "web",
-                "IPv4",
-                json!([{"port": 8080}]),
-                json!([ep("10.0.0.1", Some(false), None, None)]),
-            ),
+            slice("web-v4-dup", "web")
+                .port(port(8080))
+                .endpoint(ep("10.0.0.1").ready(false))
+                .object(),
         ]),
         None,
     );
@@ -292,13 +235,13 @@ fn address_types_and_duplicates() {
 fn missing_service_or_port_keeps_the_route_and_says_why() {
     let t = build(
         &index(vec![
-            configmap(
-                json!({"80": "default/nosuch:80", "81": "default/web:9999", "82": "default/web:http", "83": "default/web:80"}),
-            ),
-            service(
-                "web",
-                json!([{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]),
-            ),
+            port_map(&[
+                ("80", "default/nosuch:80"),
+                ("81", "default/web:9999"),
+                ("82", "default/web:http"),
+                ("83", "default/web:80"),
+            ]),
+            service("web", [port(80).named("http"), port(53).named("dns").udp()]),
         ]),
         None,
     );
@@ -329,8 +272,8 @@ fn missing_service_or_port_keeps_the_route_and_says_why() {
 fn udp_service_port_does_not_match_a_tcp_entry() {
     let t = build(
         &index(vec![
-            configmap(json!({"53": "default/dns:53"})),
-            service("dns", json!([{"port": 53, "protocol": "UDP"}])),
+            port_map(&[("53", "default/dns:53")]),
+            service("dns", [port(53).udp()]),
         ]),
         None,
     );
@@ -346,7 +289,7 @@ fn udp_service_port_does_not_match_a_tcp_entry() {
 
 #[test]
 fn missing_port_map_is_reported() {
-    let t = build(&index(vec![service("web", json!([{"port": 80}]))]), None);
+    let t = build(&index(vec![service("web", [port(80)])]), None);
     assert!(t.is_empty());
     assert!(matches!(
         t.problems[0],
@@ -358,15 +301,12 @@ fn missing_port_map_is_reported() {
 fn an_entry_that_turns_bad_keeps_its_previous_good_route() {
     let objects = |value: &str| {
         vec![
-            configmap(json!({"80": value, "81": "default/web:80"})),
-            service("web", json!([{"port": 80}])),
-            slice(
-                "web-a",
-                "web",
-                "IPv4",
-                json!([{"port": 8080}]),
-                json!([ep("10.0.0.1", Some(true), None, None)]),
-            ),
+            port_map(&[("80", value), ("81", "default/web:80")]),
+            service("web", [port(80)]),
+            slice("web-a", "web")
+                .port(port(8080))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .object(),
         ]
     };
     let good = build(&index(objects("default/web:80")), None);
@@ -388,33 +328,28 @@ fn an_entry_that_turns_bad_keeps_its_previous_good_route() {
 #[test]
 fn index_follows_deletes_and_relabels() {
     let mut idx = index(vec![
-        configmap(json!({"80": "default/web:80"})),
-        service("web", json!([{"port": 80}])),
-        slice(
-            "s1",
-            "web",
-            "IPv4",
-            json!([{"port": 80}]),
-            json!([ep("10.0.0.1", Some(true), None, None)]),
-        ),
+        port_map(&[("80", "default/web:80")]),
+        service("web", [port(80)]),
+        slice("s1", "web")
+            .port(port(80))
+            .endpoint(ep("10.0.0.1").ready(true))
+            .object(),
     ]);
     assert_eq!(active(&build(&idx, None), 80), vec!["10.0.0.1:80"]);
     // The slice is relabelled to another Service: it leaves web.
-    idx.apply(slice(
-        "s1",
-        "other",
-        "IPv4",
-        json!([{"port": 80}]),
-        json!([ep("10.0.0.1", Some(true), None, None)]),
-    ));
+    idx.apply(
+        slice("s1", "other")
+            .port(port(80))
+            .endpoint(ep("10.0.0.1").ready(true))
+            .object(),
+    );
     assert!(active(&build(&idx, None), 80).is_empty());
-    idx.apply(slice(
-        "s1",
-        "web",
-        "IPv4",
-        json!([{"port": 80}]),
-        json!([ep("10.0.0.9", Some(true), None, None)]),
-    ));
+    idx.apply(
+        slice("s1", "web")
+            .port(port(80))
+            .endpoint(ep("10.0.0.9").ready(true))
+            .object(),
+    );
     assert_eq!(active(&build(&idx, None), 80), vec!["10.0.0.9:80"]);
     idx.delete(Kind::EndpointSlice, &ObjectName::new("default", "s1"));
     assert!(active(&build(&idx, None), 80).is_empty());
@@ -426,19 +361,14 @@ fn index_follows_deletes_and_relabels() {
 fn round_robin_then_the_others_for_retries() {
     let t = build(
         &index(vec![
-            configmap(json!({"80": "default/web:80"})),
-            service("web", json!([{"port": 80}])),
-            slice(
-                "web-a",
-                "web",
-                "IPv4",
-                json!([{"port": 80}]),
-                json!([
-                    ep("10.0.0.1", Some(true), None, None),
-                    ep("10.0.0.2", Some(true), None, None),
-                    ep("10.0.0.3", Some(true), None, None)
-                ]),
-            ),
+            port_map(&[("80", "default/web:80")]),
+            service("web", [port(80)]),
+            slice("web-a", "web")
+                .port(port(80))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .endpoint(ep("10.0.0.2").ready(true))
+                .endpoint(ep("10.0.0.3").ready(true))
+                .object(),
         ]),
         None,
     );
@@ -479,19 +409,13 @@ fn round_robin_then_the_others_for_retries() {
 fn an_empty_service_port_names_the_unnamed_port() {
     let t = build(
         &index(vec![
-            configmap(json!({"80": "default/web:", "81": "default/two:"})),
-            service("web", json!([{"port": 8080}])),
-            service(
-                "two",
-                json!([{"name": "a", "port": 1}, {"name": "b", "port": 2}]),
-            ),
-            slice(
-                "web-a",
-                "web",
-                "IPv4",
-                json!([{"port": 8080}]),
-                json!([ep("10.0.0.1", Some(true), None, None)]),
-            ),
+            port_map(&[("80", "default/web:"), ("81", "default/two:")]),
+            service("web", [port(8080)]),
+            service("two", [port(1).named("a"), port(2).named("b")]),
+            slice("web-a", "web")
+                .port(port(8080))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .object(),
         ]),
         None,
     );
@@ -505,16 +429,12 @@ fn an_empty_service_port_names_the_unnamed_port() {
 
 #[test]
 fn external_name_services_are_reported() {
-    let svc = Object::Service(
-        serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": "default", "name": "ext"},
-            "spec": {"type": "ExternalName", "externalName": "db.example.com", "ports": [{"port": 5432}]},
-        }))
-        .unwrap(),
-    );
+    let svc = fixture::service("default", "ext")
+        .external_name("db.example.com")
+        .port(port(5432))
+        .object();
     let t = build(
-        &index(vec![configmap(json!({"5432": "default/ext:5432"})), svc]),
+        &index(vec![port_map(&[("5432", "default/ext:5432")]), svc]),
         None,
     );
     let problem = t.get(&key(5432)).unwrap().problem.clone().unwrap();

@@ -1,4 +1,5 @@
-//! Shared test support: tagged fake backends on loopback, fixture YAML, an in-process gateway.
+//! Shared test support: tagged fake backends on loopback, the fixtures most tests share (built
+//! with `dermaga::fixture`), an in-process gateway.
 #![allow(dead_code)]
 
 pub mod kube_api;
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 use dermaga::ListenAddress;
 use dermaga::ReservedPorts;
+use dermaga::fixture::{self, Fixture, endpoint};
 use dermaga::parse_manifest;
 use dermaga::{Gateway, GatewayOptions};
-use dermaga::{Index, IndexSettings};
+use dermaga::{Index, IndexSettings, Object};
 use dermaga::{ListenPort, ObjectName, Protocol, RouteKey};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -91,34 +93,74 @@ pub async fn greeting(addr: SocketAddr) -> std::io::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
+/// The port map `dermaga/tcp-services` with `entries`, as YAML.
 pub fn configmap_yaml(entries: &[(&str, &str)]) -> String {
-    let mut s = String::from(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: tcp-services, namespace: dermaga}\ndata:\n",
-    );
-    for (k, v) in entries {
-        s.push_str(&format!("  {k:?}: {v:?}\n"));
-    }
-    s.push_str("---\n");
-    s
+    named_configmap_yaml("tcp-services", entries)
 }
 
+/// A Service `default/<name>` with one TCP port named `main`, as YAML.
 pub fn service_yaml(name: &str, port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports: [{{name: main, port: {port}}}]\n---\n"
-    )
+    service_fixture(name, fixture::port(port).named("main")).yaml()
 }
 
-/// One slice per endpoint, so each may have its own port (as pods may).
+/// One slice per endpoint, so each may have its own port (as pods may), as YAML.
 pub fn slices_yaml(service: &str, endpoints: &[(SocketAddr, bool)]) -> String {
-    let mut s = String::new();
-    for (i, (addr, ready)) in endpoints.iter().enumerate() {
-        s.push_str(&format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{i}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports: [{{name: main, port: {}}}]\nendpoints:\n- addresses: [\"{}\"]\n  conditions: {{ready: {ready}}}\n  targetRef: {{kind: Pod, namespace: default, name: {service}-pod-{i}}}\n---\n",
+    fixture::yaml(slices(service, endpoints, Protocol::Tcp))
+}
+
+/// Port `port` mapped to `default/<service>:80`, the Service, and one slice per endpoint: the
+/// whole of one route, as YAML.
+pub fn route_yaml(port: &str, service: &str, endpoints: &[(SocketAddr, bool)]) -> String {
+    configmap_yaml(&[(port, &format!("default/{service}:80"))])
+        + &service_yaml(service, 80)
+        + &slices_yaml(service, endpoints)
+}
+
+/// Writes `yaml` to `path` in one step (a rename), as a ConfigMap volume's update appears.
+pub fn write_config(path: &std::path::Path, yaml: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn service_fixture(name: &str, port: fixture::Port) -> fixture::ServiceFixture {
+    fixture::service("default", name).port(port)
+}
+
+/// One slice `<service>-<i>` per endpoint, its port named `main`; the endpoint's pod is
+/// `<service>-pod-<i>`.
+pub fn slices(
+    service: &str,
+    endpoints: &[(SocketAddr, bool)],
+    protocol: Protocol,
+) -> impl Iterator<Item = Object> {
+    endpoints.iter().enumerate().map(move |(i, (addr, ready))| {
+        let pod = endpoint(addr.ip())
+            .ready(*ready)
+            .pod("default", &format!("{service}-pod-{i}"));
+        slice(
+            service,
+            &format!("{service}-{i}"),
             addr.port(),
-            addr.ip()
-        ));
-    }
-    s
+            protocol,
+            pod,
+        )
+    })
+}
+
+/// The EndpointSlice `default/<name>` of `service` with one endpoint, whose port (named
+/// `main`) is `port`.
+pub fn slice(
+    service: &str,
+    name: &str,
+    port: u16,
+    protocol: Protocol,
+    endpoint: fixture::EndpointFixture,
+) -> Object {
+    fixture::endpoint_slice("default", name, service)
+        .port(fixture::port(port).named("main").protocol(protocol))
+        .endpoint(endpoint)
+        .object()
 }
 
 pub fn settings() -> IndexSettings {
@@ -250,22 +292,19 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// A ConfigMap with another name (e.g. `udp-services`).
+/// The port map `dermaga/<name>` (e.g. `udp-services`) with `entries`, as YAML.
 pub fn named_configmap_yaml(name: &str, entries: &[(&str, &str)]) -> String {
-    configmap_yaml(entries).replace("name: tcp-services", &format!("name: {name}"))
+    fixture::port_map("dermaga", name).entries(entries).yaml()
 }
 
-/// A Service with one UDP port named `main`.
+/// A Service `default/<name>` with one UDP port named `main`, as YAML.
 pub fn udp_service_yaml(name: &str, port: u16) -> String {
-    service_yaml(name, port).replace("{name: main, port: ", "{name: main, protocol: UDP, port: ")
+    service_fixture(name, fixture::port(port).named("main").udp()).yaml()
 }
 
-/// Slices with a UDP port named `main`.
+/// Slices with a UDP port named `main`, as YAML.
 pub fn udp_slices_yaml(service: &str, endpoints: &[(SocketAddr, bool)]) -> String {
-    slices_yaml(service, endpoints).replace(
-        "ports: [{name: main, port: ",
-        "ports: [{name: main, protocol: UDP, port: ",
-    )
+    fixture::yaml(slices(service, endpoints, Protocol::Udp))
 }
 
 /// Index settings with both port maps.

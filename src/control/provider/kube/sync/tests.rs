@@ -4,12 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
 use super::*;
-use crate::control::index::{IndexSettings, SERVICE_NAME_LABEL};
+use crate::control::fixture::{self, Fixture};
+use crate::control::index::IndexSettings;
 use crate::control::provider::kube::watch::{Change, Failure, FailureKind, Message, ScopeKey};
 
 fn map_name() -> ObjectName {
@@ -17,45 +14,17 @@ fn map_name() -> ObjectName {
 }
 
 fn port_map(entries: &[(&str, &str)]) -> Object {
-    Object::ConfigMap(ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("tcp-services".into()),
-            namespace: Some("dermaga".into()),
-            ..Default::default()
-        },
-        data: Some(
-            entries
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Default::default()
-    })
+    fixture::port_map("dermaga", "tcp-services")
+        .entries(entries)
+        .object()
 }
 
 fn service(ns: &str, name: &str) -> Object {
-    Object::Service(Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
+    fixture::service(ns, name).object()
 }
 
 fn slice(ns: &str, name: &str, service: &str) -> Object {
-    Object::EndpointSlice(EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: None,
-        ports: None,
-    })
+    fixture::endpoint_slice(ns, name, service).object()
 }
 
 /// Drives a SyncState like the I/O loop does, remembering the watchers' generations.

@@ -1,0 +1,396 @@
+//! Typed builders of the objects dermaga reads — port maps, Services, EndpointSlices — so that
+//! the unit tests, the integration tests and `check`'s tests write their fixtures in one
+//! vocabulary, as values rather than YAML text or `json!` trees:
+//!
+//! ```
+//! use dermaga::fixture::{Fixture, endpoint, endpoint_slice, port, port_map, service};
+//!
+//! let objects = [
+//!     port_map("dermaga", "tcp-services").entry("10000", "default/web:80").object(),
+//!     service("default", "web").port(port(80).named("main")).object(),
+//!     endpoint_slice("default", "web-a", "web")
+//!         .port(port(8080).named("main"))
+//!         .endpoint(endpoint("10.0.0.1").ready(true).pod("default", "web-0"))
+//!         .object(),
+//! ];
+//! let manifest = dermaga::fixture::yaml(objects.clone());
+//! assert_eq!(dermaga::parse_manifest(&manifest).unwrap().objects.len(), 3);
+//! ```
+//!
+//! Rendered as YAML ([`yaml`]) a fixture is what `--config` and `kubectl apply` read; rendered
+//! as JSON ([`Fixture::json`]) it is what the API server stores. Fields a builder does not set
+//! are absent, as in a hand-written manifest, so the defaults of the reader are what is tested.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::control::index::{Object, SERVICE_NAME_LABEL};
+use crate::names::Protocol;
+
+/// Something that becomes one object of a manifest.
+pub trait Fixture: Sized {
+    /// The object as the Index holds it.
+    fn object(self) -> Object;
+
+    /// The object as JSON, with its `apiVersion` and `kind`.
+    fn json(self) -> serde_json::Value {
+        to_json(&self.object())
+    }
+
+    /// The object as one YAML document, ending with `---`.
+    fn yaml(self) -> String {
+        yaml([self.object()])
+    }
+}
+
+impl Fixture for Object {
+    fn object(self) -> Object {
+        self
+    }
+}
+
+/// The objects as a multi-document YAML manifest.
+pub fn yaml(objects: impl IntoIterator<Item = Object>) -> String {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str(&serde_yaml::to_string(&to_json(&object)).expect("an object renders"));
+        out.push_str("---\n");
+    }
+    out
+}
+
+fn to_json(object: &Object) -> serde_json::Value {
+    match object {
+        Object::ConfigMap(o) => serde_json::to_value(o),
+        Object::Service(o) => serde_json::to_value(o),
+        Object::EndpointSlice(o) => serde_json::to_value(o),
+    }
+    .expect("an object serializes")
+}
+
+fn meta(namespace: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A ConfigMap whose entries map ports (see [`port_map`]).
+#[derive(Debug, Clone)]
+pub struct PortMap(ConfigMap);
+
+/// A port map (any ConfigMap) named `namespace/name`, with no entries yet.
+pub fn port_map(namespace: &str, name: &str) -> PortMap {
+    PortMap(ConfigMap {
+        metadata: meta(namespace, name),
+        data: Some(BTreeMap::new()),
+        ..ConfigMap::default()
+    })
+}
+
+impl PortMap {
+    /// Adds the entry `key: value` (e.g. `"10000": "default/web:80"`).
+    pub fn entry(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .data
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Adds each entry in turn.
+    pub fn entries(self, entries: &[(&str, &str)]) -> Self {
+        entries.iter().fold(self, |map, (k, v)| map.entry(k, v))
+    }
+}
+
+impl Fixture for PortMap {
+    fn object(self) -> Object {
+        Object::ConfigMap(self.0)
+    }
+}
+
+/// One port of a Service or of an EndpointSlice (see [`port`]).
+#[derive(Debug, Clone)]
+pub struct Port {
+    number: u16,
+    name: Option<String>,
+    protocol: Option<Protocol>,
+    target: Option<IntOrString>,
+}
+
+/// Port `number` with no name and no protocol written (which readers take as TCP).
+pub fn port(number: u16) -> Port {
+    Port {
+        number,
+        name: None,
+        protocol: None,
+        target: None,
+    }
+}
+
+impl Port {
+    /// Gives the port a name.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Writes the protocol explicitly.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = Some(protocol);
+        self
+    }
+
+    /// Writes `protocol: UDP`.
+    pub fn udp(self) -> Self {
+        self.protocol(Protocol::Udp)
+    }
+
+    /// A Service port's `targetPort` by name.
+    pub fn target_name(mut self, name: &str) -> Self {
+        self.target = Some(IntOrString::String(name.to_owned()));
+        self
+    }
+
+    /// A Service port's `targetPort` by number.
+    pub fn target_number(mut self, number: u16) -> Self {
+        self.target = Some(IntOrString::Int(i32::from(number)));
+        self
+    }
+
+    fn protocol_name(&self) -> Option<String> {
+        self.protocol.map(|p| p.as_k8s().to_owned())
+    }
+
+    fn service_port(self) -> ServicePort {
+        ServicePort {
+            name: self.name.clone(),
+            protocol: self.protocol_name(),
+            port: i32::from(self.number),
+            target_port: self.target,
+            ..ServicePort::default()
+        }
+    }
+
+    fn endpoint_port(self) -> EndpointPort {
+        EndpointPort {
+            name: self.name.clone(),
+            protocol: self.protocol_name(),
+            port: Some(i32::from(self.number)),
+            ..EndpointPort::default()
+        }
+    }
+}
+
+/// A Service (see [`service`]).
+#[derive(Debug, Clone)]
+pub struct ServiceFixture(Service);
+
+/// A Service `namespace/name` with a spec and no ports yet.
+pub fn service(namespace: &str, name: &str) -> ServiceFixture {
+    ServiceFixture(Service {
+        metadata: meta(namespace, name),
+        spec: Some(ServiceSpec::default()),
+        ..Service::default()
+    })
+}
+
+impl ServiceFixture {
+    fn spec(&mut self) -> &mut ServiceSpec {
+        self.0.spec.get_or_insert_with(ServiceSpec::default)
+    }
+
+    /// Adds a port.
+    pub fn port(mut self, port: Port) -> Self {
+        self.spec()
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(port.service_port());
+        self
+    }
+
+    /// Sets `spec.type` (e.g. `LoadBalancer`).
+    pub fn service_type(mut self, service_type: &str) -> Self {
+        self.spec().type_ = Some(service_type.to_owned());
+        self
+    }
+
+    /// Makes it an ExternalName Service for `host`.
+    pub fn external_name(mut self, host: &str) -> Self {
+        let spec = self.spec();
+        spec.type_ = Some("ExternalName".to_owned());
+        spec.external_name = Some(host.to_owned());
+        self
+    }
+}
+
+impl Fixture for ServiceFixture {
+    fn object(self) -> Object {
+        Object::Service(self.0)
+    }
+}
+
+/// One endpoint of an EndpointSlice (see [`endpoint`]).
+#[derive(Debug, Clone)]
+pub struct EndpointFixture(Endpoint);
+
+/// An endpoint at `address` (an IP, or anything for the FQDN type) with no conditions written
+/// (which readers take as ready) and no `targetRef`.
+pub fn endpoint(address: impl ToString) -> EndpointFixture {
+    EndpointFixture(Endpoint {
+        addresses: vec![address.to_string()],
+        ..Endpoint::default()
+    })
+}
+
+impl EndpointFixture {
+    fn conditions(&mut self) -> &mut EndpointConditions {
+        self.0
+            .conditions
+            .get_or_insert_with(EndpointConditions::default)
+    }
+
+    /// Writes `conditions.ready`.
+    pub fn ready(mut self, ready: bool) -> Self {
+        self.conditions().ready = Some(ready);
+        self
+    }
+
+    /// Writes `conditions.serving`.
+    pub fn serving(mut self, serving: bool) -> Self {
+        self.conditions().serving = Some(serving);
+        self
+    }
+
+    /// Writes `conditions.terminating`.
+    pub fn terminating(mut self, terminating: bool) -> Self {
+        self.conditions().terminating = Some(terminating);
+        self
+    }
+
+    /// A pod draining on shutdown: not ready, still serving, terminating.
+    pub fn draining(self) -> Self {
+        self.ready(false).serving(true).terminating(true)
+    }
+
+    /// Points `targetRef` at the pod `namespace/name`.
+    pub fn pod(mut self, namespace: &str, name: &str) -> Self {
+        self.0.target_ref = Some(ObjectReference {
+            kind: Some("Pod".to_owned()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            ..ObjectReference::default()
+        });
+        self
+    }
+}
+
+/// An EndpointSlice (see [`endpoint_slice`]).
+#[derive(Debug, Clone)]
+pub struct SliceFixture(EndpointSlice);
+
+/// An IPv4 EndpointSlice `namespace/name` labelled as `service`'s, with no ports or endpoints yet.
+pub fn endpoint_slice(namespace: &str, name: &str, service: &str) -> SliceFixture {
+    let mut metadata = meta(namespace, name);
+    metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
+    SliceFixture(EndpointSlice {
+        metadata,
+        address_type: "IPv4".to_owned(),
+        endpoints: None,
+        ports: None,
+    })
+}
+
+impl SliceFixture {
+    /// Sets `addressType` (`IPv4`, `IPv6` or `FQDN`).
+    pub fn address_type(mut self, address_type: &str) -> Self {
+        address_type.clone_into(&mut self.0.address_type);
+        self
+    }
+
+    /// Adds a port.
+    pub fn port(mut self, port: Port) -> Self {
+        self.0
+            .ports
+            .get_or_insert_with(Vec::new)
+            .push(port.endpoint_port());
+        self
+    }
+
+    /// Adds endpoints.
+    pub fn endpoints(self, endpoints: impl IntoIterator<Item = EndpointFixture>) -> Self {
+        endpoints.into_iter().fold(self, Self::endpoint)
+    }
+
+    /// Adds an endpoint.
+    pub fn endpoint(mut self, endpoint: EndpointFixture) -> Self {
+        self.0
+            .endpoints
+            .get_or_insert_with(Vec::new)
+            .push(endpoint.0);
+        self
+    }
+}
+
+impl Fixture for SliceFixture {
+    fn object(self) -> Object {
+        Object::EndpointSlice(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::provider::manifest::parse_manifest;
+
+    #[test]
+    fn a_manifest_reads_back_as_the_objects_built() {
+        let objects = vec![
+            port_map("dermaga", "udp-services")
+                .entry("53", "kube-system/dns:53")
+                .object(),
+            service("kube-system", "dns")
+                .port(port(53).named("dns").udp().target_name("dns"))
+                .object(),
+            endpoint_slice("kube-system", "dns-a", "dns")
+                .address_type("IPv6")
+                .port(port(5353).named("dns").udp())
+                .endpoint(endpoint("fd00::1").draining().pod("kube-system", "dns-0"))
+                .endpoint(endpoint("fd00::2"))
+                .object(),
+        ];
+        let manifest = yaml(objects.clone());
+        let read: Vec<_> = parse_manifest(&manifest).unwrap().objects;
+        let json = |objects: &[Object]| objects.iter().map(to_json).collect::<Vec<_>>();
+        assert_eq!(json(&read), json(&objects));
+        let text = manifest.as_str();
+        for written in [
+            "kind: ConfigMap",
+            "'53': kube-system/dns:53",
+            "protocol: UDP",
+            "targetPort: dns",
+            "addressType: IPv6",
+            "terminating: true",
+            "kubernetes.io/service-name: dns",
+        ] {
+            assert!(text.contains(written), "{written:?} missing from\n{text}");
+        }
+        // Unset fields stay unwritten: the second endpoint has no conditions.
+        assert_eq!(text.matches("conditions:").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn json_carries_api_version_and_kind() {
+        let json = service("default", "web").port(port(80)).json();
+        assert_eq!(json["apiVersion"], "v1");
+        assert_eq!(json["kind"], "Service");
+        assert_eq!(json["spec"]["ports"][0]["port"], 80);
+        assert!(json["spec"]["ports"][0].get("protocol").is_none());
+    }
+}
