@@ -23,12 +23,30 @@ use std::time::{Duration, Instant};
 /// Resolution of the coarse clock, and so of the idle timeout.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Milliseconds since `origin`, advanced every [`TICK`] by the `dermaga-clock` thread.
+/// Milliseconds since `origin`, advanced every [`TICK`] by the `dermaga-clock` thread (or, in
+/// tests, by hand).
+#[derive(Debug)]
 struct CoarseClock {
     origin: Instant,
     millis: AtomicU64,
 }
 
+impl CoarseClock {
+    fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the coarse time to `now`.
+    fn advance_to(&self, now: Instant) {
+        let millis = now.saturating_duration_since(self.origin).as_millis() as u64;
+        self.millis.store(millis, Ordering::Relaxed);
+    }
+}
+
+/// The process's coarse clock; its thread starts on first use.
 fn clock() -> &'static CoarseClock {
     static CLOCK: OnceLock<CoarseClock> = OnceLock::new();
     CLOCK.get_or_init(|| {
@@ -37,9 +55,7 @@ fn clock() -> &'static CoarseClock {
             .spawn(|| {
                 loop {
                     std::thread::sleep(TICK);
-                    let clock = clock();
-                    let now = clock.origin.elapsed().as_millis() as u64;
-                    clock.millis.store(now, Ordering::Relaxed);
+                    clock().advance_to(Instant::now());
                 }
             });
         if let Err(err) = spawned {
@@ -47,16 +63,14 @@ fn clock() -> &'static CoarseClock {
             // after they start, so say it loudly.
             tracing::error!(error = %err, "cannot start the idle-timeout clock thread; idle timeouts will cut busy connections");
         }
-        CoarseClock {
-            origin: Instant::now(),
-            millis: AtomicU64::new(0),
-        }
+        CoarseClock::new(Instant::now())
     })
 }
 
 /// When a connection last moved bytes, on the coarse clock, and its idle timeout.
 #[derive(Debug)]
 pub struct Activity {
+    clock: &'static CoarseClock,
     /// Coarse milliseconds since the clock's origin, rounded up one tick.
     last: AtomicU64,
     timeout: Duration,
@@ -67,10 +81,15 @@ impl Activity {
     /// connection cut after `timeout` idle; `None` for a zero timeout (never cut). Boxed: the
     /// connection future holds one pointer.
     pub fn watch(timeout: Duration) -> Option<Box<Self>> {
+        Self::on(clock(), timeout)
+    }
+
+    fn on(clock: &'static CoarseClock, timeout: Duration) -> Option<Box<Self>> {
         if timeout.is_zero() {
             return None;
         }
         let activity = Box::new(Self {
+            clock,
             last: AtomicU64::new(0),
             timeout,
         });
@@ -86,14 +105,14 @@ impl Activity {
     /// Bytes moved: stamp the coarse time (no clock read, no timer call).
     #[inline]
     pub fn touch(&self) {
-        let now = clock().millis.load(Ordering::Relaxed) + TICK.as_millis() as u64;
+        let now = self.clock.millis.load(Ordering::Relaxed) + TICK.as_millis() as u64;
         self.last.store(now, Ordering::Relaxed);
     }
 
     /// The instant the timeout after the last stamp.
     fn deadline(&self) -> Instant {
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        clock().origin + last + self.timeout
+        self.clock.origin + last + self.timeout
     }
 }
 
@@ -107,7 +126,8 @@ pub async fn expired(activity: Option<&Activity>) {
     loop {
         sleep.as_mut().await;
         let deadline = activity.deadline();
-        if deadline <= Instant::now() {
+        // Tokio's clock (the real one, or the paused one of a test), like the timer's.
+        if deadline <= tokio::time::Instant::now().into_std() {
             return;
         }
         sleep.as_mut().reset(deadline.into());
@@ -117,9 +137,84 @@ pub async fn expired(activity: Option<&Activity>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant as TokioInstant;
+
+    /// A coarse clock of the test's own, starting at the (paused) present, that only the test
+    /// moves.
+    fn test_clock() -> &'static CoarseClock {
+        Box::leak(Box::new(CoarseClock::new(TokioInstant::now().into_std())))
+    }
+
+    /// Sleeps `step` at a time for `total`, moving `clock` on each tick as its thread would.
+    async fn tick_for(clock: &CoarseClock, total: Duration, mut each: impl FnMut()) {
+        let end = TokioInstant::now() + total;
+        while TokioInstant::now() < end {
+            tokio::time::sleep(TICK / 2).await;
+            clock.advance_to(TokioInstant::now().into_std());
+            each();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_untouched_activity_expires_one_tick_after_the_timeout_at_most() {
+        let clock = test_clock();
+        let started = TokioInstant::now();
+        let activity = Activity::on(clock, Duration::from_millis(300)).unwrap();
+        let watch = expired(Some(&activity));
+        tokio::pin!(watch);
+        tokio::select! {
+            _ = &mut watch => {}
+            _ = tick_for(clock, Duration::from_secs(5), || {}) => panic!("never expired"),
+        }
+        // Stamped at 0 rounded up one tick: cut at 300 ms + one tick, never before 300 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn touching_keeps_it_alive_and_the_last_touch_counts() {
+        let clock = test_clock();
+        let started = TokioInstant::now();
+        let activity = Activity::on(clock, Duration::from_millis(300)).unwrap();
+        let watch = expired(Some(&activity));
+        tokio::pin!(watch);
+        // Touched every 50 ms for 3 timeouts: never expires meanwhile.
+        tokio::select! {
+            _ = &mut watch => panic!("expired while active, after {:?}", started.elapsed()),
+            _ = tick_for(clock, Duration::from_millis(900), || activity.touch()) => {}
+        }
+        // Last touched at 900 ms (coarse time 900 ms, stamped 1,000 ms): cut at 1,300 ms.
+        tokio::select! {
+            _ = &mut watch => {}
+            _ = tick_for(clock, Duration::from_secs(5), || {}) => panic!("never expired"),
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(1300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_clock_cuts_early_by_the_stall_and_no_more() {
+        // The documented cost of a held-up clock thread: stamps lag by the delay.
+        let clock = test_clock();
+        let started = TokioInstant::now();
+        let activity = Activity::on(clock, Duration::from_millis(300)).unwrap();
+        let watch = expired(Some(&activity));
+        tokio::pin!(watch);
+        // Bytes move every 50 ms, but the clock stays at 0 for 250 ms.
+        tokio::select! {
+            _ = &mut watch => {}
+            _ = async {
+                loop {
+                    tokio::time::sleep(TICK / 2).await;
+                    activity.touch();
+                }
+            } => {}
+        }
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+    }
 
     #[tokio::test]
-    async fn an_untouched_activity_expires_after_the_timeout_and_not_before() {
+    async fn the_process_clock_thread_keeps_time() {
+        // The real clock thread, end to end: an untouched activity expires about one timeout
+        // later. Bounds allow one late tick and a slow machine; the exact times are above.
         let started = Instant::now();
         let timeout = Duration::from_millis(300);
         let activity = Activity::watch(timeout).unwrap();
@@ -127,8 +222,6 @@ mod tests {
             .await
             .expect("expires");
         let waited = started.elapsed();
-        // The lower bound allows one late tick of the clock thread on a loaded machine; the
-        // upper bound only catches a timer that never fires on time at all.
         assert!(waited + TICK >= timeout, "expired early, after {waited:?}");
         assert!(
             waited < timeout + Duration::from_secs(3),
@@ -136,30 +229,12 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn touching_keeps_it_alive() {
-        let timeout = Duration::from_millis(300);
-        let activity = Activity::watch(timeout).unwrap();
-        let watch = expired(Some(&activity));
-        tokio::pin!(watch);
-        // Touched every 50 ms for 3 timeouts: never expires meanwhile.
-        for _ in 0..18 {
-            tokio::select! {
-                _ = &mut watch => panic!("expired while active"),
-                _ = tokio::time::sleep(Duration::from_millis(50)) => activity.touch(),
-            }
-        }
-        tokio::time::timeout(Duration::from_secs(5), watch)
-            .await
-            .expect("expires once left alone");
-    }
-
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn without_activity_it_never_expires() {
         assert!(Activity::watch(Duration::ZERO).is_none(), "0: no timeout");
         let never = expired(None);
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), never)
+            tokio::time::timeout(Duration::from_secs(3600), never)
                 .await
                 .is_err()
         );

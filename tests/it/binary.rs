@@ -18,7 +18,7 @@ async fn quick_start_demo_answers_on_both_ports_and_exits_on_sigterm() {
     let config = dir.path().join("quickstart.yaml");
     let mut d = Dermaga::start(&[
         "--admin-address",
-        "127.1.0.51:0",
+        "127.1.15.51:0",
         "demo",
         "--write-config",
         config.to_str().unwrap(),
@@ -40,7 +40,7 @@ async fn quick_start_demo_answers_on_both_ports_and_exits_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
-    let listen = "127.1.0.50";
+    let listen = "127.1.15.50";
     let at = |port: u16| -> SocketAddr { format!("{listen}:{port}").parse().unwrap() };
     let a1 = Backend::start("127.0.0.2", "a1").await;
     let a2 = Backend::start("127.0.0.3", "a2").await;
@@ -60,7 +60,7 @@ async fn hot_reload_under_traffic_adds_changes_and_drains_ports() {
         "--listen-address",
         listen,
         "--admin-address",
-        "127.1.0.50:0",
+        "127.1.15.50:0",
         "--shutdown-delay",
         "0s",
         "--drain-timeout",
@@ -242,7 +242,7 @@ fn start_up_errors_are_clear_and_exit_non_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_unready_first_and_keeps_accepting_for_the_shutdown_delay() {
-    let listen = "127.1.0.52";
+    let listen = "127.1.15.52";
     let web = Backend::start("127.0.0.2", "web").await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dermaga.yaml");
@@ -253,7 +253,7 @@ async fn sigterm_turns_unready_first_and_keeps_accepting_for_the_shutdown_delay(
         "--listen-address",
         listen,
         "--admin-address",
-        "127.1.0.52:0",
+        "127.1.15.52:0",
         "--shutdown-delay",
         "1s",
     ]);
@@ -310,7 +310,7 @@ async fn worker_threads_choose_the_runtime_and_both_forward() {
     let config = dir.path().join("dermaga.yaml");
     write_config(&config, &yaml);
     // One thread: the single-threaded runtime (no worker threads); three: three workers.
-    for (threads, listen, workers) in [("1", "127.1.0.53", 0), ("3", "127.1.0.54", 3)] {
+    for (threads, listen, workers) in [("1", "127.1.15.53", 0), ("3", "127.1.15.54", 3)] {
         let mut d = Dermaga::start(&[
             "--config",
             config.to_str().unwrap(),
@@ -403,10 +403,10 @@ async fn flood(to: SocketAddr, n: usize, hello: &'static [u8]) -> usize {
 /// fills even though the per-connection warnings are rate-limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_stdout_and_stderr_never_stop_forwarding_health_or_shutdown() {
-    let listen = "127.1.14.1";
+    let listen = "127.1.17.1";
     let at = move |port: u16| -> SocketAddr { format!("{listen}:{port}").parse().unwrap() };
     let admin = at(10254);
-    let web = Backend::start("127.1.14.2", "web").await;
+    let web = Backend::start("127.1.17.2", "web").await;
     let refusing: SocketAddr = REFUSING.parse().unwrap();
     let yaml = configmap_yaml(&[
         ("10000", "default/web:80"),
@@ -741,10 +741,10 @@ fn a_bad_enumerated_flag_value_exits_2_naming_the_flag_and_the_allowed_values() 
 /// nothing else could), and the process goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config_file_and_the_process_goes_on() {
-    let listen = "127.1.14.5";
+    let listen = "127.1.17.5";
     let port: SocketAddr = format!("{listen}:10000").parse().unwrap();
-    let a = Backend::start("127.1.14.3", "a").await;
-    let b = Backend::start("127.1.14.4", "b").await;
+    let a = Backend::start("127.1.17.3", "a").await;
+    let b = Backend::start("127.1.17.4", "b").await;
     let config_for = |backend: &Backend| route_yaml("10000", "web", &[(backend.addr, true)]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("dermaga.yaml");

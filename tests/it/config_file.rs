@@ -68,7 +68,7 @@ fn start(config: &Path, ip: &str, extra: &[&str]) -> Dermaga {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_a_fifo_or_an_oversized_file_is_refused_and_the_last_good_one_serves() {
-    let ip = "127.1.14.2";
+    let ip = "127.1.16.2";
     let port: SocketAddr = format!("{ip}:10000").parse().unwrap();
     let web = Backend::start("127.0.14.2", "web").await;
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +156,7 @@ fn at_start_a_fifo_or_an_oversized_file_stops_dermaga_at_once() {
                 "--config-max-bytes",
                 "1KiB",
                 "--admin-address",
-                "127.1.14.3:0",
+                "127.1.16.3:0",
             ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -185,7 +185,7 @@ fn at_start_a_fifo_or_an_oversized_file_stops_dermaga_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_written_in_place_in_two_halves_is_applied_only_whole() {
-    let ip = "127.1.14.4";
+    let ip = "127.1.16.4";
     let at = move |p: u16| -> SocketAddr { format!("{ip}:{p}").parse().unwrap() };
     let web = Backend::start("127.0.14.4", "web").await;
     let dir = tempfile::tempdir().unwrap();
@@ -243,7 +243,7 @@ async fn a_file_written_in_place_in_two_halves_is_applied_only_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_file_that_comes_back_unchanged_is_valid_again() {
-    let ip = "127.1.14.5";
+    let ip = "127.1.16.5";
     let port: SocketAddr = format!("{ip}:10000").parse().unwrap();
     let web = Backend::start("127.0.14.5", "web").await;
     let dir = tempfile::tempdir().unwrap();

@@ -121,7 +121,7 @@ fn yaml(backend: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn splice_256_mib_each_way_with_half_close() {
     let backend = checksum_backend("127.0.0.2", 256 * MIB).await;
-    let gw = gateway(&yaml(backend), options("127.1.0.30"));
+    let gw = gateway(&yaml(backend), options("127.1.10.30"));
     let addr = gw.wait_bound(tcp(10000)).await;
     transfer(addr, 256 * MIB).await;
     let (metrics, pipes) = (gw.metrics.clone(), gw.pipes.clone());
@@ -165,7 +165,7 @@ async fn splice_256_mib_each_way_with_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_fallback_256_mib_each_way_with_half_close() {
     let backend = checksum_backend("127.0.0.2", 256 * MIB).await;
-    let mut opts = options("127.1.0.31");
+    let mut opts = options("127.1.10.31");
     opts.max_pipes = 0;
     let gw = gateway(&yaml(backend), opts);
     let addr = gw.wait_bound(tcp(10000)).await;
@@ -201,7 +201,7 @@ async fn copy_fallback_256_mib_each_way_with_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_exhaustion_falls_back_to_copy_per_connection() {
     let backend = checksum_backend("127.0.0.3", 8 * MIB).await;
-    let mut opts = options("127.1.0.32");
+    let mut opts = options("127.1.10.32");
     opts.max_pipes = 4; // room for two spliced connections
     let gw = gateway(&yaml(backend), opts);
     let addr = gw.wait_bound(tcp(10000)).await;
@@ -250,7 +250,7 @@ async fn idle_connections_hold_no_pipes() {
     let echo = Backend::start("127.0.0.3", "idle").await;
     let gw = gateway(
         &(route_yaml("10000", "echo", &[(echo.addr, true)])),
-        options("127.1.0.33"),
+        options("127.1.10.33"),
     );
     let addr = gw.wait_bound(tcp(10000)).await;
     // 20 connections, each with one round trip through the gateway, then left open.

@@ -1,9 +1,11 @@
 //! The integration tests, one binary (one link of the crate and its dependencies instead of one
 //! per file): each module is what was a file of its own under `tests/`, `support` what they
-//! share. Real sockets on 127.0.0.0/8, the real `dermaga` binary, the real kube-apiserver.
+//! share, `addresses` the registry of the loopback addresses they listen on. Real sockets on
+//! 127.0.0.0/8, the real `dermaga` binary, the real kube-apiserver.
 
 mod support;
 
+mod addresses;
 mod binary;
 mod check;
 mod config_file;

@@ -30,7 +30,7 @@ async fn exchange(addr: SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_health_readiness_exact_metrics_and_routes() {
-    let listen = "127.1.0.70";
+    let listen = "127.1.8.70";
     let web = Backend::start("127.0.0.2", "web").await;
     let mut opts = options(listen);
     // The refusing endpoint stays ejected for the whole test.
@@ -217,7 +217,7 @@ async fn admin_health_readiness_exact_metrics_and_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_line_per_connection_with_every_field() {
-    let listen = "127.1.0.71";
+    let listen = "127.1.8.71";
     let web = Backend::start("127.0.0.2", "web").await;
     let held = Backend::start("127.0.0.3", "held").await;
     let lines = SharedBuf::default();
@@ -342,7 +342,7 @@ async fn access_log_has_one_line_per_connection_with_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_backend_closed_and_drops_counted_when_full() {
     use tokio::net::TcpListener;
-    let listen = "127.1.0.72";
+    let listen = "127.1.8.72";
     // A backend that says bye and closes at once.
     let listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let backend = listener.local_addr().unwrap();
@@ -511,7 +511,7 @@ async fn exchange_with(addr: SocketAddr, greeting: &[u8]) {
 /// `limit` routes (1,000 at most in any case) from `offset`, with `next_offset` while more match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_are_filtered_and_paged() {
-    let listen = "127.1.0.79";
+    let listen = "127.1.8.79";
     let gw = Gateway::start(Index::new(settings()), options(listen));
     let (admin, _stop) = start_admin(&gw, listen).await;
     let mut yaml = configmap_yaml(&[

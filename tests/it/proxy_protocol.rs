@@ -69,7 +69,7 @@ async fn setup(listen: &'static str) -> (dermaga::Gateway, impl Fn(u16) -> Socke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_v1_and_reencode_v1_to_the_backend() {
-    let (gw, at) = setup("127.1.0.41").await;
+    let (gw, at) = setup("127.1.11.41").await;
     let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\n";
     let (seen, _) = roundtrip(at(10000), &[header.as_slice(), b"hello\n"].concat())
         .await
@@ -85,7 +85,7 @@ async fn decode_v1_and_reencode_v1_to_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_v2_and_reencode_v1() {
-    let (gw, at) = setup("127.1.0.42").await;
+    let (gw, at) = setup("127.1.11.42").await;
     let source: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
     let destination: SocketAddr = "[2001:db8::1]:10000".parse().unwrap();
     let header = encode(ProxyVersion::V2, source, destination);
@@ -101,7 +101,7 @@ async fn decode_v2_and_reencode_v1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_only_v2_carries_the_real_client_address() {
-    let (gw, at) = setup("127.1.0.43").await;
+    let (gw, at) = setup("127.1.11.43").await;
     let (seen, client) = roundtrip(at(10001), b"hello\n").await.unwrap();
     let (decoded, len) = decode(&seen).unwrap().expect("a complete v2 header");
     assert_eq!(
@@ -118,7 +118,7 @@ async fn send_only_v2_carries_the_real_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decode_only_strips_the_header() {
-    let (gw, at) = setup("127.1.0.44").await;
+    let (gw, at) = setup("127.1.11.44").await;
     let (seen, _) = roundtrip(
         at(10002),
         b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10000\r\nhello\n",
@@ -131,7 +131,7 @@ async fn decode_only_strips_the_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_headers_are_closed_and_counted() {
-    let (gw, at) = setup("127.1.0.45").await;
+    let (gw, at) = setup("127.1.11.45").await;
     let garbage: [&[u8]; 4] = [
         b"GET / HTTP/1.0\r\n\r\nhello\n",
         b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\nhello\n",
@@ -160,7 +160,7 @@ async fn garbage_headers_are_closed_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_partial_header_is_closed_at_the_header_timeout() {
-    let (gw, at) = setup("127.1.0.46").await;
+    let (gw, at) = setup("127.1.11.46").await;
     let mut s = TcpStream::connect(at(10002)).await.unwrap();
     s.write_all(b"PROXY TCP4 1.2").await.unwrap();
     let started = Instant::now();

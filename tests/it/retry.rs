@@ -22,7 +22,7 @@ async fn s2_one_refusing_endpoint_costs_no_client_a_failure() {
         "api",
         &[(a.addr, true), (refusing, true), (b.addr, true)],
     );
-    let mut opts = options("127.1.0.20");
+    let mut opts = options("127.1.12.20");
     // Longer than any run of this test, however loaded the machine: exactly one ejection.
     opts.health.base_ejection = std::time::Duration::from_secs(600);
     opts.health.max_ejection = std::time::Duration::from_secs(600);

@@ -7,7 +7,7 @@ use crate::support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-const LISTEN: &str = "127.1.0.1";
+const LISTEN: &str = "127.1.13.1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s1_each_port_reaches_its_own_service_1000_times() {
@@ -37,7 +37,7 @@ async fn s1_each_port_reaches_its_own_service_1000_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_without_endpoints_refuses_at_once_and_opens_when_they_appear() {
-    let listen = "127.1.0.2";
+    let listen = "127.1.13.2";
     let yaml = configmap_yaml(&[("10000", "default/empty:80")]) + &service_yaml("empty", 80);
     let gw = gateway(&yaml, options(listen));
     let addr = gw.wait_bound(tcp(10000)).await;
@@ -79,7 +79,7 @@ async fn port_without_endpoints_refuses_at_once_and_opens_when_they_appear() {
 async fn missing_service_keeps_the_port_bound_and_refusing() {
     let gw = gateway(
         &configmap_yaml(&[("10000", "default/not-yet:80")]),
-        options("127.1.0.3"),
+        options("127.1.13.3"),
     );
     let addr = gw.wait_bound(tcp(10000)).await;
     let outcome = async {
@@ -119,7 +119,7 @@ async fn bad_entries_are_reported_and_the_good_ones_still_serve() {
     let yaml = configmap_yaml(&entries)
         + &service_yaml("good", 80)
         + &slices_yaml("good", &[(good.addr, true)]);
-    let gw = gateway(&yaml, options("127.1.0.4"));
+    let gw = gateway(&yaml, options("127.1.13.4"));
     let addr = gw.wait_bound(tcp(10000)).await;
     assert_eq!(greeting(addr).await.unwrap(), "good");
 
@@ -156,7 +156,7 @@ async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
     let base = configmap_yaml(&[("10000", "default/web:80")]) + &service_yaml("web", 80);
     let gw = gateway(
         &(base.clone() + &slices_yaml("web", &[(one.addr, true)])),
-        options("127.1.0.5"),
+        options("127.1.13.5"),
     );
     let addr = gw.wait_bound(tcp(10000)).await;
 
@@ -190,7 +190,7 @@ async fn endpoint_changes_keep_the_listening_socket_and_open_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_fails_alone_and_is_retried() {
     use dermaga::PortState;
-    let listen = "127.1.0.6";
+    let listen = "127.1.13.6";
     let squatter = std::net::TcpListener::bind((listen, 10001)).unwrap();
     let backend = Backend::start("127.0.0.2", "web").await;
     let yaml = configmap_yaml(&[("10000", "default/web:80"), ("10001", "default/web:80")])
@@ -226,7 +226,7 @@ async fn a_port_removed_and_re_added_keeps_its_open_connections() {
         + &service_yaml("web", 80)
         + &slices_yaml("web", &[(web.addr, true)]);
     let without = route_yaml("10001", "web", &[(web.addr, true)]);
-    let mut opts = options("127.1.0.7");
+    let mut opts = options("127.1.13.7");
     opts.drain_timeout = Duration::from_millis(300);
     let gw = gateway(&with, opts);
     let addr = gw.wait_bound(tcp(10000)).await;

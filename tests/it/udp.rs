@@ -37,7 +37,7 @@ fn dns_yaml(endpoints: &[SocketAddr]) -> String {
 async fn a_thousand_clients_each_get_their_own_answer_round_robin() {
     let a = udp_backend("127.0.0.2", "a").await;
     let b = udp_backend("127.0.0.3", "b").await;
-    let gw = start(&dns_yaml(&[a, b]), options("127.1.0.80"));
+    let gw = start(&dns_yaml(&[a, b]), options("127.1.7.80"));
     let port = gw.wait_bound(udp_key(5353)).await;
     let mut tags = BTreeMap::new();
     let mut sockets = Vec::new(); // kept open: 1,000 distinct client addresses
@@ -82,7 +82,7 @@ async fn a_thousand_clients_each_get_their_own_answer_round_robin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_datagram_passes_intact_both_ways() {
     let a = udp_backend("127.0.0.2", "a").await;
-    let gw = start(&dns_yaml(&[a]), options("127.1.0.81"));
+    let gw = start(&dns_yaml(&[a]), options("127.1.7.81"));
     let port = gw.wait_bound(udp_key(5353)).await;
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     // The reply adds "a:", so the request leaves room for it under 65,507 bytes.
@@ -103,7 +103,7 @@ async fn tcp_and_udp_on_the_same_port_go_to_different_services() {
         + &slices_yaml("dns-tcp", &[(tcp_backend.addr, true)])
         + &udp_service_yaml("dns-udp", 53)
         + &udp_slices_yaml("dns-udp", &[(udp, true)]);
-    let gw = start(&yaml, options("127.1.0.82"));
+    let gw = start(&yaml, options("127.1.7.82"));
     let tcp_port = gw.wait_bound(tcp(10053)).await;
     let udp_port = gw.wait_bound(udp_key(10053)).await;
     assert_eq!(tcp_port.port(), udp_port.port());
@@ -119,7 +119,7 @@ async fn tcp_and_udp_on_the_same_port_go_to_different_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_flows_drops_new_clients_until_idle_flows_expire() {
     let a = udp_backend("127.0.0.2", "a").await;
-    let mut opts = options("127.1.0.83");
+    let mut opts = options("127.1.7.83");
     opts.udp = UdpSettings {
         idle_timeout: Duration::from_millis(300),
         max_flows: 2,
@@ -163,7 +163,7 @@ async fn max_flows_drops_new_clients_until_idle_flows_expire() {
 async fn a_flow_moves_when_its_endpoint_leaves() {
     let a = udp_backend("127.0.0.2", "a").await;
     let b = udp_backend("127.0.0.3", "b").await;
-    let gw = start(&dns_yaml(&[a]), options("127.1.0.84"));
+    let gw = start(&dns_yaml(&[a]), options("127.1.7.84"));
     let port = gw.wait_bound(udp_key(5353)).await;
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(udp_ask_once(&client, port, b"x").await, b"a:x");
@@ -188,7 +188,7 @@ async fn a_flow_moves_when_its_endpoint_leaves() {
 async fn port_unreachable_ends_the_flow_and_new_flows_skip_that_endpoint() {
     let live = udp_backend("127.0.0.2", "live").await;
     let refusing: SocketAddr = REFUSING.parse().unwrap();
-    let gw = start(&dns_yaml(&[live, refusing]), options("127.1.0.85"));
+    let gw = start(&dns_yaml(&[live, refusing]), options("127.1.7.85"));
     let port = gw.wait_bound(udp_key(5353)).await;
     // Like DNS clients, each retries until answered; every one ends up answered by "live".
     for i in 0..10 {
