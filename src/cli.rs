@@ -24,7 +24,7 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
-/// Subcommands.
+/// The subcommands; without one, `dermaga` serves.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway on the built-in example (scenario S1: ports 10000 and 20000 to two

@@ -82,9 +82,9 @@ impl fmt::Display for RouteKey {
 /// `namespace/name` of a Service (or of any namespaced object).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ObjectName {
-    /// Namespace.
+    /// `metadata.namespace`.
     pub namespace: String,
-    /// Name.
+    /// `metadata.name`.
     pub name: String,
 }
 

@@ -63,7 +63,7 @@ pub fn yaml(objects: impl IntoIterator<Item = Object>) -> String {
     out
 }
 
-fn to_json(object: &Object) -> serde_json::Value {
+pub(crate) fn to_json(object: &Object) -> serde_json::Value {
     match object {
         Object::ConfigMap(o) => serde_json::to_value(o),
         Object::Service(o) => serde_json::to_value(o),
@@ -347,43 +347,6 @@ impl Fixture for SliceFixture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::provider::manifest::parse_manifest;
-
-    #[test]
-    fn a_manifest_reads_back_as_the_objects_built() {
-        let objects = vec![
-            port_map("dermaga", "udp-services")
-                .entry("53", "kube-system/dns:53")
-                .object(),
-            service("kube-system", "dns")
-                .port(port(53).named("dns").udp().target_name("dns"))
-                .object(),
-            endpoint_slice("kube-system", "dns-a", "dns")
-                .address_type("IPv6")
-                .port(port(5353).named("dns").udp())
-                .endpoint(endpoint("fd00::1").draining().pod("kube-system", "dns-0"))
-                .endpoint(endpoint("fd00::2"))
-                .object(),
-        ];
-        let manifest = yaml(objects.clone());
-        let read: Vec<_> = parse_manifest(&manifest).unwrap().objects;
-        let json = |objects: &[Object]| objects.iter().map(to_json).collect::<Vec<_>>();
-        assert_eq!(json(&read), json(&objects));
-        let text = manifest.as_str();
-        for written in [
-            "kind: ConfigMap",
-            "'53': kube-system/dns:53",
-            "protocol: UDP",
-            "targetPort: dns",
-            "addressType: IPv6",
-            "terminating: true",
-            "kubernetes.io/service-name: dns",
-        ] {
-            assert!(text.contains(written), "{written:?} missing from\n{text}");
-        }
-        // Unset fields stay unwritten: the second endpoint has no conditions.
-        assert_eq!(text.matches("conditions:").count(), 1, "{text}");
-    }
 
     #[test]
     fn json_carries_api_version_and_kind() {

@@ -177,7 +177,7 @@ pub enum ConfigProblem {
     Entry(EntryError),
     /// A port map named by a flag does not exist (yet).
     MissingPortMap {
-        /// The ConfigMap.
+        /// The map the flag names.
         configmap: ObjectName,
     },
     /// An entry is valid but what it names does not resolve (no such Service or port).

@@ -45,7 +45,7 @@ impl Default for TcpSettings {
     }
 }
 
-/// UDP settings.
+/// What every UDP port's flows are run with.
 #[derive(Debug, Clone)]
 pub struct UdpSettings {
     /// A flow with no datagram either way for this long ends.
@@ -68,15 +68,15 @@ impl Default for UdpSettings {
 pub struct ConnContext {
     /// The routing table.
     pub snapshot: Arc<Snapshot>,
-    /// Settings.
+    /// Timeouts, retries and limits.
     pub settings: TcpSettings,
     /// Pipes for splice.
     pub pipes: Arc<PipePool>,
-    /// Metrics.
+    /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
-    /// Access log.
+    /// Where each connection's line is written when it closes.
     pub access_log: Arc<AccessLog>,
-    /// UDP settings.
+    /// What every UDP port's flows are run with.
     pub udp: UdpSettings,
     /// Endpoint health (passive ejection, active checks).
     pub health: Arc<HealthRegistry>,

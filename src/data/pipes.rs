@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::sys::{self, Pipe};
 
-/// Counters the pool keeps (exported as metrics by the ops layer).
+/// Counters the pool keeps (read by `/metrics` as the pipe gauges).
 #[derive(Debug, Default)]
 pub struct PipeStats {
     /// Pipes created.
@@ -22,14 +22,14 @@ pub struct PipeStats {
     pub discarded: AtomicU64,
 }
 
-/// The pool.
+/// The process's pipes for splice: reused, at most `max` alive at once.
 #[derive(Debug)]
 pub struct PipePool {
     idle: Mutex<Vec<Pipe>>,
     live: AtomicUsize,
     max: usize,
     size: usize,
-    /// Counters.
+    /// What the pipe gauge and counters read.
     pub stats: PipeStats,
 }
 
@@ -120,7 +120,7 @@ pub struct PooledPipe<'a> {
 }
 
 impl PooledPipe<'_> {
-    /// The pipe.
+    /// The pipe lent.
     pub fn pipe(&self) -> &Pipe {
         self.pipe.as_ref().expect("present until drop")
     }

@@ -39,7 +39,7 @@ pub struct AdminState {
     pub snapshot: Arc<Snapshot>,
     /// Listener states.
     pub status: watch::Receiver<ListenerStatus>,
-    /// Metrics.
+    /// The registry `/metrics` encodes.
     pub metrics: Arc<Metrics>,
     /// The splice pipe pool (for its gauge).
     pub pipes: Arc<PipePool>,

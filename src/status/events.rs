@@ -31,7 +31,7 @@ pub struct EventSources {
 
 /// Who records: the API client and the reporting controller/instance.
 pub struct Reporting {
-    /// The client.
+    /// The API client Events are created with.
     pub client: kube::Client,
     /// `dermaga` and the pod name.
     pub reporter: Reporter,

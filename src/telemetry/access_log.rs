@@ -50,7 +50,7 @@ pub struct AccessRecord {
     pub bytes_received: u64,
     /// Bytes sent to the client.
     pub bytes_sent: u64,
-    /// Lifetime.
+    /// From accept to close.
     pub duration: Duration,
     /// How it ended.
     pub close: CloseReason,

@@ -12,7 +12,7 @@
 //! tests, loadtest's) one after another, never beside each other.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Which module owns which `127.1.<block>.0/24`.
 const GATEWAY_BLOCKS: &[(&str, &[u8])] = &[
@@ -40,17 +40,6 @@ struct Use {
     at: String,
 }
 
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 /// Every `127.1.B.H` in `text`, with the function it is written in.
 fn gateway_addresses(module: &str, file: &str, text: &str) -> Vec<Use> {
     let mut uses = Vec::new();
@@ -58,7 +47,7 @@ fn gateway_addresses(module: &str, file: &str, text: &str) -> Vec<Use> {
     for (n, line) in text.lines().enumerate() {
         let code = line.split("//").next().unwrap_or("");
         if let Some(rest) = code.trim_start().split("fn ").nth(1)
-            && code.trim_start().split_whitespace().any(|w| w == "fn")
+            && code.split_whitespace().any(|w| w == "fn")
         {
             function = rest
                 .split(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -140,7 +129,7 @@ fn problems(uses: &[Use]) -> Vec<String> {
 fn every_gateway_address_is_in_its_modules_block_and_used_by_one_test() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
     let mut files = Vec::new();
-    sources(&root, &mut files);
+    crate::support::rust_files(&root, &mut files);
     files.sort();
     let mut uses = Vec::new();
     for file in &files {

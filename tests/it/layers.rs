@@ -58,17 +58,6 @@ fn module_of(src: &Path, file: &Path) -> Vec<String> {
     parts
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 /// The source without comments and string literals (so a path in a doc line or a message
 /// is not an import).
 fn code_only(source: &str) -> String {
@@ -244,7 +233,7 @@ fn circles(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
 fn every_import_points_to_its_own_layer_or_below_and_no_modules_import_in_a_circle() {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    crate::support::rust_files(&src, &mut files);
     files.retain(|f| f.file_name().is_some_and(|n| n != "main.rs"));
     files.sort();
     let known: BTreeSet<Vec<String>> = files.iter().map(|f| module_of(&src, f)).collect();

@@ -275,6 +275,9 @@ fn to_json(value: serde_yaml::Value) -> Result<serde_json::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::fixture::{
+        self, Fixture, endpoint, endpoint_slice, port, port_map, service, yaml,
+    };
 
     #[test]
     fn multi_document_with_unquoted_numeric_keys() {
@@ -339,5 +342,41 @@ mod tests {
             e,
             "document 2, item 2: Service default/web repeats document 1; an object may appear only once"
         );
+    }
+
+    #[test]
+    fn a_fixture_manifest_reads_back_as_the_objects_built() {
+        let objects = vec![
+            port_map("dermaga", "udp-services")
+                .entry("53", "kube-system/dns:53")
+                .object(),
+            service("kube-system", "dns")
+                .port(port(53).named("dns").udp().target_name("dns"))
+                .object(),
+            endpoint_slice("kube-system", "dns-a", "dns")
+                .address_type("IPv6")
+                .port(port(5353).named("dns").udp())
+                .endpoint(endpoint("fd00::1").draining().pod("kube-system", "dns-0"))
+                .endpoint(endpoint("fd00::2"))
+                .object(),
+        ];
+        let manifest = yaml(objects.clone());
+        let read: Vec<_> = parse_manifest(&manifest).unwrap().objects;
+        let json = |objects: &[Object]| objects.iter().map(fixture::to_json).collect::<Vec<_>>();
+        assert_eq!(json(&read), json(&objects));
+        let text = manifest.as_str();
+        for written in [
+            "kind: ConfigMap",
+            "'53': kube-system/dns:53",
+            "protocol: UDP",
+            "targetPort: dns",
+            "addressType: IPv6",
+            "terminating: true",
+            "kubernetes.io/service-name: dns",
+        ] {
+            assert!(text.contains(written), "{written:?} missing from\n{text}");
+        }
+        // Unset fields stay unwritten: the second endpoint has no conditions.
+        assert_eq!(text.matches("conditions:").count(), 1, "{text}");
     }
 }

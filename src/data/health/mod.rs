@@ -207,7 +207,7 @@ impl HealthRegistry {
         }
     }
 
-    /// The settings.
+    /// The ejection and check settings in force.
     pub fn settings(&self) -> &HealthSettings {
         &self.settings
     }

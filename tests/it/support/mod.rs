@@ -116,6 +116,18 @@ pub fn route_yaml(port: &str, service: &str, endpoints: &[(SocketAddr, bool)]) -
         + &slices_yaml(service, endpoints)
 }
 
+/// Every `.rs` file below `dir` (for the tests that read the sources).
+pub fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
 /// Writes `yaml` to `path` in one step (a rename), as a ConfigMap volume's update appears.
 pub fn write_config(path: &std::path::Path, yaml: &str) {
     let tmp = path.with_extension("tmp");

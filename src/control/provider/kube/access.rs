@@ -22,7 +22,7 @@ pub struct ApiAccess {
     pub resource: &'static str,
     /// The verbs called, sorted.
     pub verbs: &'static [&'static str],
-    /// Where.
+    /// Cluster-wide, or in the namespaces of the port maps.
     pub scope: AccessScope,
 }
 

@@ -29,7 +29,7 @@ pub const HOLD: Duration = Duration::from_secs(2);
 pub enum Op {
     /// Add or replace.
     Apply(Object),
-    /// Remove.
+    /// Remove what the Index holds under this kind and name.
     Delete(Kind, ObjectName),
 }
 
@@ -48,7 +48,7 @@ impl Op {
 pub enum Command {
     /// Start (or restart: the old one is dropped) the watcher of a scope.
     Start {
-        /// The scope.
+        /// Which watcher.
         scope: ScopeKey,
         /// The referenced Service names (empty for a port map).
         names: BTreeSet<String>,
