@@ -8,6 +8,8 @@
 //!   address counts (as in kube-proxy);
 //! - ready endpoints take new connections; when none is ready, serving-and-terminating ones do;
 //!   when there are none, the route exists but refuses;
+//! - a port with the `backends` option resolves each of its Service ports the same way, and
+//!   a route's problem names every backend that does not resolve;
 //! - an entry that is invalid now keeps the previous table's route for its port until fixed.
 
 use std::collections::BTreeMap;
@@ -19,7 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::configmap::{RouteSpec, parse_port_map};
 use super::index::Index;
-use super::table::{ConfigProblem, Endpoint, Route, RouteTable, UnresolvedReason};
+use super::table::{ConfigProblem, Endpoint, ResolvedBackend, Route, RouteTable, UnresolvedReason};
 use crate::names::{ObjectName, Protocol, RouteKey, ServicePortRef};
 
 /// Builds the table. `previous` is the table in force, used to keep the last good route of a
@@ -88,27 +90,37 @@ fn resolve_route(
     key: RouteKey,
     spec: RouteSpec,
 ) -> (Route, Option<UnresolvedReason>) {
-    let (endpoints, problem) = match resolve_endpoints(index, &spec, key.protocol) {
-        Ok(endpoints) => (endpoints, None),
-        Err((reason, problem)) => (Vec::new(), Some((reason, problem))),
-    };
-    let reason = problem.as_ref().map(|(r, _)| *r);
-    (
-        Route::new(key, spec, endpoints, problem.map(|(_, p)| p)),
-        reason,
-    )
+    let mut first_reason = None;
+    let resolved = spec
+        .backends()
+        .into_iter()
+        .map(|backend| {
+            let endpoints =
+                resolve_endpoints(index, &backend.service, &backend.service_port, key.protocol)
+                    .map_err(|(reason, problem)| {
+                        first_reason.get_or_insert(reason);
+                        problem
+                    });
+            ResolvedBackend {
+                spec: backend,
+                endpoints,
+            }
+        })
+        .collect();
+    (Route::split(key, spec, resolved), first_reason)
 }
 
-/// The endpoints of the Service port an entry names, or why there are none to look for.
+/// The endpoints of one Service port, or why there are none to look for.
 fn resolve_endpoints(
     index: &Index,
-    spec: &RouteSpec,
+    name: &ObjectName,
+    wanted: &ServicePortRef,
     protocol: Protocol,
 ) -> Result<Vec<Endpoint>, (UnresolvedReason, String)> {
-    let service = index.service(&spec.service).ok_or_else(|| {
+    let service = index.service(name).ok_or_else(|| {
         (
             UnresolvedReason::ServiceNotFound,
-            format!("Service {} not found", spec.service),
+            format!("Service {name} not found"),
         )
     })?;
     let spec_of_service = service.spec.as_ref();
@@ -119,30 +131,27 @@ fn resolve_endpoints(
         return Err((
             UnresolvedReason::ExternalNameService,
             format!(
-                "Service {} is of type ExternalName ({target}); dermaga forwards to EndpointSlice endpoints and cannot use it",
-                spec.service
+                "Service {name} is of type ExternalName ({target}); dermaga forwards to EndpointSlice endpoints and cannot use it"
             ),
         ));
     }
-    let service_port =
-        find_service_port(service, &spec.service_port, protocol).ok_or_else(|| {
-            (
-                UnresolvedReason::ServicePortNotFound,
-                format!(
-                    "Service {} has no {protocol} port {} (it has: {})",
-                    spec.service,
-                    match &spec.service_port {
-                        ServicePortRef::Name(n) if n.is_empty() => "without a name".to_owned(),
-                        other => other.to_string(),
-                    },
-                    describe_ports(service)
-                ),
-            )
-        })?;
+    let service_port = find_service_port(service, wanted, protocol).ok_or_else(|| {
+        (
+            UnresolvedReason::ServicePortNotFound,
+            format!(
+                "Service {name} has no {protocol} port {} (it has: {})",
+                match wanted {
+                    ServicePortRef::Name(n) if n.is_empty() => "without a name".to_owned(),
+                    other => other.to_string(),
+                },
+                describe_ports(service)
+            ),
+        )
+    })?;
     let port_name = service_port.name.as_deref().unwrap_or("");
     let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
-    for slice in index.slices_of(&spec.service) {
-        for endpoint in slice_endpoints(slice, port_name, protocol, &spec.service) {
+    for slice in index.slices_of(name) {
+        for endpoint in slice_endpoints(slice, port_name, protocol, name) {
             by_addr
                 .entry(endpoint.addr)
                 .and_modify(|seen| {

@@ -47,13 +47,23 @@ pub const OPTION_MAX_CONNECTIONS: &str = "max-connections";
 /// reaching the backend matters.
 pub const OPTION_RETRY_BEFORE_DATA: &str = "retry-before-data";
 
+/// Per-port option: split the port's connections (or UDP flows) over several Service ports by
+/// weight, `"<ns>/<svc>:<port>=<weight>, ..."` (weights 0 to 1,000,000; 0 takes nothing). The
+/// list replaces the entry's own Service for dermaga; ingress-nginx, which skips option keys,
+/// keeps sending everything to the entry's Service.
+pub const OPTION_BACKENDS: &str = "backends";
+
+/// The largest weight of one backend, as in Gateway API.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 5] = [
+pub const KNOWN_OPTIONS: [&str; 6] = [
     OPTION_SEND_PROXY_VERSION,
     OPTION_IDLE_TIMEOUT,
     OPTION_MAX_CONNECTIONS,
     OPTION_HEALTH_CHECK_INTERVAL,
     OPTION_RETRY_BEFORE_DATA,
+    OPTION_BACKENDS,
 ];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
@@ -81,6 +91,25 @@ pub struct PortOptions {
     /// Whether a connection closed by its endpoint before any byte moved is tried on another
     /// (`None`: yes, the default).
     pub retry_before_data: Option<bool>,
+    /// The weighted split of the `backends` option (`None`: the entry's Service alone).
+    pub backends: Option<Vec<WeightedBackend>>,
+}
+
+/// One Service port of a weighted split, and its share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct WeightedBackend {
+    /// The Service.
+    pub service: ObjectName,
+    /// Which of its ports.
+    pub service_port: ServicePortRef,
+    /// Its share: this over the sum of the weights (0: none).
+    pub weight: u32,
+}
+
+impl fmt::Display for WeightedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}={}", self.service, self.service_port, self.weight)
+    }
 }
 
 fn serialize_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -99,6 +128,20 @@ pub struct RouteSpec {
     pub proxy: ProxyFlags,
     /// Per-port options.
     pub options: PortOptions,
+}
+
+impl RouteSpec {
+    /// Where the port's traffic goes: the `backends` option's split, or the entry's Service
+    /// alone (weight 1).
+    pub fn backends(&self) -> Vec<WeightedBackend> {
+        self.options.backends.clone().unwrap_or_else(|| {
+            vec![WeightedBackend {
+                service: self.service.clone(),
+                service_port: self.service_port.clone(),
+                weight: 1,
+            }]
+        })
+    }
 }
 
 impl fmt::Display for RouteSpec {
@@ -523,11 +566,59 @@ fn apply_option(
             });
             Ok(())
         }
+        OPTION_BACKENDS => {
+            options.backends = Some(parse_backends(option, value)?);
+            Ok(())
+        }
         _ => Err(format!(
             "unknown per-port option {option:?}; known options: {}",
             KNOWN_OPTIONS.join(", ")
         )),
     }
+}
+
+/// `ns/svc:port=weight` items separated by commas (spaces around them allowed).
+fn parse_backends(option: &str, value: &str) -> Result<Vec<WeightedBackend>, String> {
+    let mut backends: Vec<WeightedBackend> = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        let bad = |why: String| {
+            format!(
+                "option {option:?}: backend {item:?} {why}; expected \"<namespace>/<service>:<port>=<weight>, ...\""
+            )
+        };
+        if item.is_empty() {
+            return Err(format!(
+                "option {option:?} has an empty item; expected \"<namespace>/<service>:<port>=<weight>, ...\""
+            ));
+        }
+        let Some((target, weight)) = item.rsplit_once('=') else {
+            return Err(bad("has no weight".into()));
+        };
+        let weight: u32 = match weight.trim().parse() {
+            Ok(w) if w <= MAX_WEIGHT => w,
+            _ => {
+                return Err(bad(format!(
+                    "has weight {weight:?}: a whole number from 0 to {MAX_WEIGHT}"
+                )));
+            }
+        };
+        let Some((service, port)) = target.trim().split_once(':') else {
+            return Err(bad("has no service port".into()));
+        };
+        let backend = WeightedBackend {
+            service: parse_service(service).map_err(&bad)?,
+            service_port: parse_service_port(port).map_err(&bad)?,
+            weight,
+        };
+        if backends
+            .iter()
+            .any(|b| b.service == backend.service && b.service_port == backend.service_port)
+        {
+            return Err(bad("is listed twice".into()));
+        }
+        backends.push(backend);
+    }
+    Ok(backends)
 }
 
 /// `30s`, `2m`, `1h30m`; `0s` or `off` turn the timeout off (zero).

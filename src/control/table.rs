@@ -1,14 +1,14 @@
 //! The immutable routing table that the data plane reads, one `Arc` load per connection.
 //!
 //! A [`RouteTable`] is built by [`crate::control::build`] and never mutated afterwards, except
-//! for the round-robin cursor of each route, an atomic counter that only spreads load.
+//! for the round-robin cursor of each backend, an atomic counter that only spreads load.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::configmap::{EntryError, RouteSpec};
+use super::configmap::{EntryError, RouteSpec, WeightedBackend};
 use crate::names::{ObjectName, RouteKey};
 use crate::telemetry::metrics::RoutesInForce;
 
@@ -38,6 +38,38 @@ pub enum Selection {
     None,
 }
 
+/// One weighted backend of a route as the build resolved it: its endpoints, or why it has none
+/// to look for (a missing Service or port).
+#[derive(Debug)]
+pub struct ResolvedBackend {
+    /// The Service port and its weight.
+    pub spec: WeightedBackend,
+    /// Its endpoints, or the problem that kept it from resolving.
+    pub endpoints: Result<Vec<Endpoint>, String>,
+}
+
+/// One weighted Service port of a route.
+#[derive(Debug)]
+pub struct Backend {
+    /// The Service port and its weight.
+    pub spec: WeightedBackend,
+    /// Indices into the route's endpoints that take its new connections.
+    active: Vec<usize>,
+    /// The rule that chose `active`.
+    pub selection: Selection,
+    /// Why it does not resolve; connections it is picked for are refused (Gateway API's rule:
+    /// an invalid backend's share is rejected, not moved to the others).
+    pub problem: Option<String>,
+    cursor: AtomicUsize,
+}
+
+impl Backend {
+    /// Number of its endpoints that take new connections.
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+}
+
 /// The resolved destination of one `(port, protocol)`.
 #[derive(Debug)]
 pub struct Route {
@@ -45,55 +77,115 @@ pub struct Route {
     pub key: RouteKey,
     /// The entry that produced it.
     pub spec: RouteSpec,
-    /// Every endpoint of the Service port, in a stable order.
+    /// Every endpoint of every backend, in a stable order (backend by backend).
     pub endpoints: Vec<Endpoint>,
-    /// Indices into `endpoints` that take new connections.
+    /// Where connections go: the entry's Service alone, or the `backends` option's split.
+    pub backends: Vec<Backend>,
+    /// Indices into `endpoints` that take new connections (of every backend with a weight).
     active: Vec<usize>,
-    /// The rule that chose `active`.
+    /// The best rule any weighted backend's endpoints were chosen by.
     pub selection: Selection,
-    /// Why the route has no endpoints, when it has none and there is a reason to tell
+    /// Why the route has no endpoints, or some backend none, when there is a reason to tell
     /// (missing Service, missing port, ...).
     pub problem: Option<String>,
     /// True when the entry in the ConfigMap is currently invalid and this route is the
     /// previous good one, kept until the entry is fixed.
     pub kept_from_previous: bool,
-    cursor: AtomicUsize,
+    /// Sum of the backends' weights.
+    total_weight: u64,
+}
+
+/// The endpoints that take new connections, by the design's rule, and the rule used.
+fn choose_active(endpoints: &[Endpoint], range: std::ops::Range<usize>) -> (Vec<usize>, Selection) {
+    // A terminating endpoint takes no new connection while another is ready, even if its
+    // slice still says ready (a controller may lag behind the pod's deletion).
+    let ready: Vec<usize> = range
+        .clone()
+        .filter(|&i| endpoints[i].ready && !endpoints[i].terminating)
+        .collect();
+    if !ready.is_empty() {
+        return (ready, Selection::Ready);
+    }
+    let fallback: Vec<usize> = range
+        .filter(|&i| endpoints[i].serving && endpoints[i].terminating)
+        .collect();
+    if fallback.is_empty() {
+        (fallback, Selection::None)
+    } else {
+        (fallback, Selection::ServingTerminating)
+    }
 }
 
 impl Route {
-    /// Builds a route, choosing the active endpoints by the design's rule.
+    /// A route to the entry's own Service, with its endpoints (or the problem that left it
+    /// without any).
     pub fn new(
         key: RouteKey,
         spec: RouteSpec,
         endpoints: Vec<Endpoint>,
         problem: Option<String>,
     ) -> Self {
-        // A terminating endpoint takes no new connection while another is ready, even if its
-        // slice still says ready (a controller may lag behind the pod's deletion).
-        let ready: Vec<usize> = (0..endpoints.len())
-            .filter(|&i| endpoints[i].ready && !endpoints[i].terminating)
-            .collect();
-        let (active, selection) = if !ready.is_empty() {
-            (ready, Selection::Ready)
-        } else {
-            let fallback: Vec<usize> = (0..endpoints.len())
-                .filter(|&i| endpoints[i].serving && endpoints[i].terminating)
-                .collect();
-            if fallback.is_empty() {
-                (fallback, Selection::None)
-            } else {
-                (fallback, Selection::ServingTerminating)
-            }
+        let backend = ResolvedBackend {
+            spec: WeightedBackend {
+                service: spec.service.clone(),
+                service_port: spec.service_port.clone(),
+                weight: 1,
+            },
+            endpoints: match problem {
+                Some(problem) => Err(problem),
+                None => Ok(endpoints),
+            },
         };
+        Self::split(key, spec, vec![backend])
+    }
+
+    /// A route over weighted backends, choosing each one's active endpoints by the design's
+    /// rule.
+    pub fn split(key: RouteKey, spec: RouteSpec, resolved: Vec<ResolvedBackend>) -> Self {
+        let single = resolved.len() == 1;
+        let mut endpoints = Vec::new();
+        let mut backends = Vec::with_capacity(resolved.len());
+        let mut problems = Vec::new();
+        for backend in resolved {
+            let (members, problem) = match backend.endpoints {
+                Ok(members) => (members, None),
+                Err(problem) => (Vec::new(), Some(problem)),
+            };
+            let range = endpoints.len()..endpoints.len() + members.len();
+            endpoints.extend(members);
+            let (active, selection) = choose_active(&endpoints, range);
+            if let Some(problem) = &problem {
+                problems.push(if single {
+                    problem.clone()
+                } else {
+                    format!("backend {}: {problem}", backend.spec)
+                });
+            }
+            backends.push(Backend {
+                spec: backend.spec,
+                active,
+                selection,
+                problem,
+                cursor: AtomicUsize::new(0),
+            });
+        }
+        let weighted = || backends.iter().filter(|b| b.spec.weight > 0);
+        let active: Vec<usize> = weighted().flat_map(|b| b.active.iter().copied()).collect();
+        let selection = [Selection::Ready, Selection::ServingTerminating]
+            .into_iter()
+            .find(|s| weighted().any(|b| b.selection == *s))
+            .unwrap_or(Selection::None);
+        let total_weight = backends.iter().map(|b| u64::from(b.spec.weight)).sum();
         Self {
             key,
             spec,
             endpoints,
             active,
             selection,
-            problem,
+            problem: (!problems.is_empty()).then(|| problems.join("; ")),
             kept_from_previous: false,
-            cursor: AtomicUsize::new(0),
+            total_weight,
+            backends,
         }
     }
 
@@ -107,37 +199,58 @@ impl Route {
         self.active.len()
     }
 
-    /// The order in which to try endpoints for one new connection: every active endpoint once,
-    /// starting at the round-robin cursor (the first is the pick, the rest are for retries).
-    pub fn pick_order(&self) -> PickOrder<'_> {
-        let n = self.active.len();
-        let start = if n == 0 {
-            0
-        } else {
-            self.cursor.fetch_add(1, Ordering::Relaxed) % n
-        };
-        PickOrder {
-            route: self,
-            start,
-            taken: 0,
+    /// The backend a new connection goes to: by weight, at random (the only one, without a
+    /// draw, when there is one); `None` when every weight is 0.
+    fn choose_backend(&self) -> Option<usize> {
+        if self.backends.len() == 1 {
+            return (self.total_weight > 0).then_some(0);
         }
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut draw = fastrand::u64(0..self.total_weight);
+        self.backends.iter().position(|b| {
+            let weight = u64::from(b.spec.weight);
+            if draw < weight {
+                true
+            } else {
+                draw -= weight;
+                false
+            }
+        })
+    }
+
+    /// The order in which to try endpoints for one new connection: the chosen backend's active
+    /// endpoints from its round-robin cursor (the first is the pick), then the other weighted
+    /// backends' for retries. Empty when the chosen backend does not resolve: its share of the
+    /// connections is refused.
+    pub fn pick_order(&self) -> PickOrder<'_> {
+        self.pick_order_usable(|_| true)
     }
 
     /// Like [`Route::pick_order`], but the first endpoint is one for which `usable` holds
-    /// (when any does): an unusable endpoint's turn passes to the next turn of the cursor, not
-    /// to its neighbour, so the load of a skipped endpoint spreads evenly over the others.
+    /// (when any of the chosen backend's does): an unusable endpoint's turn passes to the next
+    /// turn of the cursor, not to its neighbour, so the load of a skipped endpoint spreads
+    /// evenly over the others.
     pub fn pick_order_usable(&self, usable: impl Fn(&Endpoint) -> bool) -> PickOrder<'_> {
-        let n = self.active.len();
+        let first = self
+            .choose_backend()
+            .filter(|&b| self.backends[b].problem.is_none());
         let mut start = 0;
-        for _ in 0..n {
-            start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-            if usable(&self.endpoints[self.active[start]]) {
-                break;
+        if let Some(backend) = first.map(|b| &self.backends[b]) {
+            let n = backend.active.len();
+            for _ in 0..n {
+                start = backend.cursor.fetch_add(1, Ordering::Relaxed) % n;
+                if usable(&self.endpoints[backend.active[start]]) {
+                    break;
+                }
             }
         }
         PickOrder {
             route: self,
+            first,
             start,
+            segment: 0,
             taken: 0,
         }
     }
@@ -150,23 +263,43 @@ impl Route {
     }
 }
 
-/// Iterator over a route's active endpoints, starting at the round-robin cursor.
+/// Iterator over the endpoints to try for one connection (see [`Route::pick_order`]).
 pub struct PickOrder<'a> {
     route: &'a Route,
+    /// The chosen backend (`None`: refuse).
+    first: Option<usize>,
+    /// Where in the chosen backend's active endpoints to begin.
     start: usize,
+    /// 0: the chosen backend; `s > 0`: backend `s - 1` (skipped if chosen or weightless).
+    segment: usize,
+    /// Endpoints of the current segment handed out.
     taken: usize,
 }
 
 impl<'a> Iterator for PickOrder<'a> {
     type Item = &'a Endpoint;
     fn next(&mut self) -> Option<Self::Item> {
-        let n = self.route.active.len();
-        if self.taken >= n {
-            return None;
+        let first = self.first?;
+        let backends = &self.route.backends;
+        while self.segment <= backends.len() {
+            let (b, rotation) = if self.segment == 0 {
+                (first, self.start)
+            } else {
+                let b = self.segment - 1;
+                (b, backends[b].cursor.load(Ordering::Relaxed))
+            };
+            let backend = &backends[b];
+            let skip = self.segment > 0 && (b == first || backend.spec.weight == 0);
+            let n = backend.active.len();
+            if !skip && self.taken < n {
+                let i = backend.active[(rotation + self.taken) % n];
+                self.taken += 1;
+                return Some(&self.route.endpoints[i]);
+            }
+            self.segment += 1;
+            self.taken = 0;
         }
-        let i = self.route.active[(self.start + self.taken) % n];
-        self.taken += 1;
-        Some(&self.route.endpoints[i])
+        None
     }
 }
 

@@ -210,7 +210,20 @@ struct RouteView {
     selection: Selection,
     kept_from_previous: bool,
     problem: Option<String>,
+    /// Where connections go, with each Service port's weight (one, weight 1, without the
+    /// `backends` option).
+    backends: Vec<BackendView>,
     endpoints: Vec<EndpointView>,
+}
+
+#[derive(serde::Serialize)]
+struct BackendView {
+    service: String,
+    service_port: String,
+    weight: u32,
+    active_endpoints: usize,
+    selection: Selection,
+    problem: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -317,6 +330,18 @@ async fn routes(
                 selection: route.selection,
                 kept_from_previous: route.kept_from_previous,
                 problem: route.problem.clone(),
+                backends: route
+                    .backends
+                    .iter()
+                    .map(|b| BackendView {
+                        service: b.spec.service.to_string(),
+                        service_port: b.spec.service_port.to_string(),
+                        weight: b.spec.weight,
+                        active_endpoints: b.active_count(),
+                        selection: b.selection,
+                        problem: b.problem.clone(),
+                    })
+                    .collect(),
                 endpoints: route
                     .endpoints
                     .iter()

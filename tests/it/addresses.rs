@@ -29,6 +29,7 @@ const GATEWAY_BLOCKS: &[(&str, &[u8])] = &[
     ("check", &[14]),
     ("binary", &[15, 17]),
     ("config_file", &[16]),
+    ("weights", &[18]),
 ];
 
 /// A gateway address as written in a test: where, and in which function.

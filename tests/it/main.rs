@@ -23,3 +23,4 @@ mod retry;
 mod routing;
 mod shutdown;
 mod udp;
+mod weights;

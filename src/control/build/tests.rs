@@ -443,3 +443,131 @@ fn external_name_services_are_reported() {
         "{problem}"
     );
 }
+
+/// Port 80 split over `web` (90), `canary` (10), `off` (0) and `gone` (`weight_gone`, no
+/// such Service); each existing Service with two ready endpoints.
+fn split(weight_gone: u32) -> RouteTable {
+    let backends = format!(
+        "default/web:80=90, default/canary:80=10, default/off:80=0, default/gone:80={weight_gone}"
+    );
+    let mut objects = vec![port_map(&[
+        ("80", "default/web:80"),
+        ("80.backends", &backends),
+    ])];
+    for (i, name) in ["web", "canary", "off"].into_iter().enumerate() {
+        objects.push(service(name, [port(80)]));
+        objects.push(
+            slice(name, name)
+                .port(port(8080))
+                .endpoint(ep(&format!("10.0.{i}.1")).ready(true))
+                .endpoint(ep(&format!("10.0.{i}.2")).ready(true))
+                .object(),
+        );
+    }
+    build(&index(objects), None)
+}
+
+#[test]
+fn a_split_port_sends_each_backend_its_weight_and_a_weightless_one_nothing() {
+    let t = split(0);
+    let route = t.get(&key(80)).unwrap();
+    assert_eq!(route.backends.len(), 4);
+    assert_eq!(
+        active(&t, 80),
+        [
+            "10.0.0.1:8080",
+            "10.0.0.2:8080",
+            "10.0.1.1:8080",
+            "10.0.1.2:8080"
+        ],
+        "the weightless backend's endpoints take no connection"
+    );
+    let n = 10_000;
+    let mut by_subnet = BTreeMap::<u8, u32>::new();
+    for _ in 0..n {
+        let first = route.pick_order().next().expect("a pick");
+        let std::net::IpAddr::V4(ip) = first.addr.ip() else {
+            unreachable!()
+        };
+        *by_subnet.entry(ip.octets()[2]).or_default() += 1;
+    }
+    // Binomial(10,000, 0.1): mean 1,000, sd 30; within 3 sd.
+    let canary = f64::from(by_subnet.get(&1).copied().unwrap_or(0));
+    assert!((canary - 1000.0).abs() < 90.0, "{by_subnet:?}");
+    assert_eq!(
+        by_subnet.get(&2),
+        None,
+        "weight 0 got connections: {by_subnet:?}"
+    );
+    assert!(
+        route
+            .problem
+            .as_deref()
+            .unwrap_or_default()
+            .contains("backend default/gone:80=0: Service default/gone not found"),
+        "{:?}",
+        route.problem
+    );
+}
+
+#[test]
+fn retries_go_to_the_other_weighted_backends_after_the_chosen_ones_endpoints() {
+    let t = split(0);
+    let route = t.get(&key(80)).unwrap();
+    for _ in 0..50 {
+        let order: Vec<String> = route
+            .pick_order()
+            .map(|e| e.addr.ip().to_string())
+            .collect();
+        assert_eq!(order.len(), 4, "{order:?}");
+        let chosen = &order[0][..7];
+        assert!(
+            order[..2].iter().all(|a| a.starts_with(chosen)),
+            "{order:?}"
+        );
+        assert!(
+            order[2..].iter().all(|a| !a.starts_with(chosen)),
+            "{order:?}"
+        );
+        assert!(order.iter().all(|a| !a.starts_with("10.0.2.")), "{order:?}");
+    }
+}
+
+#[test]
+fn an_unresolved_backend_refuses_its_share_and_only_its_share() {
+    // web 90, canary 10, gone 100: half the connections are refused (empty pick order).
+    let t = split(100);
+    let route = t.get(&key(80)).unwrap();
+    let refused = (0..10_000)
+        .filter(|_| route.pick_order().next().is_none())
+        .count() as f64;
+    // Binomial(10,000, 0.5): sd 50; within 3 sd.
+    assert!((refused - 5000.0).abs() < 150.0, "{refused}");
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| matches!(p, ConfigProblem::Unresolved { .. }))
+    );
+}
+
+#[test]
+fn every_weight_zero_refuses_everything() {
+    let t = build(
+        &index(vec![
+            port_map(&[
+                ("80", "default/web:80"),
+                ("80.backends", "default/web:80=0"),
+            ]),
+            service("web", [port(80)]),
+            slice("web-a", "web")
+                .port(port(80))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .object(),
+        ]),
+        None,
+    );
+    let route = t.get(&key(80)).unwrap();
+    assert_eq!(route.active_count(), 0);
+    assert!(route.pick_order().next().is_none());
+    assert_eq!(route.selection, Selection::None);
+}

@@ -392,3 +392,76 @@ fn limit_options_are_for_tcp_ports_only() {
         );
     }
 }
+
+#[test]
+fn the_backends_option_splits_a_port_by_weight() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[
+            ("10000", "default/web:80"),
+            (
+                "10000.backends",
+                "default/web:80=90, default/web-canary:http=10,other/web-v3:8080=0",
+            ),
+            ("10001", "default/b:80"),
+        ]),
+        Protocol::Tcp,
+        &reserved(),
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let split = parsed.entries[&port(10000)].backends();
+    let shown: Vec<String> = split.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "default/web:80=90",
+            "default/web-canary:http=10",
+            "other/web-v3:8080=0"
+        ]
+    );
+    // Without the option: the entry's own Service, weight 1.
+    let alone = parsed.entries[&port(10001)].backends();
+    assert_eq!(alone.len(), 1);
+    assert_eq!(alone[0].to_string(), "default/b:80=1");
+}
+
+#[test]
+fn a_bad_backends_option_names_the_item_and_takes_only_its_port_out() {
+    let cases = [
+        ("default/a:80", "has no weight"),
+        (
+            "default/a:80=",
+            "has weight \"\": a whole number from 0 to 1000000",
+        ),
+        ("default/a:80=-1", "a whole number from 0 to 1000000"),
+        ("default/a:80=1000001", "a whole number from 0 to 1000000"),
+        ("default/a=5", "has no service port"),
+        ("a:80=5", "has no namespace"),
+        ("default/A:80=5", "not a valid Kubernetes name"),
+        ("default/a:80=1, default/a:80=2", "is listed twice"),
+        ("default/a:80=1,,default/b:80=2", "has an empty item"),
+        ("", "has an empty item"),
+    ];
+    for (value, expected) in cases {
+        let parsed = parse_port_map(
+            &cm(),
+            &map(&[
+                ("10000", "default/a:80"),
+                ("10000.backends", value),
+                ("10001", "default/b:80"),
+            ]),
+            Protocol::Tcp,
+            &reserved(),
+        );
+        assert_eq!(parsed.errors.len(), 1, "{value}: {:?}", parsed.errors);
+        let error = &parsed.errors[0];
+        assert_eq!(error.reason, EntryReason::InvalidOption, "{value}");
+        assert!(error.problem.contains(expected), "{value}: {error}");
+        assert!(error.to_string().contains("\"10000.backends\""), "{error}");
+        assert!(!parsed.entries.contains_key(&port(10000)), "{value}");
+        assert!(
+            parsed.entries.contains_key(&port(10001)),
+            "others unaffected"
+        );
+    }
+}

@@ -24,9 +24,11 @@ pub fn references<'a>(
             .entries
             .values()
         {
-            refs.entry(spec.service.namespace.clone())
-                .or_default()
-                .insert(spec.service.name.clone());
+            for backend in spec.backends() {
+                refs.entry(backend.service.namespace)
+                    .or_default()
+                    .insert(backend.service.name);
+            }
         }
     }
     refs
@@ -65,6 +67,8 @@ mod tests {
             ("10002", "other/a:1:PROXY"),
             ("10003", "not a reference"),
             ("10000.send-proxy-version", "v2"),
+            ("10004", "default/c:80"),
+            ("10004.backends", "default/c:80=9, canary/c:80=1"),
         ]);
         let udp = cm(&[("53", "kube-system/dns:53")]);
         let tcp_name = ObjectName::new("dermaga", "tcp-services");
@@ -80,7 +84,9 @@ mod tests {
         assert_eq!(
             flat,
             vec![
-                ("default".into(), vec!["a".into(), "b".into()]),
+                // Every backend of a split port is watched.
+                ("canary".into(), vec!["c".into()]),
+                ("default".into(), vec!["a".into(), "b".into(), "c".into()]),
                 ("kube-system".into(), vec!["dns".into()]),
                 ("other".into(), vec!["a".into()]),
             ]

@@ -1,0 +1,167 @@
+//! Weighted backends on a ConfigMap port (`"<port>.backends"`), through real sockets: the split
+//! holds over many connections, a weight change applies live without touching open
+//! connections, and a backend of weight 0 gets nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// Port 10000 split by `backends`, over Services `stable`, `canary` and `off`.
+fn split_yaml(weights: &str, backends: &[&Backend; 3]) -> String {
+    let mut yaml = configmap_yaml(&[("10000", "default/stable:80"), ("10000.backends", weights)]);
+    for (name, backend) in ["stable", "canary", "off"].iter().zip(backends) {
+        yaml += &service_yaml(name, 80);
+        yaml += &slices_yaml(name, &[(backend.addr, true)]);
+    }
+    yaml
+}
+
+/// Opens `n` connections (50 at a time) and counts the backends' greetings.
+async fn tally(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let limit = Arc::new(Semaphore::new(50));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let limit = limit.clone();
+            tokio::spawn(async move {
+                let _permit = limit.acquire().await.unwrap();
+                greeting(addr).await.expect("every connection is served")
+            })
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for t in tasks {
+        *counts.entry(t.await.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+/// True when `got` of `n` is within 3 standard deviations of a share `p`.
+fn within_3_sd(got: usize, n: usize, p: f64) -> bool {
+    let (n, got) = (n as f64, got as f64);
+    (got - n * p).abs() <= 3.0 * (n * p * (1.0 - p)).sqrt()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_90_10_split_holds_changes_live_and_weight_0_gets_nothing() {
+    let stable = Backend::start("127.0.18.1", "stable").await;
+    let canary = Backend::start("127.0.18.2", "canary").await;
+    let off = Backend::start("127.0.18.3", "off").await;
+    let backends = [&stable, &canary, &off];
+    let gw = gateway(
+        &split_yaml(
+            "default/stable:80=90, default/canary:80=10, default/off:80=0",
+            &backends,
+        ),
+        options("127.1.18.1"),
+    );
+    let addr = gw.wait_bound(tcp(10000)).await;
+
+    let n = 10_000;
+    let counts = tally(addr, n).await;
+    println!("90/10/0 over {n} connections: {counts:?}");
+    let canary_got = counts.get("canary").copied().unwrap_or(0);
+    assert!(within_3_sd(canary_got, n, 0.1), "{counts:?}");
+    assert_eq!(
+        counts.get("off"),
+        None,
+        "weight 0 got connections: {counts:?}"
+    );
+    assert_eq!(counts.values().sum::<usize>(), n);
+
+    // Twenty connections held open across the change keep working, whichever backend.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut tag = String::new();
+        reader.read_line(&mut tag).await.unwrap();
+        held.push((reader, tag.trim_end().to_owned()));
+    }
+    apply(
+        &gw,
+        &split_yaml(
+            "default/stable:80=50, default/canary:80=0, default/off:80=50",
+            &backends,
+        ),
+    );
+    // The new table is in force once a connection reaches `off`.
+    wait_for_tag(addr, "off").await;
+    let n = 2_000;
+    let counts = tally(addr, n).await;
+    println!("50/0/50 over {n} connections: {counts:?}");
+    assert!(
+        within_3_sd(counts.get("off").copied().unwrap_or(0), n, 0.5),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("canary"),
+        None,
+        "weight 0 got connections: {counts:?}"
+    );
+    for (i, (reader, tag)) in held.iter_mut().enumerate() {
+        let message = format!("still here {i}\n");
+        reader
+            .get_mut()
+            .write_all(message.as_bytes())
+            .await
+            .unwrap();
+        let mut echo = vec![0u8; message.len()];
+        reader.read_exact(&mut echo).await.unwrap_or_else(|e| {
+            panic!("held connection {i} (to {tag}) broke across the change: {e}")
+        });
+        assert_eq!(echo, message.as_bytes());
+    }
+    drop(held); // or shutdown would wait out the grace period for them
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_backend_refuses_its_share_and_routes_show_the_split() {
+    let stable = Backend::start("127.0.18.4", "stable").await;
+    let yaml = configmap_yaml(&[
+        ("10000", "default/stable:80"),
+        ("10000.backends", "default/stable:80=1, default/nosuch:80=1"),
+    ]) + &service_yaml("stable", 80)
+        + &slices_yaml("stable", &[(stable.addr, true)]);
+    let gw = gateway(&yaml, options("127.1.18.2"));
+    let addr = gw.wait_bound(tcp(10000)).await;
+    let n = 400;
+    let mut served = 0;
+    for _ in 0..n {
+        if greeting(addr).await.is_ok_and(|tag| tag == "stable") {
+            served += 1;
+        }
+    }
+    println!("1:1 with a missing Service: {served} of {n} served");
+    assert!(within_3_sd(served, n, 0.5), "{served} of {n}");
+
+    let (admin, _task) = start_admin(&gw, "127.1.18.2").await;
+    let (status, body) = http_get(admin, "/routes").await;
+    assert_eq!(status, 200);
+    let routes: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let backends = &routes["routes"][0]["backends"];
+    assert_eq!(backends[0]["service"], "default/stable");
+    assert_eq!(backends[0]["weight"], 1);
+    assert_eq!(backends[0]["active_endpoints"], 1);
+    assert_eq!(backends[1]["service"], "default/nosuch");
+    assert_eq!(
+        backends[1]["problem"], "Service default/nosuch not found",
+        "{backends}"
+    );
+    gw.shutdown().await;
+}
+
+/// Connects until a connection reaches `tag` (bounded).
+async fn wait_for_tag(addr: SocketAddr, tag: &str) {
+    for _ in 0..10_000 {
+        if greeting(addr).await.is_ok_and(|t| t == tag) {
+            return;
+        }
+    }
+    panic!("no connection reached {tag}");
+}
