@@ -3,7 +3,11 @@
 # against, from their published Go modules (testenv/kube-apiserver/go.mod, testenv/etcd/go.mod),
 # into a cache directory keyed by version. A run with the binaries present builds nothing.
 #
-#   testenv/build.sh     build (or reuse); prints kube-apiserver=PATH, etcd=PATH, kubectl=PATH
+#   testenv/build.sh     build (or reuse); prints kube-apiserver=PATH, etcd=PATH, kubectl=PATH,
+#                        gateway-api-crds=PATH
+#
+# The last is one manifest of the standard-channel CRDs of the Gateway API release that
+# testenv/gateway-api/go.mod requires, copied from that Go module (not from this repository).
 #
 # Environment: TESTENV_CACHE (default ~/.cache/dermaga-testenv; not DERMAGA_..., a prefix the
 # gateway's flags read from the environment, which tests/it/deploy.rs refuses to see set). Needs Go >= 1.26 and the
@@ -18,6 +22,8 @@ module_version() { # go.mod module
 KUBE_VERSION=$(module_version "$here/kube-apiserver/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(module_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)
 [[ $KUBE_VERSION == v1.* && $ETCD_VERSION == v3.* ]] || { echo "testenv: cannot read the versions from the go.mod files ($KUBE_VERSION, $ETCD_VERSION)" >&2; exit 1; }
+GATEWAY_API_VERSION=$(module_version "$here/gateway-api/go.mod" sigs.k8s.io/gateway-api)
+[[ $GATEWAY_API_VERSION == v1.* ]] || { echo "testenv: cannot read the Gateway API version from testenv/gateway-api/go.mod ($GATEWAY_API_VERSION)" >&2; exit 1; }
 cache="${TESTENV_CACHE:-$HOME/.cache/dermaga-testenv}"
 apiserver="$cache/kube-apiserver-$KUBE_VERSION"
 kubectl="$cache/kubectl-$KUBE_VERSION"
@@ -53,6 +59,28 @@ build() { # name output module-dir package
 build "kube-apiserver $KUBE_VERSION" "$apiserver" "$here/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 build "kubectl $KUBE_VERSION" "$kubectl" "$here/kube-apiserver" k8s.io/kubernetes/cmd/kubectl
 build "etcd $ETCD_VERSION" "$etcd" "$here/etcd" .
+# The standard-channel CRDs of sigs.k8s.io/gateway-api, as its standard-install.yaml has them.
+crds="$cache/gateway-api-$GATEWAY_API_VERSION-standard-crds.yaml"
+if [[ ! -s "$crds" ]]; then
+  command -v go >/dev/null || missing_go
+  mkdir -p "$cache"
+  if ! info=$(cd "$here/gateway-api" && go mod download -json sigs.k8s.io/gateway-api); then
+    echo "testenv: downloading sigs.k8s.io/gateway-api $GATEWAY_API_VERSION failed; this machine cannot reach the Go module proxy ($(go env GOPROXY))" >&2
+    exit 1
+  fi
+  dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$info")
+  shopt -s nullglob
+  files=("$dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml)
+  if (( ${#files[@]} == 0 )); then
+    echo "testenv: sigs.k8s.io/gateway-api $GATEWAY_API_VERSION has no config/crd/standard/*.yaml in $dir" >&2
+    exit 1
+  fi
+  for f in "${files[@]}"; do printf -- '---\n'; cat "$f"; done >"$crds.tmp"
+  mv "$crds.tmp" "$crds"
+  echo "testenv: Gateway API $GATEWAY_API_VERSION standard CRDs (${#files[@]} files) into $crds" >&2
+fi
+
 echo "kube-apiserver=$apiserver"
 echo "etcd=$etcd"
 echo "kubectl=$kubectl"
+echo "gateway-api-crds=$crds"

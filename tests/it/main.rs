@@ -13,6 +13,7 @@ mod dashboard;
 mod deploy;
 mod forwarding;
 mod fuzz_corpus;
+mod gateway_api;
 mod kube_provider;
 mod layers;
 mod limits;

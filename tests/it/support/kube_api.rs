@@ -228,6 +228,11 @@ impl KubeApi {
             .unwrap_or_else(|e| panic!("kubectl apply failed: {e}\n{yaml}"))
     }
 
+    /// `kubectl apply -f -` of a YAML (or JSON) text, with kubectl's error instead of a panic.
+    pub fn try_apply(&self, yaml: &str) -> Result<String, String> {
+        kubectl_with(&self.kubeconfig, &["apply", "-f", "-"], Some(yaml))
+    }
+
     /// `kubectl create -f -` of a YAML (or JSON) text: one request per object, no read first.
     pub fn create(&self, yaml: &str) -> String {
         kubectl_with(&self.kubeconfig, &["create", "-f", "-"], Some(yaml))

@@ -1,5 +1,5 @@
 //! The real Kubernetes binaries the tests use (kube-apiserver, etcd, kubectl of the same
-//! version), built from their Go modules by `testenv/build.sh` into a cache on first use. Shared
+//! version) and the Gateway API CRDs, built from their Go modules by `testenv/build.sh` into a cache on first use. Shared
 //! by `support::kube_api` and `tests/it/deploy.rs` (which renders `deploy/base` with this kubectl).
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,9 @@ pub struct Binaries {
     pub etcd: PathBuf,
     /// kubectl.
     pub kubectl: PathBuf,
+    /// The standard-channel Gateway API CRDs, one manifest, from the `sigs.k8s.io/gateway-api`
+    /// module that `testenv/gateway-api/go.mod` requires.
+    pub gateway_api_crds: PathBuf,
 }
 
 /// Builds (or finds in the cache) kube-apiserver, etcd and kubectl; panics with the build's own
@@ -45,6 +48,7 @@ pub fn binaries() -> &'static Binaries {
             apiserver: path("kube-apiserver"),
             etcd: path("etcd"),
             kubectl: path("kubectl"),
+            gateway_api_crds: path("gateway-api-crds"),
         }
     })
 }
