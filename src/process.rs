@@ -63,6 +63,7 @@ impl RunArgs {
         IndexSettings {
             port_maps,
             reserved,
+            ..IndexSettings::default()
         }
     }
 

@@ -12,7 +12,7 @@
 //!   a route's problem names every backend that does not resolve;
 //! - an entry that is invalid now keeps the previous table's route for its port until fixed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -82,6 +82,27 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
         }
         problems.extend(entry_problems);
     }
+    let taken: BTreeSet<RouteKey> = routes.iter().map(|r: &Route| r.key).collect();
+    let gateway = gateway::gateway_routes(index, &taken);
+    problems.extend(gateway.problems);
+    for (key, spec, origin) in gateway.routes {
+        let (route, _) = resolve_route(index, key, spec);
+        // References that may not be followed were reported by the Gateway API rules; what
+        // is left is a Service or port that does not exist.
+        if let Some((kind, name)) = origin {
+            for backend in &route.backends {
+                if let (Some(problem), None) = (&backend.problem, &backend.spec.invalid) {
+                    problems.push(ConfigProblem::GatewayApi {
+                        kind: kind.as_str(),
+                        object: name.clone(),
+                        reason: "BackendNotFound",
+                        message: format!("port {key}: {problem}"),
+                    });
+                }
+            }
+        }
+        routes.push(route);
+    }
     RouteTable::new(routes, problems)
 }
 
@@ -95,12 +116,16 @@ fn resolve_route(
         .backends()
         .into_iter()
         .map(|backend| {
-            let endpoints =
-                resolve_endpoints(index, &backend.service, &backend.service_port, key.protocol)
-                    .map_err(|(reason, problem)| {
-                        first_reason.get_or_insert(reason);
-                        problem
-                    });
+            let endpoints = match &backend.invalid {
+                Some(why) => Err((UnresolvedReason::RefNotPermitted, why.clone())),
+                None => {
+                    resolve_endpoints(index, &backend.service, &backend.service_port, key.protocol)
+                }
+            }
+            .map_err(|(reason, problem)| {
+                first_reason.get_or_insert(reason);
+                problem
+            });
             ResolvedBackend {
                 spec: backend,
                 endpoints,
@@ -269,6 +294,8 @@ fn slice_endpoints<'a>(
         })
     })
 }
+
+mod gateway;
 
 #[cfg(test)]
 mod tests;

@@ -104,6 +104,10 @@ pub struct WeightedBackend {
     pub service_port: ServicePortRef,
     /// Its share: this over the sum of the weights (0: none).
     pub weight: u32,
+    /// Why it may not be used whatever the Service (a Gateway API reference to another
+    /// namespace without a ReferenceGrant, a kind that is not a Service): its share is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 impl fmt::Display for WeightedBackend {
@@ -139,6 +143,7 @@ impl RouteSpec {
                 service: self.service.clone(),
                 service_port: self.service_port.clone(),
                 weight: 1,
+                invalid: None,
             }]
         })
     }
@@ -609,6 +614,7 @@ fn parse_backends(option: &str, value: &str) -> Result<Vec<WeightedBackend>, Str
             service: parse_service(service).map_err(&bad)?,
             service_port: parse_service_port(port).map_err(&bad)?,
             weight,
+            invalid: None,
         };
         if backends
             .iter()

@@ -28,6 +28,11 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::control::gateway_api::{
+    AllowedRoutes, BackendRef, GROUP, Gateway, GatewayClass, GatewayClassSpec, GatewaySpec,
+    GrantFrom, GrantTo, GroupKind, L4Route, L4RouteRule, L4RouteSpec, Listener, ParentReference,
+    ReferenceGrant, ReferenceGrantSpec, RouteNamespaces,
+};
 use crate::control::index::{Object, SERVICE_NAME_LABEL};
 use crate::names::Protocol;
 
@@ -64,12 +69,23 @@ pub fn yaml(objects: impl IntoIterator<Item = Object>) -> String {
 }
 
 pub(crate) fn to_json(object: &Object) -> serde_json::Value {
+    let gateway_api = |kind: &str, value: serde_json::Result<serde_json::Value>| {
+        let mut value = value.expect("an object serializes");
+        let map = value.as_object_mut().expect("an object");
+        map.insert("apiVersion".into(), format!("{GROUP}/v1").into());
+        map.insert("kind".into(), kind.into());
+        value
+    };
+    let kind = object.kind().as_str();
     match object {
-        Object::ConfigMap(o) => serde_json::to_value(o),
-        Object::Service(o) => serde_json::to_value(o),
-        Object::EndpointSlice(o) => serde_json::to_value(o),
+        Object::ConfigMap(o) => serde_json::to_value(o).expect("an object serializes"),
+        Object::Service(o) => serde_json::to_value(o).expect("an object serializes"),
+        Object::EndpointSlice(o) => serde_json::to_value(o).expect("an object serializes"),
+        Object::GatewayClass(o) => gateway_api(kind, serde_json::to_value(o)),
+        Object::Gateway(o) => gateway_api(kind, serde_json::to_value(o)),
+        Object::TcpRoute(o) | Object::UdpRoute(o) => gateway_api(kind, serde_json::to_value(o)),
+        Object::ReferenceGrant(o) => gateway_api(kind, serde_json::to_value(o)),
     }
-    .expect("an object serializes")
 }
 
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
@@ -341,6 +357,214 @@ impl SliceFixture {
 impl Fixture for SliceFixture {
     fn object(self) -> Object {
         Object::EndpointSlice(self.0)
+    }
+}
+
+/// A GatewayClass served by `controller` (see [`gateway_class`]).
+pub fn gateway_class(name: &str, controller: &str) -> GatewayClass {
+    GatewayClass {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: GatewayClassSpec {
+            controller_name: controller.to_owned(),
+        },
+    }
+}
+
+impl Fixture for GatewayClass {
+    fn object(self) -> Object {
+        Object::GatewayClass(self)
+    }
+}
+
+/// A Gateway (see [`gateway`]).
+#[derive(Debug, Clone)]
+pub struct GatewayFixture(Gateway);
+
+/// A Gateway `namespace/name` of class `class`, with no listeners yet.
+pub fn gateway(namespace: &str, name: &str, class: &str) -> GatewayFixture {
+    GatewayFixture(Gateway {
+        metadata: meta(namespace, name),
+        spec: GatewaySpec {
+            gateway_class_name: class.to_owned(),
+            listeners: Vec::new(),
+        },
+    })
+}
+
+impl GatewayFixture {
+    /// Adds a listener (`protocol` as written: `TCP`, `UDP`, `TLS`, ...).
+    pub fn listener(mut self, name: &str, protocol: &str, port: i32) -> Self {
+        self.0.spec.listeners.push(Listener {
+            name: name.to_owned(),
+            port,
+            protocol: protocol.to_owned(),
+            allowed_routes: None,
+        });
+        self
+    }
+
+    /// The last listener's `allowedRoutes.namespaces.from` (`Same`, `All`, `Selector`).
+    pub fn allow_from(mut self, from: &str) -> Self {
+        let listener = self.0.spec.listeners.last_mut().expect("a listener first");
+        listener
+            .allowed_routes
+            .get_or_insert_with(AllowedRoutes::default)
+            .namespaces = Some(RouteNamespaces {
+            from: Some(from.to_owned()),
+        });
+        self
+    }
+
+    /// The last listener's `allowedRoutes.kinds`.
+    pub fn allow_kinds(mut self, kinds: &[&str]) -> Self {
+        let listener = self.0.spec.listeners.last_mut().expect("a listener first");
+        listener
+            .allowed_routes
+            .get_or_insert_with(AllowedRoutes::default)
+            .kinds = Some(
+            kinds
+                .iter()
+                .map(|k| GroupKind {
+                    group: None,
+                    kind: (*k).to_owned(),
+                })
+                .collect(),
+        );
+        self
+    }
+
+    /// Sets the creation time (what decides between conflicting Gateways), `seconds` after
+    /// the epoch.
+    pub fn created(mut self, seconds: i64) -> Self {
+        self.0.metadata.creation_timestamp = Some(timestamp(seconds));
+        self
+    }
+}
+
+impl Fixture for GatewayFixture {
+    fn object(self) -> Object {
+        Object::Gateway(self.0)
+    }
+}
+
+fn timestamp(seconds: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(seconds).expect("a valid time"),
+    )
+}
+
+/// A TCPRoute or UDPRoute (see [`tcp_route`], [`udp_route`]).
+#[derive(Debug, Clone)]
+pub struct RouteFixture {
+    route: L4Route,
+    udp: bool,
+}
+
+/// A TCPRoute `namespace/name` with no parents or backends yet.
+pub fn tcp_route(namespace: &str, name: &str) -> RouteFixture {
+    RouteFixture {
+        route: L4Route {
+            metadata: meta(namespace, name),
+            spec: L4RouteSpec::default(),
+        },
+        udp: false,
+    }
+}
+
+/// A UDPRoute `namespace/name` with no parents or backends yet.
+pub fn udp_route(namespace: &str, name: &str) -> RouteFixture {
+    RouteFixture {
+        udp: true,
+        ..tcp_route(namespace, name)
+    }
+}
+
+impl RouteFixture {
+    /// Attaches to Gateway `gateway` (`namespace/name`, or a name in the route's namespace),
+    /// to the listener `section` when given.
+    pub fn parent(mut self, gateway: &str, section: Option<&str>) -> Self {
+        let (namespace, name) = match gateway.split_once('/') {
+            Some((ns, name)) => (Some(ns.to_owned()), name),
+            None => (None, gateway),
+        };
+        self.route.spec.parent_refs.push(ParentReference {
+            namespace,
+            name: name.to_owned(),
+            section_name: section.map(str::to_owned),
+            ..ParentReference::default()
+        });
+        self
+    }
+
+    /// Adds a backendRef to Service `service` (`namespace/name`, or a name in the route's
+    /// namespace) port `port`, with `weight` (absent: the API's default 1).
+    pub fn backend(mut self, service: &str, port: i32, weight: Option<i32>) -> Self {
+        let (namespace, name) = match service.split_once('/') {
+            Some((ns, name)) => (Some(ns.to_owned()), name),
+            None => (None, service),
+        };
+        if self.route.spec.rules.is_empty() {
+            self.route.spec.rules.push(L4RouteRule::default());
+        }
+        self.route.spec.rules[0].backend_refs.push(BackendRef {
+            name: name.to_owned(),
+            namespace,
+            port: Some(port),
+            weight,
+            ..BackendRef::default()
+        });
+        self
+    }
+
+    /// Sets the creation time (the oldest route wins a listener), `seconds` after the epoch.
+    pub fn created(mut self, seconds: i64) -> Self {
+        self.route.metadata.creation_timestamp = Some(timestamp(seconds));
+        self
+    }
+}
+
+impl Fixture for RouteFixture {
+    fn object(self) -> Object {
+        if self.udp {
+            Object::UdpRoute(self.route)
+        } else {
+            Object::TcpRoute(self.route)
+        }
+    }
+}
+
+/// A ReferenceGrant in `namespace` letting routes of `kind` (`TCPRoute`, `UDPRoute`) in
+/// `from_namespace` refer to the Services of `namespace` (one by name, or all).
+pub fn reference_grant(
+    namespace: &str,
+    name: &str,
+    kind: &str,
+    from_namespace: &str,
+    service: Option<&str>,
+) -> ReferenceGrant {
+    ReferenceGrant {
+        metadata: meta(namespace, name),
+        spec: ReferenceGrantSpec {
+            from: vec![GrantFrom {
+                group: GROUP.to_owned(),
+                kind: kind.to_owned(),
+                namespace: from_namespace.to_owned(),
+            }],
+            to: vec![GrantTo {
+                group: String::new(),
+                kind: "Service".to_owned(),
+                name: service.map(str::to_owned),
+            }],
+        },
+    }
+}
+
+impl Fixture for ReferenceGrant {
+    fn object(self) -> Object {
+        Object::ReferenceGrant(self)
     }
 }
 

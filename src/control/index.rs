@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::configmap::ReservedPorts;
+use super::gateway_api::{DEFAULT_CONTROLLER_NAME, Gateway, GatewayClass, L4Route, ReferenceGrant};
 use crate::names::{ObjectName, Protocol};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -24,10 +27,20 @@ pub enum Object {
     Service(Service),
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
+    /// A Gateway API GatewayClass.
+    GatewayClass(GatewayClass),
+    /// A Gateway API Gateway.
+    Gateway(Gateway),
+    /// A Gateway API TCPRoute.
+    TcpRoute(L4Route),
+    /// A Gateway API UDPRoute.
+    UdpRoute(L4Route),
+    /// A Gateway API ReferenceGrant.
+    ReferenceGrant(ReferenceGrant),
 }
 
 /// The kinds of object the Index holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// `v1/ConfigMap`.
     ConfigMap,
@@ -35,7 +48,29 @@ pub enum Kind {
     Service,
     /// `discovery.k8s.io/v1/EndpointSlice`.
     EndpointSlice,
+    /// `gateway.networking.k8s.io/v1/GatewayClass`.
+    GatewayClass,
+    /// `gateway.networking.k8s.io/v1/Gateway`.
+    Gateway,
+    /// `gateway.networking.k8s.io/v1/TCPRoute`.
+    TcpRoute,
+    /// `gateway.networking.k8s.io/v1/UDPRoute`.
+    UdpRoute,
+    /// `gateway.networking.k8s.io/v1/ReferenceGrant`.
+    ReferenceGrant,
 }
+
+/// Every kind, in the order a reload applies them.
+pub const KINDS: [Kind; 8] = [
+    Kind::ConfigMap,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::TcpRoute,
+    Kind::UdpRoute,
+    Kind::ReferenceGrant,
+];
 
 impl Kind {
     /// The kind as written in manifests.
@@ -44,6 +79,11 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::UdpRoute => "UDPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -55,20 +95,36 @@ impl Object {
             Object::ConfigMap(_) => Kind::ConfigMap,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::Gateway(_) => Kind::Gateway,
+            Object::TcpRoute(_) => Kind::TcpRoute,
+            Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
 
-    /// `namespace/name`; a missing namespace counts as `default`, as kubectl does.
-    pub fn name(&self) -> ObjectName {
-        let meta = match self {
+    /// The object's metadata.
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
             Object::ConfigMap(o) => &o.metadata,
             Object::Service(o) => &o.metadata,
             Object::EndpointSlice(o) => &o.metadata,
+            Object::GatewayClass(o) => &o.metadata,
+            Object::Gateway(o) => &o.metadata,
+            Object::TcpRoute(o) | Object::UdpRoute(o) => &o.metadata,
+            Object::ReferenceGrant(o) => &o.metadata,
+        }
+    }
+
+    /// `namespace/name`; a missing namespace counts as `default`, as kubectl does (a
+    /// cluster-scoped GatewayClass has the namespace `""`).
+    pub fn name(&self) -> ObjectName {
+        let meta = self.metadata();
+        let namespace = match self {
+            Object::GatewayClass(_) => String::new(),
+            _ => meta.namespace.clone().unwrap_or_else(|| "default".into()),
         };
-        ObjectName::new(
-            meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            meta.name.clone().unwrap_or_default(),
-        )
+        ObjectName::new(namespace, meta.name.clone().unwrap_or_default())
     }
 }
 
@@ -79,6 +135,18 @@ pub struct IndexSettings {
     pub port_maps: Vec<(Protocol, ObjectName)>,
     /// Ports no entry may use.
     pub reserved: ReservedPorts,
+    /// The `controllerName` of the GatewayClasses whose Gateways dermaga serves.
+    pub gateway_controller: String,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self {
+            port_maps: Vec::new(),
+            reserved: ReservedPorts::default(),
+            gateway_controller: DEFAULT_CONTROLLER_NAME.to_owned(),
+        }
+    }
 }
 
 /// The objects routing depends on.
@@ -92,6 +160,8 @@ pub struct Index {
     slices: BTreeMap<ObjectName, BTreeMap<String, EndpointSlice>>,
     /// Slice name → the Service it was filed under, so a relabelled slice moves.
     slice_owner: BTreeMap<ObjectName, ObjectName>,
+    /// The Gateway API objects, by kind and name.
+    gateway_api: BTreeMap<Kind, BTreeMap<ObjectName, Object>>,
 }
 
 impl Index {
@@ -103,6 +173,7 @@ impl Index {
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
             slice_owner: BTreeMap::new(),
+            gateway_api: BTreeMap::new(),
         }
     }
 
@@ -134,6 +205,12 @@ impl Index {
                     .insert(name.name.clone(), slice);
                 self.slice_owner.insert(name, owner);
             }
+            other => {
+                self.gateway_api
+                    .entry(other.kind())
+                    .or_default()
+                    .insert(name, other);
+            }
         }
     }
 
@@ -156,6 +233,11 @@ impl Index {
                     }
                 }
             }
+            other => {
+                if let Some(objects) = self.gateway_api.get_mut(&other) {
+                    objects.remove(name);
+                }
+            }
         }
     }
 
@@ -168,6 +250,9 @@ impl Index {
                 self.slices.clear();
                 self.slice_owner.clear();
             }
+            other => {
+                self.gateway_api.remove(&other);
+            }
         }
         for object in objects {
             if object.kind() == kind {
@@ -178,7 +263,7 @@ impl Index {
 
     /// Replaces everything with `objects` (what the file provider does on each reload).
     pub fn reset_all(&mut self, objects: Vec<Object>) {
-        for kind in [Kind::ConfigMap, Kind::Service, Kind::EndpointSlice] {
+        for kind in KINDS {
             self.reset(kind, objects.iter().filter(|o| o.kind() == kind).cloned());
         }
     }
@@ -186,6 +271,14 @@ impl Index {
     /// A ConfigMap by name.
     pub fn config_map(&self, name: &ObjectName) -> Option<&ConfigMap> {
         self.config_maps.get(name)
+    }
+
+    /// The Gateway API objects of one kind, in name order.
+    pub fn gateway_api(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.gateway_api
+            .get(&kind)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// A Service by name.

@@ -6,6 +6,7 @@ pub mod build;
 pub mod configmap;
 pub(crate) mod diff;
 pub mod fixture;
+pub mod gateway_api;
 pub mod index;
 pub mod provider;
 pub mod publisher;

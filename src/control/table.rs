@@ -130,6 +130,7 @@ impl Route {
                 service: spec.service.clone(),
                 service_port: spec.service_port.clone(),
                 weight: 1,
+                invalid: None,
             },
             endpoints: match problem {
                 Some(problem) => Err(problem),
@@ -326,6 +327,18 @@ pub enum ConfigProblem {
         /// What is missing.
         problem: String,
     },
+    /// A Gateway API object not served as written: a listener whose port is taken, a route
+    /// that cannot attach, a backend reference that may not be followed.
+    GatewayApi {
+        /// `Gateway`, `TCPRoute`, ...
+        kind: &'static str,
+        /// The object.
+        object: ObjectName,
+        /// The Gateway API condition reason (`Conflicted`, `NotAllowedByListeners`, ...).
+        reason: &'static str,
+        /// What is wrong, in words.
+        message: String,
+    },
 }
 
 /// Why a valid entry does not resolve.
@@ -337,6 +350,9 @@ pub enum UnresolvedReason {
     ServicePortNotFound,
     /// The Service is of type ExternalName (no endpoints to forward to).
     ExternalNameService,
+    /// A Gateway API backend reference that may not be followed (another namespace without a
+    /// ReferenceGrant, or not a Service).
+    RefNotPermitted,
 }
 
 impl ConfigProblem {
@@ -346,6 +362,7 @@ impl ConfigProblem {
             ConfigProblem::Entry(e) => Some(&e.configmap),
             ConfigProblem::MissingPortMap { .. } => None,
             ConfigProblem::Unresolved { configmap, .. } => Some(configmap),
+            ConfigProblem::GatewayApi { .. } => None,
         }
     }
 
@@ -358,7 +375,9 @@ impl ConfigProblem {
                 UnresolvedReason::ServiceNotFound => "ServiceNotFound",
                 UnresolvedReason::ServicePortNotFound => "ServicePortNotFound",
                 UnresolvedReason::ExternalNameService => "ExternalNameService",
+                UnresolvedReason::RefNotPermitted => "RefNotPermitted",
             },
+            ConfigProblem::GatewayApi { reason, .. } => reason,
         }
     }
 }
@@ -377,6 +396,12 @@ impl std::fmt::Display for ConfigProblem {
                 f,
                 "port {key} -> {spec}: {problem}; the port stays open and refuses connections until it resolves"
             ),
+            ConfigProblem::GatewayApi {
+                kind,
+                object,
+                message,
+                ..
+            } => write!(f, "{kind} {object}: {message}"),
         }
     }
 }

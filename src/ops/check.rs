@@ -173,6 +173,7 @@ fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut Ch
                 report.warnings.push(problem.to_string())
             }
             ConfigProblem::Unresolved { .. } => {}
+            ConfigProblem::GatewayApi { .. } => report.warnings.push(problem.to_string()),
         }
     }
     report

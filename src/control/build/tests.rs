@@ -37,6 +37,7 @@ fn index(objects: Vec<Object>) -> Index {
     let mut index = Index::new(IndexSettings {
         port_maps: vec![(Protocol::Tcp, ObjectName::new("dermaga", "tcp-services"))],
         reserved,
+        ..IndexSettings::default()
     });
     index.reset_all(objects);
     index
@@ -491,9 +492,9 @@ fn a_split_port_sends_each_backend_its_weight_and_a_weightless_one_nothing() {
         };
         *by_subnet.entry(ip.octets()[2]).or_default() += 1;
     }
-    // Binomial(10,000, 0.1): mean 1,000, sd 30; within 3 sd.
+    // Binomial(10,000, 0.1): mean 1,000, sd 30; within 4 sd (3 would fail one run in 370).
     let canary = f64::from(by_subnet.get(&1).copied().unwrap_or(0));
-    assert!((canary - 1000.0).abs() < 90.0, "{by_subnet:?}");
+    assert!((canary - 1000.0).abs() < 120.0, "{by_subnet:?}");
     assert_eq!(
         by_subnet.get(&2),
         None,
@@ -541,8 +542,8 @@ fn an_unresolved_backend_refuses_its_share_and_only_its_share() {
     let refused = (0..10_000)
         .filter(|_| route.pick_order().next().is_none())
         .count() as f64;
-    // Binomial(10,000, 0.5): sd 50; within 3 sd.
-    assert!((refused - 5000.0).abs() < 150.0, "{refused}");
+    // Binomial(10,000, 0.5): sd 50; within 4 sd.
+    assert!((refused - 5000.0).abs() < 200.0, "{refused}");
     assert!(
         t.problems
             .iter()

@@ -230,6 +230,41 @@ fn collect(
             manifest.objects.push(Object::EndpointSlice(slice));
             manifest.positions.push(position);
         }
+        ("gateway.networking.k8s.io/v1", "GatewayClass") => {
+            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::GatewayClass(o));
+            manifest.positions.push(position);
+        }
+        ("gateway.networking.k8s.io/v1", "Gateway") => {
+            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::Gateway(o));
+            manifest.positions.push(position);
+        }
+        ("gateway.networking.k8s.io/v1", "TCPRoute") => {
+            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::TcpRoute(o));
+            manifest.positions.push(position);
+        }
+        ("gateway.networking.k8s.io/v1", "UDPRoute") => {
+            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::UdpRoute(o));
+            manifest.positions.push(position);
+        }
+        (
+            "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+            "ReferenceGrant",
+        ) => {
+            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
+            manifest.objects.push(Object::ReferenceGrant(o));
+            manifest.positions.push(position);
+        }
+        (_, "GatewayClass" | "Gateway" | "TCPRoute" | "UDPRoute" | "ReferenceGrant")
+            if api_version.starts_with("gateway.networking.k8s.io/") =>
+        {
+            return Err(bad(format!(
+                "apiVersion {api_version:?} is not supported; use gateway.networking.k8s.io/v1 (the standard channel of Gateway API v1.6)"
+            )));
+        }
         (_, "ConfigMap" | "Service" | "EndpointSlice") => {
             return Err(bad(format!(
                 "apiVersion {api_version:?} is not supported; use v1 (ConfigMap, Service) or discovery.k8s.io/v1 (EndpointSlice)"

@@ -181,6 +181,7 @@ pub fn settings() -> IndexSettings {
     IndexSettings {
         port_maps: vec![(Protocol::Tcp, ObjectName::new("dermaga", "tcp-services"))],
         reserved,
+        ..IndexSettings::default()
     }
 }
 

@@ -46,7 +46,7 @@ impl Harness {
             names: Default::default(),
             index: Index::new(IndexSettings {
                 port_maps: vec![(Protocol::Tcp, map_name())],
-                reserved: Default::default(),
+                ..IndexSettings::default()
             }),
             now,
         };

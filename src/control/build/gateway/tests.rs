@@ -1,0 +1,290 @@
+//! The Gateway API rules of `build()`, with fixture objects.
+
+use crate::control::build::build;
+use crate::control::configmap::ReservedPorts;
+use crate::control::fixture::{
+    Fixture, endpoint, endpoint_slice, gateway, gateway_class, port, port_map, reference_grant,
+    service, tcp_route, udp_route,
+};
+use crate::control::gateway_api::DEFAULT_CONTROLLER_NAME;
+use crate::control::index::{Index, IndexSettings, Object};
+use crate::control::table::{ConfigProblem, RouteTable};
+use crate::names::{ListenPort, ObjectName, Protocol, RouteKey};
+
+/// A Service `ns/name` port 80 (UDP too) with one ready endpoint at `ip:8080`.
+fn backend(ns: &str, name: &str, ip: &str) -> [Object; 2] {
+    [
+        service(ns, name)
+            .port(port(80).named("tcp"))
+            .port(port(80).named("udp").udp())
+            .object(),
+        endpoint_slice(ns, &format!("{name}-a"), name)
+            .port(port(8080).named("tcp"))
+            .port(port(8080).named("udp").udp())
+            .endpoint(endpoint(ip).ready(true))
+            .object(),
+    ]
+}
+
+fn table(objects: Vec<Object>) -> RouteTable {
+    let mut reserved = ReservedPorts::default();
+    reserved.reserve(10254, "admin");
+    let mut index = Index::new(IndexSettings {
+        port_maps: vec![(Protocol::Tcp, ObjectName::new("dermaga", "tcp-services"))],
+        reserved,
+        ..IndexSettings::default()
+    });
+    index.reset_all(objects);
+    build(&index, None)
+}
+
+fn tcp(port: u16) -> RouteKey {
+    RouteKey::tcp(ListenPort::new(port).unwrap())
+}
+
+/// `kind object reason` of every Gateway API problem, and its message.
+fn problems(t: &RouteTable) -> Vec<(String, String)> {
+    t.problems
+        .iter()
+        .filter_map(|p| match p {
+            ConfigProblem::GatewayApi {
+                kind,
+                object,
+                reason,
+                message,
+            } => Some((format!("{kind} {object} {reason}"), message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(t: &RouteTable, what: &str, words: &str) -> bool {
+    problems(t)
+        .iter()
+        .any(|(w, m)| w == what && m.contains(words))
+}
+
+/// dermaga's class, another controller's class, and the Gateway `infra/edge` of ours.
+fn base() -> Vec<Object> {
+    let mut objects = vec![
+        gateway_class("dermaga", DEFAULT_CONTROLLER_NAME).object(),
+        gateway_class("other", "example.com/other").object(),
+        gateway("infra", "edge", "dermaga")
+            .listener("shop", "TCP", 10000)
+            .allow_from("All")
+            .listener("dns", "UDP", 53)
+            .allow_from("All")
+            .listener("tls", "TLS", 443)
+            .object(),
+        gateway("infra", "theirs", "other")
+            .listener("x", "TCP", 10001)
+            .object(),
+    ];
+    objects.extend(backend("shop", "web", "10.0.0.1"));
+    objects.extend(backend("shop", "canary", "10.0.0.2"));
+    objects
+}
+
+#[test]
+fn a_tcp_route_on_a_gateway_of_ours_is_served_with_its_weights() {
+    let mut objects = base();
+    objects.push(
+        tcp_route("shop", "shop")
+            .parent("infra/edge", Some("shop"))
+            .backend("web", 80, Some(90))
+            .backend("canary", 80, Some(10))
+            .object(),
+    );
+    objects.push(
+        udp_route("shop", "dns")
+            .parent("infra/edge", None)
+            .backend("web", 80, None)
+            .object(),
+    );
+    let t = table(objects);
+    let route = t.get(&tcp(10000)).expect("port 10000 served");
+    let weights: Vec<String> = route.backends.iter().map(|b| b.spec.to_string()).collect();
+    assert_eq!(weights, ["shop/web:80=90", "shop/canary:80=10"]);
+    assert_eq!(route.active_count(), 2);
+    let udp = t
+        .get(&RouteKey {
+            port: ListenPort::new(53).unwrap(),
+            protocol: Protocol::Udp,
+        })
+        .expect("port 53/UDP served");
+    assert_eq!(
+        udp.backends[0].spec.to_string(),
+        "shop/web:80=1",
+        "weight default 1"
+    );
+    assert_eq!(udp.active_count(), 1);
+    assert!(t.get(&tcp(10001)).is_none(), "another controller's Gateway");
+    assert!(
+        has(&t, "Gateway infra/edge UnsupportedProtocol", "protocol TLS"),
+        "{:?}",
+        problems(&t)
+    );
+    assert_eq!(problems(&t).len(), 1, "{:?}", problems(&t));
+}
+
+#[test]
+fn a_port_of_the_port_map_or_of_an_older_gateway_stays_theirs() {
+    let mut objects = base();
+    objects.push(
+        port_map("dermaga", "tcp-services")
+            .entry("10000", "shop/web:80")
+            .object(),
+    );
+    objects.push(
+        gateway("infra", "young", "dermaga")
+            .listener("a", "TCP", 20000)
+            .created(2_000)
+            .object(),
+    );
+    objects.push(
+        gateway("infra", "old", "dermaga")
+            .listener("b", "TCP", 20000)
+            .created(1_000)
+            .object(),
+    );
+    let t = table(objects);
+    assert!(
+        has(
+            &t,
+            "Gateway infra/edge Conflicted",
+            "port 10000/TCP is already served by a port map"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    assert!(
+        has(
+            &t,
+            "Gateway infra/young Conflicted",
+            "already served by Gateway infra/old listener \"b\""
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    // The port map's route is the one in force.
+    assert_eq!(t.get(&tcp(10000)).unwrap().spec.to_string(), "shop/web:80");
+}
+
+#[test]
+fn the_oldest_route_wins_a_listener_and_the_other_is_told() {
+    let mut objects = base();
+    for (name, created, service) in [("b-new", 2_000, "canary"), ("a-old", 1_000, "web")] {
+        objects.push(
+            tcp_route("shop", name)
+                .parent("infra/edge", Some("shop"))
+                .backend(service, 80, None)
+                .created(created)
+                .object(),
+        );
+    }
+    let t = table(objects);
+    let route = t.get(&tcp(10000)).unwrap();
+    assert_eq!(route.backends[0].spec.service.name, "web");
+    assert!(
+        has(
+            &t,
+            "TCPRoute shop/b-new NotAllowedByListeners",
+            "already has TCPRoute shop/a-old (the oldest route wins)"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+}
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant() {
+    let route = || {
+        tcp_route("team", "shop")
+            .parent("infra/edge", Some("shop"))
+            .backend("shop/web", 80, Some(1))
+            .backend("shop/canary", 80, Some(1))
+            .object()
+    };
+    let mut objects = base();
+    objects.push(route());
+    let t = table(objects);
+    let r = t.get(&tcp(10000)).unwrap();
+    assert_eq!(r.active_count(), 0, "no grant: no endpoint");
+    assert!(
+        has(
+            &t,
+            "TCPRoute team/shop RefNotPermitted",
+            "no ReferenceGrant in namespace shop"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    // A grant for `web` alone: web serves, canary's share is still refused.
+    let mut objects = base();
+    objects.push(route());
+    objects.push(reference_grant("shop", "team", "TCPRoute", "team", Some("web")).object());
+    let t = table(objects);
+    let r = t.get(&tcp(10000)).unwrap();
+    assert_eq!(r.active_count(), 1);
+    assert!(r.backends[0].problem.is_none());
+    assert!(r.backends[1].problem.is_some());
+    let refused = (0..2000)
+        .filter(|_| r.pick_order().next().is_none())
+        .count();
+    assert!(
+        (refused as i64 - 1000).abs() < 150,
+        "{refused} of 2000 refused"
+    );
+}
+
+#[test]
+fn listeners_admit_routes_by_namespace_and_kind() {
+    let mut objects = vec![
+        gateway_class("dermaga", DEFAULT_CONTROLLER_NAME).object(),
+        gateway("infra", "edge", "dermaga")
+            .listener("same", "TCP", 10000)
+            .listener("udp-only", "TCP", 10002)
+            .allow_from("All")
+            .allow_kinds(&["UDPRoute"])
+            .object(),
+    ];
+    objects.extend(backend("shop", "web", "10.0.0.1"));
+    objects.push(
+        tcp_route("shop", "shop")
+            .parent("infra/edge", None)
+            .backend("web", 80, None)
+            .object(),
+    );
+    objects.push(
+        tcp_route("shop", "lost")
+            .parent("infra/nowhere", None)
+            .object(),
+    );
+    let t = table(objects);
+    assert!(
+        has(
+            &t,
+            "TCPRoute shop/shop NotAllowedByListeners",
+            "allows routes from its own namespace only"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    assert!(
+        has(
+            &t,
+            "TCPRoute shop/shop NotAllowedByListeners",
+            "does not allow kind TCPRoute"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    assert!(
+        has(&t, "TCPRoute shop/lost NoMatchingParent", ""),
+        "{:?}",
+        problems(&t)
+    );
+    // Both listeners are bound but have no route: they refuse.
+    assert_eq!(t.get(&tcp(10000)).unwrap().active_count(), 0);
+    assert_eq!(t.get(&tcp(10002)).unwrap().active_count(), 0);
+}
