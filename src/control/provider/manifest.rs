@@ -414,4 +414,33 @@ mod tests {
         // Unset fields stay unwritten: the second endpoint has no conditions.
         assert_eq!(text.matches("conditions:").count(), 1, "{text}");
     }
+
+    #[test]
+    fn gateway_api_objects_are_read_and_an_old_version_is_named() {
+        let objects = vec![
+            fixture::gateway_class("dermaga", "dermaga.io/gateway-controller").object(),
+            fixture::gateway("infra", "edge", "dermaga")
+                .listener("shop", "TCP", 10000)
+                .object(),
+            fixture::tcp_route("shop", "shop")
+                .parent("infra/edge", Some("shop"))
+                .backend("web", 80, Some(3))
+                .object(),
+            fixture::reference_grant("shop", "g", "TCPRoute", "team", None).object(),
+        ];
+        let read = parse_manifest(&yaml(objects.clone())).unwrap().objects;
+        let json = |objects: &[Object]| objects.iter().map(fixture::to_json).collect::<Vec<_>>();
+        assert_eq!(json(&read), json(&objects));
+        assert_eq!(
+            read[0].name(),
+            ObjectName::new("", "dermaga"),
+            "cluster-scoped"
+        );
+        let e = parse_manifest(
+            "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: r}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("use gateway.networking.k8s.io/v1"), "{e}");
+    }
 }
