@@ -166,6 +166,18 @@ pub struct RunArgs {
     )]
     pub udp_services_configmap: Option<ObjectName>,
 
+    /// The `controllerName` of the GatewayClasses whose Gateways dermaga serves (Gateway API
+    /// objects are read from --config only, for now; see docs/gateway-api.md).
+    #[arg(
+        help_heading = "Configuration source",
+        long,
+        global = true,
+        env = "DERMAGA_GATEWAY_CONTROLLER_NAME",
+        value_name = "NAME",
+        default_value = crate::control::gateway_api::DEFAULT_CONTROLLER_NAME
+    )]
+    pub gateway_controller_name: String,
+
     /// Address data ports are bound to (default: all addresses, IPv4 and IPv6).
     #[arg(
         help_heading = "Listening",

@@ -63,7 +63,7 @@ impl RunArgs {
         IndexSettings {
             port_maps,
             reserved,
-            ..IndexSettings::default()
+            gateway_controller: self.gateway_controller_name.clone(),
         }
     }
 

@@ -132,6 +132,17 @@ pub struct RouteSpec {
     pub proxy: ProxyFlags,
     /// Per-port options.
     pub options: PortOptions,
+    /// The Gateway API route the spec comes from (`None`: a port-map entry).
+    pub route: Option<RouteRef>,
+}
+
+/// A Gateway API route by kind and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct RouteRef {
+    /// `TCPRoute` or `UDPRoute`.
+    pub kind: &'static str,
+    /// Its namespace and name.
+    pub name: ObjectName,
 }
 
 impl RouteSpec {
@@ -431,6 +442,7 @@ pub fn parse_value(value: &str, protocol: Protocol) -> Result<RouteSpec, String>
         service_port,
         proxy: ProxyFlags { decode, encode },
         options: PortOptions::default(),
+        route: None,
     })
 }
 

@@ -205,6 +205,8 @@ struct RouteView {
     listener: ListenerView,
     service: String,
     service_port: String,
+    /// The Gateway API route serving the port (`null`: a port-map entry).
+    route: Option<crate::control::configmap::RouteRef>,
     proxy_protocol: ProxyView,
     options: crate::control::configmap::PortOptions,
     selection: Selection,
@@ -322,6 +324,7 @@ async fn routes(
                 listener,
                 service: route.spec.service.to_string(),
                 service_port: route.spec.service_port.to_string(),
+                route: route.spec.route.clone(),
                 proxy_protocol: ProxyView {
                     decode: route.spec.proxy.decode,
                     encode: route.spec.proxy.encode,

@@ -22,7 +22,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::control::configmap::{MAX_WEIGHT, PortOptions, ProxyFlags, RouteSpec, WeightedBackend};
+use crate::control::configmap::{
+    MAX_WEIGHT, PortOptions, ProxyFlags, RouteRef, RouteSpec, WeightedBackend,
+};
 use crate::control::gateway_api::{GROUP, L4Route, Listener};
 use crate::control::index::{Index, Kind, Object};
 use crate::control::table::ConfigProblem;
@@ -263,6 +265,10 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                     backends: Some(backends),
                     ..PortOptions::default()
                 },
+                route: origin.as_ref().map(|(kind, name)| RouteRef {
+                    kind: kind.as_str(),
+                    name: name.clone(),
+                }),
             },
             origin,
         ));

@@ -58,6 +58,7 @@ fn route_spec() -> impl Strategy<Value = RouteSpec> {
             service_port,
             proxy: ProxyFlags { decode, encode },
             options: PortOptions::default(),
+            route: None,
         })
 }
 
