@@ -203,3 +203,68 @@ async fn a_tcp_route_on_a_gateway_splits_by_its_backend_weights() {
     assert_eq!(counts.values().sum::<usize>(), n);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_udp_port_sends_each_new_flow_by_weight_and_keeps_flows_where_they_are() {
+    use dermaga::{Gateway, Index, Protocol, RouteKey};
+    let a = udp_backend("127.0.18.7", "a").await;
+    let b = udp_backend("127.0.18.8", "b").await;
+    let yaml = named_configmap_yaml(
+        "udp-services",
+        &[
+            ("5353", "default/dns-a:53"),
+            ("5353.backends", "default/dns-a:53=80, default/dns-b:53=20"),
+        ],
+    ) + &udp_service_yaml("dns-a", 53)
+        + &udp_slices_yaml("dns-a", &[(a, true)])
+        + &udp_service_yaml("dns-b", 53)
+        + &udp_slices_yaml("dns-b", &[(b, true)]);
+    // Flows idle out 2 s after the last answer, so that shutdown (which lets UDP flows run
+    // until idle) does not wait the default 30 s.
+    let mut opts = options("127.1.18.4");
+    opts.udp = dermaga::UdpSettings {
+        idle_timeout: std::time::Duration::from_secs(2),
+        ..opts.udp
+    };
+    let gw = Gateway::start(Index::new(settings_with_udp()), opts);
+    apply(&gw, &yaml);
+    let key = RouteKey {
+        port: dermaga::ListenPort::new(5353).unwrap(),
+        protocol: Protocol::Udp,
+    };
+    let port = gw.wait_bound(key).await;
+    // 1,000 clients, each its own flow; each asks twice: its flow stays on its backend.
+    let asked = std::time::Instant::now();
+    let n = 1_000;
+    let mut counts = BTreeMap::<String, usize>::new();
+    let mut sockets = Vec::new();
+    for i in 0..n {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let first = udp_ask_once(&socket, port, format!("q{i}").as_bytes()).await;
+        let second = udp_ask_once(&socket, port, format!("again{i}").as_bytes()).await;
+        let tag = |reply: &[u8]| {
+            String::from_utf8_lossy(reply)
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            tag(&first),
+            tag(&second),
+            "client {i} moved between backends"
+        );
+        *counts.entry(tag(&first)).or_default() += 1;
+        sockets.push(socket); // kept open: distinct client addresses
+    }
+    println!(
+        "UDP 80/20 over {n} flows: {counts:?} (asked in {:?})",
+        asked.elapsed()
+    );
+    assert!(
+        within_4_sd(counts.get("b").copied().unwrap_or(0), n, 0.2),
+        "{counts:?}"
+    );
+    assert_eq!(counts.values().sum::<usize>(), n);
+    gw.shutdown().await;
+}
