@@ -264,6 +264,13 @@ impl Route {
     }
 }
 
+impl PickOrder<'_> {
+    /// True when the draw chose a backend that does not resolve: nothing is to be tried.
+    pub fn refused(&self) -> bool {
+        self.first.is_none()
+    }
+}
+
 /// Iterator over the endpoints to try for one connection (see [`Route::pick_order`]).
 pub struct PickOrder<'a> {
     route: &'a Route,

@@ -245,8 +245,11 @@ async fn establish(
             reset(client);
             return None;
         };
-        let Some(mut upstream) = connected else {
-            pm.refused(RefuseReason::upstream_unavailable);
+        let Ok(mut upstream) = connected else {
+            let reason = connected
+                .err()
+                .unwrap_or(RefuseReason::upstream_unavailable);
+            pm.refused(reason);
             outcome.close = CloseReason::UpstreamUnavailable;
             reset(client);
             return None;
@@ -408,7 +411,7 @@ async fn connect(
     pm: &PortMetrics,
     outcome: &mut Outcome,
     tried: &[SocketAddr],
-) -> Option<TcpStream> {
+) -> Result<TcpStream, RefuseReason> {
     let health = &ctx.health;
     // The clock is read once per connection, and only while some endpoint is in trouble.
     let now = (!health.all_healthy()).then(Instant::now);
@@ -431,6 +434,11 @@ async fn connect(
     } else {
         route.pick_order()
     };
+    if order.refused() {
+        // The weighted draw chose a backend that does not resolve: its share is refused.
+        tracing::debug!(port = %route.key, client = %client, "the chosen backend does not resolve; connection refused");
+        return Err(RefuseReason::invalid_backend);
+    }
     let candidates = order
         .filter(|e| !skip_unhealthy || usable(e.addr))
         .filter(|e| !tried.contains(&e.addr))
@@ -454,7 +462,7 @@ async fn connect(
                 keepalive(&stream);
                 health.connect_succeeded(endpoint.addr);
                 outcome.error = None;
-                return Some(stream);
+                return Ok(stream);
             }
             Ok(Err(err)) => (ConnectFailure::of(&err), err.to_string()),
             Err(_) => (
@@ -496,7 +504,7 @@ async fn connect(
     if let Some(suppressed) = ctx.warnings.note(warn) {
         tracing::warn!(port = %route.key, service = %route.spec.service, client = %client, attempts = outcome.attempts, suppressed, "no endpoint accepted the connection; closing client");
     }
-    None
+    Err(RefuseReason::upstream_unavailable)
 }
 
 #[cfg(test)]

@@ -224,7 +224,7 @@ pub struct PortMetrics {
     pub duration: Histogram,
     /// Connections cut by the idle timeout.
     pub idle_timeouts: Counter,
-    refused: [Counter; 5],
+    refused: [Counter; 6],
     failures: Family<FailureLabels, Counter>,
     /// Every failure series created, so that those of departed endpoints can be removed.
     failure_series: Arc<Mutex<HashSet<FailureLabels>>>,
@@ -246,6 +246,7 @@ impl PortMetrics {
             RefuseReason::upstream_unavailable => 2,
             RefuseReason::max_connections => 3,
             RefuseReason::out_of_descriptors => 4,
+            RefuseReason::invalid_backend => 5,
         };
         self.refused[i].inc();
     }
@@ -400,12 +401,13 @@ const DROP_REASONS: [&str; 5] = [
     "shutting_down",
 ];
 
-const REFUSE_REASONS: [RefuseReason; 5] = [
+const REFUSE_REASONS: [RefuseReason; 6] = [
     RefuseReason::no_endpoints,
     RefuseReason::proxy_header,
     RefuseReason::upstream_unavailable,
     RefuseReason::max_connections,
     RefuseReason::out_of_descriptors,
+    RefuseReason::invalid_backend,
 ];
 
 /// The process metrics of the Prometheus client libraries, from `/proc/self` at scrape time.
@@ -545,7 +547,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable, max_connections, out_of_descriptors)",
+            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable, max_connections, out_of_descriptors, invalid_backend)",
             refused.clone(),
         );
         let idle_timeouts = Family::<PortLabels, Counter>::default();
@@ -895,6 +897,7 @@ impl Metrics {
                 refused(RefuseReason::upstream_unavailable),
                 refused(RefuseReason::max_connections),
                 refused(RefuseReason::out_of_descriptors),
+                refused(RefuseReason::invalid_backend),
             ],
             failures: self.failures.clone(),
             failure_series: self.failure_series.clone(),

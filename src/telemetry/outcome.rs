@@ -66,6 +66,9 @@ pub enum RefuseReason {
     max_connections,
     /// Accept failed for want of descriptors (EMFILE, ENFILE); reset with the spare one.
     out_of_descriptors,
+    /// The weighted draw chose a backend that does not resolve (a missing Service or port, a
+    /// Gateway API reference not permitted): its share of the connections is refused.
+    invalid_backend,
 }
 
 /// Why an upstream connect failed.

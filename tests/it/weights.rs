@@ -143,6 +143,16 @@ async fn a_missing_backend_refuses_its_share_and_routes_show_the_split() {
     }
     println!("1:1 with a missing Service: {served} of {n} served");
     assert!(within_4_sd(served, n, 0.5), "{served} of {n}");
+    let refused = metric(
+        &gw,
+        "dermaga_connections_refused_total",
+        &[("port", "10000"), ("reason", "invalid_backend")],
+    );
+    assert_eq!(
+        refused as usize,
+        n - served,
+        "every refusal counted as invalid_backend"
+    );
 
     let (admin, _task) = start_admin(&gw, "127.1.18.2").await;
     let (status, body) = http_get(admin, "/routes").await;

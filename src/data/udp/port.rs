@@ -364,6 +364,13 @@ fn start_flow(
 ) {
     let now = Instant::now();
     let Some(chosen) = shared.choose(route, &tried) else {
+        // No endpoint to try (every one refused already, or the weighted draw chose a backend
+        // that does not resolve): the datagram is dropped, and counted.
+        shared
+            .ctx
+            .metrics
+            .udp(shared.key, &route.spec.service)
+            .dropped("no_endpoints");
         return;
     };
     let (endpoint, pod) = (chosen.addr, chosen.target.clone());
