@@ -31,7 +31,9 @@ fn ep(addr: &str) -> EndpointFixture {
     endpoint(addr).pod("default", &format!("pod-{addr}"))
 }
 
-fn index(objects: Vec<Object>) -> Index {
+/// An Index of `objects`, with the port map `dermaga/tcp-services` and port 10254 reserved (also
+/// used by the Gateway API rules' tests).
+pub(super) fn index(objects: Vec<Object>) -> Index {
     let mut reserved = ReservedPorts::default();
     reserved.reserve(10254, "admin");
     let mut index = Index::new(IndexSettings {

@@ -10,8 +10,6 @@
 //! naming both positions, never a silent choice of one copy. [`find_duplicate`] is that rule,
 //! used for one text here and for several files together by `dermaga check`.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
 use crate::control::index::{Kind, Object};
@@ -193,6 +191,17 @@ fn collect(
         name: name.clone(),
         message,
     };
+    // One typed object of the document, or the document's error naming it.
+    fn typed<T: serde::de::DeserializeOwned>(
+        json: serde_json::Value,
+        bad: &impl Fn(String) -> ManifestError,
+    ) -> Result<T, ManifestError> {
+        serde_json::from_value(json).map_err(|e| bad(e.to_string()))
+    }
+    let mut add = |object: Object| {
+        manifest.objects.push(object);
+        manifest.positions.push(position);
+    };
     match (api_version.as_str(), kind.as_str()) {
         (_, "") => {
             return Err(ManifestError::Shape {
@@ -214,50 +223,19 @@ fn collect(
                 collect(item, position, manifest)?;
             }
         }
-        ("v1", "ConfigMap") => {
-            let cm: ConfigMap = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::ConfigMap(cm));
-            manifest.positions.push(position);
-        }
-        ("v1", "Service") => {
-            let svc: Service = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::Service(svc));
-            manifest.positions.push(position);
-        }
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            let slice: EndpointSlice =
-                serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::EndpointSlice(slice));
-            manifest.positions.push(position);
-        }
+        ("v1", "ConfigMap") => add(Object::ConfigMap(typed(json, &bad)?)),
+        ("v1", "Service") => add(Object::Service(typed(json, &bad)?)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => add(Object::EndpointSlice(typed(json, &bad)?)),
         ("gateway.networking.k8s.io/v1", "GatewayClass") => {
-            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::GatewayClass(o));
-            manifest.positions.push(position);
+            add(Object::GatewayClass(typed(json, &bad)?))
         }
-        ("gateway.networking.k8s.io/v1", "Gateway") => {
-            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::Gateway(o));
-            manifest.positions.push(position);
-        }
-        ("gateway.networking.k8s.io/v1", "TCPRoute") => {
-            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::TcpRoute(o));
-            manifest.positions.push(position);
-        }
-        ("gateway.networking.k8s.io/v1", "UDPRoute") => {
-            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::UdpRoute(o));
-            manifest.positions.push(position);
-        }
+        ("gateway.networking.k8s.io/v1", "Gateway") => add(Object::Gateway(typed(json, &bad)?)),
+        ("gateway.networking.k8s.io/v1", "TCPRoute") => add(Object::TcpRoute(typed(json, &bad)?)),
+        ("gateway.networking.k8s.io/v1", "UDPRoute") => add(Object::UdpRoute(typed(json, &bad)?)),
         (
             "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
             "ReferenceGrant",
-        ) => {
-            let o = serde_json::from_value(json).map_err(|e| bad(e.to_string()))?;
-            manifest.objects.push(Object::ReferenceGrant(o));
-            manifest.positions.push(position);
-        }
+        ) => add(Object::ReferenceGrant(typed(json, &bad)?)),
         (_, "GatewayClass" | "Gateway" | "TCPRoute" | "UDPRoute" | "ReferenceGrant")
             if api_version.starts_with("gateway.networking.k8s.io/") =>
         {

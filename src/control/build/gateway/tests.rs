@@ -1,15 +1,15 @@
 //! The Gateway API rules of `build()`, with fixture objects.
 
 use crate::control::build::build;
-use crate::control::configmap::ReservedPorts;
+use crate::control::build::tests::index;
 use crate::control::fixture::{
     Fixture, endpoint, endpoint_slice, gateway, gateway_class, port, port_map, reference_grant,
     service, tcp_route, udp_route,
 };
 use crate::control::gateway_api::DEFAULT_CONTROLLER_NAME;
-use crate::control::index::{Index, IndexSettings, Object};
+use crate::control::index::Object;
 use crate::control::table::{ConfigProblem, RouteTable};
-use crate::names::{ListenPort, ObjectName, Protocol, RouteKey};
+use crate::names::{ListenPort, Protocol, RouteKey};
 
 /// A Service `ns/name` port 80 (UDP too) with one ready endpoint at `ip:8080`.
 fn backend(ns: &str, name: &str, ip: &str) -> [Object; 2] {
@@ -27,15 +27,7 @@ fn backend(ns: &str, name: &str, ip: &str) -> [Object; 2] {
 }
 
 fn table(objects: Vec<Object>) -> RouteTable {
-    let mut reserved = ReservedPorts::default();
-    reserved.reserve(10254, "admin");
-    let mut index = Index::new(IndexSettings {
-        port_maps: vec![(Protocol::Tcp, ObjectName::new("dermaga", "tcp-services"))],
-        reserved,
-        ..IndexSettings::default()
-    });
-    index.reset_all(objects);
-    build(&index, None)
+    build(&index(objects), None)
 }
 
 fn tcp(port: u16) -> RouteKey {
