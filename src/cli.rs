@@ -166,8 +166,29 @@ pub struct RunArgs {
     )]
     pub udp_services_configmap: Option<ObjectName>,
 
-    /// The `controllerName` of the GatewayClasses whose Gateways dermaga serves (Gateway API
-    /// objects are read from --config only, for now; see docs/gateway-api.md).
+    /// Kubernetes API provider: also watch the Gateway API (GatewayClass, Gateway, TCPRoute,
+    /// UDPRoute, ReferenceGrant v1) in every namespace. Needs the standard-channel CRDs of
+    /// Gateway API v1.6 and the RBAC of deploy/components/gateway-api (docs/gateway-api.md).
+    #[arg(
+        help_heading = "Configuration source",
+        long,
+        global = true,
+        env = "DERMAGA_GATEWAY_API"
+    )]
+    pub gateway_api: bool,
+
+    /// The LoadBalancer Service in front of dermaga, NAMESPACE/NAME (same flag as
+    /// ingress-nginx): its addresses are reported in the Gateways' `status.addresses`.
+    #[arg(
+        help_heading = "Configuration source",
+        long,
+        global = true,
+        env = "DERMAGA_PUBLISH_SERVICE",
+        value_name = "NS/NAME"
+    )]
+    pub publish_service: Option<ObjectName>,
+
+    /// The `controllerName` of the GatewayClasses whose Gateways dermaga serves.
     #[arg(
         help_heading = "Configuration source",
         long,

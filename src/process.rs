@@ -12,8 +12,8 @@ use crate::cli::RunArgs;
 use crate::control::configmap::ReservedPorts;
 use crate::control::index::{Index, IndexSettings};
 use crate::control::provider::file::FileProvider;
-use crate::control::provider::kube::KubeProvider;
 use crate::control::provider::kube::client as kube_client;
+use crate::control::provider::kube::{KubeProvider, WatchPlan};
 use crate::data::context::TcpSettings;
 use crate::data::context::UdpSettings;
 use crate::data::health::HealthSettings;
@@ -23,7 +23,7 @@ use crate::gateway::{Gateway, GatewayOptions};
 use crate::names::Protocol;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::signals;
-use crate::status::events;
+use crate::status::{events, gateway_api};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::log_writer;
 use crate::telemetry::metrics::Metrics;
@@ -64,6 +64,7 @@ impl RunArgs {
             port_maps,
             reserved,
             gateway_controller: self.gateway_controller_name.clone(),
+            publish_service: self.publish_service.clone(),
         }
     }
 
@@ -127,7 +128,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 udp = ?args.udp_services_configmap.as_ref().map(ToString::to_string),
                 "watching the Kubernetes API for the port maps"
             );
-            Provider::Kube(KubeProvider::new(client, args.index_settings().port_maps))
+            Provider::Kube(KubeProvider::new(
+                client,
+                WatchPlan {
+                    port_maps: args.index_settings().port_maps,
+                    gateway_api: args.gateway_api,
+                    publish_service: args.publish_service.clone(),
+                },
+            ))
         }
     };
     run_with(args, provider).await
@@ -224,10 +232,24 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
                 },
                 publisher.metrics().clone(),
             ));
+            // The Gateway API status, written by the replica that holds the Lease.
+            let status = args.gateway_api.then(|| {
+                let writer = gateway_api::StatusWriter {
+                    client: kube.client(),
+                    snapshot: publisher.snapshot().clone(),
+                    controller: args.gateway_controller_name.clone(),
+                    lease_namespace: args.tcp_services_configmap.namespace.clone(),
+                    metrics: publisher.metrics().clone(),
+                };
+                tokio::spawn(writer.run(draining.clone()))
+            });
             let draining = draining.clone();
             tokio::spawn(async move {
                 kube.run(publisher, draining).await;
                 events.abort();
+                if let Some(status) = status {
+                    let _ = status.await;
+                }
             })
         }
     };

@@ -85,25 +85,13 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
     let taken: BTreeSet<RouteKey> = routes.iter().map(|r: &Route| r.key).collect();
     let gateway = gateway::gateway_routes(index, &taken);
     problems.extend(gateway.problems);
-    for (key, spec, origin) in gateway.routes {
+    for (key, spec, _) in gateway.routes {
         let (route, _) = resolve_route(index, key, spec);
-        // References that may not be followed were reported by the Gateway API rules; what
-        // is left is a Service or port that does not exist.
-        if let Some((kind, name)) = origin {
-            for backend in &route.backends {
-                if let (Some(problem), None) = (&backend.problem, &backend.spec.invalid) {
-                    problems.push(ConfigProblem::GatewayApi {
-                        kind: kind.as_str(),
-                        object: name.clone(),
-                        reason: "BackendNotFound",
-                        message: format!("port {key}: {problem}"),
-                    });
-                }
-            }
-        }
         routes.push(route);
     }
-    RouteTable::new(routes, problems)
+    let mut table = RouteTable::new(routes, problems);
+    table.gateway_status = Arc::new(gateway.status);
+    table
 }
 
 fn resolve_route(

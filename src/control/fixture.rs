@@ -370,6 +370,7 @@ pub fn gateway_class(name: &str, controller: &str) -> GatewayClass {
         spec: GatewayClassSpec {
             controller_name: controller.to_owned(),
         },
+        status: None,
     }
 }
 
@@ -391,6 +392,7 @@ pub fn gateway(namespace: &str, name: &str, class: &str) -> GatewayFixture {
             gateway_class_name: class.to_owned(),
             listeners: Vec::new(),
         },
+        status: None,
     })
 }
 
@@ -469,6 +471,7 @@ pub fn tcp_route(namespace: &str, name: &str) -> RouteFixture {
         route: L4Route {
             metadata: meta(namespace, name),
             spec: L4RouteSpec::default(),
+            status: None,
         },
         udp: false,
     }

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The API group of every kind here.
 pub const GROUP: &str = "gateway.networking.k8s.io";
 
+/// The version read (and written, for status).
+pub const VERSION: &str = "v1";
+
 /// The `controllerName` a GatewayClass names to be served by dermaga, unless a flag says other.
 pub const DEFAULT_CONTROLLER_NAME: &str = "dermaga.io/gateway-controller";
 
@@ -22,6 +25,9 @@ pub struct GatewayClass {
     /// The class.
     #[serde(default)]
     pub spec: GatewayClassSpec,
+    /// The status as last read (what the status writer compares with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// `GatewayClass.spec`.
@@ -42,6 +48,9 @@ pub struct Gateway {
     /// The listeners.
     #[serde(default)]
     pub spec: GatewaySpec,
+    /// The status as last read (what the status writer compares with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// `Gateway.spec`.
@@ -113,6 +122,9 @@ pub struct L4Route {
     /// Parents and rules.
     #[serde(default)]
     pub spec: L4RouteSpec,
+    /// The status as last read (what the status writer compares with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
 }
 
 /// `TCPRoute.spec` / `UDPRoute.spec`.
@@ -128,7 +140,7 @@ pub struct L4RouteSpec {
 }
 
 /// `spec.parentRefs[]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentReference {
     /// Default `gateway.networking.k8s.io`.

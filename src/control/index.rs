@@ -60,6 +60,15 @@ pub enum Kind {
     ReferenceGrant,
 }
 
+/// The Gateway API kinds (`--gateway-api` watches each in every namespace).
+pub const GATEWAY_API_KINDS: [Kind; 5] = [
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::TcpRoute,
+    Kind::UdpRoute,
+    Kind::ReferenceGrant,
+];
+
 /// Every kind, in the order a reload applies them.
 pub const KINDS: [Kind; 8] = [
     Kind::ConfigMap,
@@ -89,6 +98,20 @@ impl Kind {
 }
 
 impl Object {
+    /// A Gateway API object of `kind` from its JSON form.
+    pub fn gateway_api(kind: Kind, value: serde_json::Value) -> Result<Object, serde_json::Error> {
+        Ok(match kind {
+            Kind::GatewayClass => Object::GatewayClass(serde_json::from_value(value)?),
+            Kind::Gateway => Object::Gateway(serde_json::from_value(value)?),
+            Kind::TcpRoute => Object::TcpRoute(serde_json::from_value(value)?),
+            Kind::UdpRoute => Object::UdpRoute(serde_json::from_value(value)?),
+            Kind::ReferenceGrant => Object::ReferenceGrant(serde_json::from_value(value)?),
+            Kind::ConfigMap | Kind::Service | Kind::EndpointSlice => {
+                unreachable!("{kind:?} is not a Gateway API kind")
+            }
+        })
+    }
+
     /// The object's kind.
     pub fn kind(&self) -> Kind {
         match self {
@@ -137,6 +160,8 @@ pub struct IndexSettings {
     pub reserved: ReservedPorts,
     /// The `controllerName` of the GatewayClasses whose Gateways dermaga serves.
     pub gateway_controller: String,
+    /// The LoadBalancer Service whose addresses the Gateways report (`--publish-service`).
+    pub publish_service: Option<ObjectName>,
 }
 
 impl Default for IndexSettings {
@@ -145,6 +170,7 @@ impl Default for IndexSettings {
             port_maps: Vec::new(),
             reserved: ReservedPorts::default(),
             gateway_controller: DEFAULT_CONTROLLER_NAME.to_owned(),
+            publish_service: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod configmap;
 pub(crate) mod diff;
 pub mod fixture;
 pub mod gateway_api;
+pub mod gateway_status;
 pub mod index;
 pub mod provider;
 pub mod publisher;

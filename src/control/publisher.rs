@@ -85,7 +85,11 @@ impl TablePublisher {
         }
 
         let d = diff(&previous, &table);
-        if d.is_empty() && previous.generation > 0 && old_problems == new_problems {
+        if d.is_empty()
+            && previous.generation > 0
+            && old_problems == new_problems
+            && previous.gateway_status == table.gateway_status
+        {
             return None;
         }
         for key in &d.added {

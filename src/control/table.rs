@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::configmap::{EntryError, RouteSpec, WeightedBackend};
+use super::gateway_status::GatewayApiStatus;
 use crate::names::{ObjectName, RouteKey};
 use crate::telemetry::metrics::RoutesInForce;
 
@@ -421,6 +422,9 @@ pub struct RouteTable {
     pub problems: Vec<ConfigProblem>,
     /// Increases by one with every published table.
     pub generation: u64,
+    /// The conditions of the Gateway API objects dermaga serves (what the status writer
+    /// reports).
+    pub gateway_status: Arc<GatewayApiStatus>,
 }
 
 impl RouteTable {
@@ -430,6 +434,7 @@ impl RouteTable {
             routes: routes.into_iter().map(|r| (r.key, Arc::new(r))).collect(),
             problems,
             generation: 0,
+            gateway_status: Arc::default(),
         }
     }
 

@@ -204,6 +204,12 @@ struct WatchErrorLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusWriteLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
 /// The per-port handles one connection updates.
 #[derive(Debug)]
 pub struct PortMetrics {
@@ -355,6 +361,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     kube_watch_errors: Family<WatchErrorLabels, Counter>,
     kube_events: Family<ResultLabels, Counter>,
+    status_writes: Family<StatusWriteLabels, Counter>,
+    status_leader: Gauge,
     health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
     udp_created: Family<PortLabels, Counter>,
@@ -602,6 +610,18 @@ impl Metrics {
             "Failed Kubernetes API list/watch calls by resource and reason (forbidden: refused by RBAC; unauthorized: credentials refused; unavailable: anything else); each is retried with backoff",
             kube_watch_errors.clone(),
         );
+        let status_writes = Family::<StatusWriteLabels, Counter>::default();
+        registry.register(
+            "gateway_status_writes",
+            "Gateway API status writes by kind and result (written; conflict: the object changed since it was read, retried on the next change; failed)",
+            status_writes.clone(),
+        );
+        let status_leader = Gauge::default();
+        registry.register(
+            "gateway_status_leader",
+            "1 while this replica holds the status Lease and writes the Gateway API status, else 0",
+            status_leader.clone(),
+        );
         let kube_events = Family::<ResultLabels, Counter>::default();
         registry.register(
             "kube_events",
@@ -717,6 +737,8 @@ impl Metrics {
             failures,
             reloads,
             kube_watch_errors,
+            status_writes,
+            status_leader,
             kube_events,
             health,
             cache: RwLock::new(HashMap::new()),
@@ -947,6 +969,18 @@ impl Metrics {
         self.kube_watch_errors
             .get_or_create(&WatchErrorLabels { resource, reason })
             .inc();
+    }
+
+    /// Records a Gateway API status write (`written`, `conflict`, `failed`).
+    pub fn gateway_status_write(&self, kind: &'static str, result: &'static str) {
+        self.status_writes
+            .get_or_create(&StatusWriteLabels { kind, result })
+            .inc();
+    }
+
+    /// Whether this replica writes the Gateway API status now.
+    pub fn gateway_status_leader(&self, leader: bool) {
+        self.status_leader.set(i64::from(leader));
     }
 
     /// Records an attempt to record a Kubernetes Event.

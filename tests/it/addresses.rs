@@ -30,6 +30,7 @@ const GATEWAY_BLOCKS: &[(&str, &[u8])] = &[
     ("binary", &[15, 17]),
     ("config_file", &[16]),
     ("weights", &[18]),
+    ("gateway_api", &[19]),
 ];
 
 /// A gateway address as written in a test: where, and in which function.

@@ -50,7 +50,7 @@ fn gateway(docs: &[Doc]) -> workload::Gateway {
 fn rbac_problems(docs: &[Doc]) -> Vec<String> {
     let gw = gateway(docs);
     let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
-    rbac::check(docs, &gw.account(), &maps)
+    rbac::check(docs, dermaga::API_ACCESS, &gw.account(), &maps)
 }
 
 fn deployment_problems(docs: &[Doc]) -> Vec<String> {
@@ -119,6 +119,69 @@ fn rbac_grants_exactly_what_the_kube_provider_calls() {
             fail(&format!("{what}: RBAC differs from API_ACCESS"), &problems);
         }
     }
+}
+
+/// `deploy/overlays/gateway-api` (the base and `deploy/components/gateway-api`): the base's
+/// objects and the component's, the flags that turn the Gateway API on, and RBAC that grants
+/// exactly `API_ACCESS` and `GATEWAY_API_ACCESS`.
+#[test]
+fn the_gateway_api_component_adds_its_class_flags_and_exactly_its_rbac() {
+    let dir = manifest::repo().join("deploy/overlays/gateway-api");
+    let docs = manifest::kustomize_build(&dir)
+        .unwrap_or_else(|e: Vec<String>| fail("kubectl kustomize deploy/overlays/gateway-api", &e));
+    let base = manifest::identities(&built());
+    let with = manifest::identities(&docs);
+    let added: Vec<&String> = with.difference(&base).collect();
+    assert_eq!(
+        added,
+        [
+            "ClusterRole dermaga-gateway-api",
+            "ClusterRoleBinding dermaga-gateway-api",
+            "GatewayClass dermaga",
+            "Role dermaga/dermaga-gateway-status",
+            "RoleBinding dermaga/dermaga-gateway-status",
+        ],
+        "the component adds these objects"
+    );
+    assert!(base.is_subset(&with), "the component removes nothing");
+    let gw = gateway(&docs);
+    assert!(gw.flags.gateway_api, "--gateway-api is on");
+    assert_eq!(
+        gw.flags
+            .publish_service
+            .as_ref()
+            .map(|s| s.to_string())
+            .as_deref(),
+        Some("dermaga/dermaga"),
+        "--publish-service names the LoadBalancer Service of deploy/base"
+    );
+    let class = docs.iter().find_map(|d| match &d.object {
+        Object::GatewayClass(c) => Some(c.spec.controller_name.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        class.as_deref(),
+        Some(gw.flags.gateway_controller_name.as_str()),
+        "the GatewayClass names the controller the Deployment serves"
+    );
+    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
+    let accesses: Vec<dermaga::ApiAccess> = dermaga::API_ACCESS
+        .iter()
+        .chain(dermaga::GATEWAY_API_ACCESS)
+        .copied()
+        .collect();
+    let problems = rbac::check(&docs, &accesses, &gw.account(), &maps);
+    if !problems.is_empty() {
+        fail(
+            "deploy/overlays/gateway-api: RBAC differs from API_ACCESS + GATEWAY_API_ACCESS",
+            &problems,
+        );
+    }
+    assert!(
+        deployment_problems(&docs).is_empty(),
+        "{:?}",
+        deployment_problems(&docs)
+    );
 }
 
 #[test]

@@ -25,12 +25,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::control::configmap::{
     MAX_WEIGHT, PortOptions, ProxyFlags, RouteRef, RouteSpec, WeightedBackend,
 };
-use crate::control::gateway_api::{GROUP, L4Route, Listener};
+use crate::control::gateway_api::{GROUP, L4Route, Listener, ParentReference};
+use crate::control::gateway_status::{
+    ClassStatus, Condition, GatewayApiStatus, GatewayStatus, ListenerStatus, Observed,
+    ParentStatus, RouteStatus,
+};
 use crate::control::index::{Index, Kind, Object};
 use crate::control::table::ConfigProblem;
 use crate::names::{ListenPort, ObjectName, Protocol, RouteKey, ServicePortRef};
 
-/// What the Gateway API objects ask for: routes, and what is not served as written.
+/// What the Gateway API objects ask for: routes, what is not served as written, and the
+/// status to report.
 #[derive(Default)]
 pub(super) struct GatewayRoutes {
     /// One spec per listener port served (its backends in `options.backends`), with the
@@ -38,16 +43,23 @@ pub(super) struct GatewayRoutes {
     pub routes: Vec<(RouteKey, RouteSpec, Option<RouteName>)>,
     /// Conflicts, routes that cannot attach, references that may not be followed.
     pub problems: Vec<ConfigProblem>,
+    /// The conditions of every object of dermaga's.
+    pub status: GatewayApiStatus,
 }
 
 /// A route by kind and name.
 pub(super) type RouteName = (Kind, ObjectName);
 
-/// A served listener: its Gateway, its own name, and the route that won it.
+/// Whether a route attached to a parent, or why not (reason, message).
+type Verdict = Result<(), (&'static str, String)>;
+
+/// A served listener: its Gateway, its own name, where its status is, and the route that won it.
 struct Served<'a> {
     gateway: ObjectName,
     listener: &'a Listener,
     key: RouteKey,
+    /// Index of the listener in its Gateway's status.
+    status: usize,
     route: Option<(ObjectName, &'a L4Route)>,
 }
 
@@ -77,20 +89,67 @@ fn by_age<'a>(objects: impl Iterator<Item = &'a Object>) -> Vec<&'a Object> {
     objects
 }
 
+fn observed(object: &Object, status: Option<&serde_json::Value>) -> Observed {
+    let meta = object.metadata();
+    Observed {
+        generation: meta.generation,
+        resource_version: meta.resource_version.clone(),
+        status: status.cloned(),
+    }
+}
+
+/// The route kind a listener protocol takes.
+fn route_kind(protocol: Protocol) -> Kind {
+    match protocol {
+        Protocol::Tcp => Kind::TcpRoute,
+        Protocol::Udp => Kind::UdpRoute,
+    }
+}
+
+/// A listener's status with `Accepted`/`Programmed` false for `reason`.
+fn refused_listener(listener: &Listener, reason: &'static str, message: &str) -> ListenerStatus {
+    ListenerStatus {
+        name: listener.name.clone(),
+        supported_kinds: Vec::new(),
+        attached_routes: 0,
+        conditions: vec![
+            Condition::no("Accepted", reason, message),
+            Condition::no("Programmed", "Invalid", message),
+            Condition::yes("ResolvedRefs", "ResolvedRefs", "no references to resolve"),
+            if reason == "PortUnavailable" && message.contains("already served") {
+                Condition::yes("Conflicted", "PortConflict", message)
+            } else {
+                Condition::no("Conflicted", "NoConflicts", "no conflict")
+            },
+        ],
+    }
+}
+
 /// The Gateway API routes, given the ports the port maps already serve.
 pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> GatewayRoutes {
     let mut out = GatewayRoutes::default();
-    let classes: BTreeSet<String> = index
-        .gateway_api(Kind::GatewayClass)
-        .filter_map(|o| match o {
-            Object::GatewayClass(c)
-                if c.spec.controller_name == index.settings.gateway_controller =>
-            {
-                c.metadata.name.clone()
-            }
-            _ => None,
-        })
-        .collect();
+    let mut classes: BTreeSet<String> = BTreeSet::new();
+    for object in index.gateway_api(Kind::GatewayClass) {
+        let Object::GatewayClass(c) = object else {
+            continue;
+        };
+        if c.spec.controller_name != index.settings.gateway_controller {
+            continue;
+        }
+        let name = object.name().name;
+        out.status.classes.insert(
+            name.clone(),
+            ClassStatus {
+                observed: observed(object, c.status.as_ref()),
+                conditions: vec![Condition::yes(
+                    "Accepted",
+                    "Accepted",
+                    "served by dermaga: listeners of protocol TCP and UDP",
+                )],
+            },
+        );
+        classes.insert(name);
+    }
     let mut claimed: BTreeMap<RouteKey, String> = taken
         .iter()
         .map(|k| (*k, "a port map".to_owned()))
@@ -104,67 +163,164 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
             continue;
         }
         let name = object.name();
+        let mut listeners = Vec::new();
         for listener in &gateway.spec.listeners {
+            let mut refuse = |reason: &'static str, message: String| {
+                listeners.push(refused_listener(listener, reason, &message));
+                out.problems.push(problem(
+                    Kind::Gateway,
+                    &name,
+                    if message.contains("already served") {
+                        "Conflicted"
+                    } else {
+                        reason
+                    },
+                    message,
+                ));
+            };
             let protocol = match listener.protocol.as_str() {
                 "TCP" => Protocol::Tcp,
                 "UDP" => Protocol::Udp,
                 other => {
-                    out.problems.push(problem(
-                        Kind::Gateway,
-                        &name,
+                    refuse(
                         "UnsupportedProtocol",
-                        format!("listener {:?}: protocol {other} is not served by dermaga (TCP and UDP are)", listener.name),
-                    ));
+                        format!(
+                            "listener {:?}: protocol {other} is not served by dermaga (TCP and UDP are)",
+                            listener.name
+                        ),
+                    );
                     continue;
                 }
             };
             let Some(port) = u16::try_from(listener.port).ok().and_then(ListenPort::new) else {
-                out.problems.push(problem(
-                    Kind::Gateway,
-                    &name,
+                refuse(
                     "PortUnavailable",
                     format!(
                         "listener {:?}: port {} is not a port",
                         listener.name, listener.port
                     ),
-                ));
+                );
                 continue;
             };
             let key = RouteKey { port, protocol };
             if index.settings.reserved.reason(port.get()).is_some() {
-                out.problems.push(problem(
-                    Kind::Gateway,
-                    &name,
+                refuse(
                     "PortUnavailable",
                     format!(
                         "listener {:?}: port {port} is reserved by dermaga itself",
                         listener.name
                     ),
-                ));
+                );
                 continue;
             }
             if let Some(holder) = claimed.get(&key) {
-                out.problems.push(problem(
-                    Kind::Gateway,
-                    &name,
-                    "Conflicted",
-                    format!(
-                        "listener {:?}: port {key} is already served by {holder}",
-                        listener.name
-                    ),
-                ));
+                let message = format!(
+                    "listener {:?}: port {key} is already served by {holder}",
+                    listener.name
+                );
+                refuse("PortUnavailable", message);
                 continue;
             }
             claimed.insert(key, format!("Gateway {name} listener {:?}", listener.name));
+            let kind = route_kind(protocol);
+            let (supported_kinds, resolved) = match listener
+                .allowed_routes
+                .as_ref()
+                .and_then(|a| a.kinds.as_ref())
+            {
+                None => (vec![kind.as_str()], None),
+                Some(kinds) => {
+                    let ours = |k: &&crate::control::gateway_api::GroupKind| {
+                        k.kind == kind.as_str() && k.group.as_deref().is_none_or(|g| g == GROUP)
+                    };
+                    let supported = if kinds.iter().any(|k| ours(&k)) {
+                        vec![kind.as_str()]
+                    } else {
+                        Vec::new()
+                    };
+                    let other: Vec<&str> = kinds
+                        .iter()
+                        .filter(|k| !ours(k))
+                        .map(|k| k.kind.as_str())
+                        .collect();
+                    let resolved = (!other.is_empty()).then(|| {
+                        format!(
+                            "route kinds {other:?} are not served on a {} listener (only {})",
+                            listener.protocol,
+                            kind.as_str()
+                        )
+                    });
+                    (supported, resolved)
+                }
+            };
+            listeners.push(ListenerStatus {
+                name: listener.name.clone(),
+                supported_kinds,
+                attached_routes: 0,
+                conditions: vec![
+                    Condition::yes("Accepted", "Accepted", format!("served on port {key}")),
+                    Condition::yes("Programmed", "Programmed", format!("served on port {key}")),
+                    match resolved {
+                        None => Condition::yes(
+                            "ResolvedRefs",
+                            "ResolvedRefs",
+                            "all references resolved",
+                        ),
+                        Some(m) => Condition::no("ResolvedRefs", "InvalidRouteKinds", m),
+                    },
+                    Condition::no("Conflicted", "NoConflicts", "no conflict"),
+                ],
+            });
             served.push(Served {
                 gateway: name.clone(),
                 listener,
                 key,
+                status: listeners.len() - 1,
                 route: None,
             });
         }
+        let programmed = listeners.iter().filter(|l| l.conditions[1].status).count();
+        let invalid = listeners.len() - programmed;
+        let accepted = if invalid == 0 {
+            Condition::yes("Accepted", "Accepted", "accepted by dermaga")
+        } else {
+            Condition::yes(
+                "Accepted",
+                "ListenersNotValid",
+                format!(
+                    "{invalid} of {} listeners are not served (see their conditions)",
+                    listeners.len()
+                ),
+            )
+        };
+        let programmed = if programmed > 0 {
+            Condition::yes(
+                "Programmed",
+                "Programmed",
+                format!("{programmed} listeners served"),
+            )
+        } else {
+            Condition::no("Programmed", "Invalid", "no listener is served")
+        };
+        let addresses = index
+            .settings
+            .publish_service
+            .as_ref()
+            .and_then(|s| index.service(s))
+            .map(load_balancer_addresses)
+            .unwrap_or_default();
+        out.status.gateways.insert(
+            name.clone(),
+            GatewayStatus {
+                observed: observed(object, gateway.status.as_ref()),
+                conditions: vec![accepted, programmed],
+                listeners,
+                addresses,
+            },
+        );
     }
 
+    let mut route_backends: BTreeMap<RouteName, Vec<WeightedBackend>> = BTreeMap::new();
     for (kind, protocol) in [
         (Kind::TcpRoute, Protocol::Tcp),
         (Kind::UdpRoute, Protocol::Udp),
@@ -174,8 +330,9 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 continue;
             };
             let name = object.name();
-            let mut attached = 0;
+            let mut attached_anywhere = 0;
             let mut refusals = Vec::new();
+            let mut parents: Vec<(ParentReference, Verdict)> = Vec::new();
             for parent in &route.spec.parent_refs {
                 if parent.group.as_deref().is_some_and(|g| g != GROUP)
                     || parent.kind.as_deref().is_some_and(|k| k != "Gateway")
@@ -189,6 +346,11 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         .unwrap_or_else(|| name.namespace.clone()),
                     parent.name.clone(),
                 );
+                let Some(gateway_status) = out.status.gateways.get_mut(&gateway) else {
+                    continue; // not a Gateway of ours: its controller reports
+                };
+                let mut attached = 0;
+                let mut refused = Vec::new();
                 for s in served.iter_mut().filter(|s| s.gateway == gateway) {
                     let matches = s.key.protocol == protocol
                         && parent
@@ -200,11 +362,11 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         continue;
                     }
                     if let Some(why) = not_allowed(s, &name, kind) {
-                        refusals.push(why);
+                        refused.push(why);
                         continue;
                     }
                     match &s.route {
-                        Some((winner, _)) => refusals.push(format!(
+                        Some((winner, _)) => refused.push(format!(
                             "listener {:?} of Gateway {} already has {} {winner} (the oldest route wins)",
                             s.listener.name,
                             s.gateway,
@@ -212,12 +374,29 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         )),
                         None => {
                             s.route = Some((name.clone(), route));
+                            gateway_status.listeners[s.status].attached_routes += 1;
                             attached += 1;
                         }
                     }
                 }
+                let verdict = if attached > 0 {
+                    Ok(())
+                } else if refused.is_empty() {
+                    Err((
+                        "NoMatchingParent",
+                        format!(
+                            "Gateway {gateway} has no served {} listener matching this parentRef",
+                            protocol_name(protocol)
+                        ),
+                    ))
+                } else {
+                    Err(("NotAllowedByListeners", refused.join("; ")))
+                };
+                attached_anywhere += attached;
+                refusals.extend(refused);
+                parents.push((parent.clone(), verdict));
             }
-            if attached == 0 {
+            if attached_anywhere == 0 {
                 let message = if refusals.is_empty() {
                     "no parentRef names a listener of a Gateway dermaga serves with this route's protocol".to_owned()
                 } else {
@@ -235,17 +414,61 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         .push(problem(kind, &name, "NotAllowedByListeners", refusal));
                 }
             }
+            let (backends, unresolved) = backends(index, kind, &name, route, protocol);
+            for (reason, message) in &unresolved {
+                out.problems
+                    .push(problem(kind, &name, reason, message.clone()));
+            }
+            if !parents.is_empty() {
+                let resolved = match unresolved.first() {
+                    None => {
+                        Condition::yes("ResolvedRefs", "ResolvedRefs", "all backendRefs resolved")
+                    }
+                    Some((reason, _)) => Condition::no(
+                        "ResolvedRefs",
+                        reason,
+                        unresolved
+                            .iter()
+                            .map(|(_, m)| m.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ),
+                };
+                let parents = parents
+                    .into_iter()
+                    .map(|(parent_ref, verdict)| ParentStatus {
+                        parent_ref,
+                        conditions: vec![
+                            match verdict {
+                                Ok(()) => Condition::yes("Accepted", "Accepted", "attached"),
+                                Err((reason, message)) => {
+                                    Condition::no("Accepted", reason, message)
+                                }
+                            },
+                            resolved.clone(),
+                        ],
+                    })
+                    .collect();
+                out.status.routes.insert(
+                    (kind, name.clone()),
+                    RouteStatus {
+                        observed: observed(object, route.status.as_ref()),
+                        parents,
+                    },
+                );
+            }
+            route_backends.insert((kind, name), backends);
         }
     }
 
     for s in served {
-        let kind = match s.key.protocol {
-            Protocol::Tcp => Kind::TcpRoute,
-            Protocol::Udp => Kind::UdpRoute,
-        };
+        let kind = route_kind(s.key.protocol);
         let (backends, origin) = match s.route {
-            Some((route_name, route)) => (
-                backends(index, kind, &route_name, route, &mut out.problems),
+            Some((route_name, _)) => (
+                route_backends
+                    .get(&(kind, route_name.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
                 Some((kind, route_name)),
             ),
             None => (Vec::new(), None),
@@ -274,6 +497,26 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
         ));
     }
     out
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+/// The IPs and hostnames of a LoadBalancer Service's `status.loadBalancer.ingress`.
+fn load_balancer_addresses(service: &k8s_openapi::api::core::v1::Service) -> Vec<String> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.clone().or_else(|| i.hostname.clone()))
+        .collect()
 }
 
 /// Why a listener does not take routes of `kind` from `route`'s namespace, if it does not.
@@ -314,16 +557,18 @@ fn not_allowed(s: &Served, route: &ObjectName, kind: Kind) -> Option<String> {
     None
 }
 
-/// The route's backendRefs as weighted backends; a reference that may not be followed stays,
-/// marked invalid (its share is refused), and is reported.
+/// The route's backendRefs as weighted backends, and why each one that does not resolve does
+/// not (reason, message). One that may not be followed stays, marked invalid (its share is
+/// refused); one whose Service or port does not exist stays too (build() finds it unresolved).
 fn backends(
     index: &Index,
     kind: Kind,
     route_name: &ObjectName,
     route: &L4Route,
-    problems: &mut Vec<ConfigProblem>,
-) -> Vec<WeightedBackend> {
+    protocol: Protocol,
+) -> (Vec<WeightedBackend>, Vec<(&'static str, String)>) {
     let mut out = Vec::new();
+    let mut unresolved = Vec::new();
     for backend in route.spec.rules.iter().flat_map(|r| &r.backend_refs) {
         let namespace = backend
             .namespace
@@ -360,19 +605,48 @@ fn backends(
                 ),
             ));
         }
-        if let Some((reason, message)) = &invalid {
-            problems.push(problem(kind, route_name, reason, message.clone()));
+        let port = port.unwrap_or(0);
+        match &invalid {
+            Some((reason, message)) => unresolved.push((*reason, message.clone())),
+            None => {
+                if let Some(message) = not_found(index, &service, port, protocol) {
+                    unresolved.push(("BackendNotFound", message));
+                }
+            }
         }
         out.push(WeightedBackend {
             service,
-            service_port: ServicePortRef::Number(port.unwrap_or(0)),
+            service_port: ServicePortRef::Number(port),
             weight: backend
                 .weight
                 .map_or(1, |w| w.clamp(0, MAX_WEIGHT as i32) as u32),
             invalid: invalid.map(|(_, message)| message),
         });
     }
-    out
+    (out, unresolved)
+}
+
+/// Why a Service backendRef does not name an existing Service port, if it does not.
+fn not_found(index: &Index, service: &ObjectName, port: u16, protocol: Protocol) -> Option<String> {
+    let Some(svc) = index.service(service) else {
+        return Some(format!("backendRef {service}: Service not found"));
+    };
+    let has_port = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|p| {
+            p.port == i32::from(port)
+                && p.protocol.as_deref().unwrap_or("TCP") == protocol_name(protocol)
+        });
+    (!has_port).then(|| {
+        format!(
+            "backendRef {service}: Service has no {} port {port}",
+            protocol_name(protocol)
+        )
+    })
 }
 
 /// Whether a ReferenceGrant in the Service's namespace lets routes of `kind` in the route's

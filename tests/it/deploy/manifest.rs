@@ -17,6 +17,30 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
+/// The Gateway API's GatewayClass, as deploy/components/gateway-api writes it (dermaga's own
+/// spec type; k8s-openapi has no Gateway API kinds).
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct GatewayClass {
+    /// `gateway.networking.k8s.io/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `GatewayClass`.
+    pub kind: String,
+    /// Name and labels.
+    pub metadata: ObjectMeta,
+    /// The controller.
+    pub spec: dermaga::gateway_api::GatewayClassSpec,
+}
+
+impl Resource for GatewayClass {
+    const API_VERSION: &'static str = "gateway.networking.k8s.io/v1";
+    const GROUP: &'static str = "gateway.networking.k8s.io";
+    const KIND: &'static str = "GatewayClass";
+    const VERSION: &'static str = "v1";
+    const URL_PATH_SEGMENT: &'static str = "gatewayclasses";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -90,6 +114,7 @@ objects!(
     ClusterRole,
     RoleBinding,
     ClusterRoleBinding,
+    GatewayClass,
 );
 
 /// Deserializes `json` into `T`, then checks that serializing it back gives the same JSON: a
@@ -194,7 +219,10 @@ pub fn parse_documents(
             Ok(mut object) => {
                 let cluster_scoped = matches!(
                     object,
-                    Object::Namespace(_) | Object::ClusterRole(_) | Object::ClusterRoleBinding(_)
+                    Object::Namespace(_)
+                        | Object::ClusterRole(_)
+                        | Object::ClusterRoleBinding(_)
+                        | Object::GatewayClass(_)
                 );
                 if !cluster_scoped && object.meta().namespace.is_none() {
                     object.meta_mut().namespace = Some(default_namespace.to_owned());

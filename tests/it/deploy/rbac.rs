@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use dermaga::ObjectName;
-use dermaga::{API_ACCESS, AccessScope};
+use dermaga::{AccessScope, ApiAccess};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 
 use super::manifest::{Doc, Object};
@@ -54,11 +54,12 @@ impl fmt::Display for Grant {
     }
 }
 
-/// What the kube provider needs, for these port maps: `API_ACCESS` made concrete.
-pub fn expected(port_maps: &[ObjectName]) -> BTreeSet<Grant> {
+/// What the kube provider needs, for these port maps: `accesses` (`API_ACCESS`, and
+/// `GATEWAY_API_ACCESS` with `--gateway-api`) made concrete.
+pub fn expected(accesses: &[ApiAccess], port_maps: &[ObjectName]) -> BTreeSet<Grant> {
     let namespaces: BTreeSet<&str> = port_maps.iter().map(|m| m.namespace.as_str()).collect();
     let mut out = BTreeSet::new();
-    for access in API_ACCESS {
+    for access in accesses {
         for verb in access.verbs {
             let grant = |scope: Scope, name: Option<&str>| Grant {
                 scope,
@@ -253,14 +254,19 @@ pub fn granted(docs: &[Doc], account: &ObjectName) -> (BTreeSet<Grant>, Vec<Stri
 }
 
 /// Compares what is granted with what is needed: every difference is one problem line.
-pub fn check(docs: &[Doc], account: &ObjectName, port_maps: &[ObjectName]) -> Vec<String> {
+pub fn check(
+    docs: &[Doc],
+    accesses: &[ApiAccess],
+    account: &ObjectName,
+    port_maps: &[ObjectName],
+) -> Vec<String> {
     let (granted, mut problems) = granted(docs, account);
-    let expected = expected(port_maps);
+    let expected = expected(accesses, port_maps);
     for missing in expected.difference(&granted) {
-        problems.push(format!("missing: {missing}; the kube provider calls it (API_ACCESS in src/control/provider/kube/access.rs)"));
+        problems.push(format!("missing: {missing}; the kube provider calls it (API_ACCESS, GATEWAY_API_ACCESS in src/control/provider/kube/access.rs)"));
     }
     for extra in granted.difference(&expected) {
-        problems.push(format!("more than needed: {extra}; the kube provider never calls it (API_ACCESS in src/control/provider/kube/access.rs)"));
+        problems.push(format!("more than needed: {extra}; the kube provider never calls it (API_ACCESS, GATEWAY_API_ACCESS in src/control/provider/kube/access.rs)"));
     }
     problems
 }

@@ -346,7 +346,14 @@ impl KubeApi {
             .map(|r| AuditedRequest {
                 verb: r["verb"].as_str().unwrap_or("").to_owned(),
                 group: r["objectRef"]["apiGroup"].as_str().unwrap_or("").to_owned(),
-                resource: r["objectRef"]["resource"].as_str().unwrap_or("").to_owned(),
+                // `gateways/status` for a subresource, as RBAC names it.
+                resource: match r["objectRef"]["subresource"].as_str() {
+                    Some(sub) => format!(
+                        "{}/{sub}",
+                        r["objectRef"]["resource"].as_str().unwrap_or("")
+                    ),
+                    None => r["objectRef"]["resource"].as_str().unwrap_or("").to_owned(),
+                },
                 namespace: r["objectRef"]["namespace"]
                     .as_str()
                     .unwrap_or("")

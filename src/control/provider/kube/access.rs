@@ -1,5 +1,7 @@
 //! Every Kubernetes API call the kube provider makes, as data: the RBAC manifests in
-//! `deploy/base` must grant exactly this (a test checks it), and the docs list it.
+//! `deploy/base` must grant exactly [`API_ACCESS`], those of the kustomize component
+//! `deploy/components/gateway-api` exactly [`GATEWAY_API_ACCESS`] (tests check both), and the
+//! docs list them.
 
 /// Where an access applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,3 +55,42 @@ pub const API_ACCESS: &[ApiAccess] = &[
         scope: AccessScope::PortMapNamespace,
     },
 ];
+
+/// What `--gateway-api` adds: reading the Gateway API kinds everywhere, writing the status of
+/// those it reports on (nothing else of them), and the Lease that picks the one replica that
+/// writes.
+pub const GATEWAY_API_ACCESS: &[ApiAccess] = &[
+    gateway_api_read("gatewayclasses"),
+    gateway_api_read("gateways"),
+    gateway_api_read("tcproutes"),
+    gateway_api_read("udproutes"),
+    gateway_api_read("referencegrants"),
+    gateway_api_status("gatewayclasses/status"),
+    gateway_api_status("gateways/status"),
+    gateway_api_status("tcproutes/status"),
+    gateway_api_status("udproutes/status"),
+    ApiAccess {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["create", "get", "patch"],
+        scope: AccessScope::PortMapNamespace,
+    },
+];
+
+const fn gateway_api_read(resource: &'static str) -> ApiAccess {
+    ApiAccess {
+        group: crate::control::gateway_api::GROUP,
+        resource,
+        verbs: &["list", "watch"],
+        scope: AccessScope::Cluster,
+    }
+}
+
+const fn gateway_api_status(resource: &'static str) -> ApiAccess {
+    ApiAccess {
+        group: crate::control::gateway_api::GROUP,
+        resource,
+        verbs: &["patch"],
+        scope: AccessScope::Cluster,
+    }
+}

@@ -1,12 +1,16 @@
-//! Kubernetes provider: watches the port-map ConfigMaps and the Services and EndpointSlices
-//! they reference, and feeds them to the same Index the file provider feeds.
+//! Kubernetes provider: watches the port-map ConfigMaps (and, with `--gateway-api`, the Gateway
+//! API kinds) and the Services and EndpointSlices they reference, and feeds them to the same
+//! Index the file provider feeds.
 //!
 //! What is watched follows what is referenced, not the cluster's size:
 //! - each port map by name (`metadata.name` field selector);
 //! - per namespace that has referenced Services: its Services, of which only the referenced
 //!   ones are kept (a Service has no label to select it by; a new reference in the namespace
 //!   re-lists it), and the EndpointSlices of exactly the referenced Services
-//!   (`kubernetes.io/service-name in (...)`), the objects that change with every pod.
+//!   (`kubernetes.io/service-name in (...)`), the objects that change with every pod;
+//! - with `--gateway-api`: GatewayClasses, Gateways, TCPRoutes, UDPRoutes and ReferenceGrants
+//!   in every namespace (routes are how app teams claim ports without a shared map); their
+//!   backendRefs are references like the port maps' entries.
 //!
 //! `sync` decides what to publish and when; `watch` runs the kube-rs watchers. Reading
 //! objects is all it does: writing back (Events on the port maps) is `crate::status`'s.
@@ -24,15 +28,16 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use self::sync::WatchPlan;
 use self::sync::{Command, SyncState};
 use self::watch::ScopeKey;
 use crate::control::publisher::TablePublisher;
-use crate::names::{ObjectName, Protocol};
+use crate::names::ObjectName;
 
 /// Watches the API server and feeds a [`TablePublisher`].
 pub struct KubeProvider {
     client: kube::Client,
-    port_maps: Vec<(Protocol, ObjectName)>,
+    plan: WatchPlan,
     /// The port maps as last seen, as object references (what Events are recorded on).
     port_map_refs: tokio::sync::watch::Sender<BTreeMap<ObjectName, ObjectReference>>,
 }
@@ -47,11 +52,11 @@ impl Drop for WatcherTask {
 }
 
 impl KubeProvider {
-    /// A provider for the port maps named by the flags.
-    pub fn new(client: kube::Client, port_maps: Vec<(Protocol, ObjectName)>) -> Self {
+    /// A provider for what `plan` names.
+    pub fn new(client: kube::Client, plan: WatchPlan) -> Self {
         Self {
             client,
-            port_maps,
+            plan,
             port_map_refs: tokio::sync::watch::channel(BTreeMap::new()).0,
         }
     }
@@ -73,8 +78,7 @@ impl KubeProvider {
     /// only once every watcher has listed).
     pub async fn run(self, publisher: Arc<TablePublisher>, shutdown: CancellationToken) {
         let (tx, mut rx) = mpsc::channel(1024);
-        let (mut state, commands) =
-            SyncState::new(self.port_maps.clone(), std::time::Instant::now());
+        let (mut state, commands) = SyncState::new(self.plan.clone(), std::time::Instant::now());
         let mut tasks: HashMap<ScopeKey, WatcherTask> = HashMap::new();
         let execute = |commands: Vec<Command>, tasks: &mut HashMap<ScopeKey, WatcherTask>| {
             for command in commands {
@@ -129,7 +133,8 @@ impl KubeProvider {
             }
             if let Some(batch) = state.take_batch(std::time::Instant::now()) {
                 self.port_map_refs.send_replace(
-                    self.port_maps
+                    self.plan
+                        .port_maps
                         .iter()
                         .filter_map(|(_, name)| {
                             let cm = state.port_map(name)?;

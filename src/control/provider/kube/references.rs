@@ -1,10 +1,12 @@
-//! Which Services the port maps name, grouped by namespace: what the provider must watch.
+//! Which Services the port maps and the Gateway API routes name, grouped by namespace: what
+//! the provider must watch.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::control::configmap::{ReservedPorts, parse_port_map};
+use crate::control::gateway_api::L4Route;
 use crate::names::{ObjectName, Protocol};
 
 /// Referenced Service names by namespace.
@@ -32,6 +34,30 @@ pub fn references<'a>(
         }
     }
     refs
+}
+
+/// The Services (namespace, name) a TCPRoute or UDPRoute's backendRefs name, whether or not
+/// the reference is permitted: watching one more Service costs little, and a ReferenceGrant
+/// that arrives later then takes effect without a re-list.
+pub fn route_references(route_name: &ObjectName, route: &L4Route) -> Vec<(String, String)> {
+    route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|rule| &rule.backend_refs)
+        .filter(|b| {
+            b.group.as_deref().unwrap_or("").is_empty()
+                && b.kind.as_deref().unwrap_or("Service") == "Service"
+                && !b.name.is_empty()
+        })
+        .map(|b| {
+            let namespace = b
+                .namespace
+                .clone()
+                .unwrap_or_else(|| route_name.namespace.clone());
+            (namespace, b.name.clone())
+        })
+        .collect()
 }
 
 /// The label selector that picks the EndpointSlices of `services`.

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::references::{References, references};
+use super::references::{References, references, route_references};
 use super::watch::{Change, Failure, FailureKind, Message, ScopeKey};
-use crate::control::index::{Index, Kind, Object};
+use crate::control::gateway_api::L4Route;
+use crate::control::index::{GATEWAY_API_KINDS, Index, Kind, Object};
 use crate::names::{ObjectName, Protocol};
 
 /// How long a later (re-)list may hold back publishing other changes.
@@ -73,11 +74,26 @@ struct Scope {
     failing: Option<Failure>,
 }
 
+/// What the provider watches, from the flags.
+#[derive(Debug, Clone, Default)]
+pub struct WatchPlan {
+    /// The port maps (`--tcp-services-configmap`, `--udp-services-configmap`).
+    pub port_maps: Vec<(Protocol, ObjectName)>,
+    /// Whether the Gateway API kinds are watched (`--gateway-api`).
+    pub gateway_api: bool,
+    /// The LoadBalancer Service whose addresses Gateways report (`--publish-service`).
+    pub publish_service: Option<ObjectName>,
+}
+
 /// The provider's state.
 #[derive(Debug)]
 pub struct SyncState {
     port_maps: Vec<(Protocol, ObjectName)>,
     maps: BTreeMap<ObjectName, ConfigMap>,
+    /// The LoadBalancer Service whose addresses Gateways report (always referenced).
+    publish_service: Option<ObjectName>,
+    /// The TCPRoutes and UDPRoutes as last seen: their backendRefs are references too.
+    routes: BTreeMap<(Kind, ObjectName), L4Route>,
     scopes: BTreeMap<ScopeKey, Scope>,
     next_generation: u64,
     pending: Vec<Op>,
@@ -85,20 +101,31 @@ pub struct SyncState {
 }
 
 impl SyncState {
-    /// A state for these port maps; returns the commands that start their watchers.
-    pub fn new(port_maps: Vec<(Protocol, ObjectName)>, now: Instant) -> (Self, Vec<Command>) {
+    /// A state for what `plan` names; returns the commands that start the first watchers.
+    pub fn new(plan: WatchPlan, now: Instant) -> (Self, Vec<Command>) {
+        let WatchPlan {
+            port_maps,
+            gateway_api,
+            publish_service,
+        } = plan;
         let mut state = Self {
             port_maps,
+            publish_service,
             maps: BTreeMap::new(),
+            routes: BTreeMap::new(),
             scopes: BTreeMap::new(),
             next_generation: 1,
             pending: Vec::new(),
             published_once: false,
         };
         let names: BTreeSet<ObjectName> = state.port_maps.iter().map(|(_, n)| n.clone()).collect();
-        let commands = names
+        let mut scopes: Vec<ScopeKey> = names.into_iter().map(ScopeKey::PortMap).collect();
+        if gateway_api {
+            scopes.extend(GATEWAY_API_KINDS.map(ScopeKey::GatewayApi));
+        }
+        let commands = scopes
             .into_iter()
-            .map(|n| state.start(ScopeKey::PortMap(n), BTreeSet::new(), now))
+            .map(|key| state.start(key, BTreeSet::new(), now))
             .collect();
         (state, commands)
     }
@@ -146,8 +173,9 @@ impl SyncState {
             ScopeKey::PortMap(name) => o.name() == *name,
             ScopeKey::Services(_) => names.contains(&o.name().name),
             ScopeKey::Slices(_) => slice_service(o).is_some_and(|s| names.contains(s)),
+            ScopeKey::GatewayApi(_) => true,
         };
-        let mut maps_changed = false;
+        let mut refs_changed = false;
         match message.change {
             Change::ListStart => {
                 scope.listing = Some(Vec::new());
@@ -166,16 +194,10 @@ impl SyncState {
                 let now_held: BTreeSet<ObjectName> = listed.iter().map(Object::name).collect();
                 for gone in scope.held.difference(&now_held) {
                     self.pending.push(Op::Delete(kind, gone.clone()));
-                    maps_changed |= matches!(key, ScopeKey::PortMap(_));
-                    if let ScopeKey::PortMap(_) = key {
-                        self.maps.remove(gone);
-                    }
+                    refs_changed |= forget(&mut self.maps, &mut self.routes, kind, gone);
                 }
                 for o in listed {
-                    if let Object::ConfigMap(cm) = &o {
-                        self.maps.insert(o.name(), cm.clone());
-                        maps_changed = true;
-                    }
+                    refs_changed |= remember(&mut self.maps, &mut self.routes, &o);
                     self.pending.push(Op::Apply(o));
                 }
                 scope.held = now_held;
@@ -184,11 +206,8 @@ impl SyncState {
             Change::Applied(o) => {
                 let name = o.name();
                 if wanted(&o, &scope.names) {
-                    scope.held.insert(name.clone());
-                    if let Object::ConfigMap(cm) = &o {
-                        self.maps.insert(name, cm.clone());
-                        maps_changed = true;
-                    }
+                    scope.held.insert(name);
+                    refs_changed |= remember(&mut self.maps, &mut self.routes, &o);
                     self.pending.push(Op::Apply(o));
                 } else if scope.held.remove(&name) {
                     self.pending.push(Op::Delete(o.kind(), name));
@@ -197,10 +216,7 @@ impl SyncState {
             Change::Deleted(o) => {
                 let name = o.name();
                 if scope.held.remove(&name) {
-                    if let ScopeKey::PortMap(_) = key {
-                        self.maps.remove(&name);
-                        maps_changed = true;
-                    }
+                    refs_changed |= forget(&mut self.maps, &mut self.routes, o.kind(), &name);
                     self.pending.push(Op::Delete(o.kind(), name));
                 }
             }
@@ -224,6 +240,12 @@ impl SyncState {
                         "Kubernetes API watch forbidden by RBAC: grant dermaga's ServiceAccount list and watch on {} (deploy/base/rbac.yaml, docs/install.md#rbac); retrying with backoff, the last table stays in force",
                         key.grant()
                     ),
+                    FailureKind::NotFound => tracing::error!(
+                        watch = %key,
+                        %error,
+                        "the Kubernetes API does not serve {}: install the standard-channel CRDs of Gateway API v1.6 (docs/gateway-api.md#install), or run without --gateway-api; retrying with backoff, the last table stays in force",
+                        key.resource()
+                    ),
                     FailureKind::Unauthorized => tracing::error!(
                         watch = %key,
                         %error,
@@ -238,20 +260,31 @@ impl SyncState {
                 scope.failing = Some(failure);
             }
         }
-        if maps_changed {
+        if refs_changed {
             self.reconcile(now)
         } else {
             Vec::new()
         }
     }
 
-    /// The Services the port maps name now.
+    /// The Services the port maps and the routes name now.
     pub fn references(&self) -> References {
-        references(
+        let mut refs = references(
             self.port_maps
                 .iter()
                 .filter_map(|(p, n)| self.maps.get(n).map(|cm| (*p, n, cm))),
-        )
+        );
+        if let Some(service) = &self.publish_service {
+            refs.entry(service.namespace.clone())
+                .or_default()
+                .insert(service.name.clone());
+        }
+        for ((_, name), route) in &self.routes {
+            for (namespace, service) in route_references(name, route) {
+                refs.entry(namespace).or_default().insert(service);
+            }
+        }
+        refs
     }
 
     /// Starts, restarts and stops Service and EndpointSlice watchers to follow the references.
@@ -288,7 +321,7 @@ impl SyncState {
             .scopes
             .keys()
             .filter(|k| match k {
-                ScopeKey::PortMap(_) => false,
+                ScopeKey::PortMap(_) | ScopeKey::GatewayApi(_) => false,
                 ScopeKey::Services(ns) | ScopeKey::Slices(ns) => !refs.contains_key(ns),
             })
             .cloned()
@@ -355,6 +388,46 @@ fn kind_of(key: &ScopeKey) -> Kind {
         ScopeKey::PortMap(_) => Kind::ConfigMap,
         ScopeKey::Services(_) => Kind::Service,
         ScopeKey::Slices(_) => Kind::EndpointSlice,
+        ScopeKey::GatewayApi(kind) => *kind,
+    }
+}
+
+/// Keeps what decides the references (a port map, a route); true if it was one.
+fn remember(
+    maps: &mut BTreeMap<ObjectName, ConfigMap>,
+    routes: &mut BTreeMap<(Kind, ObjectName), L4Route>,
+    object: &Object,
+) -> bool {
+    match object {
+        Object::ConfigMap(cm) => {
+            maps.insert(object.name(), cm.clone());
+            true
+        }
+        Object::TcpRoute(r) | Object::UdpRoute(r) => {
+            routes.insert((object.kind(), object.name()), r.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Forgets a port map or route; true if it was one.
+fn forget(
+    maps: &mut BTreeMap<ObjectName, ConfigMap>,
+    routes: &mut BTreeMap<(Kind, ObjectName), L4Route>,
+    kind: Kind,
+    name: &ObjectName,
+) -> bool {
+    match kind {
+        Kind::ConfigMap => {
+            maps.remove(name);
+            true
+        }
+        Kind::TcpRoute | Kind::UdpRoute => {
+            routes.remove(&(kind, name.clone()));
+            true
+        }
+        _ => false,
     }
 }
 

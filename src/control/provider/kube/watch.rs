@@ -1,17 +1,19 @@
-//! One kube-rs watcher per scope (a port map, or the Services or EndpointSlices of one
-//! namespace), forwarding its events, tagged with the scope and the watcher's generation, to
-//! the provider's single loop.
+//! One kube-rs watcher per scope (a port map, the Services or EndpointSlices of one
+//! namespace, or one Gateway API kind in every namespace), forwarding its events, tagged with
+//! the scope and the watcher's generation, to the provider's single loop.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher::{self, watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::references::slice_selector;
-use crate::control::index::Object;
+use crate::control::gateway_api::{GROUP, VERSION};
+use crate::control::index::{Kind, Object};
 use crate::names::ObjectName;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,6 +27,8 @@ pub enum ScopeKey {
     Services(String),
     /// The EndpointSlices of the referenced Services of one namespace.
     Slices(String),
+    /// Every object of one Gateway API kind, in every namespace (`--gateway-api`).
+    GatewayApi(Kind),
 }
 
 impl ScopeKey {
@@ -34,6 +38,7 @@ impl ScopeKey {
             ScopeKey::PortMap(_) => "configmaps",
             ScopeKey::Services(_) => "services",
             ScopeKey::Slices(_) => "endpointslices",
+            ScopeKey::GatewayApi(kind) => gateway_api_plural(*kind),
         }
     }
 }
@@ -50,6 +55,10 @@ impl ScopeKey {
             ScopeKey::Slices(ns) => {
                 format!("endpointslices (API group discovery.k8s.io) in namespace {ns}")
             }
+            ScopeKey::GatewayApi(kind) => format!(
+                "{} (API group {GROUP}) in all namespaces",
+                gateway_api_plural(*kind)
+            ),
         }
     }
 }
@@ -60,6 +69,7 @@ impl std::fmt::Display for ScopeKey {
             ScopeKey::PortMap(name) => write!(f, "configmap {name}"),
             ScopeKey::Services(ns) => write!(f, "services in namespace {ns}"),
             ScopeKey::Slices(ns) => write!(f, "endpointslices in namespace {ns}"),
+            ScopeKey::GatewayApi(kind) => write!(f, "{} in all namespaces", kind.as_str()),
         }
     }
 }
@@ -92,6 +102,8 @@ pub enum FailureKind {
     Forbidden,
     /// 401: the credentials were not accepted (an expired or revoked token).
     Unauthorized,
+    /// 404: the API server does not serve the resource (a CRD that is not installed).
+    NotFound,
     /// Anything else: unreachable, timed out, a 5xx answer.
     Unavailable,
 }
@@ -102,6 +114,7 @@ impl FailureKind {
         match self {
             FailureKind::Forbidden => "forbidden",
             FailureKind::Unauthorized => "unauthorized",
+            FailureKind::NotFound => "not_found",
             FailureKind::Unavailable => "unavailable",
         }
     }
@@ -133,6 +146,10 @@ impl Failure {
             },
             Some(s) if s.code == 401 => Self {
                 kind: FailureKind::Unauthorized,
+                error: s.message.clone(),
+            },
+            Some(s) if s.code == 404 => Self {
+                kind: FailureKind::NotFound,
                 error: s.message.clone(),
             },
             _ => Self {
@@ -168,37 +185,74 @@ pub fn spawn(
         ScopeKey::PortMap(name) => {
             let api: Api<ConfigMap> = Api::namespaced(client, &name.namespace);
             let config = watcher::Config::default().fields(&format!("metadata.name={}", name.name));
-            tokio::spawn(forward(
-                api,
-                config,
-                scope,
-                generation,
-                tx,
-                Object::ConfigMap,
-            ))
+            tokio::spawn(forward(api, config, scope, generation, tx, |o| {
+                Some(Object::ConfigMap(o))
+            }))
         }
         ScopeKey::Services(ns) => {
             let api: Api<Service> = Api::namespaced(client, &ns);
-            tokio::spawn(forward(
-                api,
-                watcher::Config::default(),
-                scope,
-                generation,
-                tx,
-                Object::Service,
-            ))
+            let config = watcher::Config::default();
+            tokio::spawn(forward(api, config, scope, generation, tx, |o| {
+                Some(Object::Service(o))
+            }))
         }
         ScopeKey::Slices(ns) => {
             let api: Api<EndpointSlice> = Api::namespaced(client, &ns);
             let config = watcher::Config::default().labels(&slice_selector(names));
-            tokio::spawn(forward(
-                api,
-                config,
-                scope,
-                generation,
-                tx,
-                Object::EndpointSlice,
-            ))
+            tokio::spawn(forward(api, config, scope, generation, tx, |o| {
+                Some(Object::EndpointSlice(o))
+            }))
+        }
+        ScopeKey::GatewayApi(kind) => {
+            let resource = gateway_api_resource(kind);
+            let api: Api<DynamicObject> = Api::all_with(client, &resource);
+            let config = watcher::Config::default();
+            tokio::spawn(forward(api, config, scope, generation, tx, move |o| {
+                gateway_api_object(kind, o)
+            }))
+        }
+    }
+}
+
+/// The plural resource name of a Gateway API kind.
+pub fn gateway_api_plural(kind: Kind) -> &'static str {
+    match kind {
+        Kind::GatewayClass => "gatewayclasses",
+        Kind::Gateway => "gateways",
+        Kind::TcpRoute => "tcproutes",
+        Kind::UdpRoute => "udproutes",
+        Kind::ReferenceGrant => "referencegrants",
+        Kind::ConfigMap | Kind::Service | Kind::EndpointSlice => {
+            unreachable!("{kind:?} is not a Gateway API kind")
+        }
+    }
+}
+
+/// The `gateway.networking.k8s.io/v1` resource of a kind, for a dynamic API.
+pub fn gateway_api_resource(kind: Kind) -> ApiResource {
+    ApiResource {
+        group: GROUP.to_owned(),
+        version: VERSION.to_owned(),
+        api_version: format!("{GROUP}/{VERSION}"),
+        kind: kind.as_str().to_owned(),
+        plural: gateway_api_plural(kind).to_owned(),
+    }
+}
+
+/// A watched Gateway API object in dermaga's own types; one that does not read (which the
+/// CRD's schema should make impossible) is logged and skipped.
+fn gateway_api_object(kind: Kind, object: DynamicObject) -> Option<Object> {
+    let name = format!(
+        "{}/{}",
+        object.metadata.namespace.as_deref().unwrap_or(""),
+        object.metadata.name.as_deref().unwrap_or("")
+    );
+    let read = serde_json::to_value(object).and_then(|value| Object::gateway_api(kind, value));
+    match read {
+        Ok(o) => Some(o),
+        Err(error) => {
+            tracing::warn!(kind = kind.as_str(), object = %name, %error, "Gateway API object does not read; ignored");
+            None
         }
     }
 }
@@ -209,7 +263,7 @@ async fn forward<K>(
     scope: ScopeKey,
     generation: u64,
     tx: mpsc::Sender<Message>,
-    wrap: fn(K) -> Object,
+    wrap: impl Fn(K) -> Option<Object>,
 ) where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
@@ -242,10 +296,19 @@ async fn forward<K>(
         let Some(event) = next else { return };
         let change = match event {
             Ok(watcher::Event::Init) => Change::ListStart,
-            Ok(watcher::Event::InitApply(o)) => Change::Listed(wrap(slim(o))),
+            Ok(watcher::Event::InitApply(o)) => match wrap(slim(o)) {
+                Some(o) => Change::Listed(o),
+                None => continue,
+            },
             Ok(watcher::Event::InitDone) => Change::ListDone,
-            Ok(watcher::Event::Apply(o)) => Change::Applied(wrap(slim(o))),
-            Ok(watcher::Event::Delete(o)) => Change::Deleted(wrap(slim(o))),
+            Ok(watcher::Event::Apply(o)) => match wrap(slim(o)) {
+                Some(o) => Change::Applied(o),
+                None => continue,
+            },
+            Ok(watcher::Event::Delete(o)) => match wrap(slim(o)) {
+                Some(o) => Change::Deleted(o),
+                None => continue,
+            },
             // 410 Gone is the protocol's way to say "list again", which the watcher does at
             // once; not a failure.
             Err(watcher::Error::WatchError(status)) if status.code == 410 => Change::Expired,

@@ -39,7 +39,13 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let now = Instant::now();
-        let (state, commands) = SyncState::new(vec![(Protocol::Tcp, map_name())], now);
+        let (state, commands) = SyncState::new(
+            WatchPlan {
+                port_maps: vec![(Protocol::Tcp, map_name())],
+                ..WatchPlan::default()
+            },
+            now,
+        );
         let mut h = Self {
             state,
             generations: Default::default(),
