@@ -7,9 +7,10 @@ use crate::control::fixture::{
     service, tcp_route, udp_route,
 };
 use crate::control::gateway_api::DEFAULT_CONTROLLER_NAME;
-use crate::control::index::Object;
+use crate::control::gateway_status::{Condition, ListenerStatus};
+use crate::control::index::{Kind, Object};
 use crate::control::table::{ConfigProblem, RouteTable};
-use crate::names::{ListenPort, Protocol, RouteKey};
+use crate::names::{ListenPort, ObjectName, Protocol, RouteKey};
 
 /// A Service `ns/name` port 80 (UDP too) with one ready endpoint at `ip:8080`.
 fn backend(ns: &str, name: &str, ip: &str) -> [Object; 2] {
@@ -48,6 +49,31 @@ fn problems(t: &RouteTable) -> Vec<(String, String)> {
             _ => None,
         })
         .collect()
+}
+
+/// `(status, reason)` of the condition `type_`.
+fn condition(conditions: &[Condition], type_: &str) -> (bool, &'static str) {
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} in {conditions:?}"));
+    (c.status, c.reason)
+}
+
+/// The conditions of listener `listener` of Gateway `gateway`.
+fn listener<'a>(t: &'a RouteTable, gateway: &str, listener: &str) -> &'a ListenerStatus {
+    let (ns, name) = gateway.split_once('/').unwrap();
+    t.gateway_status.gateways[&ObjectName::new(ns, name)]
+        .listeners
+        .iter()
+        .find(|l| l.name == listener)
+        .unwrap()
+}
+
+/// The conditions of route `route`'s first parent entry.
+fn parent<'a>(t: &'a RouteTable, kind: Kind, route: &str) -> &'a [Condition] {
+    let (ns, name) = route.split_once('/').unwrap();
+    &t.gateway_status.routes[&(kind, ObjectName::new(ns, name))].parents[0].conditions
 }
 
 fn has(t: &RouteTable, what: &str, words: &str) -> bool {
@@ -160,6 +186,36 @@ fn a_port_of_the_port_map_or_of_an_older_gateway_stays_theirs() {
     );
     // The port map's route is the one in force.
     assert_eq!(t.get(&tcp(10000)).unwrap().spec.to_string(), "shop/web:80");
+    // Status: the losing listeners are not accepted and say why; the older Gateway's is.
+    for (gw, l) in [("infra/edge", "shop"), ("infra/young", "a")] {
+        let c = &listener(&t, gw, l).conditions;
+        assert_eq!(condition(c, "Accepted"), (false, "PortUnavailable"));
+        assert_eq!(condition(c, "Programmed"), (false, "Invalid"));
+        assert_eq!(condition(c, "Conflicted"), (true, "PortConflict"));
+    }
+    let old = &listener(&t, "infra/old", "b").conditions;
+    assert_eq!(condition(old, "Programmed"), (true, "Programmed"));
+    assert_eq!(condition(old, "Conflicted"), (false, "NoConflicts"));
+    // A TLS listener is not served yet: the Gateway is accepted with listeners not valid.
+    let tls = &listener(&t, "infra/edge", "tls").conditions;
+    assert_eq!(condition(tls, "Accepted"), (false, "UnsupportedProtocol"));
+    let edge = &t.gateway_status.gateways[&ObjectName::new("infra", "edge")];
+    assert_eq!(
+        condition(&edge.conditions, "Accepted"),
+        (true, "ListenersNotValid")
+    );
+    assert_eq!(
+        condition(&edge.conditions, "Programmed"),
+        (true, "Programmed")
+    );
+    // Another controller's class and Gateway get no status from dermaga.
+    assert!(t.gateway_status.classes.contains_key("dermaga"));
+    assert!(!t.gateway_status.classes.contains_key("other"));
+    assert!(
+        !t.gateway_status
+            .gateways
+            .contains_key(&ObjectName::new("infra", "theirs"))
+    );
 }
 
 #[test]
@@ -186,6 +242,45 @@ fn the_oldest_route_wins_a_listener_and_the_other_is_told() {
         "{:?}",
         problems(&t)
     );
+    assert_eq!(
+        condition(parent(&t, Kind::TcpRoute, "shop/b-new"), "Accepted"),
+        (false, "NotAllowedByListeners")
+    );
+    assert_eq!(
+        condition(parent(&t, Kind::TcpRoute, "shop/a-old"), "Accepted"),
+        (true, "Accepted")
+    );
+    assert_eq!(listener(&t, "infra/edge", "shop").attached_routes, 1);
+}
+
+#[test]
+fn a_missing_service_or_port_is_backend_not_found_in_the_route_status() {
+    let mut objects = base();
+    objects.push(
+        tcp_route("shop", "shop")
+            .parent("infra/edge", Some("shop"))
+            .backend("web", 80, Some(1))
+            .backend("gone", 80, Some(1))
+            .backend("canary", 81, Some(1))
+            .object(),
+    );
+    let t = table(objects);
+    let c = parent(&t, Kind::TcpRoute, "shop/shop");
+    assert_eq!(condition(c, "Accepted"), (true, "Accepted"));
+    assert_eq!(condition(c, "ResolvedRefs"), (false, "BackendNotFound"));
+    let message = &c
+        .iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("shop/gone: Service not found")
+            && message.contains("shop/canary: Service has no TCP port 81"),
+        "{message}"
+    );
+    // The listener has its route; the web share is served.
+    assert_eq!(listener(&t, "infra/edge", "shop").attached_routes, 1);
+    assert_eq!(t.get(&tcp(10000)).unwrap().active_count(), 1);
 }
 
 #[test]
@@ -202,6 +297,10 @@ fn a_backend_in_another_namespace_needs_a_reference_grant() {
     let t = table(objects);
     let r = t.get(&tcp(10000)).unwrap();
     assert_eq!(r.active_count(), 0, "no grant: no endpoint");
+    assert_eq!(
+        condition(parent(&t, Kind::TcpRoute, "team/shop"), "ResolvedRefs"),
+        (false, "RefNotPermitted")
+    );
     assert!(
         has(
             &t,

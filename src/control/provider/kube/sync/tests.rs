@@ -38,14 +38,15 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(WatchPlan {
+            port_maps: vec![(Protocol::Tcp, map_name())],
+            ..WatchPlan::default()
+        })
+    }
+
+    fn with(plan: WatchPlan) -> Self {
         let now = Instant::now();
-        let (state, commands) = SyncState::new(
-            WatchPlan {
-                port_maps: vec![(Protocol::Tcp, map_name())],
-                ..WatchPlan::default()
-            },
-            now,
-        );
+        let (state, commands) = SyncState::new(plan, now);
         let mut h = Self {
             state,
             generations: Default::default(),
@@ -331,4 +332,78 @@ fn failures_change_nothing_and_a_service_that_leaves_the_filter_is_dropped() {
     );
     assert!(h.publish());
     assert!(h.index.service(&ObjectName::new("default", "a")).is_none());
+}
+
+#[test]
+fn with_the_gateway_api_routes_name_services_and_the_publish_service_is_watched() {
+    let mut h = Harness::with(WatchPlan {
+        port_maps: vec![(Protocol::Tcp, map_name())],
+        gateway_api: true,
+        publish_service: Some(ObjectName::new("dermaga", "dermaga")),
+    });
+    let gateway_api = |kind| ScopeKey::GatewayApi(kind);
+    assert_eq!(
+        h.watched(),
+        vec![
+            "configmap dermaga/tcp-services {}",
+            "GatewayClass in all namespaces {}",
+            "Gateway in all namespaces {}",
+            "TCPRoute in all namespaces {}",
+            "UDPRoute in all namespaces {}",
+            "ReferenceGrant in all namespaces {}",
+        ]
+    );
+    h.list(pm(), vec![]);
+    for kind in [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::UdpRoute,
+        Kind::ReferenceGrant,
+    ] {
+        h.list(gateway_api(kind), vec![]);
+    }
+    let route = fixture::tcp_route("shop", "shop")
+        .parent("infra/edge", None)
+        .backend("web", 80, Some(9))
+        .backend("payments/pay", 80, Some(1))
+        .object();
+    h.list(gateway_api(Kind::TcpRoute), vec![route]);
+    let watched = h.watched();
+    for scope in [
+        "services in namespace shop {\"web\"}",
+        "services in namespace payments {\"pay\"}",
+        "endpointslices in namespace shop {\"web\"}",
+        "services in namespace dermaga {\"dermaga\"}",
+    ] {
+        assert!(
+            watched.iter().any(|w| w == scope),
+            "{scope} not in {watched:?}"
+        );
+    }
+    assert!(
+        !h.publish(),
+        "the Services the route names are not listed yet"
+    );
+    for ns in ["shop", "payments", "dermaga"] {
+        h.list(services(ns), vec![]);
+        h.list(slices(ns), vec![]);
+    }
+    assert!(h.publish());
+    assert_eq!(h.index.gateway_api(Kind::TcpRoute).count(), 1);
+    // The route is deleted: the Services it named are no longer watched; the publish
+    // Service still is.
+    let route = h.index.gateway_api(Kind::TcpRoute).next().unwrap().clone();
+    h.send(gateway_api(Kind::TcpRoute), Change::Deleted(route));
+    let watched = h.watched();
+    assert!(
+        !watched.iter().any(|w| w.contains("namespace shop")),
+        "{watched:?}"
+    );
+    assert!(
+        watched
+            .iter()
+            .any(|w| w == "services in namespace dermaga {\"dermaga\"}")
+    );
+    assert!(h.publish());
+    assert_eq!(h.index.gateway_api(Kind::TcpRoute).count(), 0);
 }
