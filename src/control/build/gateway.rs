@@ -13,7 +13,12 @@
 //!   `sectionName`, by `port`, or (neither) every listener of the route's protocol;
 //!   `allowedRoutes.namespaces.from` `Same` (the default) or `All` (`Selector` is reported, not
 //!   served yet), and `allowedRoutes.kinds` when set;
-//! - when several routes attach to one listener the oldest wins; the others are reported;
+//! - when several routes attach to one listener, all are accepted and counted in its
+//!   `attachedRoutes` (as upstream's `TCPRouteMultipleRoutesAttachment` requires) and the oldest
+//!   carries the traffic; the others are reported (`RouteConflict`);
+//! - a parentRef naming a listener this route's kind cannot use (another protocol, or one not
+//!   served) is `NotAllowedByListeners`; one naming no listener is `NoMatchingParent`; a route
+//!   gets a status entry for each parentRef to a Gateway of dermaga's classes;
 //! - a backendRef is a Service (group `""`, kind `Service`) with a port, weight default 1; one
 //!   in another namespace needs a ReferenceGrant there: without one, or of another kind, its
 //!   share of the connections is refused (`RefNotPermitted`, `InvalidKind`).
@@ -155,6 +160,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
         .map(|k| (*k, "a port map".to_owned()))
         .collect();
     let mut served: Vec<Served> = Vec::new();
+    let mut gateway_listeners: BTreeMap<ObjectName, &[Listener]> = BTreeMap::new();
     for object in by_age(index.gateway_api(Kind::Gateway)) {
         let Object::Gateway(gateway) = object else {
             continue;
@@ -163,6 +169,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
             continue;
         }
         let name = object.name();
+        gateway_listeners.insert(name.clone(), &gateway.spec.listeners);
         let mut listeners = Vec::new();
         for listener in &gateway.spec.listeners {
             let mut refuse = |reason: &'static str, message: String| {
@@ -365,18 +372,46 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         refused.push(why);
                         continue;
                     }
+                    // Attached and counted either way (the API's conflict rule, as its
+                    // conformance tests check it); only the oldest route carries traffic.
+                    gateway_status.listeners[s.status].attached_routes += 1;
+                    attached += 1;
                     match &s.route {
-                        Some((winner, _)) => refused.push(format!(
-                            "listener {:?} of Gateway {} already has {} {winner} (the oldest route wins)",
-                            s.listener.name,
-                            s.gateway,
-                            kind.as_str()
+                        Some((winner, _)) => out.problems.push(problem(
+                            kind,
+                            &name,
+                            "RouteConflict",
+                            format!(
+                                "listener {:?} of Gateway {} is served by the older {} {winner}: this route is accepted but carries no traffic while that one is attached (the oldest route wins)",
+                                s.listener.name,
+                                s.gateway,
+                                kind.as_str()
+                            ),
                         )),
-                        None => {
-                            s.route = Some((name.clone(), route));
-                            gateway_status.listeners[s.status].attached_routes += 1;
-                            attached += 1;
-                        }
+                        None => s.route = Some((name.clone(), route)),
+                    }
+                }
+                if attached == 0 && refused.is_empty() {
+                    // A listener the parentRef names, but not one this route can use.
+                    let listeners = gateway_listeners.get(&gateway).copied().unwrap_or_default();
+                    for l in listeners.iter().filter(|l| {
+                        parent.section_name.as_ref().is_none_or(|n| *n == l.name)
+                            && parent.port.is_none_or(|p| p == l.port)
+                    }) {
+                        refused.push(if l.protocol == protocol_name(protocol) {
+                            format!(
+                                "listener {:?} of Gateway {gateway} is not served (see the Gateway's status)",
+                                l.name
+                            )
+                        } else {
+                            format!(
+                                "listener {:?} of Gateway {gateway} has protocol {}; a {} attaches to {} listeners",
+                                l.name,
+                                l.protocol,
+                                kind.as_str(),
+                                protocol_name(protocol)
+                            )
+                        });
                     }
                 }
                 let verdict = if attached > 0 {

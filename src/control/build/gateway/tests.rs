@@ -236,21 +236,21 @@ fn the_oldest_route_wins_a_listener_and_the_other_is_told() {
     assert!(
         has(
             &t,
-            "TCPRoute shop/b-new NotAllowedByListeners",
-            "already has TCPRoute shop/a-old (the oldest route wins)"
+            "TCPRoute shop/b-new RouteConflict",
+            "served by the older TCPRoute shop/a-old"
         ),
         "{:?}",
         problems(&t)
     );
-    assert_eq!(
-        condition(parent(&t, Kind::TcpRoute, "shop/b-new"), "Accepted"),
-        (false, "NotAllowedByListeners")
-    );
-    assert_eq!(
-        condition(parent(&t, Kind::TcpRoute, "shop/a-old"), "Accepted"),
-        (true, "Accepted")
-    );
-    assert_eq!(listener(&t, "infra/edge", "shop").attached_routes, 1);
+    // As upstream's TCPRouteMultipleRoutesAttachment has it: both accepted, both counted,
+    // the oldest carries the traffic.
+    for route in ["shop/b-new", "shop/a-old"] {
+        assert_eq!(
+            condition(parent(&t, Kind::TcpRoute, route), "Accepted"),
+            (true, "Accepted")
+        );
+    }
+    assert_eq!(listener(&t, "infra/edge", "shop").attached_routes, 2);
 }
 
 #[test]
@@ -351,6 +351,17 @@ fn listeners_admit_routes_by_namespace_and_kind() {
             .parent("infra/nowhere", None)
             .object(),
     );
+    objects.push(
+        gateway("infra", "mixed", "dermaga")
+            .listener("tls", "TLS", 443)
+            .allow_from("All")
+            .object(),
+    );
+    objects.push(
+        tcp_route("shop", "to-tls")
+            .parent("infra/mixed", Some("tls"))
+            .object(),
+    );
     let t = table(objects);
     assert!(
         has(
@@ -374,6 +385,18 @@ fn listeners_admit_routes_by_namespace_and_kind() {
         has(&t, "TCPRoute shop/lost NoMatchingParent", ""),
         "{:?}",
         problems(&t)
+    );
+    // As upstream's TCPRouteInvalidNonTCPListener: a listener of another protocol named by
+    // sectionName is NotAllowedByListeners, and counts no route.
+    let c = parent(&t, Kind::TcpRoute, "shop/to-tls");
+    assert_eq!(condition(c, "Accepted"), (false, "NotAllowedByListeners"));
+    assert!(c[0].message.contains("has protocol TLS"), "{:?}", c[0]);
+    assert_eq!(listener(&t, "infra/mixed", "tls").attached_routes, 0);
+    // A Gateway that is not there is no parent of ours: no status entry.
+    assert!(
+        !t.gateway_status
+            .routes
+            .contains_key(&(Kind::TcpRoute, ObjectName::new("shop", "lost")))
     );
     // Both listeners are bound but have no route: they refuse.
     assert_eq!(t.get(&tcp(10000)).unwrap().active_count(), 0);
