@@ -502,6 +502,18 @@ impl RouteFixture {
         self
     }
 
+    /// Attaches to Gateway `gateway` by listener port, and `section` when given.
+    pub fn parent_port(mut self, gateway: &str, port: i32, section: Option<&str>) -> Self {
+        self = self.parent(gateway, section);
+        self.route
+            .spec
+            .parent_refs
+            .last_mut()
+            .expect("just added")
+            .port = Some(port);
+        self
+    }
+
     /// Adds a backendRef to Service `service` (`namespace/name`, or a name in the route's
     /// namespace) port `port`, with `weight` (absent: the API's default 1).
     pub fn backend(mut self, service: &str, port: i32, weight: Option<i32>) -> Self {

@@ -381,6 +381,33 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             }
         }
 
+        // The grant deleted (TCPRouteReferenceGrant's second step): RefNotPermitted again,
+        // and refused again.
+        api.kubectl(&["delete", "referencegrant", "from-shop", "-n", "payments"]);
+        wait_object(
+            &api,
+            ROUTE,
+            "shop",
+            "pay",
+            "route pay RefNotPermitted again",
+            |r| {
+                condition(&r["status"]["parents"][0]["conditions"], "ResolvedRefs")
+                    == Some(("False".into(), "RefNotPermitted".into()))
+            },
+        )
+        .await;
+        for listen in ["127.1.19.1", "127.1.19.2"] {
+            let to: SocketAddr = format!("{listen}:10001").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while greeting(to).await.is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{listen}: still served without the grant"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
         // One writer: one replica leads and has written, the other has written nothing.
         let (m1, m2) = (metrics(admin_one).await, metrics(admin_two).await);
         let leaders = [&m1, &m2].map(|m| metric_in(m, "dermaga_gateway_status_leader", &[]));

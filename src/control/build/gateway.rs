@@ -288,17 +288,19 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
         }
         let programmed = listeners.iter().filter(|l| l.conditions[1].status).count();
         let invalid = listeners.len() - programmed;
+        // Accepted while at least one listener is (GatewayListenerUnsupportedProtocol).
         let accepted = if invalid == 0 {
             Condition::yes("Accepted", "Accepted", "accepted by dermaga")
         } else {
-            Condition::yes(
-                "Accepted",
-                "ListenersNotValid",
-                format!(
-                    "{invalid} of {} listeners are not served (see their conditions)",
-                    listeners.len()
-                ),
-            )
+            let message = format!(
+                "{invalid} of {} listeners are not served (see their conditions)",
+                listeners.len()
+            );
+            if programmed > 0 {
+                Condition::yes("Accepted", "ListenersNotValid", message)
+            } else {
+                Condition::no("Accepted", "ListenersNotValid", message)
+            }
         };
         let programmed = if programmed > 0 {
             Condition::yes(
@@ -705,3 +707,6 @@ fn granted(index: &Index, kind: Kind, route: &ObjectName, service: &ObjectName) 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod conformance;
