@@ -181,10 +181,11 @@ async fn wait_for_tag(addr: SocketAddr, tag: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_route_on_a_gateway_splits_by_its_backend_weights() {
+async fn a_tcp_route_on_a_gateway_splits_90_10_by_its_backend_weights_and_0_gets_nothing() {
     use dermaga::fixture::{Fixture, gateway, gateway_class, tcp_route, yaml};
     let stable = Backend::start("127.0.18.5", "stable").await;
     let canary = Backend::start("127.0.18.6", "canary").await;
+    let idle = Backend::start("127.0.18.7", "idle").await;
     let objects = [
         gateway_class("dermaga", "dermaga.io/gateway-controller").object(),
         gateway("default", "edge", "dermaga")
@@ -192,23 +193,34 @@ async fn a_tcp_route_on_a_gateway_splits_by_its_backend_weights() {
             .object(),
         tcp_route("default", "shop")
             .parent("edge", Some("shop"))
-            .backend("stable", 80, Some(75))
-            .backend("canary", 80, Some(25))
+            .backend("stable", 80, Some(90))
+            .backend("canary", 80, Some(10))
+            .backend("idle", 80, Some(0))
             .object(),
     ];
     let yaml = yaml(objects)
         + &service_yaml("stable", 80)
         + &slices_yaml("stable", &[(stable.addr, true)])
         + &service_yaml("canary", 80)
-        + &slices_yaml("canary", &[(canary.addr, true)]);
+        + &slices_yaml("canary", &[(canary.addr, true)])
+        + &service_yaml("idle", 80)
+        + &slices_yaml("idle", &[(idle.addr, true)]);
     let gw = crate::support::gateway(&yaml, options("127.1.18.3"));
     let addr = gw.wait_bound(tcp(10000)).await;
-    let n = 2_000;
+    // The figure: 90/10 over 10,000 connections (upstream's TCPRouteWeightedRouting
+    // uses a 70/30/0 split over fewer).
+    let n = 10_000;
     let counts = tally(addr, n).await;
-    println!("TCPRoute 75/25 over {n} connections: {counts:?}");
+    let got = counts.get("canary").copied().unwrap_or(0);
+    let sd = (n as f64 * 0.1 * 0.9).sqrt();
+    println!(
+        "TCPRoute 90/10/0 over {n} connections: {counts:?} (canary {:+.1} sd)",
+        (got as f64 - n as f64 * 0.1) / sd
+    );
+    assert!(within_4_sd(got, n, 0.1), "{counts:?}");
     assert!(
-        within_4_sd(counts.get("canary").copied().unwrap_or(0), n, 0.25),
-        "{counts:?}"
+        !counts.contains_key("idle"),
+        "weight 0 got connections: {counts:?}"
     );
     assert_eq!(counts.values().sum::<usize>(), n);
     gw.shutdown().await;
