@@ -21,7 +21,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::configmap::{RouteSpec, parse_port_map};
 use super::index::Index;
-use super::table::{ConfigProblem, Endpoint, ResolvedBackend, Route, RouteTable, UnresolvedReason};
+use super::table::{
+    ConfigProblem, Endpoint, ResolvedBackend, Route, RouteTable, SniRoute, UnresolvedReason,
+};
 use crate::names::{ObjectName, Protocol, RouteKey, ServicePortRef};
 
 /// Builds the table. `previous` is the table in force, used to keep the last good route of a
@@ -85,8 +87,17 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
     let taken: BTreeSet<RouteKey> = routes.iter().map(|r: &Route| r.key).collect();
     let gateway = gateway::gateway_routes(index, &taken);
     problems.extend(gateway.problems);
-    for (key, spec, _) in gateway.routes {
-        let (route, _) = resolve_route(index, key, spec);
+    for gateway_route in gateway.routes {
+        let key = gateway_route.key;
+        let (mut route, _) = resolve_route(index, key, gateway_route.spec);
+        route.sni = gateway_route
+            .sni
+            .into_iter()
+            .map(|(hostnames, spec)| SniRoute {
+                hostnames,
+                route: Arc::new(resolve_route(index, key, spec).0),
+            })
+            .collect();
         routes.push(route);
     }
     let mut table = RouteTable::new(routes, problems);

@@ -30,8 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::control::gateway_api::{
     AllowedRoutes, BackendRef, GROUP, Gateway, GatewayClass, GatewayClassSpec, GatewaySpec,
-    GrantFrom, GrantTo, GroupKind, L4Route, L4RouteRule, L4RouteSpec, Listener, ParentReference,
-    ReferenceGrant, ReferenceGrantSpec, RouteNamespaces,
+    GrantFrom, GrantTo, GroupKind, L4Route, L4RouteRule, L4RouteSpec, Listener, ListenerTls,
+    ParentReference, ReferenceGrant, ReferenceGrantSpec, RouteNamespaces,
 };
 use crate::control::index::{Object, SERVICE_NAME_LABEL};
 use crate::names::Protocol;
@@ -83,7 +83,9 @@ pub(crate) fn to_json(object: &Object) -> serde_json::Value {
         Object::EndpointSlice(o) => serde_json::to_value(o).expect("an object serializes"),
         Object::GatewayClass(o) => gateway_api(kind, serde_json::to_value(o)),
         Object::Gateway(o) => gateway_api(kind, serde_json::to_value(o)),
-        Object::TcpRoute(o) | Object::UdpRoute(o) => gateway_api(kind, serde_json::to_value(o)),
+        Object::TcpRoute(o) | Object::UdpRoute(o) | Object::TlsRoute(o) => {
+            gateway_api(kind, serde_json::to_value(o))
+        }
         Object::ReferenceGrant(o) => gateway_api(kind, serde_json::to_value(o)),
     }
 }
@@ -404,6 +406,8 @@ impl GatewayFixture {
             port,
             protocol: protocol.to_owned(),
             allowed_routes: None,
+            hostname: None,
+            tls: None,
         });
         self
     }
@@ -438,6 +442,22 @@ impl GatewayFixture {
         self
     }
 
+    /// The last listener's TLS mode `Passthrough`.
+    pub fn passthrough(mut self) -> Self {
+        let listener = self.0.spec.listeners.last_mut().expect("a listener first");
+        listener.tls = Some(ListenerTls {
+            mode: Some("Passthrough".to_owned()),
+        });
+        self
+    }
+
+    /// The last listener's `hostname`.
+    pub fn listener_hostname(mut self, hostname: &str) -> Self {
+        let listener = self.0.spec.listeners.last_mut().expect("a listener first");
+        listener.hostname = Some(hostname.to_owned());
+        self
+    }
+
     /// Sets the creation time (what decides between conflicting Gateways), `seconds` after
     /// the epoch.
     pub fn created(mut self, seconds: i64) -> Self {
@@ -462,7 +482,15 @@ fn timestamp(seconds: i64) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Ti
 #[derive(Debug, Clone)]
 pub struct RouteFixture {
     route: L4Route,
-    udp: bool,
+    kind: RouteKind,
+}
+
+/// Which kind of route a [`RouteFixture`] is.
+#[derive(Debug, Clone, Copy)]
+enum RouteKind {
+    Tcp,
+    Udp,
+    Tls,
 }
 
 /// A TCPRoute `namespace/name` with no parents or backends yet.
@@ -473,14 +501,22 @@ pub fn tcp_route(namespace: &str, name: &str) -> RouteFixture {
             spec: L4RouteSpec::default(),
             status: None,
         },
-        udp: false,
+        kind: RouteKind::Tcp,
     }
 }
 
 /// A UDPRoute `namespace/name` with no parents or backends yet.
 pub fn udp_route(namespace: &str, name: &str) -> RouteFixture {
     RouteFixture {
-        udp: true,
+        kind: RouteKind::Udp,
+        ..tcp_route(namespace, name)
+    }
+}
+
+/// A TLSRoute `namespace/name` with no hostnames, parents or backends yet.
+pub fn tls_route(namespace: &str, name: &str) -> RouteFixture {
+    RouteFixture {
+        kind: RouteKind::Tls,
         ..tcp_route(namespace, name)
     }
 }
@@ -539,14 +575,20 @@ impl RouteFixture {
         self.route.metadata.creation_timestamp = Some(timestamp(seconds));
         self
     }
+
+    /// Adds a hostname (TLSRoute: a server name, or `*.example.com`).
+    pub fn hostname(mut self, hostname: &str) -> Self {
+        self.route.spec.hostnames.push(hostname.to_owned());
+        self
+    }
 }
 
 impl Fixture for RouteFixture {
     fn object(self) -> Object {
-        if self.udp {
-            Object::UdpRoute(self.route)
-        } else {
-            Object::TcpRoute(self.route)
+        match self.kind {
+            RouteKind::Tcp => Object::TcpRoute(self.route),
+            RouteKind::Udp => Object::UdpRoute(self.route),
+            RouteKind::Tls => Object::TlsRoute(self.route),
         }
     }
 }

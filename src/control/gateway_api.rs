@@ -81,6 +81,20 @@ pub struct Listener {
     /// Which routes may attach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_routes: Option<AllowedRoutes>,
+    /// The server names a TLS listener takes (`*.example.com` for a suffix); absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// TLS settings of a `TLS` listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// `listeners[].tls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListenerTls {
+    /// `Terminate` (the API's default) or `Passthrough` (what dermaga serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// `listeners[].allowedRoutes`.
@@ -113,7 +127,8 @@ pub struct GroupKind {
     pub kind: String,
 }
 
-/// `TCPRoute` or `UDPRoute` (the same shape): parents and weighted backends.
+/// `TCPRoute`, `UDPRoute` or `TLSRoute` (the same shape; a TLSRoute has hostnames too):
+/// parents and weighted backends.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct L4Route {
     /// Namespace, name, creation time (the oldest route wins a listener).
@@ -137,6 +152,9 @@ pub struct L4RouteSpec {
     /// One rule (the API allows one for these kinds).
     #[serde(default)]
     pub rules: Vec<L4RouteRule>,
+    /// TLSRoute: the server names it takes (`*.example.com` for a suffix); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
 }
 
 /// `spec.parentRefs[]`.
@@ -243,4 +261,27 @@ pub struct GrantTo {
     /// One object by name; absent: every object of the kind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// Whether `pattern` (a Gateway API hostname: `shop.example.com`, or `*.example.com` for any
+/// name ending in `.example.com`) matches the server name `name` (lower case).
+pub fn hostname_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_suffixes_only() {
+        assert!(hostname_matches("*.example.com", "a.example.com"));
+        assert!(hostname_matches("*.example.com", "a.b.example.com"));
+        assert!(!hostname_matches("*.example.com", "example.com"));
+        assert!(hostname_matches("Shop.example.com", "shop.example.com"));
+        assert!(!hostname_matches("shop.example.com", "x.shop.example.com"));
+    }
 }

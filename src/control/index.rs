@@ -35,6 +35,8 @@ pub enum Object {
     TcpRoute(L4Route),
     /// A Gateway API UDPRoute.
     UdpRoute(L4Route),
+    /// A Gateway API TLSRoute (passthrough by server name).
+    TlsRoute(L4Route),
     /// A Gateway API ReferenceGrant.
     ReferenceGrant(ReferenceGrant),
 }
@@ -56,21 +58,24 @@ pub enum Kind {
     TcpRoute,
     /// `gateway.networking.k8s.io/v1/UDPRoute`.
     UdpRoute,
+    /// `gateway.networking.k8s.io/v1/TLSRoute`.
+    TlsRoute,
     /// `gateway.networking.k8s.io/v1/ReferenceGrant`.
     ReferenceGrant,
 }
 
 /// The Gateway API kinds (`--gateway-api` watches each in every namespace).
-pub const GATEWAY_API_KINDS: [Kind; 5] = [
+pub const GATEWAY_API_KINDS: [Kind; 6] = [
     Kind::GatewayClass,
     Kind::Gateway,
     Kind::TcpRoute,
     Kind::UdpRoute,
+    Kind::TlsRoute,
     Kind::ReferenceGrant,
 ];
 
 /// Every kind, in the order a reload applies them.
-pub const KINDS: [Kind; 8] = [
+pub const KINDS: [Kind; 9] = [
     Kind::ConfigMap,
     Kind::Service,
     Kind::EndpointSlice,
@@ -78,6 +83,7 @@ pub const KINDS: [Kind; 8] = [
     Kind::Gateway,
     Kind::TcpRoute,
     Kind::UdpRoute,
+    Kind::TlsRoute,
     Kind::ReferenceGrant,
 ];
 
@@ -92,6 +98,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::TcpRoute => "TCPRoute",
             Kind::UdpRoute => "UDPRoute",
+            Kind::TlsRoute => "TLSRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
@@ -105,6 +112,7 @@ impl Object {
             Kind::Gateway => Object::Gateway(serde_json::from_value(value)?),
             Kind::TcpRoute => Object::TcpRoute(serde_json::from_value(value)?),
             Kind::UdpRoute => Object::UdpRoute(serde_json::from_value(value)?),
+            Kind::TlsRoute => Object::TlsRoute(serde_json::from_value(value)?),
             Kind::ReferenceGrant => Object::ReferenceGrant(serde_json::from_value(value)?),
             Kind::ConfigMap | Kind::Service | Kind::EndpointSlice => {
                 unreachable!("{kind:?} is not a Gateway API kind")
@@ -122,6 +130,7 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::TcpRoute(_) => Kind::TcpRoute,
             Object::UdpRoute(_) => Kind::UdpRoute,
+            Object::TlsRoute(_) => Kind::TlsRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
         }
     }
@@ -134,7 +143,7 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::GatewayClass(o) => &o.metadata,
             Object::Gateway(o) => &o.metadata,
-            Object::TcpRoute(o) | Object::UdpRoute(o) => &o.metadata,
+            Object::TcpRoute(o) | Object::UdpRoute(o) | Object::TlsRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
         }
     }

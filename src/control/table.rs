@@ -94,6 +94,19 @@ pub struct Route {
     pub kept_from_previous: bool,
     /// Sum of the backends' weights.
     total_weight: u64,
+    /// A TLS passthrough port: the routes by server name, oldest first (empty otherwise).
+    pub sni: Vec<SniRoute>,
+    /// The Gateway API route it comes from as `Kind/namespace/name`, for the access log.
+    pub route_label: Option<Arc<str>>,
+}
+
+/// One TLSRoute on a TLS passthrough port: the server names it takes, and where they go.
+#[derive(Debug)]
+pub struct SniRoute {
+    /// Exact names and `*.suffix` patterns, lower case; empty: every name (and none).
+    pub hostnames: Vec<String>,
+    /// The route those connections take (its backends, retries, health).
+    pub route: Arc<Route>,
 }
 
 /// The endpoints that take new connections, by the design's rule, and the rule used.
@@ -178,6 +191,10 @@ impl Route {
             .find(|s| weighted().any(|b| b.selection == *s))
             .unwrap_or(Selection::None);
         let total_weight = backends.iter().map(|b| u64::from(b.spec.weight)).sum();
+        let route_label = spec
+            .route
+            .as_ref()
+            .map(|r| Arc::from(format!("{}/{}", r.kind, r.name)));
         Self {
             key,
             spec,
@@ -188,7 +205,41 @@ impl Route {
             kept_from_previous: false,
             total_weight,
             backends,
+            sni: Vec::new(),
+            route_label,
         }
+    }
+
+    /// On a TLS passthrough port, the route for server name `name` (`None`: the client sent
+    /// none) and the hostname that matched it (`*` for a route that takes every name): an exact
+    /// name first, then the longest matching `*.suffix`, then a route without hostnames; among
+    /// equals the oldest route.
+    pub fn by_server_name(&self, name: Option<&str>) -> Option<(&Arc<Route>, &str)> {
+        let mut best: Option<(&Arc<Route>, &str, usize)> = None;
+        for sni in &self.sni {
+            if sni.hostnames.is_empty() {
+                if best.is_none() {
+                    best = Some((&sni.route, "*", 0));
+                }
+                continue;
+            }
+            let Some(name) = name else { continue };
+            for pattern in &sni.hostnames {
+                if !super::gateway_api::hostname_matches(pattern, name) {
+                    continue;
+                }
+                // Exact beats any wildcard; a longer wildcard beats a shorter one.
+                let rank = if pattern.starts_with('*') {
+                    pattern.len()
+                } else {
+                    usize::MAX
+                };
+                if best.is_none_or(|(_, _, r)| rank > r) {
+                    best = Some((&sni.route, pattern.as_str(), rank));
+                }
+            }
+        }
+        best.map(|(route, pattern, _)| (route, pattern))
     }
 
     /// Endpoints that take new connections.
@@ -262,6 +313,12 @@ impl Route {
         self.spec == other.spec
             && self.endpoints == other.endpoints
             && self.problem == other.problem
+            && self.sni.len() == other.sni.len()
+            && self
+                .sni
+                .iter()
+                .zip(&other.sni)
+                .all(|(a, b)| a.hostnames == b.hostnames && a.route.same_as(&b.route))
     }
 }
 

@@ -4,7 +4,8 @@
 //! UDP flows with one connected upstream socket each (`udp`). Endpoint health (passive
 //! ejection, active checks) is shared by every connection ([`health`]). Connection limits and
 //! the out-of-descriptors refusal are applied at accept (`limits`); idle connections are cut
-//! by a coarse per-connection timer (`idle`). What every connection or flow task is handed
+//! by a coarse per-connection timer (`idle`). TLS passthrough ports read the ClientHello's
+//! server name first (`tls_hello`) to choose the route. What every connection or flow task is handed
 //! is in [`context`]; the safe socket helpers they share (keepalive, reset, canonical
 //! addresses) in `net`.
 
@@ -18,4 +19,5 @@ pub(crate) mod net;
 pub(crate) mod pipes;
 pub mod proxy_protocol;
 pub(crate) mod tcp;
+pub(crate) mod tls_hello;
 pub(crate) mod udp;

@@ -1,5 +1,7 @@
 //! One TCP connection through the gateway: read the table once, refuse at once when there is
-//! nowhere to go, decode a PROXY header if the port asks for one, connect to an endpoint with
+//! nowhere to go, on a TLS passthrough port read the ClientHello's server name to choose the
+//! route (its bytes then go first to the endpoint), decode a PROXY header if the port asks
+//! for one, connect to an endpoint with
 //! retries on others, send a PROXY header if asked, then forward until both sides are done or
 //! the port's drain timeout cuts it. Every connection ends with metrics and one access-log record.
 
@@ -17,6 +19,7 @@ use super::idle::{self, Activity};
 use super::limits::Slot;
 use super::net::{canonical, keepalive, reset, reset_on_close};
 use super::proxy_protocol::{self, Decoded};
+use super::tls_hello;
 use crate::control::table::Route;
 use crate::names::{ObjectName, RouteKey};
 use crate::telemetry::access_log::AccessRecord;
@@ -33,6 +36,9 @@ struct Outcome {
     progress: Progress,
     close: CloseReason,
     error: Option<String>,
+    /// The route the connection took (a TLS port's: the one its server name chose).
+    gateway_route: Option<Arc<str>>,
+    server_name: Option<Box<str>>,
 }
 
 /// Decrements the active-connections gauge and gives the connection's slot back however the
@@ -78,8 +84,12 @@ pub async fn serve_connection(
         progress: Progress::default(),
         close: CloseReason::NoEndpoints,
         error: None,
+        gateway_route: None,
+        server_name: None,
     };
-    match route.filter(|r| r.active_count() > 0) {
+    // A TLS passthrough port has no endpoints of its own: its ClientHello chooses the route
+    // (in `establish`).
+    match route.filter(|r| r.active_count() > 0 || !r.sni.is_empty()) {
         None => {
             active.0.refused(RefuseReason::no_endpoints);
             tracing::debug!(port = %key, client = %peer, "no usable endpoint; connection refused");
@@ -105,7 +115,11 @@ pub async fn serve_connection(
             drop(established);
         }
     }
+    finish(ctx, started, active, peer, outcome);
+}
 
+/// Records the connection's end: metrics and the access log.
+fn finish(ctx: &ConnContext, started: Instant, active: Active, peer: SocketAddr, outcome: Outcome) {
     let pm = &active.0;
     let elapsed = started.elapsed();
     pm.duration.observe(elapsed.as_secs_f64());
@@ -130,8 +144,82 @@ pub async fn serve_connection(
             duration: elapsed,
             close: outcome.close,
             error: outcome.error,
+            gateway_route: outcome.gateway_route,
+            server_name: outcome.server_name.map(String::from),
         });
     }
+}
+
+/// Reads the ClientHello (bounded in size by [`tls_hello::MAX_HELLO`], in time by
+/// `--proxy-header-timeout`, and cut by the drain) and returns the route its server name
+/// chooses, with the bytes read (to send to the endpoint first). `Err`: nothing routable;
+/// `outcome` says why, and a warning is logged (throttled).
+async fn choose_by_server_name(
+    ctx: &ConnContext,
+    key: RouteKey,
+    port: &Route,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    close: &CancellationToken,
+    outcome: &mut Outcome,
+) -> Result<(Arc<Route>, Vec<u8>), ()> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut bytes = Vec::with_capacity(1024);
+        loop {
+            match tls_hello::server_name(&bytes) {
+                Ok(Some(name)) => return Ok((name, bytes)),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let n = client
+                .read_buf(&mut bytes)
+                .await
+                .map_err(|e| format!("reading the ClientHello: {e}"))?;
+            if n == 0 {
+                return Err("the client closed before a complete ClientHello".to_owned());
+            }
+        }
+    };
+    let read = tokio::select! {
+        r = tokio::time::timeout(ctx.settings.proxy_header_timeout, read) => r,
+        _ = close.cancelled() => {
+            outcome.error = Some("drained while reading the ClientHello".to_owned());
+            return Err(());
+        }
+    };
+    let error = match read {
+        Err(_) => format!(
+            "no complete ClientHello within {:?}",
+            ctx.settings.proxy_header_timeout
+        ),
+        Ok(Err(e)) => e,
+        Ok(Ok((name, bytes))) => match port.by_server_name(name.as_deref()) {
+            Some((route, _)) => {
+                outcome.server_name = name.map(String::into_boxed_str);
+                return Ok((route.clone(), bytes));
+            }
+            None => {
+                let error = match &name {
+                    Some(n) => format!("no TLSRoute takes server name {n:?}"),
+                    None => "the ClientHello names no server, and no TLSRoute takes every name"
+                        .to_owned(),
+                };
+                outcome.server_name = name.map(String::into_boxed_str);
+                error
+            }
+        },
+    };
+    let warn = WarnKey {
+        port: key,
+        endpoint: None,
+        reason: WarnReason::TlsServerName,
+    };
+    if let Some(suppressed) = ctx.warnings.note(warn) {
+        tracing::warn!(port = %key, client = %peer, %error, suppressed, "closing connection: no route for its TLS ClientHello");
+    }
+    outcome.error = Some(error);
+    Err(())
 }
 
 /// A connection ready to forward: the client, the upstream it is connected to (the PROXY
@@ -158,6 +246,27 @@ async fn establish(
     pm: &PortMetrics,
     outcome: &mut Outcome,
 ) -> Option<Established> {
+    // A TLS passthrough port: the ClientHello's server name chooses the route; its bytes go
+    // to the endpoint first.
+    let (route, hello) = if route.sni.is_empty() {
+        (route, Vec::new())
+    } else {
+        match choose_by_server_name(ctx, key, &route, &mut client, peer, close, outcome).await {
+            Ok(chosen) => chosen,
+            Err(()) => {
+                pm.refused(RefuseReason::tls_server_name);
+                outcome.close = CloseReason::TlsServerName;
+                reset(client);
+                return None;
+            }
+        }
+    };
+    outcome.gateway_route = route.route_label.clone();
+    if route.active_count() == 0 {
+        pm.refused(RefuseReason::no_endpoints);
+        reset(client);
+        return None;
+    }
     // TCP_NODELAY and keepalive come from the listening socket. The local address (one
     // syscall) is needed only to read or write a PROXY header.
     let local = if route.spec.proxy.decode || route.spec.proxy.encode {
@@ -214,7 +323,8 @@ async fn establish(
             }
         }
     } else {
-        (peer, local, Vec::new())
+        // A TLS passthrough port's ClientHello, read to choose the route.
+        (peer, local, hello)
     };
     outcome.client = source;
 

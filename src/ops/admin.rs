@@ -216,6 +216,20 @@ struct RouteView {
     /// `backends` option).
     backends: Vec<BackendView>,
     endpoints: Vec<EndpointView>,
+    /// A TLS passthrough port: its TLSRoutes by server name, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sni: Vec<SniView>,
+}
+
+/// One TLSRoute of a TLS passthrough port.
+#[derive(serde::Serialize)]
+struct SniView {
+    /// Server names and `*.suffix` patterns; empty: every name.
+    hostnames: Vec<String>,
+    route: Option<crate::control::configmap::RouteRef>,
+    problem: Option<String>,
+    backends: Vec<BackendView>,
+    endpoints: Vec<EndpointView>,
 }
 
 #[derive(serde::Serialize)]
@@ -268,6 +282,44 @@ struct RoutesQuery {
 /// The most routes one `/routes` answer holds; `next_offset` says where the next page starts.
 pub const ROUTES_PAGE: usize = 1000;
 
+fn backend_views(route: &crate::control::table::Route) -> Vec<BackendView> {
+    route
+        .backends
+        .iter()
+        .map(|b| BackendView {
+            service: b.spec.service.to_string(),
+            service_port: b.spec.service_port.to_string(),
+            weight: b.spec.weight,
+            active_endpoints: b.active_count(),
+            selection: b.selection,
+            problem: b.problem.clone(),
+        })
+        .collect()
+}
+
+fn endpoint_views(
+    state: &AdminState,
+    route: &crate::control::table::Route,
+    now: std::time::Instant,
+) -> Vec<EndpointView> {
+    let active: Vec<SocketAddr> = route.active_endpoints().map(|e| e.addr).collect();
+    route
+        .endpoints
+        .iter()
+        .map(|e| EndpointView {
+            endpoint: e.clone(),
+            active: active.contains(&e.addr),
+            health: state.health.view(
+                HealthKey {
+                    addr: e.addr,
+                    protocol: route.key.protocol,
+                },
+                now,
+            ),
+        })
+        .collect()
+}
+
 async fn routes(
     State(state): State<AdminState>,
     axum::extract::Query(query): axum::extract::Query<RoutesQuery>,
@@ -300,7 +352,6 @@ async fn routes(
     let routes = page
         .into_iter()
         .map(|route| {
-            let active: Vec<SocketAddr> = route.active_endpoints().map(|e| e.addr).collect();
             let listener = match status.ports.get(&route.key) {
                 Some(PortState::Bound(addr)) => ListenerView {
                     state: "bound",
@@ -333,31 +384,17 @@ async fn routes(
                 selection: route.selection,
                 kept_from_previous: route.kept_from_previous,
                 problem: route.problem.clone(),
-                backends: route
-                    .backends
+                backends: backend_views(route),
+                endpoints: endpoint_views(&state, route, now),
+                sni: route
+                    .sni
                     .iter()
-                    .map(|b| BackendView {
-                        service: b.spec.service.to_string(),
-                        service_port: b.spec.service_port.to_string(),
-                        weight: b.spec.weight,
-                        active_endpoints: b.active_count(),
-                        selection: b.selection,
-                        problem: b.problem.clone(),
-                    })
-                    .collect(),
-                endpoints: route
-                    .endpoints
-                    .iter()
-                    .map(|e| EndpointView {
-                        endpoint: e.clone(),
-                        active: active.contains(&e.addr),
-                        health: state.health.view(
-                            HealthKey {
-                                addr: e.addr,
-                                protocol: route.key.protocol,
-                            },
-                            now,
-                        ),
+                    .map(|sni| SniView {
+                        hostnames: sni.hostnames.clone(),
+                        route: sni.route.spec.route.clone(),
+                        problem: sni.route.problem.clone(),
+                        backends: backend_views(&sni.route),
+                        endpoints: endpoint_views(&state, &sni.route, now),
                     })
                     .collect(),
             }

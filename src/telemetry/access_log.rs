@@ -56,6 +56,10 @@ pub struct AccessRecord {
     pub close: CloseReason,
     /// The error behind `close`, when there was one.
     pub error: Option<String>,
+    /// The Gateway API route that served it (`TCPRoute/namespace/name`), if one did.
+    pub gateway_route: Option<Arc<str>>,
+    /// A TLS passthrough port: the server name the client asked for.
+    pub server_name: Option<String>,
 }
 
 /// The serialized shape of a record (field order is the line's order).
@@ -76,6 +80,10 @@ struct Line<'a> {
     duration_ms: f64,
     close: &'static str,
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sni: Option<&'a str>,
 }
 
 impl AccessRecord {
@@ -97,6 +105,8 @@ impl AccessRecord {
             duration_ms: self.duration.as_secs_f64() * 1000.0,
             close: self.close.as_str(),
             error: self.error.as_deref(),
+            route: self.gateway_route.as_deref(),
+            sni: self.server_name.as_deref(),
         }
     }
 
@@ -128,6 +138,12 @@ impl AccessRecord {
                     l.close,
                     l.error.unwrap_or(""),
                 );
+                if let Some(route) = l.route {
+                    let _ = write!(out, " route={route}");
+                }
+                if let Some(sni) = l.sni {
+                    let _ = write!(out, " sni={sni}");
+                }
             }
         }
         out.push(b'\n');
@@ -335,6 +351,8 @@ mod tests {
             duration: Duration::ZERO,
             close: CloseReason::NoEndpoints,
             error: None,
+            gateway_route: None,
+            server_name: None,
         });
         let started = Instant::now();
         assert!(!log.flush(Duration::from_secs(30)));

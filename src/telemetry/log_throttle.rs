@@ -137,6 +137,8 @@ pub enum WarnReason {
     UdpUpstreamSocket,
     /// UDP: an endpoint answered ICMP port-unreachable.
     UdpPortUnreachable,
+    /// A TLS passthrough port got no ClientHello it could route.
+    TlsServerName,
 }
 
 impl fmt::Display for WarnReason {
@@ -157,6 +159,7 @@ impl fmt::Display for WarnReason {
             WarnReason::UdpFlowLimit => "UDP flow limit reached",
             WarnReason::UdpUpstreamSocket => "cannot open an upstream UDP socket",
             WarnReason::UdpPortUnreachable => "UDP endpoint answered port unreachable",
+            WarnReason::TlsServerName => "no route for a TLS ClientHello",
         })
     }
 }

@@ -230,7 +230,7 @@ pub struct PortMetrics {
     pub duration: Histogram,
     /// Connections cut by the idle timeout.
     pub idle_timeouts: Counter,
-    refused: [Counter; 6],
+    refused: [Counter; 7],
     failures: Family<FailureLabels, Counter>,
     /// Every failure series created, so that those of departed endpoints can be removed.
     failure_series: Arc<Mutex<HashSet<FailureLabels>>>,
@@ -253,6 +253,7 @@ impl PortMetrics {
             RefuseReason::max_connections => 3,
             RefuseReason::out_of_descriptors => 4,
             RefuseReason::invalid_backend => 5,
+            RefuseReason::tls_server_name => 6,
         };
         self.refused[i].inc();
     }
@@ -409,13 +410,14 @@ const DROP_REASONS: [&str; 5] = [
     "shutting_down",
 ];
 
-const REFUSE_REASONS: [RefuseReason; 6] = [
+const REFUSE_REASONS: [RefuseReason; 7] = [
     RefuseReason::no_endpoints,
     RefuseReason::proxy_header,
     RefuseReason::upstream_unavailable,
     RefuseReason::max_connections,
     RefuseReason::out_of_descriptors,
     RefuseReason::invalid_backend,
+    RefuseReason::tls_server_name,
 ];
 
 /// The process metrics of the Prometheus client libraries, from `/proc/self` at scrape time.
@@ -555,7 +557,7 @@ impl Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable, max_connections, out_of_descriptors, invalid_backend)",
+            "Connections closed before forwarding, by reason (no_endpoints, proxy_header, upstream_unavailable, max_connections, out_of_descriptors, invalid_backend, tls_server_name)",
             refused.clone(),
         );
         let idle_timeouts = Family::<PortLabels, Counter>::default();
@@ -920,6 +922,7 @@ impl Metrics {
                 refused(RefuseReason::max_connections),
                 refused(RefuseReason::out_of_descriptors),
                 refused(RefuseReason::invalid_backend),
+                refused(RefuseReason::tls_server_name),
             ],
             failures: self.failures.clone(),
             failure_series: self.failure_series.clone(),

@@ -29,6 +29,9 @@ pub enum CloseReason {
     IdleTimeout,
     /// UDP: the flow's endpoint left the route; the next datagram starts a new flow.
     EndpointGone,
+    /// Closed: a TLS passthrough port got no ClientHello it could route (not TLS, too large,
+    /// too late, or a server name no TLSRoute takes).
+    TlsServerName,
     /// UDP: the endpoint answered ICMP port-unreachable.
     UpstreamRefused,
 }
@@ -48,6 +51,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::EndpointGone => "endpoint_gone",
             CloseReason::UpstreamRefused => "upstream_refused",
+            CloseReason::TlsServerName => "tls_server_name",
         }
     }
 }
@@ -69,6 +73,9 @@ pub enum RefuseReason {
     /// The weighted draw chose a backend that does not resolve (a missing Service or port, a
     /// Gateway API reference not permitted): its share of the connections is refused.
     invalid_backend,
+    /// A TLS passthrough port got no ClientHello it could route: not TLS, over the size or
+    /// time limit, or a server name no TLSRoute takes.
+    tls_server_name,
 }
 
 /// Why an upstream connect failed.

@@ -31,6 +31,7 @@ const GATEWAY_BLOCKS: &[(&str, &[u8])] = &[
     ("config_file", &[16]),
     ("weights", &[18]),
     ("gateway_api", &[19]),
+    ("tls_passthrough", &[20]),
 ];
 
 /// A gateway address as written in a test: where, and in which function.

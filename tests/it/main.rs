@@ -23,5 +23,6 @@ mod resilience;
 mod retry;
 mod routing;
 mod shutdown;
+mod tls_passthrough;
 mod udp;
 mod weights;

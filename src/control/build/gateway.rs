@@ -43,9 +43,8 @@ use crate::names::{ListenPort, ObjectName, Protocol, RouteKey, ServicePortRef};
 /// status to report.
 #[derive(Default)]
 pub(super) struct GatewayRoutes {
-    /// One spec per listener port served (its backends in `options.backends`), with the
-    /// route that won the listener (none: the port refuses).
-    pub routes: Vec<(RouteKey, RouteSpec, Option<RouteName>)>,
+    /// One per listener port served.
+    pub routes: Vec<GatewayRoute>,
     /// Conflicts, routes that cannot attach, references that may not be followed.
     pub problems: Vec<ConfigProblem>,
     /// The conditions of every object of dermaga's.
@@ -55,17 +54,31 @@ pub(super) struct GatewayRoutes {
 /// A route by kind and name.
 pub(super) type RouteName = (Kind, ObjectName);
 
+/// What one served listener port does.
+pub(super) struct GatewayRoute {
+    /// The port.
+    pub key: RouteKey,
+    /// Its backends in `options.backends`, from the route that won the listener (none: the
+    /// port refuses); a TLS passthrough port's own spec has none.
+    pub spec: RouteSpec,
+    /// A TLS passthrough port: each attached TLSRoute's hostnames (lower case; empty: any)
+    /// and spec, oldest route first.
+    pub sni: Vec<(Vec<String>, RouteSpec)>,
+}
+
 /// Whether a route attached to a parent, or why not (reason, message).
 type Verdict = Result<(), (&'static str, String)>;
 
-/// A served listener: its Gateway, its own name, where its status is, and the route that won it.
+/// A served listener: its Gateway, its own name, where its status is, the route kind it
+/// takes, and the routes attached, oldest first (with their hostnames on a TLS listener).
 struct Served<'a> {
     gateway: ObjectName,
     listener: &'a Listener,
     key: RouteKey,
+    kind: Kind,
     /// Index of the listener in its Gateway's status.
     status: usize,
-    route: Option<(ObjectName, &'a L4Route)>,
+    routes: Vec<(ObjectName, Vec<String>)>,
 }
 
 fn problem(
@@ -103,11 +116,43 @@ fn observed(object: &Object, status: Option<&serde_json::Value>) -> Observed {
     }
 }
 
-/// The route kind a listener protocol takes.
-fn route_kind(protocol: Protocol) -> Kind {
-    match protocol {
-        Protocol::Tcp => Kind::TcpRoute,
-        Protocol::Udp => Kind::UdpRoute,
+/// The listener protocol a route kind attaches to.
+fn listener_protocol(kind: Kind) -> &'static str {
+    match kind {
+        Kind::UdpRoute => "UDP",
+        Kind::TlsRoute => "TLS",
+        _ => "TCP",
+    }
+}
+
+/// The hostnames a TLSRoute takes on a listener of hostname `listener` (absent: any), lower
+/// case; empty: every name. `None` when the two have no name in common.
+fn tls_hostnames(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+    let route: Vec<String> = route.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let Some(listener) = listener.map(str::to_ascii_lowercase) else {
+        return Some(route);
+    };
+    if route.is_empty() {
+        return Some(vec![listener]);
+    }
+    // The narrower of the two names, when one includes the other.
+    let names: Vec<String> = route
+        .iter()
+        .filter_map(|h| intersection(&listener, h))
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// The names both hostnames take, as one hostname, if one includes the other.
+fn intersection(a: &str, b: &str) -> Option<String> {
+    use crate::control::gateway_api::hostname_matches;
+    match (a.starts_with('*'), b.starts_with('*')) {
+        (false, false) => (a == b).then(|| a.to_owned()),
+        (true, false) => hostname_matches(a, b).then(|| b.to_owned()),
+        (false, true) => hostname_matches(b, a).then(|| a.to_owned()),
+        (true, true) if b.ends_with(&a[1..]) => Some(b.to_owned()),
+        (true, true) if a.ends_with(&b[1..]) => Some(a.to_owned()),
+        (true, true) => None,
     }
 }
 
@@ -185,14 +230,29 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                     message,
                 ));
             };
-            let protocol = match listener.protocol.as_str() {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
+            let (protocol, kind) = match listener.protocol.as_str() {
+                "TCP" => (Protocol::Tcp, Kind::TcpRoute),
+                "UDP" => (Protocol::Udp, Kind::UdpRoute),
+                "TLS" => {
+                    let mode = listener.tls.as_ref().and_then(|t| t.mode.as_deref());
+                    if mode != Some("Passthrough") {
+                        refuse(
+                            "UnsupportedValue",
+                            format!(
+                                "listener {:?}: TLS mode {} is not served by dermaga (Passthrough is: dermaga holds no certificate)",
+                                listener.name,
+                                mode.unwrap_or("Terminate (the default)")
+                            ),
+                        );
+                        continue;
+                    }
+                    (Protocol::Tcp, Kind::TlsRoute)
+                }
                 other => {
                     refuse(
                         "UnsupportedProtocol",
                         format!(
-                            "listener {:?}: protocol {other} is not served by dermaga (TCP and UDP are)",
+                            "listener {:?}: protocol {other} is not served by dermaga (TCP, UDP and TLS passthrough are)",
                             listener.name
                         ),
                     );
@@ -229,7 +289,6 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 continue;
             }
             claimed.insert(key, format!("Gateway {name} listener {:?}", listener.name));
-            let kind = route_kind(protocol);
             let (supported_kinds, resolved) = match listener
                 .allowed_routes
                 .as_ref()
@@ -282,8 +341,9 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 gateway: name.clone(),
                 listener,
                 key,
+                kind,
                 status: listeners.len() - 1,
-                route: None,
+                routes: Vec::new(),
             });
         }
         let programmed = listeners.iter().filter(|l| l.conditions[1].status).count();
@@ -333,9 +393,12 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
     for (kind, protocol) in [
         (Kind::TcpRoute, Protocol::Tcp),
         (Kind::UdpRoute, Protocol::Udp),
+        (Kind::TlsRoute, Protocol::Tcp),
     ] {
         for object in by_age(index.gateway_api(kind)) {
-            let (Object::TcpRoute(route) | Object::UdpRoute(route)) = object else {
+            let (Object::TcpRoute(route) | Object::UdpRoute(route) | Object::TlsRoute(route)) =
+                object
+            else {
                 continue;
             };
             let name = object.name();
@@ -360,8 +423,9 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 };
                 let mut attached = 0;
                 let mut refused = Vec::new();
+                let mut no_hostname = Vec::new();
                 for s in served.iter_mut().filter(|s| s.gateway == gateway) {
-                    let matches = s.key.protocol == protocol
+                    let matches = s.kind == kind
                         && parent
                             .section_name
                             .as_ref()
@@ -374,12 +438,35 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         refused.push(why);
                         continue;
                     }
+                    // A TLS listener: the route's names that the listener's hostname admits.
+                    let hostnames = match kind {
+                        Kind::TlsRoute => {
+                            match tls_hostnames(
+                                s.listener.hostname.as_deref(),
+                                &route.spec.hostnames,
+                            ) {
+                                Some(names) => names,
+                                None => {
+                                    no_hostname.push(format!(
+                                        "listener {:?} of Gateway {} takes hostname {}, which none of the route's hostnames {:?} is or includes",
+                                        s.listener.name,
+                                        s.gateway,
+                                        s.listener.hostname.as_deref().unwrap_or(""),
+                                        route.spec.hostnames
+                                    ));
+                                    continue;
+                                }
+                            }
+                        }
+                        _ => Vec::new(),
+                    };
                     // Attached and counted either way (the API's conflict rule, as its
-                    // conformance tests check it); only the oldest route carries traffic.
+                    // conformance tests check it); on a TCP or UDP listener only the oldest
+                    // route carries traffic, on a TLS listener each takes its hostnames.
                     gateway_status.listeners[s.status].attached_routes += 1;
                     attached += 1;
-                    match &s.route {
-                        Some((winner, _)) => out.problems.push(problem(
+                    match s.routes.first() {
+                        Some((winner, _)) if kind != Kind::TlsRoute => out.problems.push(problem(
                             kind,
                             &name,
                             "RouteConflict",
@@ -390,7 +477,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                                 kind.as_str()
                             ),
                         )),
-                        None => s.route = Some((name.clone(), route)),
+                        _ => s.routes.push((name.clone(), hostnames)),
                     }
                 }
                 if attached == 0 && refused.is_empty() {
@@ -400,7 +487,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         parent.section_name.as_ref().is_none_or(|n| *n == l.name)
                             && parent.port.is_none_or(|p| p == l.port)
                     }) {
-                        refused.push(if l.protocol == protocol_name(protocol) {
+                        refused.push(if l.protocol == listener_protocol(kind) {
                             format!(
                                 "listener {:?} of Gateway {gateway} is not served (see the Gateway's status)",
                                 l.name
@@ -411,19 +498,21 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                                 l.name,
                                 l.protocol,
                                 kind.as_str(),
-                                protocol_name(protocol)
+                                listener_protocol(kind)
                             )
                         });
                     }
                 }
                 let verdict = if attached > 0 {
                     Ok(())
+                } else if !no_hostname.is_empty() && refused.is_empty() {
+                    Err(("NoMatchingListenerHostname", no_hostname.join("; ")))
                 } else if refused.is_empty() {
                     Err((
                         "NoMatchingParent",
                         format!(
                             "Gateway {gateway} has no served {} listener matching this parentRef",
-                            protocol_name(protocol)
+                            listener_protocol(kind)
                         ),
                     ))
                 } else {
@@ -499,24 +588,16 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
     }
 
     for s in served {
-        let kind = route_kind(s.key.protocol);
-        let (backends, origin) = match s.route {
-            Some((route_name, _)) => (
-                route_backends
-                    .get(&(kind, route_name.clone()))
-                    .cloned()
-                    .unwrap_or_default(),
-                Some((kind, route_name)),
-            ),
-            None => (Vec::new(), None),
-        };
-        let first = backends
-            .first()
-            .map(|b| (b.service.clone(), b.service_port.clone()));
-        let (service, service_port) =
-            first.unwrap_or_else(|| (s.gateway.clone(), ServicePortRef::Number(s.key.port.get())));
-        out.routes.push((
-            s.key,
+        let spec = |origin: Option<&ObjectName>| {
+            let backends = origin
+                .and_then(|n| route_backends.get(&(s.kind, n.clone())))
+                .cloned()
+                .unwrap_or_default();
+            let first = backends
+                .first()
+                .map(|b| (b.service.clone(), b.service_port.clone()));
+            let (service, service_port) = first
+                .unwrap_or_else(|| (s.gateway.clone(), ServicePortRef::Number(s.key.port.get())));
             RouteSpec {
                 service,
                 service_port,
@@ -525,13 +606,30 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                     backends: Some(backends),
                     ..PortOptions::default()
                 },
-                route: origin.as_ref().map(|(kind, name)| RouteRef {
-                    kind: kind.as_str(),
+                route: origin.map(|name| RouteRef {
+                    kind: s.kind.as_str(),
                     name: name.clone(),
                 }),
-            },
-            origin,
-        ));
+            }
+        };
+        let route = if s.kind == Kind::TlsRoute {
+            GatewayRoute {
+                key: s.key,
+                spec: spec(None),
+                sni: s
+                    .routes
+                    .iter()
+                    .map(|(name, hostnames)| (hostnames.clone(), spec(Some(name))))
+                    .collect(),
+            }
+        } else {
+            GatewayRoute {
+                key: s.key,
+                spec: spec(s.routes.first().map(|(name, _)| name)),
+                sni: Vec::new(),
+            }
+        };
+        out.routes.push(route);
     }
     out
 }

@@ -232,6 +232,7 @@ fn collect(
         ("gateway.networking.k8s.io/v1", "Gateway") => add(Object::Gateway(typed(json, &bad)?)),
         ("gateway.networking.k8s.io/v1", "TCPRoute") => add(Object::TcpRoute(typed(json, &bad)?)),
         ("gateway.networking.k8s.io/v1", "UDPRoute") => add(Object::UdpRoute(typed(json, &bad)?)),
+        ("gateway.networking.k8s.io/v1", "TLSRoute") => add(Object::TlsRoute(typed(json, &bad)?)),
         (
             "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
             "ReferenceGrant",

@@ -59,6 +59,8 @@ pub struct FlowHandle {
     sent: Arc<AtomicU64>,
     reply_task: AbortHandle,
     route: Arc<PortMetrics>,
+    /// The Gateway API route it came from, for the access log.
+    gateway_route: Option<Arc<str>>,
     udp: Arc<UdpMetrics>,
 }
 
@@ -203,6 +205,8 @@ impl Shared {
                 duration: h.started.elapsed(),
                 close,
                 error,
+                gateway_route: h.gateway_route.clone(),
+                server_name: None,
             });
         }
     }
@@ -422,6 +426,7 @@ fn start_flow(
         sent,
         reply_task: reply_task.abort_handle(),
         route: route_metrics,
+        gateway_route: route.route_label.clone(),
         udp: udp.clone(),
     };
     shared

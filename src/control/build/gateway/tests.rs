@@ -138,7 +138,11 @@ fn a_tcp_route_on_a_gateway_of_ours_is_served_with_its_weights() {
     assert_eq!(udp.active_count(), 1);
     assert!(t.get(&tcp(10001)).is_none(), "another controller's Gateway");
     assert!(
-        has(&t, "Gateway infra/edge UnsupportedProtocol", "protocol TLS"),
+        has(
+            &t,
+            "Gateway infra/edge UnsupportedValue",
+            "TLS mode Terminate"
+        ),
         "{:?}",
         problems(&t)
     );
@@ -196,9 +200,10 @@ fn a_port_of_the_port_map_or_of_an_older_gateway_stays_theirs() {
     let old = &listener(&t, "infra/old", "b").conditions;
     assert_eq!(condition(old, "Programmed"), (true, "Programmed"));
     assert_eq!(condition(old, "Conflicted"), (false, "NoConflicts"));
-    // A TLS listener is not served yet: the Gateway is accepted with listeners not valid.
+    // A TLS listener that terminates (the default mode) is not served: the Gateway is
+    // accepted with listeners not valid.
     let tls = &listener(&t, "infra/edge", "tls").conditions;
-    assert_eq!(condition(tls, "Accepted"), (false, "UnsupportedProtocol"));
+    assert_eq!(condition(tls, "Accepted"), (false, "UnsupportedValue"));
     let edge = &t.gateway_status.gateways[&ObjectName::new("infra", "edge")];
     assert_eq!(
         condition(&edge.conditions, "Accepted"),

@@ -64,11 +64,13 @@ pub const GATEWAY_API_ACCESS: &[ApiAccess] = &[
     gateway_api_read("gateways"),
     gateway_api_read("tcproutes"),
     gateway_api_read("udproutes"),
+    gateway_api_read("tlsroutes"),
     gateway_api_read("referencegrants"),
     gateway_api_status("gatewayclasses/status"),
     gateway_api_status("gateways/status"),
     gateway_api_status("tcproutes/status"),
     gateway_api_status("udproutes/status"),
+    gateway_api_status("tlsroutes/status"),
     ApiAccess {
         group: "coordination.k8s.io",
         resource: "leases",

@@ -403,7 +403,7 @@ fn remember(
             maps.insert(object.name(), cm.clone());
             true
         }
-        Object::TcpRoute(r) | Object::UdpRoute(r) => {
+        Object::TcpRoute(r) | Object::UdpRoute(r) | Object::TlsRoute(r) => {
             routes.insert((object.kind(), object.name()), r.clone());
             true
         }
@@ -423,7 +423,7 @@ fn forget(
             maps.remove(name);
             true
         }
-        Kind::TcpRoute | Kind::UdpRoute => {
+        Kind::TcpRoute | Kind::UdpRoute | Kind::TlsRoute => {
             routes.remove(&(kind, name.clone()));
             true
         }

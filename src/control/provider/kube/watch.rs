@@ -221,6 +221,7 @@ pub fn gateway_api_plural(kind: Kind) -> &'static str {
         Kind::Gateway => "gateways",
         Kind::TcpRoute => "tcproutes",
         Kind::UdpRoute => "udproutes",
+        Kind::TlsRoute => "tlsroutes",
         Kind::ReferenceGrant => "referencegrants",
         Kind::ConfigMap | Kind::Service | Kind::EndpointSlice => {
             unreachable!("{kind:?} is not a Gateway API kind")

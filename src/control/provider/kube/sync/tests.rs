@@ -350,6 +350,7 @@ fn with_the_gateway_api_routes_name_services_and_the_publish_service_is_watched(
             "Gateway in all namespaces {}",
             "TCPRoute in all namespaces {}",
             "UDPRoute in all namespaces {}",
+            "TLSRoute in all namespaces {}",
             "ReferenceGrant in all namespaces {}",
         ]
     );
@@ -358,6 +359,7 @@ fn with_the_gateway_api_routes_name_services_and_the_publish_service_is_watched(
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::UdpRoute,
+        Kind::TlsRoute,
         Kind::ReferenceGrant,
     ] {
         h.list(gateway_api(kind), vec![]);
