@@ -191,7 +191,7 @@ async fn metrics(admin: SocketAddr) -> String {
 }
 
 fn writes(text: &str) -> f64 {
-    ["Gateway", "GatewayClass", "TCPRoute", "UDPRoute"]
+    ["Gateway", "GatewayClass", "TCPRoute", "UDPRoute", "TLSRoute"]
         .iter()
         .map(|kind| {
             metric_in(
@@ -230,6 +230,16 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
                 .allow_from("All")
                 .listener("pay", "TCP", 10001)
                 .allow_from("All")
+                .listener("sites", "TLS", 10443)
+                .passthrough()
+                .allow_from("All")
+                .yaml(),
+        );
+        api.apply(
+            &fixture::tls_route("shop", "sites")
+                .parent("infra/edge", Some("sites"))
+                .hostname("shop.example.com")
+                .backend("web", 80, None)
                 .yaml(),
         );
         api.apply(
@@ -326,6 +336,21 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             shop["status"]["parents"][0]["controllerName"],
             "dermaga.io/gateway-controller"
         );
+        // A TLSRoute through the API server: watched, attached to the passthrough listener.
+        wait_object(
+            &api,
+            "tlsroutes.v1.gateway.networking.k8s.io",
+            "shop",
+            "sites",
+            "TLSRoute Accepted",
+            |r| {
+                let p = &r["status"]["parents"][0];
+                condition(&p["conditions"], "Accepted") == Some(("True".into(), "Accepted".into()))
+                    && condition(&p["conditions"], "ResolvedRefs")
+                        == Some(("True".into(), "ResolvedRefs".into()))
+            },
+        )
+        .await;
         wait_object(
             &api,
             ROUTE,
@@ -417,8 +442,8 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
         let leader = if leaders[0] == 1.0 { 0 } else { 1 };
         assert_eq!(written[1 - leader], 0.0, "the follower writes nothing");
         assert!(
-            written[leader] >= 4.0,
-            "class, Gateway, two routes at least"
+            written[leader] >= 7.0,
+            "class, Gateway, three routes, and the pay route twice more"
         );
 
         // No update storm: a change that does not change any status (an endpoint moves) is

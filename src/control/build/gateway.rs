@@ -194,7 +194,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 conditions: vec![Condition::yes(
                     "Accepted",
                     "Accepted",
-                    "served by dermaga: listeners of protocol TCP and UDP",
+                    "served by dermaga: listeners of protocol TCP, UDP and TLS (passthrough)",
                 )],
             },
         );
@@ -480,7 +480,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         _ => s.routes.push((name.clone(), hostnames)),
                     }
                 }
-                if attached == 0 && refused.is_empty() {
+                if attached == 0 && refused.is_empty() && no_hostname.is_empty() {
                     // A listener the parentRef names, but not one this route can use.
                     let listeners = gateway_listeners.get(&gateway).copied().unwrap_or_default();
                     for l in listeners.iter().filter(|l| {

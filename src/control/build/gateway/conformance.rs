@@ -11,7 +11,7 @@ use crate::control::build::build;
 use crate::control::build::tests::index;
 use crate::control::fixture::{
     Fixture, endpoint, endpoint_slice, gateway, gateway_class, port, reference_grant, service,
-    tcp_route, udp_route,
+    tcp_route, tls_route, udp_route,
 };
 use crate::control::gateway_api::DEFAULT_CONTROLLER_NAME;
 use crate::control::gateway_status::{Condition, ListenerStatus, Observed};
@@ -488,4 +488,212 @@ fn gateway_modify_listeners() {
         .collect();
     assert_eq!(names, ["two"]);
     assert!(removed.get(&key(8081, Protocol::Tcp)).is_none());
+}
+
+/// A Gateway `name` with one TLS passthrough listener `tls` on 443 (hostname when given).
+fn tls_gw(name: &str, hostname: Option<&str>) -> Object {
+    let mut g = gateway(INFRA, name, "conformance")
+        .listener("tls", "TLS", 443)
+        .allow_from("All")
+        .passthrough();
+    if let Some(h) = hostname {
+        g = g.listener_hostname(h);
+    }
+    g.object()
+}
+
+/// The backend a TLS port sends `server_name` to.
+fn tls_served_by(t: &RouteTable, server_name: &str) -> Option<String> {
+    let port = t.get(&key(443, Protocol::Tcp))?;
+    let (route, _) = port.by_server_name(Some(server_name))?;
+    Some(route.backends[0].spec.service.to_string())
+}
+
+#[test]
+fn tls_route_simple_same_namespace() {
+    let mut objects = vec![
+        class(),
+        tls_gw("g", None),
+        tls_route(INFRA, "r")
+            .parent("g", Some("tls"))
+            .hostname("abc.example.com")
+            .backend("tls-backend", 3000, None)
+            .object(),
+    ];
+    objects.extend(echo(INFRA, "tls-backend", "10.0.0.1"));
+    let t = build(&index(objects), None);
+    assert_eq!(accepted(&t, Kind::TlsRoute, "r"), (true, "Accepted"));
+    assert_eq!(resolved(&t, Kind::TlsRoute, "r"), (true, "ResolvedRefs"));
+    let l = listener(&t, "g", "tls");
+    assert_eq!(l.attached_routes, 1);
+    assert_eq!(l.supported_kinds, ["TLSRoute"]);
+    assert_eq!(
+        tls_served_by(&t, "abc.example.com").as_deref(),
+        Some("gateway-conformance-infra/tls-backend")
+    );
+    assert_eq!(tls_served_by(&t, "other.example.com"), None);
+}
+
+#[test]
+fn tls_route_invalid_backend_refs_and_reference_grant() {
+    // TLSRouteInvalidBackendRefNonexistent, TLSRouteInvalidBackendRefUnknownKind,
+    // TLSRouteInvalidReferenceGrant.
+    let mut unknown_kind = tls_route(INFRA, "unknown-kind")
+        .parent("g", Some("tls"))
+        .backend("tls-backend", 3000, None)
+        .object();
+    if let Object::TlsRoute(r) = &mut unknown_kind {
+        r.spec.rules[0].backend_refs[0].kind = Some("UnknownKind".into());
+    }
+    let mut objects = vec![
+        class(),
+        tls_gw("g", None),
+        tls_route(INFRA, "nonexistent")
+            .parent("g", Some("tls"))
+            .backend("nonexistent", 3000, None)
+            .object(),
+        unknown_kind,
+        tls_route(INFRA, "no-grant")
+            .parent("g", Some("tls"))
+            .backend("gateway-conformance-web-backend/web", 3000, None)
+            .object(),
+    ];
+    objects.extend(echo(INFRA, "tls-backend", "10.0.0.1"));
+    objects.extend(echo("gateway-conformance-web-backend", "web", "10.0.0.2"));
+    let t = build(&index(objects), None);
+    for (route, reason) in [
+        ("nonexistent", "BackendNotFound"),
+        ("unknown-kind", "InvalidKind"),
+        ("no-grant", "RefNotPermitted"),
+    ] {
+        assert_eq!(
+            resolved(&t, Kind::TlsRoute, route),
+            (false, reason),
+            "{route}"
+        );
+    }
+}
+
+#[test]
+fn tls_route_invalid_no_matching_listener() {
+    let t = build(
+        &index(vec![
+            class(),
+            tls_gw("tls-only", None),
+            gw("http-only", &[("http", "HTTP", 80)]),
+            tls_route(INFRA, "not-allowed-protocol-http")
+                .parent("http-only", None)
+                .object(),
+            tls_route(INFRA, "no-matching-section-name")
+                .parent("tls-only", Some("nope"))
+                .object(),
+        ]),
+        None,
+    );
+    assert_eq!(
+        accepted(&t, Kind::TlsRoute, "not-allowed-protocol-http"),
+        (false, "NotAllowedByListeners")
+    );
+    assert_eq!(
+        accepted(&t, Kind::TlsRoute, "no-matching-section-name"),
+        (false, "NoMatchingParent")
+    );
+}
+
+#[test]
+fn tls_route_invalid_no_matching_listener_hostname() {
+    let t = build(
+        &index(vec![
+            class(),
+            tls_gw("g", Some("foo.example.com")),
+            tls_route(INFRA, "r")
+                .parent("g", Some("tls"))
+                .hostname("bar.example.com")
+                .object(),
+        ]),
+        None,
+    );
+    assert_eq!(
+        accepted(&t, Kind::TlsRoute, "r"),
+        (false, "NoMatchingListenerHostname")
+    );
+    assert_eq!(listener(&t, "g", "tls").attached_routes, 0);
+}
+
+#[test]
+fn tls_route_hostname_intersection() {
+    // A listener for *.example.com: a route for one name of it serves that name; a route for
+    // a wider wildcard serves only the listener's names; another domain does not attach.
+    let mut objects = vec![
+        class(),
+        tls_gw("g", Some("*.example.com")),
+        tls_route(INFRA, "exact")
+            .parent("g", Some("tls"))
+            .hostname("abc.example.com")
+            .backend("exact", 3000, None)
+            .object(),
+        tls_route(INFRA, "wider")
+            .parent("g", Some("tls"))
+            .hostname("*.com")
+            .backend("wider", 3000, None)
+            .object(),
+        tls_route(INFRA, "elsewhere")
+            .parent("g", Some("tls"))
+            .hostname("abc.example.net")
+            .backend("exact", 3000, None)
+            .object(),
+    ];
+    objects.extend(echo(INFRA, "exact", "10.0.0.1"));
+    objects.extend(echo(INFRA, "wider", "10.0.0.2"));
+    let t = build(&index(objects), None);
+    assert_eq!(accepted(&t, Kind::TlsRoute, "exact"), (true, "Accepted"));
+    assert_eq!(accepted(&t, Kind::TlsRoute, "wider"), (true, "Accepted"));
+    assert_eq!(
+        accepted(&t, Kind::TlsRoute, "elsewhere"),
+        (false, "NoMatchingListenerHostname")
+    );
+    assert_eq!(listener(&t, "g", "tls").attached_routes, 2);
+    assert_eq!(
+        tls_served_by(&t, "abc.example.com").as_deref(),
+        Some("gateway-conformance-infra/exact")
+    );
+    assert_eq!(
+        tls_served_by(&t, "xyz.example.com").as_deref(),
+        Some("gateway-conformance-infra/wider")
+    );
+    assert_eq!(
+        tls_served_by(&t, "abc.other.com"),
+        None,
+        "narrowed to *.example.com"
+    );
+}
+
+#[test]
+fn tls_route_listener_passthrough_supported_kinds_and_terminate_not_supported() {
+    let t = build(
+        &index(vec![
+            class(),
+            gateway(INFRA, "kinds", "conformance")
+                .listener("tls-passthrough", "TLS", 443)
+                .passthrough()
+                .allow_kinds(&["TCPRoute", "TLSRoute"])
+                .object(),
+            gateway(INFRA, "terminate", "conformance")
+                .listener("tls-terminate", "TLS", 8443)
+                .object(),
+        ]),
+        None,
+    );
+    let l = listener(&t, "kinds", "tls-passthrough");
+    assert_eq!(l.supported_kinds, ["TLSRoute"]);
+    assert_eq!(
+        cond(&l.conditions, "ResolvedRefs"),
+        (false, "InvalidRouteKinds")
+    );
+    let terminate = listener(&t, "terminate", "tls-terminate");
+    assert_eq!(
+        cond(&terminate.conditions, "Accepted"),
+        (false, "UnsupportedValue")
+    );
+    assert_eq!(terminate.attached_routes, 0);
 }
