@@ -73,7 +73,9 @@ async fn prune_metrics(
 ) {
     let mut changed = snapshot.subscribe();
     loop {
-        metrics.retain(&snapshot.load().in_force());
+        let table = snapshot.load();
+        metrics.retain(&table.in_force());
+        metrics.set_route_info(&table.gateway_routes());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = changed.changed() => if r.is_err() { return },

@@ -510,8 +510,22 @@ impl RouteTable {
                 (
                     r.key,
                     r.spec.service.clone(),
-                    r.endpoints.iter().map(|e| e.addr).collect(),
+                    // A TLS passthrough port's endpoints are its server names' routes'.
+                    std::iter::once(r)
+                        .chain(r.sni.iter().map(|s| &s.route))
+                        .flat_map(|r| r.endpoints.iter().map(|e| e.addr))
+                        .collect(),
                 )
+            })
+            .collect()
+    }
+
+    /// The Gateway API routes serving ports: port, route kind, route name.
+    pub fn gateway_routes(&self) -> Vec<(RouteKey, &'static str, ObjectName)> {
+        self.routes_with_endpoints()
+            .filter_map(|r| {
+                let route = r.spec.route.as_ref()?;
+                Some((r.key, route.kind, route.name.clone()))
             })
             .collect()
     }
@@ -519,6 +533,14 @@ impl RouteTable {
     /// All routes in key order.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.values()
+    }
+
+    /// Every route that has endpoints of its own: each port's, and on a TLS passthrough port
+    /// each server name's (with the port's key).
+    pub fn routes_with_endpoints(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes
+            .values()
+            .flat_map(|r| std::iter::once(r).chain(r.sni.iter().map(|s| &s.route)))
     }
 
     /// All keys in order.

@@ -205,6 +205,15 @@ struct WatchErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteInfoLabels {
+    port: u16,
+    protocol: &'static str,
+    kind: &'static str,
+    route_namespace: String,
+    route_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusWriteLabels {
     kind: &'static str,
     result: &'static str,
@@ -363,6 +372,7 @@ pub struct Metrics {
     kube_watch_errors: Family<WatchErrorLabels, Counter>,
     kube_events: Family<ResultLabels, Counter>,
     status_writes: Family<StatusWriteLabels, Counter>,
+    route_info: Family<RouteInfoLabels, Gauge>,
     status_leader: Gauge,
     health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
@@ -618,6 +628,12 @@ impl Metrics {
             "Gateway API status writes by kind and result (written; conflict: the object changed since it was read, retried on the next change; failed)",
             status_writes.clone(),
         );
+        let route_info = Family::<RouteInfoLabels, Gauge>::default();
+        registry.register(
+            "route_info",
+            "1 for each Gateway API route serving a port (on a TLS passthrough port, each TLSRoute): join on port and protocol to see the per-port series by route",
+            route_info.clone(),
+        );
         let status_leader = Gauge::default();
         registry.register(
             "gateway_status_leader",
@@ -740,6 +756,7 @@ impl Metrics {
             reloads,
             kube_watch_errors,
             status_writes,
+            route_info,
             status_leader,
             kube_events,
             health,
@@ -972,6 +989,23 @@ impl Metrics {
         self.kube_watch_errors
             .get_or_create(&WatchErrorLabels { resource, reason })
             .inc();
+    }
+
+    /// Sets `dermaga_route_info` to the Gateway API routes `(port, protocol, kind, route)` in
+    /// force, and nothing else.
+    pub fn set_route_info(&self, routes: &[(RouteKey, &'static str, ObjectName)]) {
+        self.route_info.clear();
+        for (key, kind, name) in routes {
+            self.route_info
+                .get_or_create(&RouteInfoLabels {
+                    port: key.port.get(),
+                    protocol: key.protocol.as_k8s(),
+                    kind,
+                    route_namespace: name.namespace.clone(),
+                    route_name: name.name.clone(),
+                })
+                .set(1);
+        }
     }
 
     /// Records a Gateway API status write (`written`, `conflict`, `failed`).

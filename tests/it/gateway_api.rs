@@ -191,16 +191,22 @@ async fn metrics(admin: SocketAddr) -> String {
 }
 
 fn writes(text: &str) -> f64 {
-    ["Gateway", "GatewayClass", "TCPRoute", "UDPRoute", "TLSRoute"]
-        .iter()
-        .map(|kind| {
-            metric_in(
-                text,
-                "dermaga_gateway_status_writes_total",
-                &[("kind", kind), ("result", "written")],
-            )
-        })
-        .sum()
+    [
+        "Gateway",
+        "GatewayClass",
+        "TCPRoute",
+        "UDPRoute",
+        "TLSRoute",
+    ]
+    .iter()
+    .map(|kind| {
+        metric_in(
+            text,
+            "dermaga_gateway_status_writes_total",
+            &[("kind", kind), ("result", "written")],
+        )
+    })
+    .sum()
 }
 
 const ROUTE: &str = "tcproutes.v1.gateway.networking.k8s.io";

@@ -215,6 +215,23 @@ async fn a_real_tls_client_reaches_the_backend_its_server_name_chooses() {
         "still served"
     );
 
+    // Each TLSRoute of the port is an info series.
+    for route in ["shop", "org", "api"] {
+        assert_eq!(
+            metric(
+                &gw,
+                "dermaga_route_info",
+                &[
+                    ("port", "10443"),
+                    ("kind", "TLSRoute"),
+                    ("route_name", route)
+                ],
+            ),
+            1.0,
+            "{route}"
+        );
+    }
+
     // The access log names the route and the server name.
     gw.shutdown().await;
     let records = lines.records();

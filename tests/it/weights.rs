@@ -223,6 +223,21 @@ async fn a_tcp_route_on_a_gateway_splits_90_10_by_its_backend_weights_and_0_gets
         "weight 0 got connections: {counts:?}"
     );
     assert_eq!(counts.values().sum::<usize>(), n);
+    // The route serving the port, as an info series to join the per-port series with.
+    assert_eq!(
+        metric(
+            &gw,
+            "dermaga_route_info",
+            &[
+                ("port", "10000"),
+                ("protocol", "TCP"),
+                ("kind", "TCPRoute"),
+                ("route_namespace", "default"),
+                ("route_name", "shop"),
+            ],
+        ),
+        1.0
+    );
     gw.shutdown().await;
 }
 

@@ -48,7 +48,10 @@ impl Default for CheckSettings {
 /// routes share an endpoint).
 fn wanted(table: &RouteTable, global: Option<Duration>) -> HashMap<SocketAddr, Duration> {
     let mut wanted: HashMap<SocketAddr, Duration> = HashMap::new();
-    for route in table.routes().filter(|r| r.key.protocol == Protocol::Tcp) {
+    for route in table
+        .routes_with_endpoints()
+        .filter(|r| r.key.protocol == Protocol::Tcp)
+    {
         let interval = route.spec.options.health_check_interval.or(global);
         let Some(interval) = interval.filter(|d| !d.is_zero()) else {
             continue;
@@ -66,7 +69,7 @@ fn wanted(table: &RouteTable, global: Option<Duration>) -> HashMap<SocketAddr, D
 /// Every endpoint of every route, with its route's protocol: the health worth keeping.
 fn endpoints(table: &RouteTable) -> HashSet<HealthKey> {
     table
-        .routes()
+        .routes_with_endpoints()
         .flat_map(|r| {
             r.endpoints.iter().map(|e| HealthKey {
                 addr: e.addr,
