@@ -87,7 +87,25 @@ pub(crate) fn to_json(object: &Object) -> serde_json::Value {
             gateway_api(kind, serde_json::to_value(o))
         }
         Object::ReferenceGrant(o) => gateway_api(kind, serde_json::to_value(o)),
+        Object::Namespace(o) => serde_json::to_value(o).expect("an object serializes"),
     }
+}
+
+/// A Namespace `name` with `labels`.
+pub fn namespace(name: &str, labels: &[(&str, &str)]) -> Object {
+    Object::Namespace(k8s_openapi::api::core::v1::Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    })
 }
 
 fn meta(namespace: &str, name: &str) -> ObjectMeta {
@@ -420,6 +438,30 @@ impl GatewayFixture {
             .get_or_insert_with(AllowedRoutes::default)
             .namespaces = Some(RouteNamespaces {
             from: Some(from.to_owned()),
+            selector: None,
+        });
+        self
+    }
+
+    /// The last listener's `allowedRoutes.namespaces`: `from: Selector` with `matchLabels`.
+    pub fn allow_selector(mut self, labels: &[(&str, &str)]) -> Self {
+        let listener = self.0.spec.listeners.last_mut().expect("a listener first");
+        listener
+            .allowed_routes
+            .get_or_insert_with(AllowedRoutes::default)
+            .namespaces = Some(RouteNamespaces {
+            from: Some("Selector".to_owned()),
+            selector: Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                    match_labels: Some(
+                        labels
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
+                    ),
+                    match_expressions: None,
+                },
+            ),
         });
         self
     }

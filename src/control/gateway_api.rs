@@ -114,6 +114,9 @@ pub struct RouteNamespaces {
     /// `Same` (the default), `All` or `Selector`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// With `Selector`: the labels of the namespaces whose routes may attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// A group and kind (an empty or absent group is this API's group for route kinds).

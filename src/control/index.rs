@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -39,6 +39,8 @@ pub enum Object {
     TlsRoute(L4Route),
     /// A Gateway API ReferenceGrant.
     ReferenceGrant(ReferenceGrant),
+    /// A Namespace (its labels, for `allowedRoutes.namespaces.selector`).
+    Namespace(Namespace),
 }
 
 /// The kinds of object the Index holds.
@@ -62,6 +64,8 @@ pub enum Kind {
     TlsRoute,
     /// `gateway.networking.k8s.io/v1/ReferenceGrant`.
     ReferenceGrant,
+    /// `v1/Namespace`.
+    Namespace,
 }
 
 /// The Gateway API kinds (`--gateway-api` watches each in every namespace).
@@ -75,7 +79,7 @@ pub const GATEWAY_API_KINDS: [Kind; 6] = [
 ];
 
 /// Every kind, in the order a reload applies them.
-pub const KINDS: [Kind; 9] = [
+pub const KINDS: [Kind; 10] = [
     Kind::ConfigMap,
     Kind::Service,
     Kind::EndpointSlice,
@@ -85,6 +89,7 @@ pub const KINDS: [Kind; 9] = [
     Kind::UdpRoute,
     Kind::TlsRoute,
     Kind::ReferenceGrant,
+    Kind::Namespace,
 ];
 
 impl Kind {
@@ -100,6 +105,7 @@ impl Kind {
             Kind::UdpRoute => "UDPRoute",
             Kind::TlsRoute => "TLSRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
         }
     }
 }
@@ -114,7 +120,7 @@ impl Object {
             Kind::UdpRoute => Object::UdpRoute(serde_json::from_value(value)?),
             Kind::TlsRoute => Object::TlsRoute(serde_json::from_value(value)?),
             Kind::ReferenceGrant => Object::ReferenceGrant(serde_json::from_value(value)?),
-            Kind::ConfigMap | Kind::Service | Kind::EndpointSlice => {
+            Kind::ConfigMap | Kind::Service | Kind::EndpointSlice | Kind::Namespace => {
                 unreachable!("{kind:?} is not a Gateway API kind")
             }
         })
@@ -132,6 +138,7 @@ impl Object {
             Object::UdpRoute(_) => Kind::UdpRoute,
             Object::TlsRoute(_) => Kind::TlsRoute,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::Namespace(_) => Kind::Namespace,
         }
     }
 
@@ -145,6 +152,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::TcpRoute(o) | Object::UdpRoute(o) | Object::TlsRoute(o) => &o.metadata,
             Object::ReferenceGrant(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
         }
     }
 
@@ -153,7 +161,7 @@ impl Object {
     pub fn name(&self) -> ObjectName {
         let meta = self.metadata();
         let namespace = match self {
-            Object::GatewayClass(_) => String::new(),
+            Object::GatewayClass(_) | Object::Namespace(_) => String::new(),
             _ => meta.namespace.clone().unwrap_or_else(|| "default".into()),
         };
         ObjectName::new(namespace, meta.name.clone().unwrap_or_default())
@@ -314,6 +322,18 @@ impl Index {
             .get(&kind)
             .into_iter()
             .flat_map(|m| m.values())
+    }
+
+    /// The labels of a Namespace (none when it is not known).
+    pub fn namespace_labels(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        match self
+            .gateway_api
+            .get(&Kind::Namespace)?
+            .get(&ObjectName::new("", name))?
+        {
+            Object::Namespace(ns) => ns.metadata.labels.as_ref(),
+            _ => None,
+        }
     }
 
     /// A Service by name.

@@ -11,8 +11,8 @@
 //!   passthrough is not served yet);
 //! - a parentRef names a Gateway (namespace default: the route's), and a listener by
 //!   `sectionName`, by `port`, or (neither) every listener of the route's protocol;
-//!   `allowedRoutes.namespaces.from` `Same` (the default) or `All` (`Selector` is reported, not
-//!   served yet), and `allowedRoutes.kinds` when set;
+//!   `allowedRoutes.namespaces.from` `Same` (the default), `All`, or `Selector` (the labels of
+//!   the route's Namespace), and `allowedRoutes.kinds` when set;
 //! - when several routes attach to one listener, all are accepted and counted in its
 //!   `attachedRoutes` (as upstream's `TCPRouteMultipleRoutesAttachment` requires) and the oldest
 //!   carries the traffic; the others are reported (`RouteConflict`);
@@ -434,7 +434,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                     if !matches {
                         continue;
                     }
-                    if let Some(why) = not_allowed(s, &name, kind) {
+                    if let Some(why) = not_allowed(index, s, &name, kind) {
                         refused.push(why);
                         continue;
                     }
@@ -655,27 +655,51 @@ fn load_balancer_addresses(service: &k8s_openapi::api::core::v1::Service) -> Vec
 }
 
 /// Why a listener does not take routes of `kind` from `route`'s namespace, if it does not.
-fn not_allowed(s: &Served, route: &ObjectName, kind: Kind) -> Option<String> {
+fn not_allowed(index: &Index, s: &Served, route: &ObjectName, kind: Kind) -> Option<String> {
     let allowed = s.listener.allowed_routes.as_ref();
-    let from = allowed
-        .and_then(|a| a.namespaces.as_ref())
-        .and_then(|n| n.from.as_deref())
-        .unwrap_or("Same");
-    let namespace_ok = match from {
-        "All" => true,
-        "Same" => route.namespace == s.gateway.namespace,
-        other => {
+    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+    let from = namespaces.and_then(|n| n.from.as_deref()).unwrap_or("Same");
+    match from {
+        "All" => {}
+        "Same" if route.namespace == s.gateway.namespace => {}
+        "Same" => {
             return Some(format!(
-                "listener {:?} of Gateway {} allows routes from namespaces {other:?}, which dermaga does not serve yet (Same and All)",
+                "listener {:?} of Gateway {} allows routes from its own namespace only",
                 s.listener.name, s.gateway
             ));
         }
-    };
-    if !namespace_ok {
-        return Some(format!(
-            "listener {:?} of Gateway {} allows routes from its own namespace only",
-            s.listener.name, s.gateway
-        ));
+        "Selector" => {
+            let empty = BTreeMap::new();
+            let labels = index.namespace_labels(&route.namespace).unwrap_or(&empty);
+            let selector = namespaces.and_then(|n| n.selector.as_ref());
+            match selector.map(|sel| selects(sel, labels)) {
+                Some(Ok(true)) => {}
+                Some(Ok(false)) => {
+                    return Some(format!(
+                        "listener {:?} of Gateway {} allows routes from the namespaces its selector picks, and the labels of namespace {} do not match it",
+                        s.listener.name, s.gateway, route.namespace
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Some(format!(
+                        "listener {:?} of Gateway {}: {e}",
+                        s.listener.name, s.gateway
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "listener {:?} of Gateway {} allows routes from namespaces \"Selector\" but has no selector",
+                        s.listener.name, s.gateway
+                    ));
+                }
+            }
+        }
+        other => {
+            return Some(format!(
+                "listener {:?} of Gateway {} allows routes from namespaces {other:?}, which is not Same, All or Selector",
+                s.listener.name, s.gateway
+            ));
+        }
     }
     if let Some(kinds) = allowed.and_then(|a| a.kinds.as_ref())
         && !kinds
@@ -690,6 +714,37 @@ fn not_allowed(s: &Served, route: &ObjectName, kind: Kind) -> Option<String> {
         ));
     }
     None
+}
+
+/// Whether a label selector picks an object with `labels` (Kubernetes' rules: every
+/// `matchLabels` pair, and every `matchExpressions` term: `In`, `NotIn`, `Exists`,
+/// `DoesNotExist`); an operator it does not know is an error.
+fn selects(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    let pairs = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let mut terms = true;
+    for term in selector.match_expressions.iter().flatten() {
+        let value = labels.get(&term.key);
+        let values = term.values.as_deref().unwrap_or_default();
+        terms &= match term.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            other => {
+                return Err(format!(
+                    "label selector operator {other:?} is not In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        };
+    }
+    Ok(pairs && terms)
 }
 
 /// The route's backendRefs as weighted backends, and why each one that does not resolve does

@@ -225,6 +225,7 @@ fn collect(
         }
         ("v1", "ConfigMap") => add(Object::ConfigMap(typed(json, &bad)?)),
         ("v1", "Service") => add(Object::Service(typed(json, &bad)?)),
+        ("v1", "Namespace") => add(Object::Namespace(typed(json, &bad)?)),
         ("discovery.k8s.io/v1", "EndpointSlice") => add(Object::EndpointSlice(typed(json, &bad)?)),
         ("gateway.networking.k8s.io/v1", "GatewayClass") => {
             add(Object::GatewayClass(typed(json, &bad)?))

@@ -407,3 +407,93 @@ fn listeners_admit_routes_by_namespace_and_kind() {
     assert_eq!(t.get(&tcp(10000)).unwrap().active_count(), 0);
     assert_eq!(t.get(&tcp(10002)).unwrap().active_count(), 0);
 }
+
+#[test]
+fn a_selector_admits_routes_from_the_namespaces_whose_labels_match() {
+    use crate::control::fixture::namespace;
+    let mut objects = vec![
+        gateway_class("dermaga", DEFAULT_CONTROLLER_NAME).object(),
+        gateway("infra", "edge", "dermaga")
+            .listener("shop", "TCP", 10000)
+            .allow_selector(&[("gateway-access", "edge")])
+            .object(),
+        namespace("shop", &[("gateway-access", "edge")]),
+        namespace("other", &[("gateway-access", "none")]),
+        tcp_route("other", "early")
+            .parent("infra/edge", None)
+            .backend("web", 80, None)
+            .created(1_000)
+            .object(),
+        tcp_route("shop", "shop")
+            .parent("infra/edge", None)
+            .backend("web", 80, None)
+            .created(2_000)
+            .object(),
+        tcp_route("unlabelled", "x")
+            .parent("infra/edge", None)
+            .object(),
+    ];
+    objects.extend(backend("shop", "web", "10.0.0.1"));
+    let t = table(objects);
+    // The older route's namespace does not match: the younger, matching one serves.
+    assert_eq!(
+        condition(parent(&t, Kind::TcpRoute, "shop/shop"), "Accepted"),
+        (true, "Accepted")
+    );
+    for route in ["other/early", "unlabelled/x"] {
+        assert_eq!(
+            condition(parent(&t, Kind::TcpRoute, route), "Accepted"),
+            (false, "NotAllowedByListeners"),
+            "{route}"
+        );
+    }
+    assert!(
+        has(
+            &t,
+            "TCPRoute other/early NotAllowedByListeners",
+            "labels of namespace other"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    assert_eq!(t.get(&tcp(10000)).unwrap().active_count(), 1);
+}
+
+#[test]
+fn label_selectors_follow_the_kubernetes_rules() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    let labels: std::collections::BTreeMap<String, String> =
+        [("env".to_owned(), "prod".to_owned())].into();
+    let term = |op: &str, values: &[&str]| LabelSelector {
+        match_labels: None,
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "env".into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| (*v).to_owned()).collect()),
+        }]),
+    };
+    assert_eq!(
+        super::selects(&term("In", &["prod", "dev"]), &labels),
+        Ok(true)
+    );
+    assert_eq!(
+        super::selects(&term("NotIn", &["prod"]), &labels),
+        Ok(false)
+    );
+    assert_eq!(super::selects(&term("Exists", &[]), &labels), Ok(true));
+    assert_eq!(
+        super::selects(&term("DoesNotExist", &[]), &labels),
+        Ok(false)
+    );
+    assert_eq!(
+        super::selects(&term("NotIn", &["x"]), &Default::default()),
+        Ok(true),
+        "NotIn holds when the label is absent"
+    );
+    assert!(super::selects(&term("Like", &[]), &labels).is_err());
+    assert_eq!(
+        super::selects(&LabelSelector::default(), &labels),
+        Ok(true),
+        "an empty selector picks every namespace"
+    );
+}

@@ -71,6 +71,13 @@ pub const GATEWAY_API_ACCESS: &[ApiAccess] = &[
     gateway_api_status("tcproutes/status"),
     gateway_api_status("udproutes/status"),
     gateway_api_status("tlsroutes/status"),
+    // Their labels, for listeners' `allowedRoutes.namespaces.selector`.
+    ApiAccess {
+        group: "",
+        resource: "namespaces",
+        verbs: &["list", "watch"],
+        scope: AccessScope::Cluster,
+    },
     ApiAccess {
         group: "coordination.k8s.io",
         resource: "leases",

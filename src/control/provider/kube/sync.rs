@@ -122,6 +122,7 @@ impl SyncState {
         let mut scopes: Vec<ScopeKey> = names.into_iter().map(ScopeKey::PortMap).collect();
         if gateway_api {
             scopes.extend(GATEWAY_API_KINDS.map(ScopeKey::GatewayApi));
+            scopes.push(ScopeKey::Namespaces);
         }
         let commands = scopes
             .into_iter()
@@ -173,7 +174,7 @@ impl SyncState {
             ScopeKey::PortMap(name) => o.name() == *name,
             ScopeKey::Services(_) => names.contains(&o.name().name),
             ScopeKey::Slices(_) => slice_service(o).is_some_and(|s| names.contains(s)),
-            ScopeKey::GatewayApi(_) => true,
+            ScopeKey::GatewayApi(_) | ScopeKey::Namespaces => true,
         };
         let mut refs_changed = false;
         match message.change {
@@ -321,7 +322,7 @@ impl SyncState {
             .scopes
             .keys()
             .filter(|k| match k {
-                ScopeKey::PortMap(_) | ScopeKey::GatewayApi(_) => false,
+                ScopeKey::PortMap(_) | ScopeKey::GatewayApi(_) | ScopeKey::Namespaces => false,
                 ScopeKey::Services(ns) | ScopeKey::Slices(ns) => !refs.contains_key(ns),
             })
             .cloned()
@@ -389,6 +390,7 @@ fn kind_of(key: &ScopeKey) -> Kind {
         ScopeKey::Services(_) => Kind::Service,
         ScopeKey::Slices(_) => Kind::EndpointSlice,
         ScopeKey::GatewayApi(kind) => *kind,
+        ScopeKey::Namespaces => Kind::Namespace,
     }
 }
 

@@ -3,7 +3,7 @@
 //! the scope and the watcher's generation, to the provider's single loop.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
@@ -29,6 +29,8 @@ pub enum ScopeKey {
     Slices(String),
     /// Every object of one Gateway API kind, in every namespace (`--gateway-api`).
     GatewayApi(Kind),
+    /// Every Namespace, for their labels (`--gateway-api`: `allowedRoutes` selectors).
+    Namespaces,
 }
 
 impl ScopeKey {
@@ -39,6 +41,7 @@ impl ScopeKey {
             ScopeKey::Services(_) => "services",
             ScopeKey::Slices(_) => "endpointslices",
             ScopeKey::GatewayApi(kind) => gateway_api_plural(*kind),
+            ScopeKey::Namespaces => "namespaces",
         }
     }
 }
@@ -59,6 +62,7 @@ impl ScopeKey {
                 "{} (API group {GROUP}) in all namespaces",
                 gateway_api_plural(*kind)
             ),
+            ScopeKey::Namespaces => "namespaces (cluster-scoped)".to_owned(),
         }
     }
 }
@@ -70,6 +74,7 @@ impl std::fmt::Display for ScopeKey {
             ScopeKey::Services(ns) => write!(f, "services in namespace {ns}"),
             ScopeKey::Slices(ns) => write!(f, "endpointslices in namespace {ns}"),
             ScopeKey::GatewayApi(kind) => write!(f, "{} in all namespaces", kind.as_str()),
+            ScopeKey::Namespaces => write!(f, "namespaces"),
         }
     }
 }
@@ -203,6 +208,23 @@ pub fn spawn(
                 Some(Object::EndpointSlice(o))
             }))
         }
+        ScopeKey::Namespaces => {
+            let api: Api<Namespace> = Api::all(client);
+            let config = watcher::Config::default();
+            tokio::spawn(forward(
+                api,
+                config,
+                scope,
+                generation,
+                tx,
+                |mut o: Namespace| {
+                    // Only the labels are read: no spec or status kept.
+                    o.spec = None;
+                    o.status = None;
+                    Some(Object::Namespace(o))
+                },
+            ))
+        }
         ScopeKey::GatewayApi(kind) => {
             let resource = gateway_api_resource(kind);
             let api: Api<DynamicObject> = Api::all_with(client, &resource);
@@ -223,7 +245,7 @@ pub fn gateway_api_plural(kind: Kind) -> &'static str {
         Kind::UdpRoute => "udproutes",
         Kind::TlsRoute => "tlsroutes",
         Kind::ReferenceGrant => "referencegrants",
-        Kind::ConfigMap | Kind::Service | Kind::EndpointSlice => {
+        Kind::ConfigMap | Kind::Service | Kind::EndpointSlice | Kind::Namespace => {
             unreachable!("{kind:?} is not a Gateway API kind")
         }
     }

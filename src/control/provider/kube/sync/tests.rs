@@ -352,6 +352,7 @@ fn with_the_gateway_api_routes_name_services_and_the_publish_service_is_watched(
             "UDPRoute in all namespaces {}",
             "TLSRoute in all namespaces {}",
             "ReferenceGrant in all namespaces {}",
+            "namespaces {}",
         ]
     );
     h.list(pm(), vec![]);
@@ -364,6 +365,7 @@ fn with_the_gateway_api_routes_name_services_and_the_publish_service_is_watched(
     ] {
         h.list(gateway_api(kind), vec![]);
     }
+    h.list(ScopeKey::Namespaces, vec![]);
     let route = fixture::tcp_route("shop", "shop")
         .parent("infra/edge", None)
         .backend("web", 80, Some(9))
