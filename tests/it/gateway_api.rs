@@ -481,6 +481,31 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             .count();
         println!("status writes seen by the API server's audit log: {audit_writes}");
 
+        // The LoadBalancer gets its address (what a cloud's controller writes): the Gateway
+        // reports it, from --publish-service.
+        api.kubectl(&[
+            "patch",
+            "service",
+            "dermaga",
+            "-n",
+            "dermaga",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.10"},{"hostname":"lb.example.com"}]}}}"#,
+        ]);
+        let gateway = wait_object(&api, GATEWAY_RESOURCE, "infra", "edge", "Gateway addresses", |g| {
+            g["status"]["addresses"].as_array().is_some_and(|a| a.len() == 2)
+        })
+        .await;
+        assert_eq!(
+            gateway["status"]["addresses"],
+            serde_json::json!([
+                {"type": "IPAddress", "value": "192.0.2.10"},
+                {"type": "Hostname", "value": "lb.example.com"},
+            ])
+        );
+
         // The leader stops (and releases the Lease): the other takes over and reports the next
         // change (a new generation of the route).
         let follower_admin = admins[1 - leader];

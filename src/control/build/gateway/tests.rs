@@ -497,3 +497,44 @@ fn label_selectors_follow_the_kubernetes_rules() {
         "an empty selector picks every namespace"
     );
 }
+
+#[test]
+fn gateways_report_the_addresses_of_the_publish_service() {
+    use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+    let mut lb = service("dermaga", "dermaga")
+        .port(port(10000).named("shop"))
+        .object();
+    if let Object::Service(s) = &mut lb {
+        s.status = Some(ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![
+                    LoadBalancerIngress {
+                        ip: Some("192.0.2.10".into()),
+                        ..Default::default()
+                    },
+                    LoadBalancerIngress {
+                        hostname: Some("lb.example.com".into()),
+                        ..Default::default()
+                    },
+                ]),
+            }),
+            ..Default::default()
+        });
+    }
+    let mut objects = base();
+    objects.push(lb);
+    let mut idx = index(objects);
+    let edge = ObjectName::new("infra", "edge");
+    assert!(
+        build(&idx, None).gateway_status.gateways[&edge]
+            .addresses
+            .is_empty(),
+        "no --publish-service: no addresses"
+    );
+    idx.settings.publish_service = Some(ObjectName::new("dermaga", "dermaga"));
+    let t = build(&idx, None);
+    assert_eq!(
+        t.gateway_status.gateways[&edge].addresses,
+        ["192.0.2.10", "lb.example.com"]
+    );
+}
