@@ -527,6 +527,23 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Connections held open across the weight change keep working.
+        let survivor = if leader == 0 {
+            "127.1.19.2"
+        } else {
+            "127.1.19.1"
+        };
+        let to: SocketAddr = format!("{survivor}:10000").parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            use tokio::io::AsyncBufReadExt;
+            let stream = tokio::net::TcpStream::connect(to).await.unwrap();
+            let mut reader = tokio::io::BufReader::new(stream);
+            let mut tag = String::new();
+            reader.read_line(&mut tag).await.unwrap();
+            assert_eq!(tag.trim_end(), "web");
+            held.push(reader);
+        }
         api.apply(
             &fixture::tcp_route("shop", "shop")
                 .parent("infra/edge", Some("shop"))
@@ -539,12 +556,6 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
         })
         .await;
         assert_eq!(route["metadata"]["generation"], 2);
-        let survivor = if leader == 0 {
-            "127.1.19.2"
-        } else {
-            "127.1.19.1"
-        };
-        let to: SocketAddr = format!("{survivor}:10000").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while greeting(to).await.ok().as_deref() != Some("canary") {
             assert!(
@@ -553,6 +564,18 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        for (i, reader) in held.iter_mut().enumerate() {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let message = format!("still here {i}\n");
+            reader.get_mut().write_all(message.as_bytes()).await.unwrap();
+            let mut echo = vec![0u8; message.len()];
+            reader
+                .read_exact(&mut echo)
+                .await
+                .unwrap_or_else(|e| panic!("held connection {i} broke across the change: {e}"));
+            assert_eq!(echo, message.as_bytes());
+        }
+        drop(held);
         let survivor = if leader == 0 { &mut two } else { &mut one };
         assert!(survivor.terminate().success());
         let requests = api.requests_of(GATEWAY_USER);
