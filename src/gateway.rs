@@ -76,6 +76,7 @@ async fn prune_metrics(
         let table = snapshot.load();
         metrics.retain(&table.in_force());
         metrics.set_route_info(&table.gateway_routes());
+        metrics.retain_server_names(&table.server_names());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = changed.changed() => if r.is_err() { return },

@@ -520,6 +520,23 @@ impl RouteTable {
             .collect()
     }
 
+    /// The hostnames TLS passthrough ports serve, by port (`*` for a route without any).
+    pub fn server_names(&self) -> std::collections::HashSet<(u16, String)> {
+        self.routes()
+            .flat_map(|r| {
+                r.sni.iter().flat_map(move |s| {
+                    let port = r.key.port.get();
+                    let names: Vec<(u16, String)> = if s.hostnames.is_empty() {
+                        vec![(port, "*".to_owned())]
+                    } else {
+                        s.hostnames.iter().map(|h| (port, h.clone())).collect()
+                    };
+                    names
+                })
+            })
+            .collect()
+    }
+
     /// The Gateway API routes serving ports: port, route kind, route name.
     pub fn gateway_routes(&self) -> Vec<(RouteKey, &'static str, ObjectName)> {
         self.routes_with_endpoints()

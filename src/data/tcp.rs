@@ -195,7 +195,8 @@ async fn choose_by_server_name(
         ),
         Ok(Err(e)) => e,
         Ok(Ok((name, bytes))) => match port.by_server_name(name.as_deref()) {
-            Some((route, _)) => {
+            Some((route, hostname)) => {
+                ctx.metrics.tls_connection(key.port.get(), hostname);
                 outcome.server_name = name.map(String::into_boxed_str);
                 return Ok((route.clone(), bytes));
             }

@@ -205,6 +205,12 @@ struct WatchErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerNameLabels {
+    port: u16,
+    hostname: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteInfoLabels {
     port: u16,
     protocol: &'static str,
@@ -373,6 +379,9 @@ pub struct Metrics {
     kube_events: Family<ResultLabels, Counter>,
     status_writes: Family<StatusWriteLabels, Counter>,
     route_info: Family<RouteInfoLabels, Gauge>,
+    server_names: Family<ServerNameLabels, Counter>,
+    /// The `server_names` series that exist, to remove those of hostnames gone.
+    server_name_series: Mutex<HashSet<ServerNameLabels>>,
     status_leader: Gauge,
     health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
@@ -628,6 +637,12 @@ impl Metrics {
             "Gateway API status writes by kind and result (written; conflict: the object changed since it was read, retried on the next change; failed)",
             status_writes.clone(),
         );
+        let server_names = Family::<ServerNameLabels, Counter>::default();
+        registry.register(
+            "tls_connections",
+            "TLS passthrough connections by the TLSRoute hostname their ClientHello's server name matched (`*`: a route without hostnames); those no route takes are in connections_refused{reason=\"tls_server_name\"}",
+            server_names.clone(),
+        );
         let route_info = Family::<RouteInfoLabels, Gauge>::default();
         registry.register(
             "route_info",
@@ -757,6 +772,8 @@ impl Metrics {
             kube_watch_errors,
             status_writes,
             route_info,
+            server_names,
+            server_name_series: Mutex::new(HashSet::new()),
             status_leader,
             kube_events,
             health,
@@ -991,6 +1008,37 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a TLS passthrough connection whose server name matched `hostname` on `port`.
+    pub fn tls_connection(&self, port: u16, hostname: &str) {
+        let labels = ServerNameLabels {
+            port,
+            hostname: hostname.to_owned(),
+        };
+        self.server_names.get_or_create(&labels).inc();
+        let mut known = self
+            .server_name_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !known.contains(&labels) {
+            known.insert(labels);
+        }
+    }
+
+    /// Removes the `dermaga_tls_connections_total` series of hostnames no longer served.
+    pub fn retain_server_names(&self, served: &HashSet<(u16, String)>) {
+        let mut known = self
+            .server_name_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known.retain(|l| {
+            let keep = served.contains(&(l.port, l.hostname.clone()));
+            if !keep {
+                self.server_names.remove(l);
+            }
+            keep
+        });
+    }
+
     /// Sets `dermaga_route_info` to the Gateway API routes `(port, protocol, kind, route)` in
     /// force, and nothing else.
     pub fn set_route_info(&self, routes: &[(RouteKey, &'static str, ObjectName)]) {
@@ -1124,6 +1172,20 @@ fn set_flag(family: &Family<EndpointLabels, Gauge>, endpoint: std::net::SocketAd
 mod tests {
     use super::*;
     use crate::names::ListenPort;
+
+    #[test]
+    fn server_name_series_go_with_their_hostnames() {
+        let m = Metrics::new();
+        m.tls_connection(443, "shop.example.com");
+        m.tls_connection(443, "shop.example.com");
+        m.tls_connection(443, "*.example.org");
+        let line = "dermaga_tls_connections_total{port=\"443\",hostname=\"shop.example.com\"} 2";
+        assert!(m.encode().contains(line), "{}", m.encode());
+        m.retain_server_names(&[(443, "shop.example.com".to_owned())].into());
+        let text = m.encode();
+        assert!(text.contains(line), "{text}");
+        assert!(!text.contains("*.example.org"), "{text}");
+    }
 
     #[test]
     fn families_register_and_encode_without_deadlock() {

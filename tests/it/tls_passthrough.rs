@@ -215,6 +215,22 @@ async fn a_real_tls_client_reaches_the_backend_its_server_name_chooses() {
         "still served"
     );
 
+    // Connections by the hostname their server name matched.
+    for (hostname, n) in [
+        ("shop.example.com", 2.0),
+        ("*.example.org", 2.0),
+        ("api.example.org", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &gw,
+                "dermaga_tls_connections_total",
+                &[("port", "10443"), ("hostname", hostname)],
+            ),
+            n,
+            "{hostname}"
+        );
+    }
     // Each TLSRoute of the port is an info series.
     for route in ["shop", "org", "api"] {
         assert_eq!(
