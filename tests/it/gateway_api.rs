@@ -186,6 +186,25 @@ async fn wait_object(
     }
 }
 
+/// Waits (bounded) until the first parent entry of route `ns/name` has `Accepted` and
+/// `ResolvedRefs` with these (status, reason).
+async fn wait_parent(
+    api: &KubeApi,
+    resource: &str,
+    (ns, name): (&str, &str),
+    accepted: (&str, &str),
+    resolved: (&str, &str),
+) -> Value {
+    let what = format!("{name}: Accepted {accepted:?}, ResolvedRefs {resolved:?}");
+    let pair = |(s, r): (&str, &str)| Some((s.to_owned(), r.to_owned()));
+    wait_object(api, resource, ns, name, &what, |r| {
+        let p = &r["status"]["parents"][0];
+        condition(&p["conditions"], "Accepted") == pair(accepted)
+            && condition(&p["conditions"], "ResolvedRefs") == pair(resolved)
+    })
+    .await
+}
+
 async fn metrics(admin: SocketAddr) -> String {
     http_get(admin, "/metrics").await.1
 }
@@ -324,53 +343,18 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             gateway["status"]["listeners"][0]["supportedKinds"][0]["kind"],
             "TCPRoute"
         );
-        let shop = wait_object(
-            &api,
-            ROUTE,
-            "shop",
-            "shop",
-            "route shop Accepted and ResolvedRefs",
-            |r| {
-                let p = &r["status"]["parents"][0];
-                condition(&p["conditions"], "Accepted") == Some(("True".into(), "Accepted".into()))
-                    && condition(&p["conditions"], "ResolvedRefs")
-                        == Some(("True".into(), "ResolvedRefs".into()))
-            },
-        )
-        .await;
+        let accepted = ("True", "Accepted");
+        let resolved = ("True", "ResolvedRefs");
+        let not_permitted = ("False", "RefNotPermitted");
+        let shop = wait_parent(&api, ROUTE, ("shop", "shop"), accepted, resolved).await;
         assert_eq!(
             shop["status"]["parents"][0]["controllerName"],
             "dermaga.io/gateway-controller"
         );
         // A TLSRoute through the API server: watched, attached to the passthrough listener.
-        wait_object(
-            &api,
-            "tlsroutes.v1.gateway.networking.k8s.io",
-            "shop",
-            "sites",
-            "TLSRoute Accepted",
-            |r| {
-                let p = &r["status"]["parents"][0];
-                condition(&p["conditions"], "Accepted") == Some(("True".into(), "Accepted".into()))
-                    && condition(&p["conditions"], "ResolvedRefs")
-                        == Some(("True".into(), "ResolvedRefs".into()))
-            },
-        )
-        .await;
-        wait_object(
-            &api,
-            ROUTE,
-            "shop",
-            "pay",
-            "route pay RefNotPermitted",
-            |r| {
-                let p = &r["status"]["parents"][0];
-                condition(&p["conditions"], "Accepted") == Some(("True".into(), "Accepted".into()))
-                    && condition(&p["conditions"], "ResolvedRefs")
-                        == Some(("False".into(), "RefNotPermitted".into()))
-            },
-        )
-        .await;
+        let tls = "tlsroutes.v1.gateway.networking.k8s.io";
+        wait_parent(&api, tls, ("shop", "sites"), accepted, resolved).await;
+        wait_parent(&api, ROUTE, ("shop", "pay"), accepted, not_permitted).await;
         wait_object(
             &api,
             "gatewayclasses.v1.gateway.networking.k8s.io",
@@ -389,11 +373,7 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
             &fixture::reference_grant("payments", "from-shop", "TCPRoute", "shop", Some("pay"))
                 .yaml(),
         );
-        wait_object(&api, ROUTE, "shop", "pay", "route pay ResolvedRefs", |r| {
-            condition(&r["status"]["parents"][0]["conditions"], "ResolvedRefs")
-                == Some(("True".into(), "ResolvedRefs".into()))
-        })
-        .await;
+        wait_parent(&api, ROUTE, ("shop", "pay"), accepted, resolved).await;
         for listen in ["127.1.19.1", "127.1.19.2"] {
             let to: SocketAddr = format!("{listen}:10001").parse().unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -415,18 +395,7 @@ fn two_replicas_serve_tcp_routes_from_the_api_server_and_one_writes_their_status
         // The grant deleted (TCPRouteReferenceGrant's second step): RefNotPermitted again,
         // and refused again.
         api.kubectl(&["delete", "referencegrant", "from-shop", "-n", "payments"]);
-        wait_object(
-            &api,
-            ROUTE,
-            "shop",
-            "pay",
-            "route pay RefNotPermitted again",
-            |r| {
-                condition(&r["status"]["parents"][0]["conditions"], "ResolvedRefs")
-                    == Some(("False".into(), "RefNotPermitted".into()))
-            },
-        )
-        .await;
+        wait_parent(&api, ROUTE, ("shop", "pay"), accepted, not_permitted).await;
         for listen in ["127.1.19.1", "127.1.19.2"] {
             let to: SocketAddr = format!("{listen}:10001").parse().unwrap();
             let deadline = Instant::now() + Duration::from_secs(30);

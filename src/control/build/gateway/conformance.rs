@@ -36,6 +36,20 @@ fn echo(ns: &str, name: &str, ip: &str) -> [Object; 2] {
     ]
 }
 
+/// The TCP and UDP route kinds with their listener protocol: the cases upstream has for both.
+const L4_KINDS: [(Kind, &str, Protocol); 2] = [
+    (Kind::TcpRoute, "TCP", Protocol::Tcp),
+    (Kind::UdpRoute, "UDP", Protocol::Udp),
+];
+
+/// A TCPRoute or UDPRoute `name` in the conformance namespace.
+fn route_of(kind: Kind, name: &str) -> crate::control::fixture::RouteFixture {
+    match kind {
+        Kind::TcpRoute => tcp_route(INFRA, name),
+        _ => udp_route(INFRA, name),
+    }
+}
+
 fn class() -> Object {
     gateway_class("conformance", DEFAULT_CONTROLLER_NAME).object()
 }
@@ -93,10 +107,8 @@ fn gw(name: &str, listeners: &[(&str, &str, i32)]) -> Object {
 
 #[test]
 fn tcp_route_invalid_backend_ref_nonexistent() {
-    for (kind, protocol, route) in [
-        (Kind::TcpRoute, "TCP", tcp_route(INFRA, "r")),
-        (Kind::UdpRoute, "UDP", udp_route(INFRA, "r")),
-    ] {
+    for (kind, protocol, _) in L4_KINDS {
+        let route = route_of(kind, "r");
         let t = build(
             &index(vec![
                 class(),
@@ -122,14 +134,8 @@ fn tcp_route_invalid_cross_namespace_backend_ref_then_reference_grant() {
     // TCPRouteInvalidCrossNamespaceBackendRef / TCPRouteReferenceGrant (and the UDP pair):
     // no grant → RefNotPermitted and refused; a grant → served (deleting it is the first
     // state again: build() has no memory of grants).
-    for (kind, protocol, p) in [
-        (Kind::TcpRoute, "TCP", Protocol::Tcp),
-        (Kind::UdpRoute, "UDP", Protocol::Udp),
-    ] {
-        let route = match kind {
-            Kind::TcpRoute => tcp_route(INFRA, "r"),
-            _ => udp_route(INFRA, "r"),
-        };
+    for (kind, protocol, p) in L4_KINDS {
+        let route = route_of(kind, "r");
         let mut objects = vec![
             class(),
             gw("g", &[("l", protocol, 8080)]),
@@ -182,14 +188,8 @@ fn tcp_route_invalid_non_tcp_listener_and_udp_route_not_allowed_by_listeners() {
 
 #[test]
 fn tcp_route_multiple_routes_attachment() {
-    for (kind, protocol, p) in [
-        (Kind::TcpRoute, "TCP", Protocol::Tcp),
-        (Kind::UdpRoute, "UDP", Protocol::Udp),
-    ] {
-        let route = |name: &str| match kind {
-            Kind::TcpRoute => tcp_route(INFRA, name),
-            _ => udp_route(INFRA, name),
-        };
+    for (kind, protocol, p) in L4_KINDS {
+        let route = |name: &str| route_of(kind, name);
         let mut objects = vec![
             class(),
             gw("g", &[("l", protocol, 8080)]),
@@ -222,14 +222,8 @@ fn tcp_route_multiple_routes_attachment() {
 
 #[test]
 fn tcp_route_parent_ref_attach_all() {
-    for (kind, protocol, p) in [
-        (Kind::TcpRoute, "TCP", Protocol::Tcp),
-        (Kind::UdpRoute, "UDP", Protocol::Udp),
-    ] {
-        let route = match kind {
-            Kind::TcpRoute => tcp_route(INFRA, "all"),
-            _ => udp_route(INFRA, "all"),
-        };
+    for (kind, protocol, p) in L4_KINDS {
+        let route = route_of(kind, "all");
         let mut objects = vec![
             class(),
             gw(
@@ -258,14 +252,8 @@ fn tcp_route_parent_ref_attach_all() {
 
 #[test]
 fn tcp_route_parent_ref_port_and_section_name() {
-    for (kind, protocol, p) in [
-        (Kind::TcpRoute, "TCP", Protocol::Tcp),
-        (Kind::UdpRoute, "UDP", Protocol::Udp),
-    ] {
-        let route = |name: &str| match kind {
-            Kind::TcpRoute => tcp_route(INFRA, name),
-            _ => udp_route(INFRA, name),
-        };
+    for (kind, protocol, p) in L4_KINDS {
+        let route = |name: &str| route_of(kind, name);
         let mut objects = vec![
             class(),
             gw(
