@@ -484,6 +484,16 @@ impl GatewayFixture {
         self
     }
 
+    /// Sets an annotation of the Gateway.
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     /// The last listener's TLS mode `Passthrough`.
     pub fn passthrough(mut self) -> Self {
         let listener = self.0.spec.listeners.last_mut().expect("a listener first");
@@ -615,6 +625,16 @@ impl RouteFixture {
     /// Sets the creation time (the oldest route wins a listener), `seconds` after the epoch.
     pub fn created(mut self, seconds: i64) -> Self {
         self.route.metadata.creation_timestamp = Some(timestamp(seconds));
+        self
+    }
+
+    /// Sets an annotation of the route.
+    pub fn annotate(mut self, key: &str, value: &str) -> Self {
+        self.route
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
         self
     }
 

@@ -176,3 +176,51 @@ async fn slow_partial_header_is_closed_at_the_header_timeout() {
     println!("partial header closed after {elapsed:?} (timeout 300ms)");
     gw.shutdown().await;
 }
+
+/// The same through the Gateway API: a Gateway annotation makes a TCP listener decode the load
+/// balancer's header, a TCPRoute annotation sends one to its backends, with the client's
+/// address from the decoded header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_routes_decode_and_send_proxy_headers_by_annotation() {
+    use dermaga::fixture::{Fixture, gateway as gateway_object, gateway_class, tcp_route, yaml};
+    let backend = recorder("127.0.0.2").await;
+    let objects = [
+        gateway_class("dermaga", "dermaga.io/gateway-controller").object(),
+        gateway_object("default", "edge", "dermaga")
+            .annotate("dermaga.io/proxy-protocol-listeners", "from-lb")
+            .listener("from-lb", "TCP", 10010)
+            .listener("direct", "TCP", 10011)
+            .object(),
+        tcp_route("default", "rec")
+            .annotate("dermaga.io/backend-proxy-protocol", "v1")
+            .parent("edge", None)
+            .backend("rec", 80, None)
+            .object(),
+    ];
+    let manifest =
+        yaml(objects) + &service_yaml("rec", 80) + &slices_yaml("rec", &[(backend, true)]);
+    let gw = gateway(&manifest, options("127.1.11.47"));
+    let decoding = gw.wait_bound(tcp(10010)).await;
+    let direct = gw.wait_bound(tcp(10011)).await;
+    let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 10010\r\n";
+    let (seen, _) = roundtrip(decoding, &[header.as_slice(), b"hello\n"].concat())
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        String::from_utf8_lossy(&[header.as_slice(), b"hello\n"].concat()),
+        "decoded from the client, sent again to the backend"
+    );
+    // The other listener decodes nothing: the backend gets the client's own address.
+    let (seen, client) = roundtrip(direct, b"hello\n").await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        format!(
+            "PROXY TCP4 {} {} {} 10011\r\nhello\n",
+            client.ip(),
+            direct.ip(),
+            client.port()
+        )
+    );
+    gw.shutdown().await;
+}

@@ -37,7 +37,7 @@ use crate::control::gateway_status::{
 };
 use crate::control::index::{Index, Kind, Object};
 use crate::control::table::ConfigProblem;
-use crate::names::{ListenPort, ObjectName, Protocol, RouteKey, ServicePortRef};
+use crate::names::{ListenPort, ObjectName, Protocol, ProxyVersion, RouteKey, ServicePortRef};
 
 /// What the Gateway API objects ask for: routes, what is not served as written, and the
 /// status to report.
@@ -79,6 +79,24 @@ struct Served<'a> {
     /// Index of the listener in its Gateway's status.
     status: usize,
     routes: Vec<(ObjectName, Vec<String>)>,
+    /// The load balancer sends a PROXY header first ([`DECODE_PROXY_ANNOTATION`]).
+    decode_proxy: bool,
+}
+
+/// On a Gateway: the names of its TCP listeners (comma-separated, or `*` for all) whose clients
+/// send a PROXY protocol header first (the load balancer in front), as a port map's first
+/// `PROXY` flag. The Gateway API has no field for it.
+pub const DECODE_PROXY_ANNOTATION: &str = "dermaga.io/proxy-protocol-listeners";
+
+/// On a TCPRoute or TLSRoute: `v1` or `v2`, the PROXY protocol header sent to its backends
+/// first, as a port map's second `PROXY` flag with `send-proxy-version`.
+pub const BACKEND_PROXY_ANNOTATION: &str = "dermaga.io/backend-proxy-protocol";
+
+fn annotation<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 fn problem(
@@ -215,6 +233,37 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
         }
         let name = object.name();
         gateway_listeners.insert(name.clone(), &gateway.spec.listeners);
+        let decode_names: Vec<&str> = annotation(&gateway.metadata, DECODE_PROXY_ANNOTATION)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let decodes = |l: &Listener| decode_names.iter().any(|n| *n == "*" || *n == l.name);
+        for n in decode_names.iter().filter(|n| **n != "*") {
+            let Some(l) = gateway.spec.listeners.iter().find(|l| l.name == *n) else {
+                out.problems.push(problem(
+                    Kind::Gateway,
+                    &name,
+                    "UnsupportedValue",
+                    format!("annotation {DECODE_PROXY_ANNOTATION}: no listener is named {n:?}"),
+                ));
+                continue;
+            };
+            if l.protocol != "TCP" {
+                out.problems.push(problem(
+                    Kind::Gateway,
+                    &name,
+                    "UnsupportedValue",
+                    format!(
+                        "annotation {DECODE_PROXY_ANNOTATION}: listener {n:?} is {}; PROXY headers are decoded on TCP listeners only",
+                        l.protocol
+                    ),
+                ));
+            }
+        }
         let mut listeners = Vec::new();
         for listener in &gateway.spec.listeners {
             let mut refuse = |reason: &'static str, message: String| {
@@ -344,6 +393,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 kind,
                 status: listeners.len() - 1,
                 routes: Vec::new(),
+                decode_proxy: kind == Kind::TcpRoute && decodes(listener),
             });
         }
         let programmed = listeners.iter().filter(|l| l.conditions[1].status).count();
@@ -390,6 +440,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
     }
 
     let mut route_backends: BTreeMap<RouteName, Vec<WeightedBackend>> = BTreeMap::new();
+    let mut route_proxy: BTreeMap<RouteName, ProxyVersion> = BTreeMap::new();
     for (kind, protocol) in [
         (Kind::TcpRoute, Protocol::Tcp),
         (Kind::UdpRoute, Protocol::Udp),
@@ -541,6 +592,25 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 }
             }
             let (backends, unresolved) = backends(index, kind, &name, route, protocol);
+            match annotation(&route.metadata, BACKEND_PROXY_ANNOTATION) {
+                None => {}
+                Some(v) if kind != Kind::UdpRoute && v.eq_ignore_ascii_case("v1") => {
+                    route_proxy.insert((kind, name.clone()), ProxyVersion::V1);
+                }
+                Some(v) if kind != Kind::UdpRoute && v.eq_ignore_ascii_case("v2") => {
+                    route_proxy.insert((kind, name.clone()), ProxyVersion::V2);
+                }
+                Some(v) => out.problems.push(problem(
+                    kind,
+                    &name,
+                    "UnsupportedValue",
+                    if kind == Kind::UdpRoute {
+                        format!("annotation {BACKEND_PROXY_ANNOTATION}: PROXY headers are sent on TCP connections only, not on a UDPRoute")
+                    } else {
+                        format!("annotation {BACKEND_PROXY_ANNOTATION}: {v:?} is not v1 or v2; no header is sent")
+                    },
+                )),
+            }
             for (reason, message) in &unresolved {
                 out.problems
                     .push(problem(kind, &name, reason, message.clone()));
@@ -598,12 +668,18 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 .map(|b| (b.service.clone(), b.service_port.clone()));
             let (service, service_port) = first
                 .unwrap_or_else(|| (s.gateway.clone(), ServicePortRef::Number(s.key.port.get())));
+            let send = origin.and_then(|n| route_proxy.get(&(s.kind, n.clone())));
             RouteSpec {
                 service,
                 service_port,
-                proxy: ProxyFlags::default(),
+                proxy: ProxyFlags {
+                    // A TLS port's routes are chosen after the ClientHello: no header there.
+                    decode: s.decode_proxy,
+                    encode: send.is_some(),
+                },
                 options: PortOptions {
                     backends: Some(backends),
+                    send_proxy_version: send.copied().unwrap_or_default(),
                     ..PortOptions::default()
                 },
                 route: origin.map(|name| RouteRef {

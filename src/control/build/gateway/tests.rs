@@ -538,3 +538,77 @@ fn gateways_report_the_addresses_of_the_publish_service() {
         ["192.0.2.10", "lb.example.com"]
     );
 }
+
+#[test]
+fn proxy_headers_by_annotation_and_bad_values_reported() {
+    let objects = vec![
+        gateway_class("dermaga", DEFAULT_CONTROLLER_NAME).object(),
+        gateway("infra", "edge", "dermaga")
+            .annotate(
+                super::DECODE_PROXY_ANNOTATION,
+                "from-lb, dns, sites, nowhere",
+            )
+            .listener("from-lb", "TCP", 10000)
+            .allow_from("All")
+            .listener("direct", "TCP", 10001)
+            .allow_from("All")
+            .listener("dns", "UDP", 53)
+            .allow_from("All")
+            .listener("sites", "TLS", 443)
+            .passthrough()
+            .allow_from("All")
+            .object(),
+        tcp_route("shop", "v2")
+            .annotate(super::BACKEND_PROXY_ANNOTATION, "V2")
+            .parent("infra/edge", Some("from-lb"))
+            .backend("web", 80, None)
+            .object(),
+        tcp_route("shop", "bad")
+            .annotate(super::BACKEND_PROXY_ANNOTATION, "v3")
+            .parent("infra/edge", Some("direct"))
+            .backend("web", 80, None)
+            .object(),
+        udp_route("shop", "dns")
+            .annotate(super::BACKEND_PROXY_ANNOTATION, "v1")
+            .parent("infra/edge", Some("dns"))
+            .backend("web", 80, None)
+            .object(),
+    ];
+    let t = table(objects);
+    let from_lb = &t.get(&tcp(10000)).unwrap().spec;
+    assert!(from_lb.proxy.decode && from_lb.proxy.encode);
+    assert_eq!(
+        from_lb.options.send_proxy_version,
+        crate::names::ProxyVersion::V2
+    );
+    let direct = &t.get(&tcp(10001)).unwrap().spec;
+    assert!(
+        !direct.proxy.decode && !direct.proxy.encode,
+        "a bad value sends nothing"
+    );
+    for (what, words) in [
+        (
+            "TCPRoute shop/bad UnsupportedValue",
+            "\"v3\" is not v1 or v2",
+        ),
+        ("UDPRoute shop/dns UnsupportedValue", "not on a UDPRoute"),
+        (
+            "Gateway infra/edge UnsupportedValue",
+            "no listener is named \"nowhere\"",
+        ),
+        (
+            "Gateway infra/edge UnsupportedValue",
+            "listener \"dns\" is UDP",
+        ),
+        (
+            "Gateway infra/edge UnsupportedValue",
+            "listener \"sites\" is TLS",
+        ),
+    ] {
+        assert!(
+            has(&t, what, words),
+            "{what}: {words} not in {:?}",
+            problems(&t)
+        );
+    }
+}
