@@ -123,6 +123,12 @@ impl StatusWriter {
         let now = k8s_openapi::jiff::Timestamp::now()
             .round(k8s_openapi::jiff::Unit::Second)
             .map_or_else(|_| String::new(), |t| t.to_string());
+        // Forget the objects gone (deleted, or no longer dermaga's), so the map stays bounded.
+        written.retain(|(kind, name), _| match kind {
+            Kind::GatewayClass => status.classes.contains_key(&name.name),
+            Kind::Gateway => status.gateways.contains_key(name),
+            _ => status.routes.contains_key(&(*kind, name.clone())),
+        });
         let mut failed = false;
         for write in status.writes(&self.controller, &now) {
             let key = (write.kind, write.name.clone());

@@ -380,8 +380,8 @@ pub struct Metrics {
     status_writes: Family<StatusWriteLabels, Counter>,
     route_info: Family<RouteInfoLabels, Gauge>,
     server_names: Family<ServerNameLabels, Counter>,
-    /// The `server_names` series that exist, to remove those of hostnames gone.
-    server_name_series: Mutex<HashSet<ServerNameLabels>>,
+    /// The hostnames the last table served, to remove the series of those gone.
+    server_names_served: Mutex<HashSet<(u16, String)>>,
     status_leader: Gauge,
     health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
@@ -773,7 +773,7 @@ impl Metrics {
             status_writes,
             route_info,
             server_names,
-            server_name_series: Mutex::new(HashSet::new()),
+            server_names_served: Mutex::new(HashSet::new()),
             status_leader,
             kube_events,
             health,
@@ -1010,33 +1010,29 @@ impl Metrics {
 
     /// Counts a TLS passthrough connection whose server name matched `hostname` on `port`.
     pub fn tls_connection(&self, port: u16, hostname: &str) {
-        let labels = ServerNameLabels {
-            port,
-            hostname: hostname.to_owned(),
-        };
-        self.server_names.get_or_create(&labels).inc();
-        let mut known = self
-            .server_name_series
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !known.contains(&labels) {
-            known.insert(labels);
-        }
+        self.server_names
+            .get_or_create(&ServerNameLabels {
+                port,
+                hostname: hostname.to_owned(),
+            })
+            .inc();
     }
 
-    /// Removes the `dermaga_tls_connections_total` series of hostnames no longer served.
+    /// Removes the `dermaga_tls_connections_total` series of hostnames served by the last
+    /// table but not by this one (`served`). Connections only count hostnames of a table, so
+    /// the tables' sets are the series there are; the connection path takes no lock for it.
     pub fn retain_server_names(&self, served: &HashSet<(u16, String)>) {
-        let mut known = self
-            .server_name_series
+        let mut last = self
+            .server_names_served
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        known.retain(|l| {
-            let keep = served.contains(&(l.port, l.hostname.clone()));
-            if !keep {
-                self.server_names.remove(l);
-            }
-            keep
-        });
+        for (port, hostname) in last.difference(served) {
+            self.server_names.remove(&ServerNameLabels {
+                port: *port,
+                hostname: hostname.clone(),
+            });
+        }
+        *last = served.clone();
     }
 
     /// Sets `dermaga_route_info` to the Gateway API routes `(port, protocol, kind, route)` in
@@ -1176,6 +1172,12 @@ mod tests {
     #[test]
     fn server_name_series_go_with_their_hostnames() {
         let m = Metrics::new();
+        let both: HashSet<(u16, String)> = [
+            (443, "shop.example.com".to_owned()),
+            (443, "*.example.org".to_owned()),
+        ]
+        .into();
+        m.retain_server_names(&both);
         m.tls_connection(443, "shop.example.com");
         m.tls_connection(443, "shop.example.com");
         m.tls_connection(443, "*.example.org");

@@ -4,14 +4,10 @@
 //! a low descriptor limit refuses a flood instead of leaving it in the backlog, then serves again.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::process::Dermaga;
 use crate::support::*;
-use dermaga::Index;
-use dermaga::Metrics;
-use dermaga::{AccessLog, AccessLogFormat};
 use dermaga::{Gateway, GatewayOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -106,18 +102,10 @@ async fn wait_active(gw: &Gateway, port: &str, count: f64) {
 async fn idle_timeout_cuts_an_idle_connection_and_leaves_a_busy_one() {
     let listen = "127.1.5.1";
     let backend = Backend::start("127.0.5.1", "echo").await;
-    let lines = SharedBuf::default();
-    let metrics = Arc::new(Metrics::new());
-    let log = Arc::new(AccessLog::start(
-        AccessLogFormat::Json,
-        64,
-        Box::new(lines.clone()),
-        metrics.clone(),
-    ));
     let timeout = Duration::from_millis(500);
     let mut opts = options(listen);
     opts.tcp.idle_timeout = timeout;
-    let gw = Gateway::start_with(Index::new(settings()), opts, metrics, log);
+    let (gw, lines) = gateway_with_access_log(opts);
     apply(
         &gw,
         &one_port_yaml(&[("10000", "default/echo:80")], &[("echo", &backend)]),

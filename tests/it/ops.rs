@@ -220,17 +220,9 @@ async fn access_log_has_one_line_per_connection_with_every_field() {
     let listen = "127.1.8.71";
     let web = Backend::start("127.0.0.2", "web").await;
     let held = Backend::start("127.0.0.3", "held").await;
-    let lines = SharedBuf::default();
-    let metrics = Arc::new(Metrics::new());
-    let log = Arc::new(AccessLog::start(
-        AccessLogFormat::Json,
-        64,
-        Box::new(lines.clone()),
-        metrics.clone(),
-    ));
     let mut opts = options(listen);
     opts.drain_timeout = Duration::from_millis(300);
-    let gw = Gateway::start_with(Index::new(settings()), opts, metrics, log);
+    let (gw, lines) = gateway_with_access_log(opts);
     let yaml = |with_held: bool| {
         let mut entries = vec![
             ("10000", "default/web:80:PROXY"),
@@ -365,15 +357,7 @@ async fn access_log_backend_closed_and_drops_counted_when_full() {
             Ok(())
         }
     }
-    let lines = SharedBuf::default();
-    let metrics = Arc::new(Metrics::new());
-    let log = Arc::new(AccessLog::start(
-        AccessLogFormat::Json,
-        64,
-        Box::new(lines.clone()),
-        metrics.clone(),
-    ));
-    let gw = Gateway::start_with(Index::new(settings()), options(listen), metrics, log);
+    let (gw, lines) = gateway_with_access_log(options(listen));
     apply(&gw, &(route_yaml("10000", "bye", &[(backend, true)])));
     let port = gw.wait_bound(tcp(10000)).await;
     let mut s = TcpStream::connect(port).await.unwrap();

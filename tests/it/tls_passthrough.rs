@@ -8,11 +8,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use dermaga::fixture::{Fixture, gateway, gateway_class, tls_route, yaml};
-use dermaga::{AccessLog, AccessLogFormat, Gateway, Index, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
@@ -134,15 +132,7 @@ async fn a_real_tls_client_reaches_the_backend_its_server_name_chooses() {
         wait_listening(addr).await;
     }
 
-    let lines = SharedBuf::default();
-    let metrics = Arc::new(Metrics::new());
-    let log = Arc::new(AccessLog::start(
-        AccessLogFormat::Json,
-        64,
-        Box::new(lines.clone()),
-        metrics.clone(),
-    ));
-    let gw = Gateway::start_with(Index::new(settings()), options("127.1.20.1"), metrics, log);
+    let (gw, lines) = gateway_with_access_log(options("127.1.20.1"));
     let objects = [
         gateway_class("dermaga", "dermaga.io/gateway-controller").object(),
         gateway("default", "edge", "dermaga")

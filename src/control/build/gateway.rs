@@ -175,7 +175,13 @@ fn intersection(a: &str, b: &str) -> Option<String> {
 }
 
 /// A listener's status with `Accepted`/`Programmed` false for `reason`.
-fn refused_listener(listener: &Listener, reason: &'static str, message: &str) -> ListenerStatus {
+/// `conflicted`: the port is another's (`Conflicted=True`, reason `PortConflict`).
+fn refused_listener(
+    listener: &Listener,
+    reason: &'static str,
+    conflicted: bool,
+    message: &str,
+) -> ListenerStatus {
     ListenerStatus {
         name: listener.name.clone(),
         supported_kinds: Vec::new(),
@@ -184,7 +190,7 @@ fn refused_listener(listener: &Listener, reason: &'static str, message: &str) ->
             Condition::no("Accepted", reason, message),
             Condition::no("Programmed", "Invalid", message),
             Condition::yes("ResolvedRefs", "ResolvedRefs", "no references to resolve"),
-            if reason == "PortUnavailable" && message.contains("already served") {
+            if conflicted {
                 Condition::yes("Conflicted", "PortConflict", message)
             } else {
                 Condition::no("Conflicted", "NoConflicts", "no conflict")
@@ -266,18 +272,22 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
         }
         let mut listeners = Vec::new();
         for listener in &gateway.spec.listeners {
+            // `Conflicted`: the port is already served; the listener is `PortUnavailable`.
             let mut refuse = |reason: &'static str, message: String| {
-                listeners.push(refused_listener(listener, reason, &message));
-                out.problems.push(problem(
-                    Kind::Gateway,
-                    &name,
-                    if message.contains("already served") {
-                        "Conflicted"
-                    } else {
-                        reason
-                    },
-                    message,
+                let conflicted = reason == "Conflicted";
+                let accepted_reason = if conflicted {
+                    "PortUnavailable"
+                } else {
+                    reason
+                };
+                listeners.push(refused_listener(
+                    listener,
+                    accepted_reason,
+                    conflicted,
+                    &message,
                 ));
+                out.problems
+                    .push(problem(Kind::Gateway, &name, reason, message));
             };
             let (protocol, kind) = match listener.protocol.as_str() {
                 "TCP" => (Protocol::Tcp, Kind::TcpRoute),
@@ -334,7 +344,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                     "listener {:?}: port {key} is already served by {holder}",
                     listener.name
                 );
-                refuse("PortUnavailable", message);
+                refuse("Conflicted", message);
                 continue;
             }
             claimed.insert(key, format!("Gateway {name} listener {:?}", listener.name));

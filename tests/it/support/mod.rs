@@ -202,6 +202,21 @@ pub fn gateway(yaml: &str, options: GatewayOptions) -> Gateway {
     gw
 }
 
+/// Starts an in-process gateway whose JSON access log goes to the returned buffer (64 records
+/// may wait).
+pub fn gateway_with_access_log(options: GatewayOptions) -> (Gateway, SharedBuf) {
+    let lines = SharedBuf::default();
+    let metrics = std::sync::Arc::new(dermaga::Metrics::new());
+    let log = std::sync::Arc::new(dermaga::AccessLog::start(
+        dermaga::AccessLogFormat::Json,
+        64,
+        Box::new(lines.clone()),
+        metrics.clone(),
+    ));
+    let gw = Gateway::start_with(Index::new(settings()), options, metrics, log);
+    (gw, lines)
+}
+
 pub fn apply(gw: &Gateway, yaml: &str) {
     let objects = parse_manifest(yaml).expect("fixture parses").objects;
     gw.publisher.update(|i| i.reset_all(objects));
