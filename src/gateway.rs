@@ -133,6 +133,7 @@ impl Gateway {
             access_log,
             udp: options.udp.clone(),
             health: health.clone(),
+            loads: Default::default(),
             open: Default::default(),
             warnings: warnings.clone(),
         });

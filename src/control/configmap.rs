@@ -26,6 +26,10 @@ use serde::Serialize;
 
 use crate::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
 
+pub mod policy;
+
+pub use policy::{Balance, SourcePolicy, UntrustedProxy};
+
 /// Per-port option: PROXY protocol version sent to the backend (`v1`, the default, or `v2`).
 pub const OPTION_SEND_PROXY_VERSION: &str = "send-proxy-version";
 
@@ -57,13 +61,23 @@ pub const OPTION_BACKENDS: &str = "backends";
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 6] = [
+pub const KNOWN_OPTIONS: [&str; 16] = [
     OPTION_SEND_PROXY_VERSION,
     OPTION_IDLE_TIMEOUT,
     OPTION_MAX_CONNECTIONS,
     OPTION_HEALTH_CHECK_INTERVAL,
     OPTION_RETRY_BEFORE_DATA,
     OPTION_BACKENDS,
+    policy::OPTION_ALLOW_SOURCE,
+    policy::OPTION_DENY_SOURCE,
+    policy::OPTION_PROXY_TRUSTED_SOURCES,
+    policy::OPTION_PROXY_UNTRUSTED,
+    policy::OPTION_MAX_CONNECTIONS_PER_SOURCE,
+    policy::OPTION_NEW_CONNECTIONS_PER_SECOND,
+    policy::OPTION_NEW_CONNECTIONS_BURST,
+    policy::OPTION_CONNECT_TIMEOUT,
+    policy::OPTION_CONNECT_ATTEMPTS,
+    policy::OPTION_BALANCE,
 ];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
@@ -93,6 +107,15 @@ pub struct PortOptions {
     pub retry_before_data: Option<bool>,
     /// The weighted split of the `backends` option (`None`: the entry's Service alone).
     pub backends: Option<Vec<WeightedBackend>>,
+    /// Time allowed for one upstream connect (`None`: `--connect-timeout`).
+    #[serde(serialize_with = "serialize_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// Endpoints tried per connection (`None`: `--connect-attempts`).
+    pub connect_attempts: Option<usize>,
+    /// How an endpoint is chosen.
+    pub balance: Balance,
+    /// Who may connect, and how much one client may take.
+    pub sources: SourcePolicy,
 }
 
 /// One Service port of a weighted split, and its share.
@@ -525,7 +548,58 @@ fn apply_option(
             "option {option:?} applies to TCP ports only; UDP flows are limited by --udp-idle-timeout and --udp-max-flows"
         ));
     }
+    if protocol == Protocol::Udp && policy::TCP_ONLY_POLICY_OPTIONS.contains(&option) {
+        return Err(format!(
+            "option {option:?} applies to TCP ports only (UDP ports take allow-source, deny-source, connect-attempts and balance)"
+        ));
+    }
+    let sources = &mut options.sources;
     match option {
+        policy::OPTION_ALLOW_SOURCE => {
+            sources.allow = policy::parse_cidrs(option, value)?;
+            Ok(())
+        }
+        policy::OPTION_DENY_SOURCE => {
+            sources.deny = policy::parse_cidrs(option, value)?;
+            Ok(())
+        }
+        policy::OPTION_PROXY_TRUSTED_SOURCES | policy::OPTION_PROXY_UNTRUSTED if !proxy.decode => {
+            Err(format!(
+                "option {option:?} applies only to a port whose entry decodes a PROXY header (\"<ns>/<svc>:<port>:PROXY\")"
+            ))
+        }
+        policy::OPTION_PROXY_TRUSTED_SOURCES => {
+            sources.proxy_trusted = policy::parse_cidrs(option, value)?;
+            Ok(())
+        }
+        policy::OPTION_PROXY_UNTRUSTED => {
+            sources.proxy_untrusted = policy::parse_untrusted(option, value)?;
+            Ok(())
+        }
+        policy::OPTION_MAX_CONNECTIONS_PER_SOURCE => {
+            sources.max_connections_per_source = policy::parse_count(option, value, 1_000_000)?;
+            Ok(())
+        }
+        policy::OPTION_NEW_CONNECTIONS_PER_SECOND => {
+            sources.new_connections_per_second = policy::parse_count(option, value, 1_000_000)?;
+            Ok(())
+        }
+        policy::OPTION_NEW_CONNECTIONS_BURST => {
+            sources.new_connections_burst = policy::parse_count(option, value, 1_000_000)?;
+            Ok(())
+        }
+        policy::OPTION_CONNECT_TIMEOUT => {
+            options.connect_timeout = Some(policy::parse_connect_timeout(option, value)?);
+            Ok(())
+        }
+        policy::OPTION_CONNECT_ATTEMPTS => {
+            options.connect_attempts = Some(policy::parse_connect_attempts(option, value)?);
+            Ok(())
+        }
+        policy::OPTION_BALANCE => {
+            options.balance = policy::parse_balance(option, value)?;
+            Ok(())
+        }
         OPTION_SEND_PROXY_VERSION => {
             options.send_proxy_version = match value.to_ascii_lowercase().as_str() {
                 "v1" | "1" => ProxyVersion::V1,

@@ -4,11 +4,11 @@
 //! for the round-robin cursor of each backend, an atomic counter that only spreads load.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::configmap::{EntryError, RouteSpec, WeightedBackend};
+use super::configmap::{Balance, EntryError, RouteSpec, WeightedBackend};
 use super::gateway_status::GatewayApiStatus;
 use crate::names::{ObjectName, RouteKey};
 use crate::telemetry::metrics::RoutesInForce;
@@ -252,16 +252,22 @@ impl Route {
         self.active.len()
     }
 
-    /// The backend a new connection goes to: by weight, at random (the only one, without a
-    /// draw, when there is one); `None` when every weight is 0.
-    fn choose_backend(&self) -> Option<usize> {
+    /// The backend a new connection goes to: by weight, at random, or by the client's hash
+    /// (`source-hash`: a client keeps its backend while the weights stay); the only one, without
+    /// a draw, when there is one; `None` when every weight is 0.
+    fn choose_backend(&self, client: Option<IpAddr>) -> Option<usize> {
         if self.backends.len() == 1 {
             return (self.total_weight > 0).then_some(0);
         }
         if self.total_weight == 0 {
             return None;
         }
-        let mut draw = fastrand::u64(0..self.total_weight);
+        let mut draw = match client {
+            Some(client) if self.spec.options.balance == Balance::SourceHash => {
+                mix(hash_ip(client)) % self.total_weight
+            }
+            _ => fastrand::u64(0..self.total_weight),
+        };
         self.backends.iter().position(|b| {
             let weight = u64::from(b.spec.weight);
             if draw < weight {
@@ -286,18 +292,37 @@ impl Route {
     /// turn of the cursor, not to its neighbour, so the load of a skipped endpoint spreads
     /// evenly over the others.
     pub fn pick_order_usable(&self, usable: impl Fn(&Endpoint) -> bool) -> PickOrder<'_> {
+        self.pick_order_for(None, usable, |_| 0)
+    }
+
+    /// The order in which to try endpoints for one new connection or flow from `client`, by
+    /// the port's `balance` option: the first is the pick among the chosen backend's usable
+    /// endpoints (round robin, fewest `load`, the less loaded of two at random, or the client
+    /// address's rendezvous hash), then the rest of that backend's endpoints in turn from the
+    /// pick, then the other weighted backends' for retries. Without a `client` (tests),
+    /// `source-hash` falls back to round robin.
+    pub fn pick_order_for(
+        &self,
+        client: Option<IpAddr>,
+        usable: impl Fn(&Endpoint) -> bool,
+        load: impl Fn(&Endpoint) -> usize,
+    ) -> PickOrder<'_> {
         let first = self
-            .choose_backend()
+            .choose_backend(client)
             .filter(|&b| self.backends[b].problem.is_none());
         let mut start = 0;
         if let Some(backend) = first.map(|b| &self.backends[b]) {
-            let n = backend.active.len();
-            for _ in 0..n {
-                start = backend.cursor.fetch_add(1, Ordering::Relaxed) % n;
-                if usable(&self.endpoints[backend.active[start]]) {
-                    break;
+            let member = |i: usize| &self.endpoints[backend.active[i]];
+            start = match (self.spec.options.balance, client) {
+                (Balance::SourceHash, Some(client)) => {
+                    source_hash_pick(client, backend.active.len(), &member, &usable)
                 }
-            }
+                (Balance::LeastConnections, _) => {
+                    least_loaded_pick(backend, &member, &usable, &load)
+                }
+                (Balance::RandomTwo, _) => random_two_pick(backend, &member, &usable, &load),
+                _ => round_robin_pick(backend, &member, &usable),
+            };
         }
         PickOrder {
             route: self,
@@ -320,6 +345,113 @@ impl Route {
                 .zip(&other.sni)
                 .all(|(a, b)| a.hostnames == b.hostnames && a.route.same_as(&b.route))
     }
+}
+
+/// The next endpoint in turn that is usable (the turn after the last when none is).
+fn round_robin_pick<'a>(
+    backend: &Backend,
+    member: &impl Fn(usize) -> &'a Endpoint,
+    usable: &impl Fn(&Endpoint) -> bool,
+) -> usize {
+    let n = backend.active.len();
+    let mut start = 0;
+    for _ in 0..n {
+        start = backend.cursor.fetch_add(1, Ordering::Relaxed) % n;
+        if usable(member(start)) {
+            break;
+        }
+    }
+    start
+}
+
+/// The usable endpoint with the least load; ties go to the first in turn, so that equal
+/// endpoints share new connections in round robin.
+fn least_loaded_pick<'a>(
+    backend: &Backend,
+    member: &impl Fn(usize) -> &'a Endpoint,
+    usable: &impl Fn(&Endpoint) -> bool,
+    load: &impl Fn(&Endpoint) -> usize,
+) -> usize {
+    let n = backend.active.len();
+    let from = backend.cursor.fetch_add(1, Ordering::Relaxed);
+    let mut best: Option<(usize, usize)> = None;
+    for k in 0..n {
+        let i = (from + k) % n;
+        let e = member(i);
+        if !usable(e) {
+            continue;
+        }
+        let l = load(e);
+        if best.is_none_or(|(_, b)| l < b) {
+            best = Some((i, l));
+        }
+    }
+    best.map_or(from % n.max(1), |(i, _)| i)
+}
+
+/// Two usable endpoints drawn at random, the less loaded of them (the first on a tie).
+fn random_two_pick<'a>(
+    backend: &Backend,
+    member: &impl Fn(usize) -> &'a Endpoint,
+    usable: &impl Fn(&Endpoint) -> bool,
+    load: &impl Fn(&Endpoint) -> usize,
+) -> usize {
+    let n = backend.active.len();
+    let candidates: Vec<usize> = (0..n).filter(|&i| usable(member(i))).collect();
+    match candidates.len() {
+        0 => round_robin_pick(backend, member, &|_| true),
+        1 => candidates[0],
+        m => {
+            let a = fastrand::usize(0..m);
+            let b = (a + 1 + fastrand::usize(0..m - 1)) % m;
+            let (a, b) = (candidates[a], candidates[b]);
+            if load(member(b)) < load(member(a)) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+/// The usable endpoint with the highest rendezvous weight for `client` (every endpoint when
+/// none is usable): removing an endpoint moves only the clients it had.
+fn source_hash_pick<'a>(
+    client: IpAddr,
+    n: usize,
+    member: &impl Fn(usize) -> &'a Endpoint,
+    usable: &impl Fn(&Endpoint) -> bool,
+) -> usize {
+    let client = hash_ip(client);
+    let weight = |i: usize| mix(client ^ mix(hash_addr(member(i).addr)));
+    let best =
+        |filter: &dyn Fn(usize) -> bool| (0..n).filter(|&i| filter(i)).max_by_key(|&i| weight(i));
+    best(&|i| usable(member(i)))
+        .or_else(|| best(&|_| true))
+        .unwrap_or(0)
+}
+
+/// A stable 64-bit value of an address (the same in every replica and release).
+fn hash_ip(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            mix(bits as u64) ^ (bits >> 64) as u64
+        }
+    }
+}
+
+fn hash_addr(addr: SocketAddr) -> u64 {
+    mix(hash_ip(addr.ip())) ^ u64::from(addr.port())
+}
+
+/// SplitMix64's finalizer: spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl PickOrder<'_> {

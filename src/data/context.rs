@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::endpoint_load::EndpointLoads;
 use super::health::HealthRegistry;
 use super::limits::OpenConnections;
 use super::pipes::PipePool;
@@ -82,6 +83,8 @@ pub struct ConnContext {
     pub health: Arc<HealthRegistry>,
     /// TCP connections open in the process, for `max_connections`.
     pub open: Arc<OpenConnections>,
+    /// Open connections and flows per endpoint (`least-connections`, `random-two`).
+    pub loads: EndpointLoads,
     /// Rate limit of the warnings a connection can cause (one line per port, endpoint and
     /// reason per interval).
     pub warnings: Arc<ConnWarnings>,

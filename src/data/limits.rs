@@ -13,11 +13,16 @@
 
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use tokio::net::{TcpListener, TcpStream};
+
+use super::source_policy::{Admitted, SourceTable};
+use crate::control::configmap::SourcePolicy;
+use crate::telemetry::outcome::RefuseReason;
 
 /// A count of open connections.
 #[derive(Debug, Default)]
@@ -68,11 +73,14 @@ impl std::fmt::Display for Exceeded {
     }
 }
 
-/// The counts one listening port takes slots from: its own and the process's.
+/// The counts one listening port takes slots from: its own and the process's, and its
+/// clients' (the port's source policy).
 #[derive(Debug)]
 pub struct PortCounts {
     port: OpenConnections,
     global: Arc<OpenConnections>,
+    /// Per-client counts of `max-connections-per-source` and `new-connections-per-second`.
+    pub sources: SourceTable,
 }
 
 impl PortCounts {
@@ -81,6 +89,7 @@ impl PortCounts {
         Arc::new(Self {
             port: OpenConnections::default(),
             global,
+            sources: SourceTable::default(),
         })
     }
 
@@ -100,18 +109,46 @@ impl PortCounts {
             self.global.release();
             return Err(Exceeded::Port(port_max));
         }
-        Ok(Slot(self.clone()))
+        Ok(Slot {
+            counts: self.clone(),
+            source: None,
+        })
     }
 }
 
-/// One open connection's place in its port's and the process's counts; given back on drop.
+/// One open connection's place in its port's and the process's counts (and its client's, once
+/// counted there); given back on drop.
 #[derive(Debug)]
-pub struct Slot(Arc<PortCounts>);
+pub struct Slot {
+    counts: Arc<PortCounts>,
+    /// The client address counted in the port's source table (boxed: every connection's task
+    /// holds a slot, few ports count sources).
+    source: Option<Box<IpAddr>>,
+}
+
+impl Slot {
+    /// Applies the port's source `policy` to this connection's client `source` at `now`:
+    /// refused, or admitted (and counted for the source until the slot is dropped).
+    pub fn admit_source(
+        &mut self,
+        policy: &SourcePolicy,
+        source: IpAddr,
+        now: std::time::Instant,
+    ) -> Result<(), RefuseReason> {
+        if self.counts.sources.admit(policy, source, now)? == Admitted::Counted {
+            self.source = Some(Box::new(source));
+        }
+        Ok(())
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.port.release();
-        self.0.global.release();
+        if let Some(source) = self.source.take() {
+            self.counts.sources.release(*source);
+        }
+        self.counts.port.release();
+        self.counts.global.release();
     }
 }
 

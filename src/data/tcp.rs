@@ -14,14 +14,16 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::context::ConnContext;
+use super::endpoint_load::LoadHold;
 use super::forward::{ForwardMode, Progress, Side, forward};
 use super::idle::{self, Activity};
 use super::limits::Slot;
 use super::net::{canonical, keepalive, reset, reset_on_close};
 use super::proxy_protocol::{self, Decoded};
 use super::tls_hello;
-use crate::control::table::Route;
-use crate::names::{ObjectName, RouteKey};
+use crate::control::configmap::{Balance, UntrustedProxy};
+use crate::control::table::{Endpoint, Route};
+use crate::names::{HealthKey, ObjectName, RouteKey};
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::log_throttle::{WarnKey, WarnReason};
 use crate::telemetry::metrics::PortMetrics;
@@ -39,6 +41,8 @@ struct Outcome {
     /// The route the connection took (a TLS port's: the one its server name chose).
     gateway_route: Option<Arc<str>>,
     server_name: Option<Box<str>>,
+    /// The connection counted on its endpoint (ports balanced by load only).
+    load: Option<LoadHold>,
 }
 
 /// Decrements the active-connections gauge and gives the connection's slot back however the
@@ -75,7 +79,7 @@ pub async fn serve_connection(
     };
     pm.accepted.inc();
     pm.active.inc();
-    let active = Active(pm, Some(slot));
+    let mut active = Active(pm, Some(slot));
     let mut outcome = Outcome {
         client: peer,
         endpoint: None,
@@ -86,6 +90,7 @@ pub async fn serve_connection(
         error: None,
         gateway_route: None,
         server_name: None,
+        load: None,
     };
     // A TLS passthrough port has no endpoints of its own: its ClientHello chooses the route
     // (in `establish`).
@@ -105,7 +110,7 @@ pub async fn serve_connection(
                 client,
                 peer,
                 close,
-                &active.0,
+                (&active.0, &mut active.1),
                 &mut outcome,
             ))
             .await;
@@ -244,7 +249,7 @@ async fn establish(
     mut client: TcpStream,
     peer: SocketAddr,
     close: &CancellationToken,
-    pm: &PortMetrics,
+    (pm, slot): (&PortMetrics, &mut Option<Slot>),
     outcome: &mut Outcome,
 ) -> Option<Established> {
     // A TLS passthrough port: the ClientHello's server name chooses the route; its bytes go
@@ -275,7 +280,20 @@ async fn establish(
     } else {
         peer
     };
-    let (source, destination, early_data) = if route.spec.proxy.decode {
+    let policy = &route.spec.options.sources;
+    let mut decode = route.spec.proxy.decode;
+    if decode && !policy.trusts_proxy_from(peer.ip()) {
+        match policy.proxy_untrusted {
+            UntrustedProxy::Direct => decode = false,
+            UntrustedProxy::Reject => {
+                refuse_by_policy(ctx, key, pm, peer, RefuseReason::proxy_untrusted);
+                outcome.close = CloseReason::SourceRefused;
+                reset(client);
+                return None;
+            }
+        }
+    }
+    let (source, destination, early_data) = if decode {
         // The drain deadline cuts the wait too: a client that never sends its header must not
         // hold a shutdown or a port's drain past the grace.
         let read = tokio::select! {
@@ -328,6 +346,18 @@ async fn establish(
         (peer, local, hello)
     };
     outcome.client = source;
+    // A PROXY-decoding port applies its source policy to the client the header (or the
+    // untrusted peer itself) names; the others did at accept.
+    if route.spec.proxy.decode
+        && policy.is_active()
+        && let Some(slot) = slot
+        && let Err(reason) = slot.admit_source(policy, source.ip(), Instant::now())
+    {
+        refuse_by_policy(ctx, key, pm, source, reason);
+        outcome.close = CloseReason::SourceRefused;
+        reset(client);
+        return None;
+    }
 
     // Only these are needed once connected.
     let (encode, version) = (
@@ -377,13 +407,13 @@ async fn establish(
         }
         // Only worth a wait (and two peeks) when there is another endpoint to try.
         let another = (outcome.attempts as usize)
-            < ctx.settings.connect_attempts.min(route.active_count())
+            < connect_attempts(ctx, &route).min(route.active_count())
             && tried.len() + 1 < route.active_count();
         if !retry_before_data || !another {
             break upstream;
         }
         let moved = tokio::select! {
-            m = first_move(&client, &upstream, ctx.settings.connect_timeout) => m,
+            m = first_move(&client, &upstream, connect_timeout(ctx, &route)) => m,
             _ = close.cancelled() => Ok(()),
         };
         let Err(error) = moved else { break upstream };
@@ -429,6 +459,45 @@ async fn establish(
         source,
         activity,
     })
+}
+
+/// The port's `connect-attempts`, or the flag's.
+fn connect_attempts(ctx: &ConnContext, route: &Route) -> usize {
+    route
+        .spec
+        .options
+        .connect_attempts
+        .unwrap_or(ctx.settings.connect_attempts)
+}
+
+/// The port's `connect-timeout`, or the flag's.
+fn connect_timeout(ctx: &ConnContext, route: &Route) -> Duration {
+    route
+        .spec
+        .options
+        .connect_timeout
+        .unwrap_or(ctx.settings.connect_timeout)
+}
+
+/// Counts and logs (through the warning throttle) a connection the port's source policy
+/// refused after accept (PROXY-decoding ports).
+fn refuse_by_policy(
+    ctx: &ConnContext,
+    key: RouteKey,
+    pm: &PortMetrics,
+    client: SocketAddr,
+    reason: RefuseReason,
+) {
+    pm.refused(reason);
+    let warn = WarnKey {
+        port: key,
+        endpoint: None,
+        reason: WarnReason::SourcePolicy(reason),
+    };
+    if let Some(suppressed) = ctx.warnings.note(warn) {
+        let why = WarnReason::SourcePolicy(reason);
+        tracing::warn!(port = %key, client = %client, suppressed, "{why}: connection refused");
+    }
 }
 
 /// Forwards until both sides are done, the drain deadline or the idle timeout cuts it, or a
@@ -535,16 +604,24 @@ async fn connect(
             tracing::debug!(port = %route.key, "every endpoint is unhealthy: trying them all");
             false
         };
-    let attempts = ctx
-        .settings
-        .connect_attempts
+    let attempts = connect_attempts(ctx, route)
         .max(1)
         .min(route.active_count());
-    let order = if skip_unhealthy {
-        route.pick_order_usable(|e| usable(e.addr))
-    } else {
-        route.pick_order()
+    let timeout = connect_timeout(ctx, route);
+    let balance = route.spec.options.balance;
+    let by_load = matches!(balance, Balance::LeastConnections | Balance::RandomTwo);
+    let load = |e: &Endpoint| {
+        if by_load {
+            ctx.loads.load(HealthKey::tcp(e.addr))
+        } else {
+            0
+        }
     };
+    let order = route.pick_order_for(
+        Some(client.ip()),
+        |e| !skip_unhealthy || usable(e.addr),
+        load,
+    );
     if order.refused() {
         // The weighted draw chose a backend that does not resolve: its share is refused.
         tracing::debug!(port = %route.key, client = %client, "the chosen backend does not resolve; connection refused");
@@ -562,23 +639,22 @@ async fn connect(
         }
         outcome.endpoint = Some(endpoint.addr);
         outcome.pod = endpoint.target.clone();
-        let result = tokio::time::timeout(
-            ctx.settings.connect_timeout,
-            TcpStream::connect(endpoint.addr),
-        )
-        .await;
+        let result = tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await;
         let (reason, error) = match result {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 keepalive(&stream);
                 health.connect_succeeded(endpoint.addr);
                 outcome.error = None;
+                if by_load {
+                    outcome.load = Some(ctx.loads.hold(HealthKey::tcp(endpoint.addr)));
+                }
                 return Ok(stream);
             }
             Ok(Err(err)) => (ConnectFailure::of(&err), err.to_string()),
             Err(_) => (
                 ConnectFailure::timeout,
-                format!("timed out after {:?}", ctx.settings.connect_timeout),
+                format!("timed out after {timeout:?}"),
             ),
         };
         pm.connect_failed(endpoint.addr, endpoint.target.as_deref(), reason);
@@ -652,6 +728,7 @@ mod tests {
             access_log: Arc::new(AccessLog::off(metrics.clone())),
             udp: Default::default(),
             health: Arc::new(HealthRegistry::new(HealthSettings::default(), metrics)),
+            loads: Default::default(),
             open: Arc::new(OpenConnections::default()),
             warnings: Default::default(),
         });

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::names::RouteKey;
-use crate::telemetry::outcome::ConnectFailure;
+use crate::telemetry::outcome::{ConnectFailure, RefuseReason};
 
 /// The pure rule: per key, the first event logs, then one line per `interval` at most.
 #[derive(Debug)]
@@ -139,6 +139,8 @@ pub enum WarnReason {
     UdpPortUnreachable,
     /// A TLS passthrough port got no ClientHello it could route.
     TlsServerName,
+    /// A connection or UDP flow refused by the port's source policy, for this reason.
+    SourcePolicy(RefuseReason),
 }
 
 impl fmt::Display for WarnReason {
@@ -160,6 +162,19 @@ impl fmt::Display for WarnReason {
             WarnReason::UdpUpstreamSocket => "cannot open an upstream UDP socket",
             WarnReason::UdpPortUnreachable => "UDP endpoint answered port unreachable",
             WarnReason::TlsServerName => "no route for a TLS ClientHello",
+            WarnReason::SourcePolicy(RefuseReason::source_denied) => {
+                "client address not allowed on the port"
+            }
+            WarnReason::SourcePolicy(RefuseReason::source_connections) => {
+                "client at max-connections-per-source"
+            }
+            WarnReason::SourcePolicy(RefuseReason::source_rate) => {
+                "client over new-connections-per-second"
+            }
+            WarnReason::SourcePolicy(RefuseReason::proxy_untrusted) => {
+                "PROXY header from a peer not in proxy-trusted-sources"
+            }
+            WarnReason::SourcePolicy(_) => "refused by the source policy",
         })
     }
 }

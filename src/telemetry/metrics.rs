@@ -245,7 +245,7 @@ pub struct PortMetrics {
     pub duration: Histogram,
     /// Connections cut by the idle timeout.
     pub idle_timeouts: Counter,
-    refused: [Counter; 7],
+    refused: [Counter; REFUSE_REASONS.len()],
     failures: Family<FailureLabels, Counter>,
     /// Every failure series created, so that those of departed endpoints can be removed.
     failure_series: Arc<Mutex<HashSet<FailureLabels>>>,
@@ -261,16 +261,8 @@ impl PortMetrics {
 
     /// Counts a refused connection.
     pub fn refused(&self, reason: RefuseReason) {
-        let i = match reason {
-            RefuseReason::no_endpoints => 0,
-            RefuseReason::proxy_header => 1,
-            RefuseReason::upstream_unavailable => 2,
-            RefuseReason::max_connections => 3,
-            RefuseReason::out_of_descriptors => 4,
-            RefuseReason::invalid_backend => 5,
-            RefuseReason::tls_server_name => 6,
-        };
-        self.refused[i].inc();
+        // REFUSE_REASONS lists the reasons in their declaration order.
+        self.refused[reason as usize].inc();
     }
 
     /// Counts a failed connect to `endpoint` (rare path: one family lookup).
@@ -421,7 +413,8 @@ const FLOW_END_REASONS: [&str; 5] = [
 ];
 
 /// The `udp_datagrams_dropped` reasons, for removing a port's series.
-const DROP_REASONS: [&str; 5] = [
+const DROP_REASONS: [&str; 6] = [
+    "source_denied",
     "max_flows",
     "no_endpoints",
     "upstream_busy",
@@ -429,7 +422,8 @@ const DROP_REASONS: [&str; 5] = [
     "shutting_down",
 ];
 
-const REFUSE_REASONS: [RefuseReason; 7] = [
+/// Every refusal reason, in declaration order (the index of each is its discriminant).
+const REFUSE_REASONS: [RefuseReason; 11] = [
     RefuseReason::no_endpoints,
     RefuseReason::proxy_header,
     RefuseReason::upstream_unavailable,
@@ -437,6 +431,10 @@ const REFUSE_REASONS: [RefuseReason; 7] = [
     RefuseReason::out_of_descriptors,
     RefuseReason::invalid_backend,
     RefuseReason::tls_server_name,
+    RefuseReason::source_denied,
+    RefuseReason::source_connections,
+    RefuseReason::source_rate,
+    RefuseReason::proxy_untrusted,
 ];
 
 /// The process metrics of the Prometheus client libraries, from `/proc/self` at scrape time.
@@ -949,15 +947,7 @@ impl Metrics {
             retries: self.retries.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
             idle_timeouts: self.idle_timeouts.get_or_create(&labels).clone(),
-            refused: [
-                refused(RefuseReason::no_endpoints),
-                refused(RefuseReason::proxy_header),
-                refused(RefuseReason::upstream_unavailable),
-                refused(RefuseReason::max_connections),
-                refused(RefuseReason::out_of_descriptors),
-                refused(RefuseReason::invalid_backend),
-                refused(RefuseReason::tls_server_name),
-            ],
+            refused: REFUSE_REASONS.map(refused),
             failures: self.failures.clone(),
             failure_series: self.failure_series.clone(),
             all_endpoints_unhealthy: self.health.all_unhealthy.get_or_create(&labels).clone(),

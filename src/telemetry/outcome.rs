@@ -34,6 +34,9 @@ pub enum CloseReason {
     TlsServerName,
     /// UDP: the endpoint answered ICMP port-unreachable.
     UpstreamRefused,
+    /// Refused: the source policy of the port (denied, over its per-source limits, or an
+    /// untrusted PROXY peer).
+    SourceRefused,
 }
 
 impl CloseReason {
@@ -52,6 +55,7 @@ impl CloseReason {
             CloseReason::EndpointGone => "endpoint_gone",
             CloseReason::UpstreamRefused => "upstream_refused",
             CloseReason::TlsServerName => "tls_server_name",
+            CloseReason::SourceRefused => "source_refused",
         }
     }
 }
@@ -76,6 +80,14 @@ pub enum RefuseReason {
     /// A TLS passthrough port got no ClientHello it could route: not TLS, over the size or
     /// time limit, or a server name no TLSRoute takes.
     tls_server_name,
+    /// The client's address is not allowed on the port (`allow-source` / `deny-source`).
+    source_denied,
+    /// The client has `max-connections-per-source` connections open on the port.
+    source_connections,
+    /// The client opened connections faster than `new-connections-per-second` allows.
+    source_rate,
+    /// A PROXY-decoding port's peer is not in `proxy-trusted-sources` (`proxy-untrusted: reject`).
+    proxy_untrusted,
 }
 
 /// Why an upstream connect failed.

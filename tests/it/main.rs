@@ -18,6 +18,7 @@ mod kube_provider;
 mod layers;
 mod limits;
 mod ops;
+mod policy;
 mod proxy_protocol;
 mod resilience;
 mod retry;

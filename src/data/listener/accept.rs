@@ -6,7 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ impl Admission {
             .as_ref()
             .and_then(|r| r.spec.options.max_connections)
             .unwrap_or(ctx.settings.max_connections_per_port);
-        let slot = match self.counts.admit(ctx.settings.max_connections, port_max) {
+        let mut slot = match self.counts.admit(ctx.settings.max_connections, port_max) {
             Ok(slot) => slot,
             Err(exceeded) => {
                 crate::data::net::reset(stream);
@@ -93,6 +93,23 @@ impl Admission {
                 return;
             }
         };
+        // The source policy of a port that decodes PROXY headers applies to the client the
+        // header names: decided in the connection's task.
+        if let Some(route) = route.as_deref().filter(|r| !r.spec.proxy.decode)
+            && route.spec.options.sources.is_active()
+        {
+            let client = canonical(peer);
+            let policy = &route.spec.options.sources;
+            if let Err(reason) = slot.admit_source(policy, client.ip(), Instant::now()) {
+                crate::data::net::reset(stream);
+                drop(slot);
+                let warning = WarnReason::SourcePolicy(reason);
+                if let Some(suppressed) = count_refusal(ctx, key, Some(route), reason, warning) {
+                    tracing::warn!(port = %key, client = %client, suppressed, "{warning}: connection refused");
+                }
+                return;
+            }
+        }
         self.connections.spawn(serve_connection(
             ctx.clone(),
             key,

@@ -29,8 +29,10 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::flows::{Flow, FlowTable, Lookup};
+use crate::control::configmap::Balance;
 use crate::control::table::{Endpoint, Route};
 use crate::data::context::{ConnContext, UdpSettings};
+use crate::data::endpoint_load::LoadHold;
 use crate::data::net::canonical;
 use crate::names::HealthKey;
 use crate::names::{ObjectName, RouteKey};
@@ -38,7 +40,7 @@ use crate::sys;
 use crate::telemetry::access_log::AccessRecord;
 use crate::telemetry::log_throttle::{WarnKey, WarnReason};
 use crate::telemetry::metrics::{PortMetrics, UdpMetrics};
-use crate::telemetry::outcome::{CloseReason, ConnectFailure};
+use crate::telemetry::outcome::{CloseReason, ConnectFailure, RefuseReason};
 
 /// Receive buffers hold any UDP payload (IPv6 allows up to 65,527 bytes).
 const RECEIVE_BUFFER: usize = 65_536;
@@ -62,6 +64,8 @@ pub struct FlowHandle {
     /// The Gateway API route it came from, for the access log.
     gateway_route: Option<Arc<str>>,
     udp: Arc<UdpMetrics>,
+    /// The flow counted on its endpoint (ports balanced by load only).
+    _load: Option<LoadHold>,
 }
 
 impl Drop for FlowHandle {
@@ -148,18 +152,34 @@ impl Shared {
         }
     }
 
-    /// The endpoint for a new flow, in round-robin order: not one of `tried`, and not ejected
-    /// unless every candidate is (the panic rule, as for TCP).
-    fn choose<'r>(&self, route: &'r Route, tried: &[SocketAddr]) -> Option<&'r Endpoint> {
+    /// The endpoint for a new flow of `client`, by the port's balance choice: not one of
+    /// `tried`, and not ejected unless every candidate is (the panic rule, as for TCP).
+    fn choose<'r>(
+        &self,
+        route: &'r Route,
+        client: SocketAddr,
+        tried: &[SocketAddr],
+    ) -> Option<&'r Endpoint> {
         let health = &self.ctx.health;
         let fresh = |e: &Endpoint| !tried.contains(&e.addr);
+        let by_load = balanced_by_load(route);
+        let load = |e: &Endpoint| {
+            if by_load {
+                self.ctx.loads.load(HealthKey::udp(e.addr))
+            } else {
+                0
+            }
+        };
+        let client = Some(client.ip());
         if health.all_healthy() {
-            return route.pick_order().find(|e| fresh(e));
+            return route.pick_order_for(client, fresh, load).find(|e| fresh(e));
         }
         let now = Instant::now();
         let usable = |e: &Endpoint| fresh(e) && health.usable(HealthKey::udp(e.addr), now);
         if route.active_endpoints().any(usable) {
-            return route.pick_order_usable(usable).find(|e| usable(e));
+            return route
+                .pick_order_for(client, usable, load)
+                .find(|e| usable(e));
         }
         if tried.is_empty() {
             self.ctx
@@ -168,7 +188,7 @@ impl Shared {
                 .all_endpoints_unhealthy
                 .inc();
         }
-        route.pick_order().find(|e| fresh(e))
+        route.pick_order_for(client, fresh, load).find(|e| fresh(e))
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, FlowTable<FlowHandle>> {
@@ -357,6 +377,14 @@ fn on_datagram(shared: &Arc<Shared>, payload: &[u8], client: SocketAddr, lingeri
     start_flow(shared, &route, client, payload, Vec::new());
 }
 
+/// True when the port chooses endpoints by their open flows.
+fn balanced_by_load(route: &Route) -> bool {
+    matches!(
+        route.spec.options.balance,
+        Balance::LeastConnections | Balance::RandomTwo
+    )
+}
+
 /// Starts a flow of `client` on an endpoint of `route` other than `tried` (endpoints that
 /// refused this datagram already) and sends `payload` on it.
 fn start_flow(
@@ -367,7 +395,21 @@ fn start_flow(
     tried: Vec<SocketAddr>,
 ) {
     let now = Instant::now();
-    let Some(chosen) = shared.choose(route, &tried) else {
+    let policy = &route.spec.options.sources;
+    if tried.is_empty() && !policy.admits(client.ip()) {
+        // A source not allowed on the port: no flow, the datagram is dropped and counted.
+        let reason = RefuseReason::source_denied;
+        if let Some(suppressed) = shared.warn_due(None, WarnReason::SourcePolicy(reason)) {
+            tracing::warn!(port = %shared.key, client = %client, suppressed, "client address not allowed on the port: datagrams dropped (counted in dermaga_udp_datagrams_dropped_total{{reason=\"source_denied\"}})");
+        }
+        shared
+            .ctx
+            .metrics
+            .udp(shared.key, &route.spec.service)
+            .dropped("source_denied");
+        return;
+    }
+    let Some(chosen) = shared.choose(route, client, &tried) else {
         // No endpoint to try (every one refused already, or the weighted draw chose a backend
         // that does not resolve): the datagram is dropped, and counted.
         shared
@@ -428,6 +470,7 @@ fn start_flow(
         route: route_metrics,
         gateway_route: route.route_label.clone(),
         udp: udp.clone(),
+        _load: balanced_by_load(route).then(|| shared.ctx.loads.hold(HealthKey::udp(endpoint))),
     };
     shared
         .table()
