@@ -188,6 +188,19 @@ pub struct RunArgs {
     )]
     pub publish_service: Option<ObjectName>,
 
+    /// Keep this Service's ports (the LoadBalancer in front of dermaga), NAMESPACE/NAME, equal
+    /// to the mapped ports, by server-side apply (field manager `dermaga`, never forced):
+    /// ports are added and removed with the maps; ports other managers added stay. Needs
+    /// `patch` on that Service (deploy/components/manage-service-ports).
+    #[arg(
+        help_heading = "Configuration source",
+        long,
+        global = true,
+        env = "DERMAGA_MANAGE_SERVICE_PORTS",
+        value_name = "NS/NAME"
+    )]
+    pub manage_service_ports: Option<ObjectName>,
+
     /// The `controllerName` of the GatewayClasses whose Gateways dermaga serves.
     #[arg(
         help_heading = "Configuration source",

@@ -47,7 +47,9 @@ pub use control::configmap::{ReservedPorts, parse_port_map};
 pub use control::fixture;
 pub use control::gateway_api;
 pub use control::index::{Index, IndexSettings, Object};
-pub use control::provider::kube::access::{API_ACCESS, AccessScope, ApiAccess, GATEWAY_API_ACCESS};
+pub use control::provider::kube::access::{
+    API_ACCESS, AccessScope, ApiAccess, GATEWAY_API_ACCESS, SERVICE_PORTS_ACCESS,
+};
 pub use control::provider::manifest::parse_manifest;
 pub use data::context::{TcpSettings, UdpSettings};
 pub use data::health::CheckState;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             &check.files,
             &cli.run.index_settings(),
             cli.run.config_max_bytes,
+            cli.run.manage_service_ports.as_ref(),
         );
     }
     // Kept to the end of main: dropping it writes out the queued log lines (within 1 s).

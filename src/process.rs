@@ -23,7 +23,7 @@ use crate::gateway::{Gateway, GatewayOptions};
 use crate::names::Protocol;
 use crate::ops::admin::{self, AdminState};
 use crate::ops::signals;
-use crate::status::{events, gateway_api};
+use crate::status::{events, gateway_api, service_ports};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::log_writer;
 use crate::telemetry::metrics::Metrics;
@@ -116,6 +116,12 @@ enum Provider {
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains and returns. SIGHUP reloads `--config`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let (Some(config), Some(service)) = (&args.config, &args.manage_service_ports) {
+        anyhow::bail!(
+            "--manage-service-ports {service} needs the Kubernetes API, but --config {} reads the configuration from a file: drop one of them",
+            config.display()
+        );
+    }
     let provider = match args.config.clone() {
         Some(path) => Provider::File(
             FileProvider::new(&path, args.config_poll_interval, args.config_max_bytes),
@@ -243,10 +249,24 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
                 };
                 tokio::spawn(writer.run(draining.clone()))
             });
+            // The LoadBalancer Service's ports, kept equal to the mapped ports.
+            let service_ports = args.manage_service_ports.clone().map(|service| {
+                let sync = service_ports::ServicePortSync {
+                    client: kube.client(),
+                    snapshot: publisher.snapshot().clone(),
+                    service,
+                    reporting: events::Reporting::new(kube.client()),
+                    metrics: publisher.metrics().clone(),
+                };
+                tokio::spawn(sync.run(draining.clone()))
+            });
             let draining = draining.clone();
             tokio::spawn(async move {
                 kube.run(publisher, draining).await;
                 events.abort();
+                if let Some(service_ports) = service_ports {
+                    let _ = service_ports.await;
+                }
                 if let Some(status) = status {
                     let _ = status.await;
                 }

@@ -585,7 +585,12 @@ fn apply_option(
             Ok(())
         }
         policy::OPTION_NEW_CONNECTIONS_BURST => {
-            sources.new_connections_burst = policy::parse_count(option, value, 1_000_000)?;
+            sources.new_connections_burst =
+                policy::parse_count(option, value, 1_000_000).map_err(|_| {
+                    format!(
+                        "option {option:?} takes a whole number from 0 to 1000000 (0: as many as new-connections-per-second), not {value:?}"
+                    )
+                })?;
             Ok(())
         }
         policy::OPTION_CONNECT_TIMEOUT => {

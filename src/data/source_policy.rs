@@ -4,12 +4,16 @@
 //!
 //! The counts live in a [`SourceTable`] per listening port (kept across table rebuilds, like
 //! the port's connection count): one entry per client address with open connections or a
-//! rate bucket not yet full again. Memory is bounded whatever arrives: when the table reaches
-//! [`MAX_IDLE_SOURCES`] entries, entries that carry no information (no open connection, bucket
-//! full again) are dropped, then the rate state of sources without open connections (those
-//! clients get a full bucket again: the limit errs on the side of serving). What stays is one
-//! entry per open connection at most, and the open connections are bounded by the port's and
-//! the process's connection limits and the descriptor ceiling. An entry is about 64 bytes.
+//! rate bucket not yet full again. Memory is bounded whatever arrives: when a new source finds
+//! the table at its pruning size (at first [`MAX_IDLE_SOURCES`]), entries that carry no
+//! information (no open connection, bucket full again) are dropped, then, if it is still that
+//! large, the rate state of sources without open connections (those clients get a full bucket
+//! again: the limit errs on the side of serving). The next pruning size is the larger of
+//! [`MAX_IDLE_SOURCES`] and what was kept plus half of it, so a table full of open connections
+//! is not scanned at every new source. The table thus holds at most 1.5 × [`MAX_IDLE_SOURCES`]
+//! (98,304) entries plus one per open connection, and the open connections are bounded by the
+//! port's and the process's connection limits and the descriptor ceiling. An entry is about 64
+//! bytes.
 //!
 //! The clock is passed in (`now`), so the tests step time instead of sleeping.
 

@@ -12,7 +12,8 @@
 //! - **warning**: the gateway serves what it can, but something is worth knowing: an unknown
 //!   per-port option (ignored, as ingress-nginx does), a reference or port map not in the input
 //!   (it may exist in the cluster), a mapped port that the input's LoadBalancer Service does
-//!   not expose, the UDP map read without `--udp-services-configmap`.
+//!   not expose (unless `--manage-service-ports` says the gateway adds it), the UDP map read
+//!   without `--udp-services-configmap`.
 
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,7 @@ pub fn check_files(
     files: &[impl AsRef<Path>],
     settings: &IndexSettings,
     max_bytes: u64,
+    managed_service: Option<&ObjectName>,
 ) -> CheckReport {
     let mut report = CheckReport::default();
     let mut objects: Vec<(Object, String, Position)> = Vec::new();
@@ -79,12 +81,18 @@ pub fn check_files(
     check_objects(
         objects.into_iter().map(|(o, _, _)| o).collect(),
         settings,
+        managed_service,
         &mut report,
     );
     report
 }
 
-fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut CheckReport) {
+fn check_objects(
+    objects: Vec<Object>,
+    settings: &IndexSettings,
+    managed_service: Option<&ObjectName>,
+    report: &mut CheckReport,
+) {
     let config_maps: Vec<ObjectName> = objects
         .iter()
         .filter(|o| matches!(o, Object::ConfigMap(_)))
@@ -176,9 +184,12 @@ fn check_objects(objects: Vec<Object>, settings: &IndexSettings, report: &mut Ch
             ConfigProblem::GatewayApi { .. } => report.warnings.push(problem.to_string()),
         }
     }
-    report
-        .warnings
-        .extend(unexposed_ports(&table, &load_balancers));
+    // With --manage-service-ports the gateway puts every mapped port on that Service itself.
+    if managed_service.is_none() {
+        report
+            .warnings
+            .extend(unexposed_ports(&table, &load_balancers));
+    }
 }
 
 fn is_load_balancer(service: &Service) -> bool {
@@ -221,8 +232,13 @@ fn unexposed_ports(table: &RouteTable, load_balancers: &[(ObjectName, Service)])
 }
 
 /// The `dermaga check` command: prints the report, returns the exit code.
-pub fn run(files: &[PathBuf], settings: &IndexSettings, max_bytes: u64) -> std::process::ExitCode {
-    let report = check_files(files, settings, max_bytes);
+pub fn run(
+    files: &[PathBuf],
+    settings: &IndexSettings,
+    max_bytes: u64,
+    managed_service: Option<&ObjectName>,
+) -> std::process::ExitCode {
+    let report = check_files(files, settings, max_bytes, managed_service);
     for error in &report.errors {
         println!("error: {error}");
     }

@@ -131,7 +131,7 @@ async fn publish(
     }
 }
 
-fn truncate(mut text: String) -> String {
+pub(crate) fn truncate(mut text: String) -> String {
     if text.len() > MAX_NOTE {
         let mut cut = MAX_NOTE - 3;
         while !text.is_char_boundary(cut) {

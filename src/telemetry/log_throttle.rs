@@ -172,7 +172,7 @@ impl fmt::Display for WarnReason {
                 "client over new-connections-per-second"
             }
             WarnReason::SourcePolicy(RefuseReason::proxy_untrusted) => {
-                "PROXY header from a peer not in proxy-trusted-sources"
+                "connection to a PROXY port from a peer not in proxy-trusted-sources"
             }
             WarnReason::SourcePolicy(_) => "refused by the source policy",
         })

@@ -370,6 +370,8 @@ pub struct Metrics {
     kube_watch_errors: Family<WatchErrorLabels, Counter>,
     kube_events: Family<ResultLabels, Counter>,
     status_writes: Family<StatusWriteLabels, Counter>,
+    service_port_applies: Family<ResultLabels, Counter>,
+    service_ports_held_back: Gauge,
     route_info: Family<RouteInfoLabels, Gauge>,
     server_names: Family<ServerNameLabels, Counter>,
     /// The hostnames the last table served, to remove the series of those gone.
@@ -635,6 +637,18 @@ impl Metrics {
             "Gateway API status writes by kind and result (written; conflict: the object changed since it was read, retried on the next change; failed)",
             status_writes.clone(),
         );
+        let service_port_applies = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "service_port_applies",
+            "Server-side applies of the managed Service's ports (--manage-service-ports) by result: applied (the Service changed, or the first apply of the process), unchanged (identical to what this process applied last: the resourceVersion did not move), conflict (a port another field manager holds; held back and reported), failed",
+            service_port_applies.clone(),
+        );
+        let service_ports_held_back = Gauge::default();
+        registry.register(
+            "service_ports_held_back",
+            "Mapped ports not on the managed Service because another field manager holds a conflicting port (--manage-service-ports)",
+            service_ports_held_back.clone(),
+        );
         let server_names = Family::<ServerNameLabels, Counter>::default();
         registry.register(
             "tls_connections",
@@ -769,6 +783,8 @@ impl Metrics {
             reloads,
             kube_watch_errors,
             status_writes,
+            service_port_applies,
+            service_ports_held_back,
             route_info,
             server_names,
             server_names_served: Mutex::new(HashSet::new()),
@@ -1047,6 +1063,18 @@ impl Metrics {
         self.status_writes
             .get_or_create(&StatusWriteLabels { kind, result })
             .inc();
+    }
+
+    /// Records a server-side apply of the managed Service's ports.
+    pub fn service_port_apply(&self, result: &'static str) {
+        self.service_port_applies
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// How many mapped ports are held back from the managed Service by conflicts.
+    pub fn service_ports_held_back(&self, ports: usize) {
+        self.service_ports_held_back.set(ports as i64);
     }
 
     /// Whether this replica writes the Gateway API status now.

@@ -241,6 +241,27 @@ fn a_mapped_port_missing_from_the_load_balancer_service_is_a_warning() {
     );
 }
 
+/// With `--manage-service-ports` the gateway adds the mapped ports to that Service itself:
+/// nothing to warn about.
+#[test]
+fn a_managed_load_balancer_service_needs_no_port_by_hand() {
+    let lb = service("dermaga", "dermaga")
+        .service_type("LoadBalancer")
+        .port(port(10000).named("tcp-10000").target_number(10000))
+        .yaml();
+    let map = good_map().entry("20000", "default/web:80").yaml();
+    let files = [("map.yaml", map.as_str()), ("lb.yaml", lb.as_str())];
+    let (code, out) = check_with(&[], &files);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("20000/TCP is mapped but not on the LoadBalancer"),
+        "{out}"
+    );
+    let (code, out) = check_with(&["--manage-service-ports", "dermaga/dermaga"], &files);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("LoadBalancer"), "{out}");
+}
+
 #[test]
 fn files_are_read_as_the_gateway_reads_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,7 +50,7 @@ fn gateway(docs: &[Doc]) -> workload::Gateway {
 fn rbac_problems(docs: &[Doc]) -> Vec<String> {
     let gw = gateway(docs);
     let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
-    rbac::check(docs, dermaga::API_ACCESS, &gw.account(), &maps)
+    rbac::check(docs, dermaga::API_ACCESS, &gw.account(), &maps, None)
 }
 
 fn deployment_problems(docs: &[Doc]) -> Vec<String> {
@@ -170,10 +170,58 @@ fn the_gateway_api_component_adds_its_class_flags_and_exactly_its_rbac() {
         .chain(dermaga::GATEWAY_API_ACCESS)
         .copied()
         .collect();
-    let problems = rbac::check(&docs, &accesses, &gw.account(), &maps);
+    let problems = rbac::check(&docs, &accesses, &gw.account(), &maps, None);
     if !problems.is_empty() {
         fail(
             "deploy/overlays/gateway-api: RBAC differs from API_ACCESS + GATEWAY_API_ACCESS",
+            &problems,
+        );
+    }
+    assert!(
+        deployment_problems(&docs).is_empty(),
+        "{:?}",
+        deployment_problems(&docs)
+    );
+}
+
+/// `deploy/overlays/manage-service-ports`: the base, the flag naming the base's LoadBalancer
+/// Service, and RBAC that grants exactly `API_ACCESS` and `SERVICE_PORTS_ACCESS` (patch on that
+/// Service by name).
+#[test]
+fn the_service_ports_component_adds_its_flag_and_exactly_its_rbac() {
+    let dir = manifest::repo().join("deploy/overlays/manage-service-ports");
+    let docs = manifest::kustomize_build(&dir).unwrap_or_else(|e: Vec<String>| {
+        fail("kubectl kustomize deploy/overlays/manage-service-ports", &e)
+    });
+    let base = manifest::identities(&built());
+    let with = manifest::identities(&docs);
+    let added: Vec<&String> = with.difference(&base).collect();
+    assert_eq!(
+        added,
+        [
+            "Role dermaga/dermaga-service-ports",
+            "RoleBinding dermaga/dermaga-service-ports",
+        ],
+        "the component adds these objects"
+    );
+    assert!(base.is_subset(&with), "the component removes nothing");
+    let gw = gateway(&docs);
+    let managed = gw.flags.manage_service_ports.clone();
+    assert_eq!(
+        managed.as_ref().map(|s| s.to_string()).as_deref(),
+        Some("dermaga/dermaga"),
+        "--manage-service-ports names the LoadBalancer Service of deploy/base"
+    );
+    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
+    let accesses: Vec<dermaga::ApiAccess> = dermaga::API_ACCESS
+        .iter()
+        .chain(dermaga::SERVICE_PORTS_ACCESS)
+        .copied()
+        .collect();
+    let problems = rbac::check(&docs, &accesses, &gw.account(), &maps, managed.as_ref());
+    if !problems.is_empty() {
+        fail(
+            "deploy/overlays/manage-service-ports: RBAC differs from API_ACCESS + SERVICE_PORTS_ACCESS",
             &problems,
         );
     }

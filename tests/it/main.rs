@@ -23,6 +23,7 @@ mod proxy_protocol;
 mod resilience;
 mod retry;
 mod routing;
+mod service_ports;
 mod shutdown;
 mod tls_passthrough;
 mod udp;

@@ -238,8 +238,8 @@ async fn per_source_caps_hold_under_a_flood_while_a_polite_client_is_served() {
     assert_eq!(polite_served, 20, "the polite client was refused");
     drop(conns);
 
-    // The rate alone: 40 connections at once from one address; at most the burst plus what the
-    // rate refilled while they were made get through.
+    // The rate alone: 40 connections one right after the other from one address; at most the
+    // burst plus what the rate refilled while they were made get through.
     let started = Instant::now();
     let mut served = 0usize;
     for _ in 0..40 {

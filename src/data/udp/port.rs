@@ -134,7 +134,16 @@ impl Shared {
         let unanswered = std::mem::take(&mut flow.unanswered).take();
         let mut tried = std::mem::take(&mut flow.handle.tried);
         tried.push(endpoint);
-        let attempts = self.ctx.settings.connect_attempts.max(1);
+        // The port's `connect-attempts`, or the flag's (the table in force now: the port's
+        // entry may have changed since the flow began).
+        let attempts = self
+            .ctx
+            .snapshot
+            .load()
+            .get(&self.key)
+            .and_then(|r| r.spec.options.connect_attempts)
+            .unwrap_or(self.ctx.settings.connect_attempts)
+            .max(1);
         let retry = unanswered.filter(|_| tried.len() < attempts && !self.stop.is_cancelled());
         if let Some(suppressed) = self.warn_due(Some(endpoint), WarnReason::UdpPortUnreachable) {
             tracing::warn!(port = %self.key, endpoint = %endpoint, pod = pod.as_deref().unwrap_or("-"), client = %client, moved = retry.is_some(), suppressed, "UDP endpoint answered port unreachable: the flow ends, its unanswered datagram goes to another endpoint (moved=true), and the endpoint counts a failed connect");

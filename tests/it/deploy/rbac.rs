@@ -56,7 +56,11 @@ impl fmt::Display for Grant {
 
 /// What the kube provider needs, for these port maps: `accesses` (`API_ACCESS`, and
 /// `GATEWAY_API_ACCESS` with `--gateway-api`) made concrete.
-pub fn expected(accesses: &[ApiAccess], port_maps: &[ObjectName]) -> BTreeSet<Grant> {
+pub fn expected(
+    accesses: &[ApiAccess],
+    port_maps: &[ObjectName],
+    managed_service: Option<&ObjectName>,
+) -> BTreeSet<Grant> {
     let namespaces: BTreeSet<&str> = port_maps.iter().map(|m| m.namespace.as_str()).collect();
     let mut out = BTreeSet::new();
     for access in accesses {
@@ -84,6 +88,13 @@ pub fn expected(accesses: &[ApiAccess], port_maps: &[ObjectName]) -> BTreeSet<Gr
                 }
                 AccessScope::Cluster => {
                     out.insert(grant(Scope::Cluster, None));
+                }
+                AccessScope::ManagedServiceByName => {
+                    let service = managed_service.expect("--manage-service-ports names a Service");
+                    out.insert(grant(
+                        Scope::Namespace(service.namespace.clone()),
+                        Some(&service.name),
+                    ));
                 }
             }
         }
@@ -259,14 +270,15 @@ pub fn check(
     accesses: &[ApiAccess],
     account: &ObjectName,
     port_maps: &[ObjectName],
+    managed_service: Option<&ObjectName>,
 ) -> Vec<String> {
     let (granted, mut problems) = granted(docs, account);
-    let expected = expected(accesses, port_maps);
+    let expected = expected(accesses, port_maps, managed_service);
     for missing in expected.difference(&granted) {
-        problems.push(format!("missing: {missing}; the kube provider calls it (API_ACCESS, GATEWAY_API_ACCESS in src/control/provider/kube/access.rs)"));
+        problems.push(format!("missing: {missing}; the kube provider calls it (API_ACCESS, GATEWAY_API_ACCESS, SERVICE_PORTS_ACCESS in src/control/provider/kube/access.rs)"));
     }
     for extra in granted.difference(&expected) {
-        problems.push(format!("more than needed: {extra}; the kube provider never calls it (API_ACCESS, GATEWAY_API_ACCESS in src/control/provider/kube/access.rs)"));
+        problems.push(format!("more than needed: {extra}; the kube provider never calls it (API_ACCESS, GATEWAY_API_ACCESS, SERVICE_PORTS_ACCESS in src/control/provider/kube/access.rs)"));
     }
     problems
 }

@@ -1,7 +1,8 @@
 //! Every Kubernetes API call the kube provider makes, as data: the RBAC manifests in
 //! `deploy/base` must grant exactly [`API_ACCESS`], those of the kustomize component
-//! `deploy/components/gateway-api` exactly [`GATEWAY_API_ACCESS`] (tests check both), and the
-//! docs list them.
+//! `deploy/components/gateway-api` exactly [`GATEWAY_API_ACCESS`], those of
+//! `deploy/components/manage-service-ports` exactly [`SERVICE_PORTS_ACCESS`] (tests check all
+//! three), and the docs list them.
 
 /// Where an access applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub enum AccessScope {
     PortMapNamespace,
     /// Any namespace: entries may name Services in any namespace, as in ingress-nginx.
     Cluster,
+    /// Only the Service of `--manage-service-ports`, by name (`resourceNames`), in its own
+    /// namespace.
+    ManagedServiceByName,
 }
 
 /// One (API group, resource) the provider uses and the verbs it calls.
@@ -85,6 +89,16 @@ pub const GATEWAY_API_ACCESS: &[ApiAccess] = &[
         scope: AccessScope::PortMapNamespace,
     },
 ];
+
+/// What `--manage-service-ports` adds: server-side apply (a patch) of that one Service. Its
+/// Warning Events go through the base's `events` access (the Service is in the port maps'
+/// namespace in `deploy/`).
+pub const SERVICE_PORTS_ACCESS: &[ApiAccess] = &[ApiAccess {
+    group: "",
+    resource: "services",
+    verbs: &["patch"],
+    scope: AccessScope::ManagedServiceByName,
+}];
 
 const fn gateway_api_read(resource: &'static str) -> ApiAccess {
     ApiAccess {
