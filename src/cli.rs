@@ -413,6 +413,12 @@ pub struct RunArgs {
     #[arg(help_heading = "Configuration source", long, global = true, env = "DERMAGA_CONFIG_MAX_BYTES", value_name = "BYTES", default_value = "16MiB", value_parser = byte_size)]
     pub config_max_bytes: u64,
 
+    /// Most ports one range key of a port map (`"30000-30099"`) may open; a longer range is
+    /// rejected as a configuration error. Each port is a listener (a descriptor) and, with
+    /// --manage-service-ports, a port of the LoadBalancer Service: mind the cloud's limits.
+    #[arg(help_heading = "Limits and timeouts", long, global = true, env = "DERMAGA_MAX_PORT_RANGE", value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub max_port_range: u16,
+
     /// A UDP flow with no datagram either way for this long ends (its upstream socket closes).
     #[arg(help_heading = "Limits and timeouts", long, global = true, env = "DERMAGA_UDP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = positive_duration)]
     pub udp_idle_timeout: Duration,

@@ -54,6 +54,62 @@ impl fmt::Display for ListenPort {
     }
 }
 
+/// A run of external ports opened by one port-map entry: one port (`"10000"`), or a range
+/// (`"30000-30099"`). The `port` label of the metrics and the `/routes` view of a range entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSpan {
+    /// The first port.
+    pub first: u16,
+    /// The last port (equal to `first` for one port).
+    pub last: u16,
+}
+
+impl PortSpan {
+    /// One port.
+    pub fn single(port: ListenPort) -> Self {
+        Self {
+            first: port.get(),
+            last: port.get(),
+        }
+    }
+
+    /// How many ports.
+    pub fn len(self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    /// True for a range of more than one port.
+    pub fn is_range(self) -> bool {
+        self.last > self.first
+    }
+
+    /// Whether `port` is in it.
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    /// Its ports, in order.
+    pub fn ports(self) -> impl Iterator<Item = ListenPort> {
+        (self.first..=self.last).filter_map(ListenPort::new)
+    }
+}
+
+impl fmt::Display for PortSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_range() {
+            write!(f, "{}-{}", self.first, self.last)
+        } else {
+            write!(f, "{}", self.first)
+        }
+    }
+}
+
+impl serde::Serialize for PortSpan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// What a route is keyed by: the listen port and its protocol (53/TCP and 53/UDP are two routes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct RouteKey {

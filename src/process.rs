@@ -56,6 +56,7 @@ impl RunArgs {
                 format!("the probes are served there (--health-address {health})"),
             );
         }
+        reserved.max_range_ports = usize::from(self.max_port_range);
         let mut port_maps = vec![(Protocol::Tcp, self.tcp_services_configmap.clone())];
         if let Some(udp) = &self.udp_services_configmap {
             port_maps.push((Protocol::Udp, udp.clone()));

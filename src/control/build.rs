@@ -19,7 +19,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::configmap::{RouteSpec, parse_port_map};
+use super::configmap::{RangeTarget, RouteSpec, parse_port_map};
 use super::index::Index;
 use super::table::{
     ConfigProblem, Endpoint, ResolvedBackend, Route, RouteTable, SniRoute, UnresolvedReason,
@@ -75,7 +75,20 @@ pub fn build(index: &Index, previous: Option<&RouteTable>) -> RouteTable {
                     .and_then(|t| t.get(&key))
                     .map(|old| (key, old.spec.clone()))
             });
-            if let Some((key, spec)) = kept {
+            // A range entry's previous routes are kept for every port of its range.
+            let kept = kept.into_iter().flat_map(|(key, spec)| {
+                let ports: Vec<RouteKey> = match spec.range {
+                    Some(span) => span.ports().map(|port| RouteKey { port, ..key }).collect(),
+                    None => vec![key],
+                };
+                ports.into_iter().filter_map(move |key| {
+                    previous
+                        .and_then(|t| t.get(&key))
+                        .filter(|old| old.spec.range == spec.range)
+                        .map(|old| (key, old.spec.clone()))
+                })
+            });
+            for (key, spec) in kept.collect::<Vec<_>>() {
                 let (mut route, reason) = resolve_route(index, key, spec);
                 route.kept_from_previous = true;
                 push(route, reason);
@@ -119,6 +132,7 @@ fn resolve_route(
                 Some(why) => Err((UnresolvedReason::RefNotPermitted, why.clone())),
                 None => {
                     resolve_endpoints(index, &backend.service, &backend.service_port, key.protocol)
+                        .and_then(|endpoints| shift_for_range(&spec, key, endpoints))
                 }
             }
             .map_err(|(reason, problem)| {
@@ -132,6 +146,36 @@ fn resolve_route(
         })
         .collect();
     (Route::split(key, spec, resolved), first_reason)
+}
+
+/// On a range entry with `range-target: each`, the endpoints of port `first + i` at their port
+/// `+ i`; an endpoint port pushed past 65535 is a problem of the route.
+fn shift_for_range(
+    spec: &RouteSpec,
+    key: RouteKey,
+    mut endpoints: Vec<Endpoint>,
+) -> Result<Vec<Endpoint>, (UnresolvedReason, String)> {
+    let Some(span) = spec.range else {
+        return Ok(endpoints);
+    };
+    if spec.options.range_target == RangeTarget::One {
+        return Ok(endpoints);
+    }
+    let offset = key.port.get() - span.first;
+    for endpoint in &mut endpoints {
+        let Some(port) = endpoint.addr.port().checked_add(offset) else {
+            return Err((
+                UnresolvedReason::ServicePortNotFound,
+                format!(
+                    "port {} of range {span} goes to endpoint port {} + {offset}, past 65535",
+                    key.port,
+                    endpoint.addr.port()
+                ),
+            ));
+        };
+        endpoint.addr.set_port(port);
+    }
+    Ok(endpoints)
 }
 
 /// The endpoints of one Service port, or why there are none to look for.

@@ -10,6 +10,11 @@
 //! PROXY protocol header; the second makes dermaga send one to the backend. An empty field means
 //! "off", so `ns/svc:22::PROXY` sends without decoding.
 //!
+//! A key may also be a port range, `"30000-30099"` (at most `--max-port-range` ports): one
+//! listener per port, all with the entry's spec, port `first + i` going to the Service port's
+//! target port `+ i` (or, with the range's `range-target: one`, to the target port itself).
+//! ingress-nginx skips such keys (not a number), so no entry it serves changes meaning.
+//!
 //! Per-port options live in keys of their own, `"<port>.<option>"`, which ingress-nginx skips as
 //! non-numeric keys: no ingress-nginx value changes meaning. Known options: [`KNOWN_OPTIONS`];
 //! an unknown option key is reported and changes nothing. An empty service port (`ns/svc:`)
@@ -24,7 +29,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::names::{ListenPort, ObjectName, Protocol, ProxyVersion, ServicePortRef};
+use crate::names::{ListenPort, ObjectName, PortSpan, Protocol, ProxyVersion, ServicePortRef};
 
 pub mod policy;
 
@@ -61,7 +66,7 @@ pub const OPTION_BACKENDS: &str = "backends";
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// Every per-port option dermaga knows.
-pub const KNOWN_OPTIONS: [&str; 16] = [
+pub const KNOWN_OPTIONS: [&str; 17] = [
     OPTION_SEND_PROXY_VERSION,
     OPTION_IDLE_TIMEOUT,
     OPTION_MAX_CONNECTIONS,
@@ -78,6 +83,7 @@ pub const KNOWN_OPTIONS: [&str; 16] = [
     policy::OPTION_CONNECT_TIMEOUT,
     policy::OPTION_CONNECT_ATTEMPTS,
     policy::OPTION_BALANCE,
+    OPTION_RANGE_TARGET,
 ];
 
 /// Whether the listener decodes and/or the upstream side encodes PROXY protocol headers.
@@ -116,7 +122,24 @@ pub struct PortOptions {
     pub balance: Balance,
     /// Who may connect, and how much one client may take.
     pub sources: SourcePolicy,
+    /// On a range entry: where each port's connections go on the endpoints.
+    pub range_target: RangeTarget,
 }
+
+/// Where the ports of a range entry go on the endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RangeTarget {
+    /// Port `first + i` goes to the Service port's target port `+ i` (the default): a range
+    /// onto a range, as RTP media, FTP passive or game server ports need.
+    #[default]
+    Each,
+    /// Every port of the range goes to the Service port's target port itself.
+    One,
+}
+
+/// Per-port option of a range key: `each` (the default) or `one` ([`RangeTarget`]).
+pub const OPTION_RANGE_TARGET: &str = "range-target";
 
 /// One Service port of a weighted split, and its share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
@@ -157,6 +180,9 @@ pub struct RouteSpec {
     pub options: PortOptions,
     /// The Gateway API route the spec comes from (`None`: a port-map entry).
     pub route: Option<RouteRef>,
+    /// The range a range key (`"30000-30099"`) opened this port as part of (`None`: one port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<PortSpan>,
 }
 
 /// A Gateway API route by kind and name.
@@ -254,19 +280,36 @@ impl fmt::Display for EntryError {
     }
 }
 
-/// Ports that entries may not use, with the reason (e.g. the admin server's port).
-#[derive(Debug, Clone, Default)]
-pub struct ReservedPorts(BTreeMap<u16, String>);
+/// The ports entries may use: not the reserved ones (e.g. the admin server's port, with the
+/// reason), and ranges of at most [`ReservedPorts::max_range_ports`] ports.
+#[derive(Debug, Clone)]
+pub struct ReservedPorts {
+    reserved: BTreeMap<u16, String>,
+    /// The most ports one range key (`"30000-30099"`) may open (`--max-port-range`).
+    pub max_range_ports: usize,
+}
+
+/// The default of `--max-port-range`.
+pub const DEFAULT_MAX_RANGE_PORTS: usize = 1000;
+
+impl Default for ReservedPorts {
+    fn default() -> Self {
+        Self {
+            reserved: BTreeMap::new(),
+            max_range_ports: DEFAULT_MAX_RANGE_PORTS,
+        }
+    }
+}
 
 impl ReservedPorts {
     /// Reserves `port`, saying who uses it.
     pub fn reserve(&mut self, port: u16, why: impl Into<String>) {
-        self.0.insert(port, why.into());
+        self.reserved.insert(port, why.into());
     }
 
     /// Why `port` is reserved, if it is.
     pub fn reason(&self, port: u16) -> Option<&str> {
-        self.0.get(&port).map(String::as_str)
+        self.reserved.get(&port).map(String::as_str)
     }
 }
 
@@ -279,7 +322,8 @@ pub struct PortMap {
     pub errors: Vec<EntryError>,
 }
 
-/// Parses a port map's `data`.
+/// Parses a port map's `data`. A range key (`"30000-30099"`) yields one entry per port, each
+/// with the same spec and `range` set; its options (`"30000-30099.<option>"`) apply to all.
 pub fn parse_port_map(
     configmap: &ObjectName,
     data: &BTreeMap<String, String>,
@@ -287,8 +331,9 @@ pub fn parse_port_map(
     reserved: &ReservedPorts,
 ) -> PortMap {
     let mut map = PortMap::default();
-    let mut seen_keys: BTreeMap<ListenPort, &str> = BTreeMap::new();
-    let mut options: Vec<(ListenPort, &str, &str, &str)> = Vec::new();
+    // Every port an entry key took: the key, and the span it opened.
+    let mut seen: BTreeMap<ListenPort, (&str, PortSpan)> = BTreeMap::new();
+    let mut options: Vec<(PortSpan, &str, &str, &str)> = Vec::new();
     let error =
         |reason: EntryReason, key: &str, value: &str, port: Option<ListenPort>, problem: String| {
             EntryError {
@@ -307,8 +352,8 @@ pub fn parse_port_map(
             Some((p, o)) => (p, Some(o)),
             None => (key.as_str(), None),
         };
-        let port = match parse_listen_port(port_part) {
-            Ok(p) => p,
+        let span = match parse_listen_span(port_part, reserved.max_range_ports) {
+            Ok(span) => span,
             Err(problem) => {
                 map.errors
                     .push(error(EntryReason::InvalidKey, key, value, None, problem));
@@ -316,14 +361,15 @@ pub fn parse_port_map(
             }
         };
         if let Some(option) = option {
-            options.push((port, option, key, value));
+            options.push((span, option, key, value));
             continue;
         }
         // Reserved ports are TCP ports (the admin server); a UDP entry may use the number.
-        if let Some(why) = reserved
-            .reason(port.get())
-            .filter(|_| protocol == Protocol::Tcp)
-        {
+        let reserved_port = span
+            .ports()
+            .find_map(|p| reserved.reason(p.get()).map(|why| (p, why)))
+            .filter(|_| protocol == Protocol::Tcp);
+        if let Some((port, why)) = reserved_port {
             map.errors.push(error(
                 EntryReason::PortConflict,
                 key,
@@ -333,7 +379,7 @@ pub fn parse_port_map(
             ));
             continue;
         }
-        if let Some(first) = seen_keys.get(&port) {
+        if let Some((port, (first, _))) = span.ports().find_map(|p| seen.get(&p).map(|s| (p, *s))) {
             map.errors.push(error(
                 EntryReason::PortConflict,
                 key,
@@ -343,31 +389,54 @@ pub fn parse_port_map(
             ));
             continue;
         }
-        seen_keys.insert(port, key);
+        for port in span.ports() {
+            seen.insert(port, (key, span));
+        }
+        let first = span.ports().next().expect("a span has a port");
         match parse_value(value, protocol) {
-            Ok(spec) => {
-                map.entries.insert(port, spec);
+            Ok(mut spec) => {
+                spec.range = span.is_range().then_some(span);
+                for port in span.ports() {
+                    map.entries.insert(port, spec.clone());
+                }
             }
             Err(problem) => map.errors.push(error(
                 EntryReason::InvalidValue,
                 key,
                 value,
-                Some(port),
+                Some(first),
                 problem,
             )),
         }
     }
 
-    for (port, option, key, value) in options {
-        if !seen_keys.contains_key(&port) {
-            map.errors.push(error(
-                EntryReason::InvalidOption,
-                key,
-                value,
-                None,
-                format!("option {option:?} is set for port {port}, which has no entry"),
-            ));
-            continue;
+    for (span, option, key, value) in options {
+        let first = span.ports().next().expect("a span has a port");
+        match seen.get(&first) {
+            None => {
+                let ports = if span.is_range() { "ports" } else { "port" };
+                map.errors.push(error(
+                    EntryReason::InvalidOption,
+                    key,
+                    value,
+                    None,
+                    format!("option {option:?} is set for {ports} {span}, which has no entry"),
+                ));
+                continue;
+            }
+            Some((entry_key, entry_span)) if *entry_span != span => {
+                map.errors.push(error(
+                    EntryReason::InvalidOption,
+                    key,
+                    value,
+                    None,
+                    format!(
+                        "option key {key:?} names {span}, but entry {entry_key:?} maps {entry_span}: the option of a range is written \"{entry_span}.{option}\""
+                    ),
+                ));
+                continue;
+            }
+            Some(_) => {}
         }
         if !KNOWN_OPTIONS.contains(&option) {
             // ingress-nginx ignores such keys; an unknown one is reported but takes nothing out.
@@ -386,32 +455,79 @@ pub fn parse_port_map(
             });
             continue;
         }
-        let applied = match map.entries.get_mut(&port) {
-            Some(spec) => apply_option(&mut spec.options, &spec.proxy, protocol, option, value),
-            // The port's own entry is bad and already reported; check the option alone.
-            None => apply_option(
-                &mut PortOptions::default(),
-                &ProxyFlags::default(),
-                protocol,
-                option,
-                value,
-            ),
+        let applied = if option == OPTION_RANGE_TARGET && !span.is_range() {
+            Err(format!(
+                "option {option:?} applies to range keys only (\"<first port>-<last port>.{option}\")"
+            ))
+        } else {
+            match map.entries.get_mut(&first) {
+                Some(spec) => apply_option(&mut spec.options, &spec.proxy, protocol, option, value),
+                // The port's own entry is bad and already reported; check the option alone.
+                None => apply_option(
+                    &mut PortOptions::default(),
+                    &ProxyFlags::default(),
+                    protocol,
+                    option,
+                    value,
+                ),
+            }
         };
-        if let Err(problem) = applied {
-            // A known option with a bad value makes the port's entry unusable: serving it without
-            // the option would do something the operator did not ask for.
-            map.entries.remove(&port);
-            map.errors.push(error(
-                EntryReason::InvalidOption,
-                key,
-                value,
-                Some(port),
-                problem,
-            ));
+        match applied {
+            Ok(()) => {
+                // Every port of a range has the same options.
+                if let Some(options) = map.entries.get(&first).map(|s| s.options.clone()) {
+                    for port in span.ports().skip(1) {
+                        if let Some(spec) = map.entries.get_mut(&port) {
+                            spec.options = options.clone();
+                        }
+                    }
+                }
+            }
+            Err(problem) => {
+                // A known option with a bad value makes the entry unusable: serving it without
+                // the option would do something the operator did not ask for.
+                for port in span.ports() {
+                    map.entries.remove(&port);
+                }
+                map.errors.push(error(
+                    EntryReason::InvalidOption,
+                    key,
+                    value,
+                    Some(first),
+                    problem,
+                ));
+            }
         }
     }
     map.errors.sort_by(|a, b| a.key.cmp(&b.key));
     map
+}
+
+/// A key's port part: one port, or a range `"<first>-<last>"` of at most `max_range` ports.
+fn parse_listen_span(s: &str, max_range: usize) -> Result<PortSpan, String> {
+    let range = s
+        .split_once('-')
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty());
+    let Some((first, last)) = range else {
+        return parse_listen_port(s).map(PortSpan::single);
+    };
+    let (first, last) = (parse_listen_port(first)?, parse_listen_port(last)?);
+    if last < first {
+        return Err(format!(
+            "the port range {s:?} runs backwards; write \"{last}-{first}\""
+        ));
+    }
+    let span = PortSpan {
+        first: first.get(),
+        last: last.get(),
+    };
+    if span.len() > max_range {
+        return Err(format!(
+            "the port range {s:?} has {} ports; at most {max_range} (--max-port-range)",
+            span.len()
+        ));
+    }
+    Ok(span)
 }
 
 fn parse_listen_port(s: &str) -> Result<ListenPort, String> {
@@ -466,6 +582,7 @@ pub fn parse_value(value: &str, protocol: Protocol) -> Result<RouteSpec, String>
         proxy: ProxyFlags { decode, encode },
         options: PortOptions::default(),
         route: None,
+        range: None,
     })
 }
 
@@ -660,6 +777,18 @@ fn apply_option(
                     ));
                 }
             });
+            Ok(())
+        }
+        OPTION_RANGE_TARGET => {
+            options.range_target = match value.trim().to_ascii_lowercase().as_str() {
+                "each" => RangeTarget::Each,
+                "one" => RangeTarget::One,
+                _ => {
+                    return Err(format!(
+                        "option {option:?} takes \"each\" (port first+i to target port+i) or \"one\" (every port to the target port), not {value:?}"
+                    ));
+                }
+            };
             Ok(())
         }
         OPTION_BACKENDS => {

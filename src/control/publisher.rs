@@ -8,7 +8,8 @@ use super::build::build;
 use super::diff::diff;
 use super::index::Index;
 use super::snapshot::Snapshot;
-use super::table::ConfigProblem;
+use super::table::{ConfigProblem, RouteTable};
+use crate::names::RouteKey;
 use crate::telemetry::metrics::Metrics;
 
 /// Applies provider updates to the Index and publishes the resulting tables.
@@ -92,17 +93,27 @@ impl TablePublisher {
         {
             return None;
         }
-        for key in &d.added {
+        // A range entry's ports are logged once, as the range, at its first port.
+        let first_of_range = |table: &RouteTable, key: &RouteKey| {
+            table
+                .get(key)
+                .and_then(|r| r.spec.range)
+                .is_none_or(|span| span.first == key.port.get())
+        };
+        for key in d.added.iter().filter(|k| first_of_range(&table, k)) {
             let route = table.get(key).expect("added key is in the new table");
-            tracing::info!(port = %key, route = %route.spec, endpoints = route.active_count(), "route added");
+            tracing::info!(port = %route.span(), protocol = %key.protocol, route = %route.spec, endpoints = route.active_count(), "route added");
         }
-        for key in &d.changed {
+        for key in d.changed.iter().filter(|k| first_of_range(&table, k)) {
             let route = table.get(key).expect("changed key is in the new table");
-            tracing::info!(port = %key, route = %route.spec, endpoints = route.active_count(), "route changed");
+            tracing::info!(port = %route.span(), protocol = %key.protocol, route = %route.spec, endpoints = route.active_count(), "route changed");
         }
-        for key in &d.removed {
-            tracing::info!(port = %key, "route removed");
+        for key in d.removed.iter().filter(|k| first_of_range(&previous, k)) {
+            let span = previous.get(key).map(|r| r.span());
+            tracing::info!(port = %span.map_or(key.to_string(), |s| s.to_string()), protocol = %key.protocol, "route removed");
         }
+        // Before the table is out: a new range port's first connection counts under its range.
+        self.metrics.set_port_spans(table.in_force().spans());
         let generation = self.snapshot.publish(table);
         if !appeared.is_empty() {
             let mut subscribers = self

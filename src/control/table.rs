@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::configmap::{Balance, EntryError, RouteSpec, WeightedBackend};
 use super::gateway_status::GatewayApiStatus;
-use crate::names::{ObjectName, RouteKey};
-use crate::telemetry::metrics::RoutesInForce;
+use crate::names::{ObjectName, PortSpan, RouteKey};
+use crate::telemetry::metrics::{RouteInForce, RoutesInForce};
 
 /// One backend address with the EndpointSlice conditions it came with.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -240,6 +240,11 @@ impl Route {
             }
         }
         best.map(|(route, pattern, _)| (route, pattern))
+    }
+
+    /// The port, or the range its entry opened (the `port` label of its series).
+    pub fn span(&self) -> PortSpan {
+        self.spec.range.unwrap_or(PortSpan::single(self.key.port))
     }
 
     /// Endpoints that take new connections.
@@ -641,12 +646,15 @@ impl RouteTable {
             .map(|r| {
                 (
                     r.key,
-                    r.spec.service.clone(),
-                    // A TLS passthrough port's endpoints are its server names' routes'.
-                    std::iter::once(r)
-                        .chain(r.sni.iter().map(|s| &s.route))
-                        .flat_map(|r| r.endpoints.iter().map(|e| e.addr))
-                        .collect(),
+                    RouteInForce {
+                        span: r.span(),
+                        service: r.spec.service.clone(),
+                        // A TLS passthrough port's endpoints are its server names' routes'.
+                        endpoints: std::iter::once(r)
+                            .chain(r.sni.iter().map(|s| &s.route))
+                            .flat_map(|r| r.endpoints.iter().map(|e| e.addr))
+                            .collect(),
+                    },
                 )
             })
             .collect()

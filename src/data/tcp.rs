@@ -120,11 +120,18 @@ pub async fn serve_connection(
             drop(established);
         }
     }
-    finish(ctx, started, active, peer, outcome);
+    finish(ctx, key, started, active, peer, outcome);
 }
 
 /// Records the connection's end: metrics and the access log.
-fn finish(ctx: &ConnContext, started: Instant, active: Active, peer: SocketAddr, outcome: Outcome) {
+fn finish(
+    ctx: &ConnContext,
+    key: RouteKey,
+    started: Instant,
+    active: Active,
+    peer: SocketAddr,
+    outcome: Outcome,
+) {
     let pm = &active.0;
     let elapsed = started.elapsed();
     pm.duration.observe(elapsed.as_secs_f64());
@@ -138,6 +145,7 @@ fn finish(ctx: &ConnContext, started: Instant, active: Active, peer: SocketAddr,
     if ctx.access_log.enabled() {
         ctx.access_log.record(AccessRecord {
             ended: std::time::SystemTime::now(),
+            port: key.port.get(),
             route: active.0.clone(),
             client: outcome.client,
             peer,

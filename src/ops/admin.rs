@@ -201,7 +201,15 @@ struct RoutesView {
 #[derive(serde::Serialize)]
 struct RouteView {
     port: u16,
+    /// A range entry (`"30000-30099"`): shown once, at its first port; `endpoints` are those of
+    /// that first port (each port `i` of the range adds `i` to them unless `range-target: one`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range: Option<crate::names::PortSpan>,
+    /// For a range: how many of its ports are bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ports_bound: Option<usize>,
     protocol: &'static str,
+    /// For a range: `bound` when every port is, else the first port that is not.
     listener: ListenerView,
     service: String,
     service_port: String,
@@ -330,7 +338,24 @@ async fn routes(
     let limit = query.limit.unwrap_or(ROUTES_PAGE).min(ROUTES_PAGE);
     let mut matching = table
         .routes()
-        .filter(|route| query.port.is_none_or(|p| route.key.port.get() == p))
+        // A range entry once, at its first port (or at any of its ports asked for).
+        .filter(|route| {
+            query.port.map_or_else(
+                || {
+                    route
+                        .spec
+                        .range
+                        .is_none_or(|s| s.first == route.key.port.get())
+                },
+                |p| {
+                    route.span().contains(p)
+                        && route
+                            .spec
+                            .range
+                            .is_none_or(|s| s.first == route.key.port.get())
+                },
+            )
+        })
         .filter(|route| {
             query
                 .namespace
@@ -352,7 +377,21 @@ async fn routes(
     let routes = page
         .into_iter()
         .map(|route| {
-            let listener = match status.ports.get(&route.key) {
+            let span = route.span();
+            let keys: Vec<crate::names::RouteKey> = span
+                .ports()
+                .map(|port| crate::names::RouteKey { port, ..route.key })
+                .collect();
+            let bound = keys
+                .iter()
+                .filter(|k| matches!(status.ports.get(k), Some(PortState::Bound(_))))
+                .count();
+            // The first port of a range that is not bound speaks for it.
+            let shown = keys
+                .iter()
+                .find(|k| !matches!(status.ports.get(k), Some(PortState::Bound(_))))
+                .unwrap_or(&route.key);
+            let listener = match status.ports.get(shown) {
                 Some(PortState::Bound(addr)) => ListenerView {
                     state: "bound",
                     address: Some(*addr),
@@ -371,6 +410,8 @@ async fn routes(
             };
             RouteView {
                 port: route.key.port.get(),
+                range: route.spec.range,
+                ports_bound: route.spec.range.map(|_| bound),
                 protocol: route.key.protocol.as_k8s(),
                 listener,
                 service: route.spec.service.to_string(),

@@ -34,8 +34,10 @@ pub enum AccessLogFormat {
 pub struct AccessRecord {
     /// When the connection ended.
     pub ended: SystemTime,
-    /// The port's labels (port, protocol, namespace, service).
+    /// The port's labels (protocol, namespace, service).
     pub route: Arc<PortMetrics>,
+    /// The port the connection or flow came in on (one of a range entry's ports).
+    pub port: u16,
     /// The client: the PROXY-decoded source when the port decodes PROXY, else the peer.
     pub client: SocketAddr,
     /// The TCP peer (the load balancer, when PROXY protocol is used).
@@ -92,7 +94,7 @@ impl AccessRecord {
         Line {
             time: humantime::format_rfc3339_millis(self.ended).to_string(),
             protocol: labels.protocol,
-            port: labels.port,
+            port: self.port,
             client: self.client,
             peer: self.peer,
             namespace: &labels.namespace,
@@ -340,6 +342,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         log.record(AccessRecord {
             ended: SystemTime::now(),
+            port: 10000,
             route,
             client: addr,
             peer: addr,

@@ -24,14 +24,14 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::names::{HealthKey, ListenPort, ObjectName, Protocol, RouteKey};
+use crate::names::{HealthKey, ListenPort, ObjectName, PortSpan, Protocol, RouteKey};
 use crate::telemetry::outcome::{ConnectFailure, RefuseReason};
 
 /// Labels of every per-port family.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PortLabels {
-    /// External port.
-    pub port: u16,
+    /// External port, or the range a range entry opened (`30000-30099`): one series per entry.
+    pub port: PortSpan,
     /// `TCP` or `UDP`.
     pub protocol: &'static str,
     /// Namespace of the Service.
@@ -41,10 +41,10 @@ pub struct PortLabels {
 }
 
 impl PortLabels {
-    /// The labels of a route.
-    pub fn of(key: RouteKey, service: &ObjectName) -> Self {
+    /// The labels of a route of the entry that opened `span`.
+    pub fn of(key: RouteKey, span: PortSpan, service: &ObjectName) -> Self {
         Self {
-            port: key.port.get(),
+            port: span,
             protocol: key.protocol.as_k8s(),
             namespace: service.namespace.clone(),
             service: service.name.clone(),
@@ -331,21 +331,43 @@ impl Collector for Live {
     }
 }
 
-/// What the routing table in force has, as far as series go: each route's Service and
-/// endpoint addresses. [`Metrics::retain`] removes the series of everything else.
+/// What the routing table in force has, as far as series go: each route's span (its port, or
+/// its entry's range), Service and endpoint addresses. [`Metrics::retain`] removes the series of
+/// everything else.
 #[derive(Debug, Clone, Default)]
-pub struct RoutesInForce(HashMap<RouteKey, (ObjectName, Vec<std::net::SocketAddr>)>);
+pub struct RoutesInForce(HashMap<RouteKey, RouteInForce>);
 
-impl FromIterator<(RouteKey, ObjectName, Vec<std::net::SocketAddr>)> for RoutesInForce {
-    fn from_iter<I: IntoIterator<Item = (RouteKey, ObjectName, Vec<std::net::SocketAddr>)>>(
-        routes: I,
-    ) -> Self {
-        Self(
-            routes
-                .into_iter()
-                .map(|(key, service, endpoints)| (key, (service, endpoints)))
-                .collect(),
-        )
+/// One route of [`RoutesInForce`].
+#[derive(Debug, Clone)]
+pub struct RouteInForce {
+    /// The port, or the range its entry opened.
+    pub span: PortSpan,
+    /// Its Service.
+    pub service: ObjectName,
+    /// Its endpoints.
+    pub endpoints: Vec<std::net::SocketAddr>,
+}
+
+impl FromIterator<(RouteKey, RouteInForce)> for RoutesInForce {
+    fn from_iter<I: IntoIterator<Item = (RouteKey, RouteInForce)>>(routes: I) -> Self {
+        Self(routes.into_iter().collect())
+    }
+}
+
+impl RoutesInForce {
+    /// The span of each route.
+    pub fn spans(&self) -> HashMap<RouteKey, PortSpan> {
+        self.0.iter().map(|(k, r)| (*k, r.span)).collect()
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for PortSpan {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        write!(encoder, "{self}")
     }
 }
 
@@ -379,6 +401,8 @@ pub struct Metrics {
     status_leader: Gauge,
     health: HealthFamilies,
     cache: RwLock<HashMap<RouteKey, (ObjectName, Arc<PortMetrics>)>>,
+    /// The ports of range entries, by route: their series carry the range.
+    spans: RwLock<HashMap<RouteKey, PortSpan>>,
     udp_created: Family<PortLabels, Counter>,
     udp_active: Family<PortLabels, Gauge>,
     udp_received: Family<PortLabels, Counter>,
@@ -792,6 +816,7 @@ impl Metrics {
             kube_events,
             health,
             cache: RwLock::new(HashMap::new()),
+            spans: RwLock::new(HashMap::new()),
             udp_created,
             udp_active,
             udp_received,
@@ -828,13 +853,13 @@ impl Metrics {
     /// series under a Service it no longer maps to; those with empty Service labels stay while
     /// the port does), and connect failures of endpoints that are in no route of their port.
     pub fn retain(&self, table: &RoutesInForce) {
-        let routes: HashMap<(u16, &'static str), (&str, &str)> = table
+        let routes: HashMap<(PortSpan, &'static str), (&str, &str)> = table
             .0
             .iter()
-            .map(|(key, (service, _))| {
+            .map(|(key, r)| {
                 (
-                    (key.port.get(), key.protocol.as_k8s()),
-                    (service.namespace.as_str(), service.name.as_str()),
+                    (r.span, key.protocol.as_k8s()),
+                    (r.service.namespace.as_str(), r.service.name.as_str()),
                 )
             })
             .collect();
@@ -857,14 +882,19 @@ impl Metrics {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|key, (service, _)| table.0.get(key).is_some_and(|(s, _)| s == service));
-        let endpoints: HashSet<(u16, &'static str, String)> = table
+            .retain(|key, (service, pm)| {
+                table
+                    .0
+                    .get(key)
+                    .is_some_and(|r| &r.service == service && r.span == pm.labels.port)
+            });
+        let endpoints: HashSet<(PortSpan, &'static str, String)> = table
             .0
             .iter()
-            .flat_map(|(key, (_, endpoints))| {
-                endpoints
+            .flat_map(|(key, r)| {
+                r.endpoints
                     .iter()
-                    .map(move |e| (key.port.get(), key.protocol.as_k8s(), e.to_string()))
+                    .map(move |e| (r.span, key.protocol.as_k8s(), e.to_string()))
             })
             .collect();
         let mut failures = self
@@ -933,18 +963,38 @@ impl Metrics {
         }
     }
 
+    /// Says which ports belong to range entries (set before a table is published, so that
+    /// the first connection of a new range port already counts under the range).
+    pub fn set_port_spans(&self, spans: HashMap<RouteKey, PortSpan>) {
+        let spans: HashMap<RouteKey, PortSpan> =
+            spans.into_iter().filter(|(_, s)| s.is_range()).collect();
+        *self.spans.write().unwrap_or_else(|p| p.into_inner()) = spans;
+    }
+
+    /// The `port` label of `key`'s series: its range, or the port.
+    fn span_of(&self, key: RouteKey) -> PortSpan {
+        self.spans
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(PortSpan::single(key.port))
+    }
+
     /// The handles of one route (cached per port and Service).
     pub fn port(&self, key: RouteKey, service: &ObjectName) -> Arc<PortMetrics> {
+        let span = self.span_of(key);
         if let Some((svc, pm)) = self
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             && svc == service
+            && pm.labels.port == span
         {
             return pm.clone();
         }
-        let labels = PortLabels::of(key, service);
+        let labels = PortLabels::of(key, span, service);
         self.note_port_series(&labels);
         let refused = |reason| {
             self.refused
@@ -978,7 +1028,7 @@ impl Metrics {
 
     /// The UDP handles of one route (looked up once per flow, not per datagram).
     pub fn udp(&self, key: RouteKey, service: &ObjectName) -> UdpMetrics {
-        let labels = PortLabels::of(key, service);
+        let labels = PortLabels::of(key, self.span_of(key), service);
         self.note_port_series(&labels);
         UdpMetrics {
             flows_created: self.udp_created.get_or_create(&labels).clone(),

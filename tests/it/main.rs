@@ -19,6 +19,7 @@ mod layers;
 mod limits;
 mod ops;
 mod policy;
+mod port_range;
 mod proxy_protocol;
 mod resilience;
 mod retry;

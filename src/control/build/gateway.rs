@@ -696,6 +696,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                     kind: s.kind.as_str(),
                     name: name.clone(),
                 }),
+                range: None,
             }
         };
         let route = if s.kind == Kind::TlsRoute {

@@ -574,3 +574,30 @@ fn every_weight_zero_refuses_everything() {
     assert!(route.pick_order().next().is_none());
     assert_eq!(route.selection, Selection::None);
 }
+
+#[test]
+fn a_range_goes_to_each_endpoint_port_at_its_offset_or_to_one_port() {
+    let objects = |target: Option<&str>| {
+        let mut entries = vec![("30000-30004", "default/rtp:media")];
+        if let Some(t) = target {
+            entries.push(("30000-30004.range-target", t));
+        }
+        vec![
+            port_map(&entries),
+            service("rtp", [port(30000).named("media").target_number(40000)]),
+            slice("rtp-a", "rtp")
+                .port(port(40000).named("media"))
+                .endpoint(ep("10.0.0.1").ready(true))
+                .object(),
+        ]
+    };
+    let t = build(&index(objects(None)), None);
+    assert_eq!(active(&t, 30000), ["10.0.0.1:40000"]);
+    assert_eq!(active(&t, 30003), ["10.0.0.1:40003"]);
+    assert_eq!(
+        t.get(&key(30004)).unwrap().span().to_string(),
+        "30000-30004"
+    );
+    let t = build(&index(objects(Some("one"))), None);
+    assert_eq!(active(&t, 30003), ["10.0.0.1:40000"]);
+}

@@ -59,6 +59,7 @@ fn route_spec() -> impl Strategy<Value = RouteSpec> {
             proxy: ProxyFlags { decode, encode },
             options: PortOptions::default(),
             route: None,
+            range: None,
         })
 }
 

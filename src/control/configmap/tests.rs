@@ -465,3 +465,105 @@ fn a_bad_backends_option_names_the_item_and_takes_only_its_port_out() {
         );
     }
 }
+
+#[test]
+fn a_range_key_opens_each_of_its_ports_with_one_spec_and_its_options() {
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[
+            ("30000-30099", "voip/rtp:30000"),
+            ("30000-30099.balance", "source-hash"),
+            ("30000-30099.range-target", "one"),
+            ("5060", "voip/sip:5060"),
+        ]),
+        Protocol::Udp,
+        &reserved(),
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.entries.len(), 101);
+    let span = PortSpan {
+        first: 30000,
+        last: 30099,
+    };
+    for p in span.ports() {
+        let spec = &parsed.entries[&p];
+        assert_eq!(spec.range, Some(span));
+        assert_eq!(spec.options.balance, Balance::SourceHash);
+        assert_eq!(spec.options.range_target, RangeTarget::One);
+    }
+    assert_eq!(parsed.entries[&port(5060)].range, None);
+}
+
+#[test]
+fn bad_ranges_are_named_and_cost_nothing_else() {
+    let mut limits = reserved();
+    limits.max_range_ports = 100;
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[
+            ("10250-10260", "default/a:80"),
+            ("20099-20000", "default/b:80"),
+            ("30000-30100", "default/c:80"),
+            ("40000-40009", "default/d:80"),
+            ("40005", "default/e:80"),
+            ("40000.balance", "random-two"),
+            ("41000", "default/f:80"),
+            ("41000.range-target", "one"),
+            ("42000-42001", "default/g:80"),
+            ("42000-42001.balance", "fastest"),
+        ]),
+        Protocol::Tcp,
+        &limits,
+    );
+    let problems: Vec<(&str, &str)> = parsed
+        .errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.problem.as_str()))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            (
+                "10250-10260",
+                "port 10254 is reserved: the admin server listens there (--admin-address)"
+            ),
+            (
+                "20099-20000",
+                "the port range \"20099-20000\" runs backwards; write \"20000-20099\""
+            ),
+            (
+                "30000-30100",
+                "the port range \"30000-30100\" has 101 ports; at most 100 (--max-port-range)"
+            ),
+            (
+                "40000.balance",
+                "option key \"40000.balance\" names 40000, but entry \"40000-40009\" maps 40000-40009: the option of a range is written \"40000-40009.balance\""
+            ),
+            (
+                "40005",
+                "port 40005 is already mapped by key \"40000-40009\""
+            ),
+            (
+                "41000.range-target",
+                "option \"range-target\" applies to range keys only (\"<first port>-<last port>.range-target\")"
+            ),
+            (
+                "42000-42001.balance",
+                "option \"balance\" takes one of round-robin, least-connections, random-two, source-hash, not \"fastest\""
+            ),
+        ]
+    );
+    // The good range is served; the one with a bad option is not, port by port.
+    assert_eq!(parsed.entries.len(), 10);
+    assert!(parsed.entries.contains_key(&port(40009)));
+    assert!(!parsed.entries.contains_key(&port(42000)));
+    assert!(!parsed.entries.contains_key(&port(41000)));
+    // "-5" is still "not a port number", not a range.
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[("-5", "default/a:80")]),
+        Protocol::Tcp,
+        &limits,
+    );
+    assert!(parsed.errors[0].problem.contains("is not a port number"));
+}

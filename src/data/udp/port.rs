@@ -223,6 +223,7 @@ impl Shared {
         if self.ctx.access_log.enabled() {
             self.ctx.access_log.record(AccessRecord {
                 ended: SystemTime::now(),
+                port: self.key.port.get(),
                 route: h.route.clone(),
                 client,
                 peer: client,
