@@ -9,9 +9,11 @@
 //! [`conn`] (new connections per second), [`idle`] (held connections, RSS per connection),
 //! [`udp`] (DNS-sized UDP request/response), [`procstat`] (/proc readings), [`compare`],
 //! [`failover`] (the S2/S3 failure scenarios, counting failed connections) and
-//! `failover-compare` (those scenarios through dermaga, nginx and HAProxy; in [`compare`]).
+//! `failover-compare` (those scenarios through dermaga, nginx and HAProxy; in [`compare`]),
+//! and [`balance`] (dermaga's balance choices against each other with one slow endpoint).
 
 mod backend;
+mod balance;
 mod bulk;
 mod common;
 mod compare;
@@ -143,6 +145,9 @@ enum Cmd {
     /// The S2/S3 failure scenarios: in-process tagged backends (one refusing, or one killed
     /// halfway), short connections through --target, every failure counted by kind.
     Failover(failover::Args),
+    /// dermaga's `balance` choices with one slow endpoint of three: short connections' latency
+    /// and the slow endpoint's share, per choice, several rounds.
+    Balance(balance::Args),
     /// S2 and S3 through dermaga, nginx (stream) and HAProxy (mode tcp) with their default
     /// failover settings, fresh proxies, several rounds; a markdown table of failures.
     FailoverCompare(compare::failover::Args),
@@ -219,6 +224,7 @@ fn main() -> anyhow::Result<()> {
                 proxy_pid,
             } => udp::run(target, clients, duration, proxy_pid).await?,
             Cmd::Failover(args) => failover::run(args).await?,
+            Cmd::Balance(args) => balance::run(args).await?,
             Cmd::Compare(_) | Cmd::FailoverCompare(_) => unreachable!("handled above"),
         };
         println!("{result}");

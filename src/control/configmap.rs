@@ -648,7 +648,7 @@ fn check_dns_label(s: &str, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_option(
+pub(crate) fn apply_option(
     options: &mut PortOptions,
     proxy: &ProxyFlags,
     protocol: Protocol,

@@ -100,17 +100,23 @@ impl TablePublisher {
                 .and_then(|r| r.spec.range)
                 .is_none_or(|span| span.first == key.port.get())
         };
+        // `10000/TCP`, or `30000-30099/TCP` for a range.
+        let ports = |route: Option<&Arc<crate::control::table::Route>>, key: &RouteKey| match route
+            .and_then(|r| r.spec.range)
+        {
+            Some(span) => format!("{span}/{}", key.protocol),
+            None => key.to_string(),
+        };
         for key in d.added.iter().filter(|k| first_of_range(&table, k)) {
             let route = table.get(key).expect("added key is in the new table");
-            tracing::info!(port = %route.span(), protocol = %key.protocol, route = %route.spec, endpoints = route.active_count(), "route added");
+            tracing::info!(port = %ports(Some(route), key), route = %route.spec, endpoints = route.active_count(), "route added");
         }
         for key in d.changed.iter().filter(|k| first_of_range(&table, k)) {
             let route = table.get(key).expect("changed key is in the new table");
-            tracing::info!(port = %route.span(), protocol = %key.protocol, route = %route.spec, endpoints = route.active_count(), "route changed");
+            tracing::info!(port = %ports(Some(route), key), route = %route.spec, endpoints = route.active_count(), "route changed");
         }
         for key in d.removed.iter().filter(|k| first_of_range(&previous, k)) {
-            let span = previous.get(key).map(|r| r.span());
-            tracing::info!(port = %span.map_or(key.to_string(), |s| s.to_string()), protocol = %key.protocol, "route removed");
+            tracing::info!(port = %ports(previous.get(key), key), "route removed");
         }
         // Before the table is out: a new range port's first connection counts under its range.
         self.metrics.set_port_spans(table.in_force().spans());

@@ -32,6 +32,9 @@ const GATEWAY_BLOCKS: &[(&str, &[u8])] = &[
     ("weights", &[18]),
     ("gateway_api", &[19]),
     ("tls_passthrough", &[20]),
+    ("policy", &[21]),
+    ("service_ports", &[22]),
+    ("port_range", &[23]),
 ];
 
 /// A gateway address as written in a test: where, and in which function.

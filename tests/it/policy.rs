@@ -123,6 +123,84 @@ async fn allow_and_deny_sources_on_tcp_and_udp() {
     );
 }
 
+/// The same options on Gateway API routes, by `dermaga.io/<option>` annotations: a TCPRoute's
+/// allow-source, a UDPRoute's deny-source; a route with a bad value is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_routes_take_policy_options_by_annotation() {
+    use dermaga::fixture::{
+        Fixture, gateway as gateway_object, gateway_class, tcp_route, udp_route,
+    };
+    let backend = Backend::start("127.0.21.30", "inside").await;
+    let dns = udp_backend("127.0.21.30", "dns").await;
+    let objects = [
+        gateway_class("dermaga", "dermaga.io/gateway-controller").object(),
+        gateway_object("default", "edge", "dermaga")
+            .listener("app", "TCP", 10000)
+            .listener("bad", "TCP", 10001)
+            .listener("dns", "UDP", 10053)
+            .object(),
+        tcp_route("default", "app")
+            .annotate("dermaga.io/allow-source", "127.2.21.0/24")
+            .parent("edge", Some("app"))
+            .backend("app", 80, None)
+            .object(),
+        tcp_route("default", "bad")
+            .annotate("dermaga.io/allow-source", "127.2.21.0/33")
+            .parent("edge", Some("bad"))
+            .backend("app", 80, None)
+            .object(),
+        udp_route("default", "dns")
+            .annotate("dermaga.io/deny-source", "127.4.21.0/24")
+            .parent("edge", Some("dns"))
+            .backend("dns", 53, None)
+            .object(),
+    ];
+    let manifest = dermaga::fixture::yaml(objects)
+        + &service_yaml("app", 80)
+        + &slices_yaml("app", &[(backend.addr, true)])
+        + &udp_service_yaml("dns", 53)
+        + &udp_slices_yaml("dns", &[(dns, true)]);
+    let mut opts = options("127.1.21.6");
+    opts.tcp.connect_attempts = 1;
+    let gw = gateway(&manifest, opts);
+    let app = gw.wait_bound(tcp(10000)).await;
+    let bad = gw.wait_bound(tcp(10001)).await;
+    let udp_addr = gw
+        .wait_bound(RouteKey {
+            port: ListenPort::new(10053).unwrap(),
+            protocol: dermaga::Protocol::Udp,
+        })
+        .await;
+
+    assert_eq!(
+        greeting_from("127.2.21.5", app).await.as_deref(),
+        Some("inside")
+    );
+    assert_eq!(greeting_from("127.4.21.1", app).await, None);
+    assert_eq!(refused(&gw, "10000", "source_denied"), 1.0);
+    assert_eq!(
+        greeting_from("127.2.21.5", bad).await,
+        None,
+        "a route whose annotation is bad is not served without it"
+    );
+
+    let allowed = UdpSocket::bind("127.2.21.5:0").await.unwrap();
+    assert_eq!(udp_ask(&allowed, udp_addr, b"q").await, b"dns:q");
+    let denied = UdpSocket::bind("127.4.21.1:0").await.unwrap();
+    for _ in 0..3 {
+        denied.send_to(b"q", udp_addr).await.unwrap();
+    }
+    wait_until("the denied datagrams are counted", || {
+        metric(
+            &gw,
+            "dermaga_udp_datagrams_dropped_total",
+            &[("port", "10053"), ("reason", "source_denied")],
+        ) >= 3.0
+    })
+    .await;
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_headers_count_only_from_trusted_peers() {
     let backend = Backend::start("127.0.21.2", "app").await;

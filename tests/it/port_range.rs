@@ -118,11 +118,15 @@ async fn a_100_port_range_is_opened_served_counted_once_removed_and_drained() {
         (0..PORTS).all(|i| !matches!(ports.get(&tcp(FIRST + i)), Some(PortState::Bound(_))))
     })
     .await;
+    // Each port's accept loop serves what is already queued, then closes its socket: a few
+    // connects may still land in that instant (bounded polling; no event says "closed").
     for addr in [addrs[0], addrs[50], addrs[99]] {
-        assert!(
-            TcpStream::connect(addr).await.is_err(),
-            "{addr} still accepts"
-        );
+        let mut attempts = 0;
+        while TcpStream::connect(addr).await.is_ok() {
+            attempts += 1;
+            assert!(attempts < 500, "{addr} still accepts");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     for reader in &mut held {
         reader.get_mut().write_all(b"still here\n").await.unwrap();

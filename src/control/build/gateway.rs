@@ -451,6 +451,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
 
     let mut route_backends: BTreeMap<RouteName, Vec<WeightedBackend>> = BTreeMap::new();
     let mut route_proxy: BTreeMap<RouteName, ProxyVersion> = BTreeMap::new();
+    let mut route_annotated: BTreeMap<RouteName, PortOptions> = BTreeMap::new();
     for (kind, protocol) in [
         (Kind::TcpRoute, Protocol::Tcp),
         (Kind::UdpRoute, Protocol::Udp),
@@ -601,7 +602,21 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                         .push(problem(kind, &name, "NotAllowedByListeners", refusal));
                 }
             }
-            let (backends, unresolved) = backends(index, kind, &name, route, protocol);
+            let (mut backends, mut unresolved) = backends(index, kind, &name, route, protocol);
+            let (annotated, bad) = route_options::route_options(&route.metadata, kind);
+            if !bad.is_empty() {
+                // Refused until fixed, as a port map's entry with a bad option is not served.
+                let why = format!(
+                    "refused until its annotations are fixed: {}",
+                    bad.join("; ")
+                );
+                for backend in &mut backends {
+                    backend.invalid.get_or_insert_with(|| why.clone());
+                }
+            }
+            // Reported with the backends' problems: ResolvedRefs False, UnsupportedValue.
+            unresolved.extend(bad.into_iter().map(|m| ("UnsupportedValue", m)));
+            route_annotated.insert((kind, name.clone()), annotated);
             match annotation(&route.metadata, BACKEND_PROXY_ANNOTATION) {
                 None => {}
                 Some(v) if kind != Kind::UdpRoute && v.eq_ignore_ascii_case("v1") => {
@@ -679,6 +694,10 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
             let (service, service_port) = first
                 .unwrap_or_else(|| (s.gateway.clone(), ServicePortRef::Number(s.key.port.get())));
             let send = origin.and_then(|n| route_proxy.get(&(s.kind, n.clone())));
+            let annotated = origin
+                .and_then(|n| route_annotated.get(&(s.kind, n.clone())))
+                .cloned()
+                .unwrap_or_default();
             RouteSpec {
                 service,
                 service_port,
@@ -690,7 +709,7 @@ pub(super) fn gateway_routes(index: &Index, taken: &BTreeSet<RouteKey>) -> Gatew
                 options: PortOptions {
                     backends: Some(backends),
                     send_proxy_version: send.copied().unwrap_or_default(),
-                    ..PortOptions::default()
+                    ..annotated
                 },
                 route: origin.map(|name| RouteRef {
                     kind: s.kind.as_str(),
@@ -944,6 +963,8 @@ fn granted(index: &Index, kind: Kind, route: &ObjectName, service: &ObjectName) 
             })
     })
 }
+
+mod route_options;
 
 #[cfg(test)]
 mod tests;

@@ -612,3 +612,54 @@ fn proxy_headers_by_annotation_and_bad_values_reported() {
         );
     }
 }
+
+#[test]
+fn route_annotations_set_port_options_and_a_bad_one_refuses_the_route() {
+    let mut objects = base();
+    objects.push(
+        tcp_route("shop", "shop")
+            .annotate("dermaga.io/balance", "source-hash")
+            .annotate("dermaga.io/allow-source", "192.0.2.0/24")
+            .annotate("dermaga.io/connect-attempts", "2")
+            .parent("infra/edge", Some("shop"))
+            .backend("web", 80, None)
+            .object(),
+    );
+    objects.push(
+        udp_route("shop", "dns")
+            .annotate("dermaga.io/balance", "fastest")
+            .parent("infra/edge", Some("dns"))
+            .backend("web", 80, None)
+            .object(),
+    );
+    let t = table(objects);
+    let shop = &t.get(&tcp(10000)).unwrap().spec.options;
+    assert_eq!(shop.balance, crate::control::configmap::Balance::SourceHash);
+    assert_eq!(shop.sources.allow.len(), 1);
+    assert_eq!(shop.connect_attempts, Some(2));
+    assert_eq!(
+        condition(parent(&t, Kind::TcpRoute, "shop/shop"), "ResolvedRefs"),
+        (true, "ResolvedRefs")
+    );
+    // The bad one: reported on the route, its backends refuse until it is fixed.
+    assert_eq!(
+        condition(parent(&t, Kind::UdpRoute, "shop/dns"), "ResolvedRefs"),
+        (false, "UnsupportedValue")
+    );
+    assert!(
+        has(
+            &t,
+            "UDPRoute shop/dns UnsupportedValue",
+            "annotation dermaga.io/balance"
+        ),
+        "{:?}",
+        problems(&t)
+    );
+    let dns = t
+        .get(&RouteKey {
+            port: ListenPort::new(53).unwrap(),
+            protocol: Protocol::Udp,
+        })
+        .unwrap();
+    assert_eq!(dns.active_count(), 0, "served without its options");
+}
