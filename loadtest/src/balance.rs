@@ -4,9 +4,11 @@
 //! (read `--size` bytes, write them back, close); the third waits `--slow-delay` before it
 //! answers (a pod under GC, a noisy neighbour). dermaga (`--dermaga`, a fresh process per
 //! run, `--config` file) balances port 10000 of 127.78.1.100 over them with each `--modes`
-//! choice in turn, the order rotated each round. `--concurrency` workers make short
-//! connections (connect, one round trip, close) for `--duration`; each connection's time is
-//! recorded. A balance that sends fewer new connections to the slow endpoint shows in the tail.
+//! choice in turn, the order rotated each round. Short connections (connect, one round trip,
+//! close) for `--duration`: from `--concurrency` workers (closed loop), or at `--rate` per
+//! second (open loop, each latency from the connection's scheduled start: the comparison to
+//! quote, as every mode gets the same load). A balance that sends fewer new connections to the
+//! slow endpoint shows from the percentile above the slow endpoint's share.
 //!
 //! Output: on stderr, one JSON object per run as it ends and then a markdown table with the
 //! median and range over the rounds of p50/p99/p99.9 latency, connections per second and the
@@ -39,12 +41,22 @@ pub struct Args {
         default_value = "round-robin,least-connections,random-two"
     )]
     modes: Vec<String>,
+    /// Rounds: each runs every mode once (medians and ranges are over the rounds).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// How long each run offers load.
     #[arg(long, default_value = "5s", value_parser = duration)]
     duration: Duration,
+    /// Closed loop: this many workers, each starting its next connection when the last ends.
+    /// The faster a mode, the more load it gets, so latencies of modes are not comparable
+    /// alone; see --rate.
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// Open loop: new connections per second at fixed times, whatever the answers (0: closed
+    /// loop). Each latency counts from the connection's scheduled start, so a backlog shows.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Bytes sent and echoed per connection.
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// How long the slow endpoint waits before answering.
@@ -78,7 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             }
             let mut dermaga = start_dermaga(&args, mode, port)?;
             let target: SocketAddr = format!("{LISTEN}:{PORT}").parse()?;
-            let ready = wait_ready(target, &mut dermaga).await;
+            let ready = wait_ready(target, args.size, &mut dermaga).await;
             let result = match ready {
                 Ok(()) => {
                     for s in served.iter() {
@@ -211,13 +223,13 @@ endpoints: [{endpoints}]
 }
 
 /// Waits (up to 10 s) until the port answers one round trip.
-async fn wait_ready(target: SocketAddr, dermaga: &mut Child) -> anyhow::Result<()> {
+async fn wait_ready(target: SocketAddr, size: usize, dermaga: &mut Child) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = dermaga.try_wait()? {
             anyhow::bail!("dermaga exited ({status}) before answering; see its log");
         }
-        if round_trip(target, 1).await.is_ok() {
+        if round_trip(target, size).await.is_ok() {
             return Ok(());
         }
         anyhow::ensure!(
@@ -228,23 +240,50 @@ async fn wait_ready(target: SocketAddr, dermaga: &mut Child) -> anyhow::Result<(
     }
 }
 
+/// One short connection: connect, send `size` bytes, read them back; at most 5 s.
 async fn round_trip(target: SocketAddr, size: usize) -> std::io::Result<()> {
-    let msg = vec![b'x'; size.max(1)];
-    let mut back = vec![0u8; msg.len()];
-    let mut s = TcpStream::connect(target).await?;
-    s.set_nodelay(true)?;
-    s.write_all(&msg).await?;
-    s.read_exact(&mut back).await?;
-    Ok(())
+    let exchange = async {
+        let msg = vec![b'x'; size.max(1)];
+        let mut back = vec![0u8; msg.len()];
+        let mut s = TcpStream::connect(target).await?;
+        s.set_nodelay(true)?;
+        s.write_all(&msg).await?;
+        s.read_exact(&mut back).await?;
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// `concurrency` workers of short connections for `duration`; their latencies.
+/// Short connections for `duration`, closed or open loop; their latencies.
 async fn load(target: SocketAddr, args: &Args) -> Value {
     let h = latencies();
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + args.duration;
-    let workers: Vec<_> = (0..args.concurrency)
+    if args.rate > 0 {
+        let period = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut scheduled = started;
+        while scheduled < deadline {
+            ticks.tick().await;
+            let (h, failed, size, at) = (h.clone(), failed.clone(), args.size, scheduled);
+            tasks.spawn(async move {
+                match round_trip(target, size).await {
+                    Ok(()) => record(&h, at.elapsed()),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            scheduled += period;
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+    let workers: Vec<_> = (0..if args.rate > 0 { 0 } else { args.concurrency })
         .map(|_| {
             let (h, failed, size) = (h.clone(), failed.clone(), args.size);
             tokio::spawn(async move {
@@ -287,7 +326,7 @@ fn summary(mut values: Vec<f64>) -> String {
 /// The markdown table of the runs, one row per mode.
 fn table(args: &Args, runs: &[Value]) -> String {
     let mut out = format!(
-        "\n| balance | p50 µs | p99 µs | p99.9 µs | conn/s | slow endpoint's share % |\n|---|---|---|---|---|---|\n"
+        "\n| balance | p50 µs | p90 µs | p99 µs | p99.9 µs | conn/s | slow endpoint's share % |\n|---|---|---|---|---|---|---|\n"
     );
     for mode in &args.modes {
         let of = |f: &dyn Fn(&Value) -> f64| {
@@ -299,17 +338,26 @@ fn table(args: &Args, runs: &[Value]) -> String {
             )
         };
         out.push_str(&format!(
-            "| {mode} | {} | {} | {} | {} | {} |\n",
+            "| {mode} | {} | {} | {} | {} | {} | {} |\n",
             of(&|r| r["latency_us"]["p50"].as_f64().unwrap_or(0.0)),
+            of(&|r| r["latency_us"]["p90"].as_f64().unwrap_or(0.0)),
             of(&|r| r["latency_us"]["p99"].as_f64().unwrap_or(0.0)),
             of(&|r| r["latency_us"]["p999"].as_f64().unwrap_or(0.0)),
             of(&|r| r["conn_per_sec"].as_f64().unwrap_or(0.0)),
             of(&|r| r["slow_share"].as_f64().unwrap_or(0.0) * 100.0),
         ));
     }
+    let load = if args.rate > 0 {
+        format!("{} new connections/s (open loop)", args.rate)
+    } else {
+        format!(
+            "{} workers of short connections (closed loop)",
+            args.concurrency
+        )
+    };
     out.push_str(&format!(
-        "\n{} rounds × {:?} per mode, {} workers of short connections ({} B round trip), third endpoint {:?} slower; median (range) over the rounds.\n",
-        args.rounds, args.duration, args.concurrency, args.size, args.slow_delay
+        "\n{} rounds × {:?} per mode, {load}, {} B round trip, third endpoint {:?} slower; median (range) over the rounds.\n",
+        args.rounds, args.duration, args.size, args.slow_delay
     ));
     out
 }

@@ -425,11 +425,17 @@ pub fn parse_port_map(
                 continue;
             }
             Some((entry_key, entry_span)) if *entry_span != span => {
+                // Serving the entry without an option meant for it (an allow-source, say)
+                // would do what the operator did not ask for: the entry waits for the fix.
+                let entry_span = *entry_span;
+                for port in entry_span.ports() {
+                    map.entries.remove(&port);
+                }
                 map.errors.push(error(
                     EntryReason::InvalidOption,
                     key,
                     value,
-                    None,
+                    Some(entry_span.ports().next().expect("a span has a port")),
                     format!(
                         "option key {key:?} names {span}, but entry {entry_key:?} maps {entry_span}: the option of a range is written \"{entry_span}.{option}\""
                     ),

@@ -553,10 +553,19 @@ fn bad_ranges_are_named_and_cost_nothing_else() {
             ),
         ]
     );
-    // The good range is served; the one with a bad option is not, port by port.
-    assert_eq!(parsed.entries.len(), 10);
-    assert!(parsed.entries.contains_key(&port(40009)));
+    // A range with a bad option, or an option written on one of its ports, is not served,
+    // port by port (serving it without the option would do what was not asked).
+    assert_eq!(parsed.entries.len(), 0, "{:?}", parsed.entries.keys());
+    assert!(!parsed.entries.contains_key(&port(40009)));
     assert!(!parsed.entries.contains_key(&port(42000)));
+    // Without the stray option key, the range is served.
+    let parsed = parse_port_map(
+        &cm(),
+        &map(&[("40000-40009", "default/d:80")]),
+        Protocol::Tcp,
+        &limits,
+    );
+    assert_eq!(parsed.entries.len(), 10);
     assert!(!parsed.entries.contains_key(&port(41000)));
     // "-5" is still "not a port number", not a range.
     let parsed = parse_port_map(
