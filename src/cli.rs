@@ -33,6 +33,42 @@ pub enum Command {
     /// Check port maps offline (files of ConfigMaps, or whole manifests) before applying them:
     /// prints every problem with its key and value; exit code 1 when an entry is rejected.
     Check(CheckArgs),
+    /// Name the mistakes behind failing connections, with the fix: reads Services, Pods, their
+    /// workloads and the port maps with your kubeconfig (read-only); exit code 1 when a
+    /// finding is a warning or worse.
+    Doctor(DoctorArgs),
+}
+
+/// Flags of `dermaga doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The namespace to examine (default: the kubeconfig context's).
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NS",
+        conflicts_with = "all_namespaces"
+    )]
+    pub namespace: Option<String>,
+    /// Examine every namespace.
+    #[arg(long, short = 'A')]
+    pub all_namespaces: bool,
+    /// `text` (for people; coloured on a terminal unless NO_COLOR is set) or `json`.
+    #[arg(long, value_enum, default_value_t = DoctorOutput::Text)]
+    pub output: DoctorOutput,
+    /// The gateway's metrics (`http://<pod IP>:10254/metrics`): its failed connects per
+    /// endpoint are joined to the pods and workloads behind them.
+    #[arg(long, value_name = "URL")]
+    pub gateway_metrics: Option<String>,
+}
+
+/// The output of `dermaga doctor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DoctorOutput {
+    /// For people.
+    Text,
+    /// For tools: one JSON object.
+    Json,
 }
 
 /// Flags of `dermaga demo`.

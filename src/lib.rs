@@ -48,7 +48,7 @@ pub use control::fixture;
 pub use control::gateway_api;
 pub use control::index::{Index, IndexSettings, Object};
 pub use control::provider::kube::access::{
-    API_ACCESS, AccessScope, ApiAccess, GATEWAY_API_ACCESS, SERVICE_PORTS_ACCESS,
+    API_ACCESS, AccessScope, ApiAccess, DOCTOR_ACCESS, GATEWAY_API_ACCESS, SERVICE_PORTS_ACCESS,
 };
 pub use control::provider::manifest::parse_manifest;
 pub use data::context::{TcpSettings, UdpSettings};
@@ -61,6 +61,7 @@ pub use names::{HealthKey, ListenPort, ObjectName, Protocol, ProxyVersion, Route
 pub use ops::admin::AdminState;
 pub use ops::admin::serve as serve_admin;
 pub use ops::check::run as run_check;
+pub use ops::doctor::run as run_doctor;
 pub use process::{ACCESS_LOG_FLUSH_TIMEOUT, run};
 pub use telemetry::access_log::{AccessLog, AccessLogFormat};
 pub use telemetry::logging::init as init_logging;

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
             cli.run.manage_service_ports.as_ref(),
         );
     }
+    if let Some(Command::Doctor(doctor)) = &cli.command {
+        return dermaga::run_doctor(&cli.run, doctor);
+    }
     // Kept to the end of main: dropping it writes out the queued log lines (within 1 s).
     let _logs = dermaga::init_logging(cli.run.log_format, cli.run.log_level);
     match option_env!("DERMAGA_GIT_COMMIT") {
@@ -34,7 +37,9 @@ fn main() -> ExitCode {
             runtime.block_on(async move {
                 match cli.command {
                     Some(Command::Demo(demo)) => dermaga::run_demo(cli.run, demo).await,
-                    Some(Command::Check(_)) => unreachable!("handled above"),
+                    Some(Command::Check(_) | Command::Doctor(_)) => {
+                        unreachable!("handled above")
+                    }
                     None => dermaga::run(cli.run).await,
                 }
             })

@@ -325,8 +325,8 @@ fn summary(mut values: Vec<f64>) -> String {
 
 /// The markdown table of the runs, one row per mode.
 fn table(args: &Args, runs: &[Value]) -> String {
-    let mut out = format!(
-        "\n| balance | p50 µs | p90 µs | p99 µs | p99.9 µs | conn/s | slow endpoint's share % |\n|---|---|---|---|---|---|---|\n"
+    let mut out = String::from(
+        "\n| balance | p50 µs | p90 µs | p99 µs | p99.9 µs | conn/s | slow endpoint's share % |\n|---|---|---|---|---|---|---|\n",
     );
     for mode in &args.modes {
         let of = |f: &dyn Fn(&Value) -> f64| {

@@ -93,6 +93,52 @@ fn check_objects(
     managed_service: Option<&ObjectName>,
     report: &mut CheckReport,
 ) {
+    // References are checked when the input holds the backends' Services; the LoadBalancer
+    // Service in front of dermaga alone does not make it a list of Services.
+    let has_services = objects
+        .iter()
+        .any(|o| matches!(o, Object::Service(s) if !is_load_balancer(s)));
+    let load_balancers: Vec<(ObjectName, Service)> = objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Service(s) if is_load_balancer(s) => Some((o.name(), s.clone())),
+            _ => None,
+        })
+        .collect();
+    let (judged, table) = judge(objects, settings, has_services);
+    report.errors.extend(judged.errors);
+    report.warnings.extend(judged.warnings);
+    report.entries += judged.entries;
+    report.maps = judged.maps;
+    // With --manage-service-ports the gateway puts every mapped port on that Service itself.
+    if let Some(table) = table
+        && managed_service.is_none()
+    {
+        report
+            .warnings
+            .extend(unexposed_ports(&table, &load_balancers));
+    }
+}
+
+/// The gateway's judgement of `objects` (port maps, Services, EndpointSlices, ...): the
+/// report, and the table built when a port map is there. Unresolved references are reported
+/// only when `has_services` (the input is meant to hold the backends' Services).
+pub(crate) fn judge(
+    objects: Vec<Object>,
+    settings: &IndexSettings,
+    has_services: bool,
+) -> (CheckReport, Option<RouteTable>) {
+    let mut report = CheckReport::default();
+    let table = judge_into(objects, settings, has_services, &mut report);
+    (report, table)
+}
+
+fn judge_into(
+    objects: Vec<Object>,
+    settings: &IndexSettings,
+    has_services: bool,
+    report: &mut CheckReport,
+) -> Option<RouteTable> {
     let config_maps: Vec<ObjectName> = objects
         .iter()
         .filter(|o| matches!(o, Object::ConfigMap(_)))
@@ -141,20 +187,8 @@ fn check_objects(
             "no port map in the input: the gateway reads ConfigMap {}, and the input has {found}",
             wanted.join(" and ")
         ));
-        return;
+        return None;
     }
-    // References are checked when the input holds the backends' Services; the LoadBalancer
-    // Service in front of dermaga alone does not make it a list of Services.
-    let has_services = objects
-        .iter()
-        .any(|o| matches!(o, Object::Service(s) if !is_load_balancer(s)));
-    let load_balancers: Vec<(ObjectName, Service)> = objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Service(s) if is_load_balancer(s) => Some((o.name(), s.clone())),
-            _ => None,
-        })
-        .collect();
     for o in &objects {
         if let Object::ConfigMap(cm) = o
             && present.contains(&o.name())
@@ -184,12 +218,7 @@ fn check_objects(
             ConfigProblem::GatewayApi { .. } => report.warnings.push(problem.to_string()),
         }
     }
-    // With --manage-service-ports the gateway puts every mapped port on that Service itself.
-    if managed_service.is_none() {
-        report
-            .warnings
-            .extend(unexposed_ports(&table, &load_balancers));
-    }
+    Some(table)
 }
 
 fn is_load_balancer(service: &Service) -> bool {
@@ -212,7 +241,10 @@ fn exposes(service: &Service, key: RouteKey) -> bool {
 }
 
 /// One warning per mapped port that no LoadBalancer Service of the input exposes.
-fn unexposed_ports(table: &RouteTable, load_balancers: &[(ObjectName, Service)]) -> Vec<String> {
+pub(crate) fn unexposed_ports(
+    table: &RouteTable,
+    load_balancers: &[(ObjectName, Service)],
+) -> Vec<String> {
     if load_balancers.is_empty() {
         return Vec::new();
     }

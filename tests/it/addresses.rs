@@ -35,6 +35,7 @@ const GATEWAY_BLOCKS: &[(&str, &[u8])] = &[
     ("policy", &[21]),
     ("service_ports", &[22]),
     ("port_range", &[23]),
+    ("doctor", &[24]),
 ];
 
 /// A gateway address as written in a test: where, and in which function.

@@ -11,6 +11,7 @@ mod check;
 mod config_file;
 mod dashboard;
 mod deploy;
+mod doctor;
 mod forwarding;
 mod fuzz_corpus;
 mod gateway_api;

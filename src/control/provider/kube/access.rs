@@ -100,6 +100,48 @@ pub const SERVICE_PORTS_ACCESS: &[ApiAccess] = &[ApiAccess {
     scope: AccessScope::ManagedServiceByName,
 }];
 
+/// What `dermaga doctor` calls, read-only, with the user's credentials or the ServiceAccount
+/// of `deploy/components/doctor`: the Services, EndpointSlices, Pods, ReplicaSets and Jobs it
+/// examines, the LoadBalancer Service in front of the gateway, the port maps by name.
+pub const DOCTOR_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: &["get", "list"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: &["list"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "apps",
+        resource: "replicasets",
+        verbs: &["list"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "batch",
+        resource: "jobs",
+        verbs: &["list"],
+        scope: AccessScope::Cluster,
+    },
+    ApiAccess {
+        group: "",
+        resource: "configmaps",
+        verbs: &["get"],
+        scope: AccessScope::PortMapsByName,
+    },
+];
+
 const fn gateway_api_read(resource: &'static str) -> ApiAccess {
     ApiAccess {
         group: crate::control::gateway_api::GROUP,
