@@ -4,7 +4,7 @@
 # into a cache directory keyed by version. A run with the binaries present builds nothing.
 #
 #   testenv/build.sh     build (or reuse); prints kube-apiserver=PATH, etcd=PATH, kubectl=PATH,
-#                        gateway-api-crds=PATH
+#                        gateway-api-crds=PATH, helm=PATH (helm v4 from testenv/helm/go.mod)
 #
 # The last is one manifest of the standard-channel CRDs of the Gateway API release that
 # testenv/gateway-api/go.mod requires, copied from that Go module (not from this repository).
@@ -59,6 +59,25 @@ build() { # name output module-dir package
 build "kube-apiserver $KUBE_VERSION" "$apiserver" "$here/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 build "kubectl $KUBE_VERSION" "$kubectl" "$here/kube-apiserver" k8s.io/kubernetes/cmd/kubectl
 build "etcd $ETCD_VERSION" "$etcd" "$here/etcd" .
+# helm v4 for the chart tests (deploy/helm/dermaga), from testenv/helm/go.mod.
+HELM_VERSION=$(module_version "$here/helm/go.mod" helm.sh/helm/v4)
+[[ $HELM_VERSION == v4.* ]] || { echo "testenv: cannot read the helm version from testenv/helm/go.mod ($HELM_VERSION)" >&2; exit 1; }
+helm="$cache/helm-$HELM_VERSION"
+if [[ ! -x "$helm" ]]; then
+  command -v go >/dev/null || missing_go
+  mkdir -p "$cache"
+  echo "testenv: building helm $HELM_VERSION into $helm (cold: about 2 minutes)" >&2
+  start=$SECONDS
+  if ! (cd "$here/helm" && GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath \
+        -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+        -o "$helm.tmp" helm.sh/helm/v4/cmd/helm); then
+    rm -f "$helm.tmp"
+    echo "testenv: building helm failed; if the messages above say a module could not be downloaded, this machine cannot reach the Go module proxy ($(go env GOPROXY))" >&2
+    exit 1
+  fi
+  mv "$helm.tmp" "$helm"
+  echo "testenv: built helm in $((SECONDS - start)) s" >&2
+fi
 # The standard-channel CRDs of sigs.k8s.io/gateway-api, as its standard-install.yaml has them.
 crds="$cache/gateway-api-$GATEWAY_API_VERSION-standard-crds.yaml"
 if [[ ! -s "$crds" ]]; then
@@ -84,3 +103,4 @@ echo "kube-apiserver=$apiserver"
 echo "etcd=$etcd"
 echo "kubectl=$kubectl"
 echo "gateway-api-crds=$crds"
+echo "helm=$helm"

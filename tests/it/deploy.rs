@@ -5,6 +5,7 @@
 //! `kubectl kustomize deploy/base` (the kubectl that `testenv/build.sh` builds beside the API server). The tests at the end change one
 //! thing at a time and show that each check fails and says why.
 
+mod helm;
 mod manifest;
 mod rbac;
 mod workload;

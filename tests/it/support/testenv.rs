@@ -17,6 +17,8 @@ pub struct Binaries {
     /// The standard-channel Gateway API CRDs, one manifest, from the `sigs.k8s.io/gateway-api`
     /// module that `testenv/gateway-api/go.mod` requires.
     pub gateway_api_crds: PathBuf,
+    /// helm v4, built from the module `testenv/helm/go.mod` requires (the chart tests).
+    pub helm: PathBuf,
 }
 
 /// Builds (or finds in the cache) kube-apiserver, etcd and kubectl; panics with the build's own
@@ -49,6 +51,7 @@ pub fn binaries() -> &'static Binaries {
             etcd: path("etcd"),
             kubectl: path("kubectl"),
             gateway_api_crds: path("gateway-api-crds"),
+            helm: path("helm"),
         }
     })
 }
