@@ -652,3 +652,29 @@ fn the_reader_rejects_unknown_kinds_fields_and_files() {
     let e = manifest::read_base(dir.path()).unwrap_err();
     assert_reports(&e, &["unknown field `resource`"]);
 }
+
+/// `deploy/components/doctor`: its own ServiceAccount gets exactly `DOCTOR_ACCESS` (the port
+/// maps of the base by name, the rest read-only everywhere); the gateway's gains nothing.
+#[test]
+fn the_doctor_component_grants_exactly_doctor_access_to_its_own_account() {
+    let file = manifest::repo().join("deploy/components/doctor/rbac.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let docs = manifest::parse_documents("deploy/components/doctor/rbac.yaml", &text, "default")
+        .unwrap_or_else(|e| fail("deploy/components/doctor does not parse", &e));
+    let base = built();
+    let gw = gateway(&base);
+    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
+    let doctor = dermaga::ObjectName::new("dermaga", "dermaga-doctor");
+    let problems = rbac::check(&docs, dermaga::DOCTOR_ACCESS, &doctor, &maps, None);
+    if !problems.is_empty() {
+        fail(
+            "deploy/components/doctor: RBAC differs from DOCTOR_ACCESS",
+            &problems,
+        );
+    }
+    let (granted, _) = rbac::granted(&docs, &gw.account());
+    assert!(
+        granted.is_empty(),
+        "the gateway's account gains {granted:?}"
+    );
+}

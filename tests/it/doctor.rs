@@ -295,6 +295,12 @@ fn the_field_reports_mistakes_are_named_with_their_fix_and_a_healthy_namespace_h
         c.create(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "dermaga", "name": "dermaga"},
             "spec": {"type": "LoadBalancer", "selector": {"app.kubernetes.io/name": "dermaga"},
                      "ports": [{"name": "tcp-10000", "port": 10000, "targetPort": 10000}]}}));
+        // The gateway itself behind it: dermaga declares no data port and drains on SIGTERM
+        // without a preStop hook; it is not judged as a backend.
+        let own = json!({"app.kubernetes.io/name": "dermaga"});
+        let d = c.workload("dermaga", "Deployment", "dermaga", &own, None);
+        let r = c.workload("dermaga", "ReplicaSet", "dermaga-1", &own, Some(("Deployment", "apps/v1", "dermaga", &d)));
+        c.pod("dermaga", "dermaga-1-a", &own, ("ReplicaSet", "apps/v1", "dermaga-1", &r), pod_spec(&[10254, 10255], true, None, Some(75)), "10.233.24.61");
         let (code, out) = doctor(&admin, &["-n", "dermaga", "--output", "json"]);
         assert_eq!(
             findings(&out),

@@ -85,7 +85,18 @@ pub async fn examine(run: &RunArgs, args: &DoctorArgs) -> anyhow::Result<Report>
     let jobs: Vec<Job> = list_in(&client, &namespaces).await?;
     let owners = Owners::new(&replica_sets, &jobs);
 
-    let mut findings = service_findings(&services, &pods, &owners);
+    // The gateway's own Service sends to dermaga, which declares no data port and drains on
+    // SIGTERM itself: not judged as a backend.
+    let gateway = gateway_service(run, &run.tcp_services_configmap);
+    let backends: Vec<Service> = services
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() != Some(gateway.namespace.as_str())
+                || s.metadata.name.as_deref() != Some(gateway.name.as_str())
+        })
+        .cloned()
+        .collect();
+    let mut findings = service_findings(&backends, &pods, &owners);
     findings.extend(port_map_findings(&client, run, &namespaces, &services).await?);
     if let Some(url) = &args.gateway_metrics {
         let page = gateway_metrics::fetch(url).await?;
@@ -120,7 +131,7 @@ async fn port_map_findings(
     namespaces: &Option<Vec<String>>,
     scoped_services: &[Service],
 ) -> anyhow::Result<Vec<Finding>> {
-    let settings = run.index_settings();
+    let mut settings = run.index_settings();
     let mut findings = Vec::new();
     let mut maps = Vec::new();
     // The maps are examined with their own namespace (or all).
@@ -129,6 +140,8 @@ async fn port_map_findings(
             .as_ref()
             .is_none_or(|n| n.iter().any(|m| m == ns))
     };
+    let tcp_map = settings.port_maps[0].1.clone();
+    settings.port_maps.retain(|(_, n)| in_scope(&n.namespace));
     for (protocol, name) in settings
         .port_maps
         .iter()
@@ -176,11 +189,9 @@ async fn port_map_findings(
     }
     // The gateway's own LoadBalancer Service: --manage-service-ports keeps it right itself;
     // else --publish-service, else deploy/base's `dermaga` beside the TCP map.
-    let tcp_map = &settings.port_maps[0].1;
-    let load_balancer = match (&run.manage_service_ports, &run.publish_service) {
-        (Some(_), _) => None,
-        (None, Some(name)) => Some(name.clone()),
-        (None, None) => Some(ObjectName::new(tcp_map.namespace.clone(), "dermaga")),
+    let load_balancer = match run.manage_service_ports {
+        Some(_) => None,
+        None => Some(gateway_service(run, &tcp_map)),
     };
     let load_balancer = match load_balancer {
         None => None,
@@ -242,13 +253,18 @@ async fn port_map_findings(
     let mut seen = BTreeSet::new();
     for route in table.routes() {
         let service = &route.spec.service;
-        // A Service that is missing, or of type ExternalName, is already reported above.
+        // A Service that is missing, of type ExternalName or without the port is already
+        // reported above (the route's problem).
         let exists = services.iter().any(|s| {
             s.metadata.namespace.as_deref() == Some(service.namespace.as_str())
                 && s.metadata.name.as_deref() == Some(service.name.as_str())
                 && s.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName")
         });
-        if exists && route.active_count() == 0 && route.spec.options.backends.is_none() {
+        if exists
+            && route.problem.is_none()
+            && route.active_count() == 0
+            && route.spec.options.backends.is_none()
+        {
             let span = route.span();
             if seen.insert((span.to_string(), route.key.protocol)) {
                 findings.push(Finding {
@@ -293,6 +309,15 @@ async fn port_map_findings(
         }
     }
     Ok(findings)
+}
+
+/// The LoadBalancer Service in front of the gateway: `--manage-service-ports`, else
+/// `--publish-service`, else deploy/base's `dermaga` beside the TCP map.
+fn gateway_service(run: &RunArgs, tcp_map: &ObjectName) -> ObjectName {
+    run.manage_service_ports
+        .clone()
+        .or_else(|| run.publish_service.clone())
+        .unwrap_or_else(|| ObjectName::new(tcp_map.namespace.clone(), "dermaga"))
 }
 
 fn map_finding(level: Level, message: String) -> Finding {

@@ -175,9 +175,11 @@ pub fn service_findings(services: &[Service], pods: &[Pod], owners: &Owners) -> 
             .filter(|w| !w.runs_to_completion())
             .collect();
         let several = serving.len() > 1;
+        // The serving workloads (a Job's pods have a finding of their own).
         let listed = || {
             by_workload
                 .iter()
+                .filter(|(w, _)| !w.runs_to_completion())
                 .map(|(w, p)| {
                     format!(
                         "{w} ({} pod{})",
@@ -245,7 +247,7 @@ pub fn service_findings(services: &[Service], pods: &[Pod], owners: &Owners) -> 
                     format!(
                         "{name} (selector {}) selects pods of {} workloads: {}. ",
                         selector_text(service),
-                        by_workload.len(),
+                        serving.len(),
                         listed()
                     )
                 } else {
@@ -325,7 +327,15 @@ fn pre_stop_seconds(container: &Container) -> Option<Option<i64>> {
                 .parse::<f64>()
                 .ok()
         })
-        .map(|s| s.ceil() as i64);
+        // `sleep infinity` waits past any grace period: a day stands for it.
+        .map(|s| {
+            if s.is_finite() {
+                s.max(0.0).ceil().min(86_400.0)
+            } else {
+                86_400.0
+            }
+        })
+        .map(|s| s as i64);
     Some(seconds)
 }
 
