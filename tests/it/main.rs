@@ -15,6 +15,7 @@ mod doctor;
 mod forwarding;
 mod fuzz_corpus;
 mod gateway_api;
+mod image;
 mod kube_provider;
 mod layers;
 mod limits;
