@@ -16,7 +16,9 @@ tag=dermaga
 command -v umoci >/dev/null || { echo "image: umoci is missing (apt-get install umoci)" >&2; exit 1; }
 epoch=${SOURCE_DATE_EPOCH:-0}
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
-version=$("$binary" --version 2>/dev/null | awk '{print $2}')
+[[ -f $binary && -x $binary ]] || { echo "image: $binary is not an executable file (cargo build --release --locked --bin dermaga)" >&2; exit 1; }
+version=$("$binary" --version 2>/dev/null | awk '{print $2}' || true)
+architecture=$(dpkg --print-architecture)
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,7 +28,12 @@ rm -rf "$layout"
 mkdir -p "$(dirname "$layout")"
 umoci init --layout "$layout"
 umoci new --image "$layout:$tag"
-umoci insert --image "$layout:$tag" --history.created "$created" \
+# Every file is root's in the image, whoever builds it.
+owner=()
+if [[ $(id -u) != 0 ]]; then
+  owner=(--rootless --uid-map "0:$(id -u):1" --gid-map "0:$(id -g):1")
+fi
+umoci insert "${owner[@]}" --image "$layout:$tag" --history.created "$created" \
   --history.created_by "image/rootfs.sh" --history.comment "dermaga ${version:-}" \
   "$work/rootfs" /
 umoci config --image "$layout:$tag" --created "$created" --author "dermaga" \
@@ -34,7 +41,7 @@ umoci config --image "$layout:$tag" --created "$created" --author "dermaga" \
   --config.user 65532:65532 --config.entrypoint /dermaga --config.exposedports 10254/tcp \
   --config.label "org.opencontainers.image.title=dermaga" \
   --config.label "org.opencontainers.image.version=${version:-unknown}" \
-  --os linux --architecture amd64
+  --os linux --architecture "$architecture"
 # umoci keeps the superseded manifests and configs as blobs: drop them.
 umoci gc --layout "$layout"
 digest=$(grep -o '"digest":"sha256:[0-9a-f]*"' "$layout/index.json" | head -1 | cut -d\" -f4)

@@ -300,7 +300,13 @@ fn the_field_reports_mistakes_are_named_with_their_fix_and_a_healthy_namespace_h
         let own = json!({"app.kubernetes.io/name": "dermaga"});
         let d = c.workload("dermaga", "Deployment", "dermaga", &own, None);
         let r = c.workload("dermaga", "ReplicaSet", "dermaga-1", &own, Some(("Deployment", "apps/v1", "dermaga", &d)));
-        c.pod("dermaga", "dermaga-1-a", &own, ("ReplicaSet", "apps/v1", "dermaga-1", &r), pod_spec(&[10254, 10255], true, None, Some(75)), "10.233.24.61");
+        c.pod("dermaga", "dermaga-1-a", &own, ("ReplicaSet", "apps/v1", "dermaga-1", &r), {
+                let mut spec = pod_spec(&[10254, 10255], true, None, Some(75));
+                spec["containers"][0]["args"] = json!(["--tcp-services-configmap=dermaga/tcp-services"]);
+                spec
+            }, "10.233.24.61");
+        // A Helm release names it `<release>-dermaga`: known by the pods it selects.
+        c.service("dermaga", "gw-dermaga", &own, 10000, 10000);
         let (code, out) = doctor(&admin, &["-n", "dermaga", "--output", "json"]);
         assert_eq!(
             findings(&out),

@@ -13,7 +13,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::findings::{Finding, Level, service_findings};
+use super::findings::{Finding, Level, selected, service_findings};
 use super::workloads::Owners;
 use super::{Report, gateway_metrics};
 use crate::cli::{DoctorArgs, RunArgs};
@@ -88,12 +88,23 @@ pub async fn examine(run: &RunArgs, args: &DoctorArgs) -> anyhow::Result<Report>
     // The gateway's own Service sends to dermaga, which declares no data port and drains on
     // SIGTERM itself: not judged as a backend.
     let gateway = gateway_service(run, &run.tcp_services_configmap);
+    // (By name, and by what it selects: a pod running the gateway, whatever the Service's name,
+    // e.g. a Helm release's `<release>-dermaga`.)
+    let runs_gateway = |pod: &Pod| {
+        pod.spec.iter().flat_map(|s| &s.containers).any(|c| {
+            c.args
+                .iter()
+                .flatten()
+                .any(|a| a.starts_with("--tcp-services-configmap"))
+        })
+    };
     let backends: Vec<Service> = services
         .iter()
         .filter(|s| {
             s.metadata.namespace.as_deref() != Some(gateway.namespace.as_str())
                 || s.metadata.name.as_deref() != Some(gateway.name.as_str())
         })
+        .filter(|s| !selected(s, &pods).into_iter().any(runs_gateway))
         .cloned()
         .collect();
     let mut findings = service_findings(&backends, &pods, &owners);

@@ -230,6 +230,42 @@ fn the_chart_renders_ingress_nginx_values_into_the_same_maps_and_ports_and_passe
         fail("manageServicePorts: RBAC", &problems);
     }
 
+    // Whole numbers written without quotes (Helm reads them as floats) and an empty `udp:`.
+    let dir = tempfile::tempdir().unwrap();
+    let numbers = dir.path().join("values.yaml");
+    std::fs::write(
+        &numbers,
+        "tcp:\n  \"9000\": \"shop/db:5432\"\n  \"9000.max-connections\": 1000000\nudp:\ndermaga:\n  maxConnections: 1000000\n",
+    )
+    .unwrap();
+    let docs = template(&["-f", numbers.to_str().unwrap()]);
+    assert_eq!(
+        config_map(&docs, "tcp-services")
+            .data
+            .clone()
+            .unwrap_or_default()["9000.max-connections"],
+        "1000000"
+    );
+    assert_eq!(gateway(&docs).flags.max_connections, 1_000_000);
+    let (ok, out, err) = helm(
+        &[
+            "install",
+            "dermaga",
+            chart().to_str().unwrap(),
+            "-n",
+            "dermaga",
+            "--dry-run=client",
+            "-f",
+            numbers.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("(keys: 2) and dermaga/udp-services (keys: 0)"),
+        "{out}"
+    );
+
     // No port at all: a clear refusal, not a Service the API server rejects.
     let (ok, _, err) = helm(
         &[

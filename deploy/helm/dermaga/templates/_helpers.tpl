@@ -75,3 +75,15 @@ Call with (dict "map" .Values.tcp "protocol" "TCP" "prefix" .Values.portNamePref
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/*
+A port map value as text: a whole number written without quotes in a values file (Helm reads it
+as a float: 1000000 would print as 1e+06) as the integer it is.
+*/}}
+{{- define "dermaga.mapValue" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
