@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{duration, latencies, percentiles, record};
+use crate::compare::{Route, dermaga_config_with};
 
 /// Options of `loadtest balance`.
 #[derive(clap::Args)]
@@ -172,30 +173,15 @@ async fn start_backends(
 }
 
 fn start_dermaga(args: &Args, mode: &str, port: u16) -> anyhow::Result<Child> {
-    let endpoints = BACKENDS
-        .iter()
-        .map(|ip| format!("{{addresses: [\"{ip}\"]}}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let config = format!(
-        r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: tcp-services, namespace: dermaga}}
-data: {{"{PORT}": "default/bench:80", "{PORT}.balance": "{mode}"}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: bench, namespace: default}}
-spec: {{ports: [{{name: tcp, port: 80, protocol: TCP}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: bench-1, namespace: default, labels: {{kubernetes.io/service-name: bench}}}}
-addressType: IPv4
-ports: [{{name: tcp, port: {port}, protocol: TCP}}]
-endpoints: [{endpoints}]
-"#
-    );
+    let route = Route {
+        listen: SocketAddr::new(LISTEN.parse()?, PORT),
+        backends: BACKENDS
+            .iter()
+            .map(|ip| Ok(SocketAddr::new(ip.parse()?, port)))
+            .collect::<anyhow::Result<_>>()?,
+        udp: false,
+    };
+    let config = dermaga_config_with(&route, &[("balance", mode)]);
     let path = args.work_dir.join("dermaga.yaml");
     std::fs::write(&path, config)?;
     let log = std::fs::File::create(args.work_dir.join("dermaga.log"))?;

@@ -105,11 +105,7 @@ fn check_objects(
             _ => None,
         })
         .collect();
-    let (judged, table) = judge(objects, settings, has_services);
-    report.errors.extend(judged.errors);
-    report.warnings.extend(judged.warnings);
-    report.entries += judged.entries;
-    report.maps = judged.maps;
+    let table = judge(objects, settings, has_services, report);
     // With --manage-service-ports the gateway puts every mapped port on that Service itself.
     if let Some(table) = table
         && managed_service.is_none()
@@ -120,20 +116,10 @@ fn check_objects(
     }
 }
 
-/// The gateway's judgement of `objects` (port maps, Services, EndpointSlices, ...): the
-/// report, and the table built when a port map is there. Unresolved references are reported
+/// The gateway's judgement of `objects` (port maps, Services, EndpointSlices, ...), added to
+/// `report`; the table built when a port map is there. Unresolved references are reported
 /// only when `has_services` (the input is meant to hold the backends' Services).
 pub(crate) fn judge(
-    objects: Vec<Object>,
-    settings: &IndexSettings,
-    has_services: bool,
-) -> (CheckReport, Option<RouteTable>) {
-    let mut report = CheckReport::default();
-    let table = judge_into(objects, settings, has_services, &mut report);
-    (report, table)
-}
-
-fn judge_into(
     objects: Vec<Object>,
     settings: &IndexSettings,
     has_services: bool,

@@ -54,6 +54,20 @@ fn rbac_problems(docs: &[Doc]) -> Vec<String> {
     rbac::check(docs, dermaga::API_ACCESS, &gw.account(), &maps, None)
 }
 
+/// RBAC against `API_ACCESS` + `SERVICE_PORTS_ACCESS` for the Service the Deployment's
+/// `--manage-service-ports` names.
+fn service_ports_rbac_problems(docs: &[Doc]) -> Vec<String> {
+    let gw = gateway(docs);
+    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
+    let accesses: Vec<dermaga::ApiAccess> = dermaga::API_ACCESS
+        .iter()
+        .chain(dermaga::SERVICE_PORTS_ACCESS)
+        .copied()
+        .collect();
+    let managed = gw.flags.manage_service_ports.as_ref();
+    rbac::check(docs, &accesses, &gw.account(), &maps, managed)
+}
+
 fn deployment_problems(docs: &[Doc]) -> Vec<String> {
     workload::check_deployment(docs, &gateway(docs))
 }
@@ -213,13 +227,7 @@ fn the_service_ports_component_adds_its_flag_and_exactly_its_rbac() {
         Some("dermaga/dermaga"),
         "--manage-service-ports names the LoadBalancer Service of deploy/base"
     );
-    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
-    let accesses: Vec<dermaga::ApiAccess> = dermaga::API_ACCESS
-        .iter()
-        .chain(dermaga::SERVICE_PORTS_ACCESS)
-        .copied()
-        .collect();
-    let problems = rbac::check(&docs, &accesses, &gw.account(), &maps, managed.as_ref());
+    let problems = service_ports_rbac_problems(&docs);
     if !problems.is_empty() {
         fail(
             "deploy/overlays/manage-service-ports: RBAC differs from API_ACCESS + SERVICE_PORTS_ACCESS",

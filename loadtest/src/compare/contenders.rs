@@ -322,6 +322,12 @@ fn probe(target: SocketAddr, tag: &str, udp: bool) -> std::io::Result<String> {
 /// dermaga's file-provider configuration: TCP (and UDP) port `route.listen` to a Service
 /// whose one EndpointSlice lists the backends.
 pub fn dermaga_config(route: &Route) -> String {
+    dermaga_config_with(route, &[])
+}
+
+/// [`dermaga_config`] with per-port options of the listen port (`("balance", "random-two")`
+/// becomes `"<port>.balance": "random-two"` in the TCP map).
+pub fn dermaga_config_with(route: &Route, options: &[(&str, &str)]) -> String {
     let port = route.backends[0].port();
     let listen = route.listen.port();
     assert!(
@@ -335,11 +341,15 @@ pub fn dermaga_config(route: &Route) -> String {
         .map(|b| format!("{{addresses: [\"{}\"]}}", b.ip()))
         .collect::<Vec<_>>()
         .join(", ");
+    let options: String = options
+        .iter()
+        .map(|(option, value)| format!(", \"{listen}.{option}\": \"{value}\""))
+        .collect();
     let mut s = format!(
         r#"apiVersion: v1
 kind: ConfigMap
 metadata: {{name: tcp-services, namespace: dermaga}}
-data: {{"{listen}": "default/bench:80"}}
+data: {{"{listen}": "default/bench:80"{options}}}
 ---
 "#
     );

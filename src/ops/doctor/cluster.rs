@@ -237,7 +237,8 @@ async fn port_map_findings(
         )
         .chain(slices.into_iter().map(Object::EndpointSlice))
         .collect();
-    let (report, table) = check::judge(objects, &settings, true);
+    let mut report = check::CheckReport::default();
+    let table = check::judge(objects, &settings, true, &mut report);
     for e in report.errors {
         findings.push(map_finding(Level::Error, e));
     }

@@ -13,7 +13,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
 use super::manifest::{self, Doc, Object};
 use super::{
-    built, deployment_problems, fail, gateway, policy_problems, port_problems, rbac, rbac_problems,
+    built, deployment_problems, fail, gateway, policy_problems, port_problems, rbac_problems,
+    service_ports_rbac_problems,
 };
 use crate::support::kube_api::KubeApi;
 use crate::support::netns::NetNs;
@@ -48,8 +49,8 @@ fn helm(args: &[&str], kubeconfig: Option<&Path>) -> (bool, String, String) {
     )
 }
 
-/// `helm template dermaga <chart> -n dermaga <extra>`, parsed strictly into typed objects.
-fn template(extra: &[&str]) -> Vec<Doc> {
+/// `helm template dermaga <chart> -n dermaga <extra>`: (success, stdout, stderr).
+fn template_text(extra: &[&str]) -> (bool, String, String) {
     let chart = chart();
     let mut args = vec![
         "template",
@@ -59,7 +60,12 @@ fn template(extra: &[&str]) -> Vec<Doc> {
         "dermaga",
     ];
     args.extend(extra);
-    let (ok, out, err) = helm(&args, None);
+    helm(&args, None)
+}
+
+/// [`template_text`], parsed strictly into typed objects.
+fn template(extra: &[&str]) -> Vec<Doc> {
+    let (ok, out, err) = template_text(extra);
     assert!(ok, "helm template failed: {err}");
     manifest::parse_documents("helm template", &out, "dermaga")
         .unwrap_or_else(|e| fail("the chart's output does not parse into its types", &e))
@@ -186,20 +192,12 @@ fn the_chart_renders_ingress_nginx_values_into_the_same_maps_and_ports_and_passe
         if s.metadata.name.as_deref() == Some("dermaga-metrics"))));
 
     // A ServiceMonitor (a CRD's kind, so only its text is read here) when asked for.
-    let (ok, out, err) = helm(
-        &[
-            "template",
-            "dermaga",
-            chart().to_str().unwrap(),
-            "-n",
-            "dermaga",
-            "-f",
-            values.to_str().unwrap(),
-            "--set",
-            "controller.metrics.serviceMonitor.enabled=true",
-        ],
-        None,
-    );
+    let (ok, out, err) = template_text(&[
+        "-f",
+        values.to_str().unwrap(),
+        "--set",
+        "controller.metrics.serviceMonitor.enabled=true",
+    ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("kind: ServiceMonitor") && out.contains("port: metrics"),
@@ -219,13 +217,7 @@ fn the_chart_renders_ingress_nginx_values_into_the_same_maps_and_ports_and_passe
         managed.as_ref().map(|s| s.to_string()).as_deref(),
         Some("dermaga/dermaga")
     );
-    let maps: Vec<_> = gw.port_maps().into_iter().map(|(_, m)| m).collect();
-    let accesses: Vec<dermaga::ApiAccess> = dermaga::API_ACCESS
-        .iter()
-        .chain(dermaga::SERVICE_PORTS_ACCESS)
-        .copied()
-        .collect();
-    let problems = rbac::check(&docs, &accesses, &gw.account(), &maps, managed.as_ref());
+    let problems = service_ports_rbac_problems(&docs);
     if !problems.is_empty() {
         fail("manageServicePorts: RBAC", &problems);
     }
@@ -267,16 +259,7 @@ fn the_chart_renders_ingress_nginx_values_into_the_same_maps_and_ports_and_passe
     );
 
     // No port at all: a clear refusal, not a Service the API server rejects.
-    let (ok, _, err) = helm(
-        &[
-            "template",
-            "dermaga",
-            chart().to_str().unwrap(),
-            "-n",
-            "dermaga",
-        ],
-        None,
-    );
+    let (ok, _, err) = template_text(&[]);
     assert!(!ok);
     assert!(err.contains("values tcp and udp map no port"), "{err}");
 }
