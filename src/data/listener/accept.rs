@@ -66,12 +66,14 @@ impl Admission {
         // The one table read of this connection.
         let route = ctx.snapshot.load().get(&key).cloned();
         if !limits::below_descriptor_ceiling(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
-            crate::data::net::reset(stream);
             let (reason, warning) = (
                 RefuseReason::out_of_descriptors,
                 WarnReason::OutOfDescriptors,
             );
-            if let Some(suppressed) = count_refusal(ctx, key, route.as_deref(), reason, warning) {
+            // Counted before the reset: whoever sees the refusal sees it counted.
+            let suppressed = count_refusal(ctx, key, route.as_deref(), reason, warning);
+            crate::data::net::reset(stream);
+            if let Some(suppressed) = suppressed {
                 tracing::warn!(port = %key, suppressed, open = ctx.open.get(), ceiling = limits::descriptor_ceiling(), "near the open-files limit: the descriptors kept for the admin server are reached (raise the limit: ulimit -n / LimitNOFILE, or set --max-connections); refusing new connections with a reset");
             }
             return;
@@ -83,11 +85,11 @@ impl Admission {
         let mut slot = match self.counts.admit(ctx.settings.max_connections, port_max) {
             Ok(slot) => slot,
             Err(exceeded) => {
-                crate::data::net::reset(stream);
                 let (reason, warning) =
                     (RefuseReason::max_connections, WarnReason::ConnectionLimit);
-                if let Some(suppressed) = count_refusal(ctx, key, route.as_deref(), reason, warning)
-                {
+                let suppressed = count_refusal(ctx, key, route.as_deref(), reason, warning);
+                crate::data::net::reset(stream);
+                if let Some(suppressed) = suppressed {
                     tracing::warn!(port = %key, limit = %exceeded, suppressed, "connection limit reached; refusing new connections with a reset");
                 }
                 return;
@@ -101,10 +103,11 @@ impl Admission {
             let client = canonical(peer);
             let policy = &route.spec.options.sources;
             if let Err(reason) = slot.admit_source(policy, client.ip(), Instant::now()) {
-                crate::data::net::reset(stream);
                 drop(slot);
                 let warning = WarnReason::SourcePolicy(reason);
-                if let Some(suppressed) = count_refusal(ctx, key, Some(route), reason, warning) {
+                let suppressed = count_refusal(ctx, key, Some(route), reason, warning);
+                crate::data::net::reset(stream);
+                if let Some(suppressed) = suppressed {
                     tracing::warn!(port = %key, client = %client, suppressed, "{warning}: connection refused");
                 }
                 return;
