@@ -37,10 +37,12 @@ pub async fn run(
     let answered = Arc::new(AtomicU64::new(0));
     let lost = Arc::new(AtomicU64::new(0));
     let hist = latencies();
+    // Any local address: the route to the target picks the source (loopback, or the veth
+    // of `compare --topology veth`).
     let bind: SocketAddr = if target.is_ipv4() {
-        "127.0.0.1:0"
+        "0.0.0.0:0"
     } else {
-        "[::1]:0"
+        "[::]:0"
     }
     .parse()?;
     let mut sockets = Vec::new();

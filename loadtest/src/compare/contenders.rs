@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use super::topology::{Role, Topology};
 
 /// nginx's stream module as Debian's `libnginx-mod-stream` installs it.
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -33,6 +35,9 @@ pub enum Contender {
     Nginx,
     /// HAProxy in mode tcp (no UDP).
     Haproxy,
+    /// dermaga copying through user space only (`--max-pipes 0`: never splice), to compare
+    /// its two ways of forwarding in one run.
+    DermagaCopy,
 }
 
 impl Contender {
@@ -41,27 +46,9 @@ impl Contender {
         match self {
             Contender::Direct => "direct",
             Contender::Dermaga => "dermaga",
+            Contender::DermagaCopy => "dermaga-copy",
             Contender::Nginx => "nginx",
             Contender::Haproxy => "haproxy",
-        }
-    }
-
-    /// The address of this contender's own backend: `127.NET.0.10`, one port each.
-    pub fn backend(self, net: u8) -> SocketAddr {
-        let port = 19001 + self as u16;
-        format!("127.{net}.0.10:{port}")
-            .parse()
-            .expect("valid address")
-    }
-
-    /// Where the load goes: the proxy's listener (`127.NET.0.N`, port 10000, TCP and UDP), or
-    /// the backend for `Direct`.
-    pub fn target(self, net: u8) -> SocketAddr {
-        match self {
-            Contender::Direct => self.backend(net),
-            _ => format!("127.{net}.0.{}:{PROXY_PORT}", self as u8)
-                .parse()
-                .expect("valid address"),
         }
     }
 
@@ -79,6 +66,21 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `cmd` with its output into `log`.
+    pub fn spawn(mut cmd: Command, name: &str, log: PathBuf) -> anyhow::Result<Proc> {
+        let out = fs::File::create(&log)?;
+        let child = cmd
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+            log: Some(log),
+        })
+    }
+
     /// The process id (for nginx, the master: its worker is found as a child).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -132,24 +134,43 @@ pub struct Setup {
     pub max_conns: usize,
     /// The hard open-files limit, which no proxy can raise.
     pub nofile: u64,
-    /// Second octet of every loopback address used (`127.NET.0.x`).
-    pub net: u8,
+    /// Where processes run and their addresses.
+    pub topology: Topology,
 }
 
-/// `taskset -c CPU program args...`: taskset execs the program, so the pid is the program's.
-fn pinned(cpu: usize, program: &Path) -> Command {
-    let mut c = Command::new("taskset");
-    c.arg("-c").arg(cpu.to_string()).arg(program);
-    c
+impl Setup {
+    /// The address of the tagged backend of `c`: one port each on the backend address.
+    pub fn backend(&self, c: Contender) -> SocketAddr {
+        SocketAddr::new(self.topology.backend_ip(), 19001 + c as u16)
+    }
+
+    /// Where the load of `c` goes: its proxy's address, port 10000 (TCP and UDP), or its
+    /// backend for `Direct`.
+    pub fn target(&self, c: Contender) -> SocketAddr {
+        match c {
+            Contender::Direct => self.backend(c),
+            _ => SocketAddr::new(self.topology.proxy_ip(c), PROXY_PORT),
+        }
+    }
+
+    /// `program` as proxy or backend: in its namespace, pinned to its CPU.
+    pub fn command(&self, role: Role, program: &Path) -> Command {
+        let cpu = match role {
+            Role::Gateway => self.proxy_cpu,
+            Role::Backend => self.load_cpu,
+        };
+        self.topology.command(role, cpu, program)
+    }
 }
 
 /// Starts the tagged backend of `c` on the load CPU and waits until it has bound its port.
 pub fn start_backend(setup: &Setup, exe: &Path, c: Contender) -> anyhow::Result<Proc> {
-    let mut child = pinned(setup.load_cpu, exe)
+    let mut child = setup
+        .command(Role::Backend, exe)
         .args([
             "backend",
             "--listen",
-            &c.backend(setup.net).to_string(),
+            &setup.backend(c).to_string(),
             "--tag",
             c.name(),
         ])
@@ -192,8 +213,8 @@ impl Route {
     /// The benchmark's route of `c`: its own target address to its own backend, TCP and UDP.
     pub fn bench(setup: &Setup, c: Contender) -> Route {
         Route {
-            listen: c.target(setup.net),
-            backends: vec![c.backend(setup.net)],
+            listen: setup.target(c),
+            backends: vec![setup.backend(c)],
             udp: c.has_udp(),
         }
     }
@@ -209,13 +230,13 @@ pub fn start_proxy(setup: &Setup, c: Contender) -> anyhow::Result<Option<Proc>> 
 pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Result<Option<Proc>> {
     let work = &setup.work;
     let log = work.join(format!("{}.log", c.name()));
-    let mut cmd = match c {
+    let cmd = match c {
         Contender::Direct => return Ok(None),
-        Contender::Dermaga => {
+        Contender::Dermaga | Contender::DermagaCopy => {
             let config = work.join("dermaga.yaml");
             fs::write(&config, dermaga_config(route))?;
             let ip = route.listen.ip().to_string();
-            let mut cmd = pinned(setup.proxy_cpu, &setup.dermaga);
+            let mut cmd = setup.command(Role::Gateway, &setup.dermaga);
             cmd.arg("--config").arg(&config);
             if route.udp {
                 cmd.args(["--udp-services-configmap", "dermaga/udp-services"]);
@@ -235,34 +256,63 @@ pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Re
                 "1s",
             ]);
             cmd.args(&setup.dermaga_args);
+            if c == Contender::DermagaCopy {
+                cmd.args(["--max-pipes", "0"]);
+            }
             cmd
         }
         Contender::Nginx => {
             let config = work.join("nginx.conf");
             fs::write(&config, nginx_config(setup, route))?;
-            let mut cmd = pinned(setup.proxy_cpu, Path::new("nginx"));
+            let mut cmd = setup.command(Role::Gateway, Path::new("nginx"));
             cmd.arg("-c").arg(&config).arg("-e").arg(&log);
             cmd
         }
         Contender::Haproxy => {
             let config = work.join("haproxy.cfg");
             fs::write(&config, haproxy_config(setup, route))?;
-            let mut cmd = pinned(setup.proxy_cpu, Path::new("haproxy"));
+            let mut cmd = setup.command(Role::Gateway, Path::new("haproxy"));
             cmd.arg("-db").arg("-f").arg(&config);
             cmd
         }
     };
-    let out = fs::File::create(&log)?;
-    let child = cmd
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting {}", c.name()))?;
-    Ok(Some(Proc {
-        child,
-        name: c.name().to_string(),
-        log: Some(log),
-    }))
+    Proc::spawn(cmd, c.name(), log).map(Some)
+}
+
+/// Whether the network namespace of `pid` has a socket bound to `addr` (IPv4): listening,
+/// for TCP, from `/proc/<pid>/net/tcp` (or `udp`), so that no probe reaches the backend.
+pub fn listening(pid: u32, addr: SocketAddr, udp: bool) -> bool {
+    let IpAddr::V4(ip) = addr.ip() else {
+        return false;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let (file, state) = if udp { ("udp", "07") } else { ("tcp", "0A") };
+    fs::read_to_string(format!("/proc/{pid}/net/{file}")).is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == state
+        })
+    })
+}
+
+/// Waits (up to 10 s) until `proxy` has bound `addr` (TCP, and UDP too when `udp`).
+pub fn wait_listening(addr: SocketAddr, proxy: &mut Proc, udp: bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = proxy.pid();
+    while !(listening(pid, addr, false) && (!udp || listening(pid, addr, true))) {
+        proxy.check_alive()?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} does not listen on {addr} after 10 s",
+            proxy.name
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Waits (up to 10 s) until the path of `c` answers the tag probe with `c`'s own tag over
@@ -280,7 +330,7 @@ pub fn wait_ready(
         if let Some(p) = proxy.as_deref_mut() {
             p.check_alive()?;
         }
-        match probe(c.target(setup.net), c.name(), udp) {
+        match probe(setup.target(c), c.name(), udp) {
             Ok(got) if got == want => return Ok(()),
             Ok(got) => anyhow::bail!(
                 "{} reached the wrong backend: tag {:?} instead of {:?}",
@@ -292,7 +342,7 @@ pub fn wait_ready(
                 anyhow::bail!(
                     "{} not answering on {} after 10 s: {e}",
                     c.name(),
-                    c.target(setup.net)
+                    setup.target(c)
                 )
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -308,7 +358,7 @@ fn probe(target: SocketAddr, tag: &str, udp: bool) -> std::io::Result<String> {
     let mut got = String::new();
     s.read_to_string(&mut got)?;
     if udp && got == format!("{tag}\n") {
-        let u = UdpSocket::bind("127.0.0.1:0")?;
+        let u = UdpSocket::bind("0.0.0.0:0")?;
         u.set_read_timeout(Some(Duration::from_millis(200)))?;
         u.connect(target)?;
         u.send(b"T")?;

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use super::contenders::{Contender, NGINX_STREAM_MODULE};
+use super::topology::Kind;
+use super::workloads::Workload;
 
 /// A program (or file) a run needs and the Debian package that provides it.
 struct Need {
@@ -22,14 +24,42 @@ fn on_path(program: &str) -> bool {
             .any(|d| Path::new(d).join(program).is_file())
 }
 
-/// Checks every program the chosen contenders need; on anything missing, returns an error
-/// that names it and gives the apt-get command.
-pub fn check(contenders: &[Contender], dermaga: &Path) -> anyhow::Result<()> {
+/// Checks every program the chosen contenders, workloads and topology need; on anything
+/// missing, returns an error that names it and gives the apt-get command
+/// (`loadtest/compare.sh` installs them first).
+pub fn check(
+    contenders: &[Contender],
+    workloads: &[Workload],
+    topology: Kind,
+    dermaga: &Path,
+) -> anyhow::Result<()> {
     let mut needs = vec![Need {
         what: "taskset",
         present: on_path("taskset"),
         package: "util-linux",
     }];
+    let program = |what: &'static str, package: &'static str| Need {
+        what,
+        present: on_path(what),
+        package,
+    };
+    for w in workloads {
+        needs.extend(match w {
+            Workload::Iperf1 | Workload::Iperf4 => vec![program("iperf3", "iperf3")],
+            Workload::Redis | Workload::RedisNew => vec![
+                program("redis-server", "redis-server"),
+                program("redis-benchmark", "redis-tools"),
+            ],
+            Workload::Dnsperf => vec![
+                program("dnsperf", "dnsperf"),
+                program("dnsmasq", "dnsmasq-base"),
+            ],
+            _ => vec![],
+        });
+    }
+    if topology == Kind::Veth {
+        needs.push(program("ip", "iproute2"));
+    }
     if contenders.contains(&Contender::Nginx) {
         needs.push(Need {
             what: "nginx",
@@ -52,11 +82,13 @@ pub fn check(contenders: &[Contender], dermaga: &Path) -> anyhow::Result<()> {
     let missing: Vec<&Need> = needs.iter().filter(|n| !n.present).collect();
     let mut problems = Vec::new();
     if !missing.is_empty() {
-        let what: Vec<String> = missing
+        let mut what: Vec<String> = missing
             .iter()
             .map(|n| format!("{} (package {})", n.what, n.package))
             .collect();
+        what.dedup();
         let mut pkgs: Vec<&str> = missing.iter().map(|n| n.package).collect();
+        pkgs.sort();
         pkgs.dedup();
         problems.push(format!(
             "missing: {}\n  install with: apt-get update && apt-get install -y {}",
@@ -64,7 +96,8 @@ pub fn check(contenders: &[Contender], dermaga: &Path) -> anyhow::Result<()> {
             pkgs.join(" ")
         ));
     }
-    if contenders.contains(&Contender::Dermaga) && !dermaga.is_file() {
+    let dermagas = [Contender::Dermaga, Contender::DermagaCopy];
+    if contenders.iter().any(|c| dermagas.contains(c)) && !dermaga.is_file() {
         problems.push(format!(
             "missing: {} (the dermaga release build)\n  build it with: cargo build --release -p dermaga",
             dermaga.display()
@@ -122,10 +155,14 @@ pub fn machine() -> String {
     )
 }
 
-/// The versions of the contenders, as their own `-v` prints them, and dermaga's git revision.
-pub fn versions(contenders: &[Contender]) -> Vec<String> {
+/// The versions of the contenders, as their own `-v` prints them, and dermaga's git revision;
+/// then those of the real clients and servers the workloads use.
+pub fn versions(contenders: &[Contender], workloads: &[Workload]) -> Vec<String> {
     let mut v = Vec::new();
-    if contenders.contains(&Contender::Dermaga) {
+    if contenders
+        .iter()
+        .any(|c| [Contender::Dermaga, Contender::DermagaCopy].contains(c))
+    {
         let rev = output("git", &["rev-parse", "--short", "HEAD"]);
         let dirty =
             !output("git", &["status", "--porcelain", "--", "src", "Cargo.toml"]).is_empty();
@@ -150,6 +187,21 @@ pub fn versions(contenders: &[Contender]) -> Vec<String> {
         let h = output("haproxy", &["-v"]);
         let first = h.lines().next().unwrap_or("haproxy");
         v.push(first.split(" - ").next().unwrap_or(first).to_string());
+    }
+    let first_line = |s: String| s.lines().next().unwrap_or_default().to_string();
+    let uses = |ws: &[Workload]| workloads.iter().any(|w| ws.contains(w));
+    if uses(&[Workload::Iperf1, Workload::Iperf4]) {
+        v.push(first_line(output("iperf3", &["--version"])));
+    }
+    if uses(&[Workload::Redis, Workload::RedisNew]) {
+        v.push(first_line(output("redis-server", &["--version"])));
+    }
+    if uses(&[Workload::Dnsperf]) {
+        let dnsperf = output("dnsperf", &["-h"]);
+        if let Some(ver) = dnsperf.lines().find(|l| l.starts_with("Version")) {
+            v.push(format!("dnsperf {}", ver.trim_start_matches("Version").trim()));
+        }
+        v.push(first_line(output("dnsmasq", &["--version"])));
     }
     v
 }

@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::contenders::{
-    Contender, Proc, Route, Setup, dermaga_config, haproxy_config, nginx_config, start_proxy_for,
+    Contender, Route, Setup, dermaga_config, haproxy_config, nginx_config, start_proxy_for,
+    wait_listening,
 };
+use super::topology::Topology;
 use super::report::{Stat, splice_between, stat};
 use super::{env, run_child};
 use crate::common::{duration, hard_nofile};
@@ -110,44 +112,13 @@ fn route(s: Scenario, c: Contender) -> Route {
     }
 }
 
-/// Whether something listens on `addr` (IPv4), from /proc/net/tcp.
-fn listening(addr: SocketAddr) -> bool {
-    let IpAddr::V4(ip) = addr.ip() else {
-        return false;
-    };
-    let want = format!(
-        "{:08X}:{:04X}",
-        u32::from_ne_bytes(ip.octets()),
-        addr.port()
-    );
-    fs::read_to_string("/proc/net/tcp").is_ok_and(|t| {
-        t.lines().skip(1).any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 3 && f[1] == want && f[3] == "0A"
-        })
-    })
-}
-
-fn wait_listening(addr: SocketAddr, proxy: &mut Proc) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listening(addr) {
-        proxy.check_alive()?;
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "nothing listens on {addr} after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// One run: a fresh proxy, the scenario's load, the proxy stopped.
 fn measure(setup: &Setup, args: &Args, s: Scenario, c: Contender) -> anyhow::Result<Value> {
     let r = route(s, c);
     let (up, refusing) = endpoints(s);
     let mut proxy = start_proxy_for(setup, c, &r)?;
     if let Some(p) = proxy.as_mut() {
-        wait_listening(r.listen, p)?;
+        wait_listening(r.listen, p, false)?;
     }
     let list = |v: &[SocketAddr]| {
         v.iter()
@@ -196,7 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         !contenders.is_empty() && !scenarios.is_empty(),
         "nothing to run"
     );
-    env::check(&contenders, &args.dermaga)?;
+    env::check(&contenders, &[], super::topology::Kind::Loopback, &args.dermaga)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(
         args.proxy_cpu != args.load_cpu && args.proxy_cpu.max(args.load_cpu) < cpus,
@@ -223,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dermaga_args: args.dermaga_args.clone(),
         max_conns: 1024,
         nofile: hard_nofile(),
-        net: 7,
+        topology: Topology::loopback(7),
     };
 
     let results_path = args.out.join("results.jsonl");
@@ -281,7 +252,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         humantime::format_duration(args.timeout),
         humantime::format_duration(args.max_time),
         env::machine(),
-        env::versions(&contenders).join(", "),
+        env::versions(&contenders, &[]).join(", "),
     );
     let section = markdown(&head, &runs, &scenarios, &contenders, &setup);
     fs::write(args.out.join("report.md"), &section)?;
@@ -499,7 +470,7 @@ fn markdown(
             udp: false,
         };
         let (lang, text) = match c {
-            Contender::Direct => continue,
+            Contender::Direct | Contender::DermagaCopy => continue,
             Contender::Dermaga => (
                 "yaml",
                 format!(
@@ -535,10 +506,14 @@ mod tests {
     #[test]
     fn proc_net_tcp_addresses_are_little_endian_words() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(listening(l.local_addr().unwrap()));
+        assert!(listening(std::process::id(), l.local_addr().unwrap(), false));
         let port = l.local_addr().unwrap().port();
         drop(l);
-        assert!(!listening(SocketAddr::from(([127, 0, 0, 1], port))));
+        assert!(!listening(
+            std::process::id(),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            false
+        ));
     }
 
     #[test]
@@ -565,7 +540,7 @@ mod tests {
             dermaga_args: vec![],
             max_conns: 10,
             nofile: 1024,
-            net: 7,
+            topology: Topology::loopback(7),
         };
         let c = nginx_config(&setup, r);
         c.contains("upstream be {") && c.contains("server 127.0.7.3:17001;")

@@ -19,8 +19,10 @@
 mod contenders;
 mod env;
 pub mod failover;
+mod real;
 mod report;
 mod svg;
+mod topology;
 mod workloads;
 
 use std::fs;
@@ -53,15 +55,19 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,dermaga,nginx,haproxy"
+        default_value = "direct,dermaga,nginx,haproxy,dermaga-copy"
     )]
     contenders: Vec<Contender>,
+    /// Where the processes run: all on loopback, or client, gateway and backend in network
+    /// namespaces of their own joined by veth pairs (made and removed by the run; root).
+    #[arg(long, value_enum, default_value = "loopback")]
+    topology: topology::Kind,
     /// Which workloads to run.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "bulk1,bulk4,rr,latency,conn,idle,udp"
+        default_value = "bulk1,bulk4,rr,latency,conn,idle,udp,iperf1,iperf4,redis,redis-new,dnsperf"
     )]
     workloads: Vec<Workload>,
     /// Connections of the idle workload (fewer if the open-files limit cannot hold them).
@@ -107,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     contenders.sort();
     contenders.dedup();
     anyhow::ensure!(!contenders.is_empty(), "no contenders");
-    env::check(&contenders, &args.dermaga)?;
+    env::check(&contenders, &args.workloads, args.topology, &args.dermaga)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(
         args.proxy_cpu != args.load_cpu && args.proxy_cpu.max(args.load_cpu) < cpus,
@@ -118,6 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(args.load_cpu)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    let topology = topology::Topology {
+        kind: args.topology,
+        net: args.net,
+    };
+    let _namespaces = topology.build()?;
 
     let nofile = hard_nofile();
     // Two descriptors per proxied connection, and 4096 to spare for a proxy's pipes,
@@ -154,13 +165,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         dermaga_args: args.dermaga_args.clone(),
         max_conns: idle_n,
         nofile,
-        net: args.net,
+        topology,
     };
     let exe = std::env::current_exe()?;
     let _backends: Vec<Proc> = contenders
         .iter()
         .map(|c| start_backend(&setup, &exe, *c))
         .collect::<anyhow::Result<_>>()?;
+    let _servers = real::start_servers(&setup, &args.workloads)?;
 
     let mut params = Params {
         duration: args.duration,
@@ -229,7 +241,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("loadtest {}", argv.join(" "))
         }),
         machine: env::machine(),
-        versions: env::versions(&contenders),
+        versions: env::versions(&contenders, &args.workloads),
+        topology: topology.name(),
         date: Command::new("date")
             .args(["-u", "+%Y-%m-%d %H:%M UTC"])
             .output()
@@ -242,7 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         latency: latency_note,
         idle: idle_note,
     };
-    let charts = report::charts(&runs, &contenders);
+    let charts = report::charts(&runs, &contenders, meta.topology);
     let names: Vec<String> = charts.iter().map(|(f, _)| f.clone()).collect();
     let section = report::markdown(&meta, &runs, &contenders, &names, "images");
     for (file, svg) in &charts {
@@ -256,7 +269,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             fs::write(images.join(file), svg)?;
         }
         let doc = fs::read_to_string(&args.docs).unwrap_or_default();
-        fs::write(&args.docs, report::splice(&doc, &section))?;
+        fs::write(&args.docs, report::splice(&doc, &section, meta.topology))?;
         eprintln!("wrote {} and {}", args.docs.display(), images.display());
     }
     println!("{section}");
@@ -327,6 +340,9 @@ fn measure(
     c: Contender,
     p: &Params,
 ) -> anyhow::Result<Value> {
+    if w.external() {
+        return real::measure(setup, w, c, p.duration);
+    }
     let mut proxy = start_proxy(setup, c)?;
     wait_ready(setup, c, proxy.as_mut(), w == Workload::Udp)?;
     let pid = proxy.as_ref().map(|p| p.pid());
@@ -334,7 +350,7 @@ fn measure(
     cmd.arg("-c")
         .arg(setup.load_cpu.to_string())
         .arg(exe)
-        .args(w.args(c.target(setup.net), p, pid));
+        .args(w.args(setup.target(c), p, pid));
     let limit = p.duration + p.idle_hold + Duration::from_secs(90);
     let result = run_child(cmd, limit);
     drop(proxy);
@@ -342,8 +358,37 @@ fn measure(
 }
 
 /// Runs a load generator to completion (killed after `limit`) and parses its JSON line.
-fn run_child(mut cmd: Command, limit: Duration) -> anyhow::Result<Value> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+fn run_child(cmd: Command, limit: Duration) -> anyhow::Result<Value> {
+    let out = run_text(cmd, limit)?;
+    let line = out
+        .lines()
+        .last()
+        .context("load generator printed nothing")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Runs a client to completion (killed after `limit`) and returns its standard output; an
+/// error with its standard error if it fails.
+fn run_text(mut cmd: Command, limit: Duration) -> anyhow::Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    // Read both pipes while it runs: a client that prints more than a pipe holds (iperf3's
+    // JSON) would otherwise block until killed.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait()? {
@@ -352,29 +397,17 @@ fn run_child(mut cmd: Command, limit: Duration) -> anyhow::Result<Value> {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            anyhow::bail!("load generator still running after {limit:?}: killed");
+            anyhow::bail!("{program} still running after {limit:?}: killed");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_to_string(&mut out)?;
-    child
-        .stderr
-        .take()
-        .expect("piped")
-        .read_to_string(&mut err)?;
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
     anyhow::ensure!(
         status.success(),
-        "load generator failed ({status}): {}",
-        err.trim()
+        "{program} failed ({status}): {} {}",
+        err.trim(),
+        out.trim()
     );
-    let line = out
-        .lines()
-        .last()
-        .context("load generator printed nothing")?;
-    Ok(serde_json::from_str(line)?)
+    Ok(out)
 }

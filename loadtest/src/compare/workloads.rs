@@ -24,6 +24,16 @@ pub enum Workload {
     Idle,
     /// DNS-sized UDP request/response, 50 client sockets.
     Udp,
+    /// iperf3, one stream, against `iperf3 -s`.
+    Iperf1,
+    /// iperf3, four streams (`-P 4`).
+    Iperf4,
+    /// redis-benchmark PING (`-t ping_mbulk`), 50 keep-alive clients, against redis-server.
+    Redis,
+    /// redis-benchmark PING with a new connection for every request (`-k 0`).
+    RedisNew,
+    /// dnsperf (4 sockets, 200 queries outstanding) against dnsmasq, over UDP.
+    Dnsperf,
 }
 
 /// How long a workload runs and at what sizes.
@@ -49,14 +59,32 @@ impl Workload {
             Workload::Conn => "conn",
             Workload::Idle => "idle",
             Workload::Udp => "udp",
+            Workload::Iperf1 => "iperf1",
+            Workload::Iperf4 => "iperf4",
+            Workload::Redis => "redis",
+            Workload::RedisNew => "redis-new",
+            Workload::Dnsperf => "dnsperf",
         }
     }
 
-    /// Whether this workload says anything on path `c` (no UDP through HAProxy; idle memory
-    /// is the proxy's, so the direct path has none).
+    /// Whether a real client (iperf3, redis-benchmark, dnsperf) drives it, not this binary.
+    pub fn external(self) -> bool {
+        matches!(
+            self,
+            Workload::Iperf1
+                | Workload::Iperf4
+                | Workload::Redis
+                | Workload::RedisNew
+                | Workload::Dnsperf
+        )
+    }
+
+    /// Whether this workload says anything on path `c` (no UDP through HAProxy, and no
+    /// second dermaga for it: datagrams are never spliced; idle memory is the proxy's, so the
+    /// direct path has none).
     pub fn applies(self, c: Contender) -> bool {
         match self {
-            Workload::Udp => c.has_udp(),
+            Workload::Udp | Workload::Dnsperf => c.has_udp() && c != Contender::DermagaCopy,
             Workload::Idle => c != Contender::Direct,
             _ => true,
         }
@@ -104,6 +132,7 @@ impl Workload {
             ],
             Workload::Idle => &["idle", "--connections", &n, "--size", "64", "--hold", &hold],
             Workload::Udp => &["dns", "--clients", "50", "--duration", &d],
+            _ => unreachable!("{} is run by real::measure", self.name()),
         };
         let mut a: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
         a.splice(1..1, ["--target".to_string(), target.to_string()]);
@@ -274,6 +303,78 @@ pub const METRICS: &[Metric] = &[
         scale: 1.0,
         higher_better: false,
         target: Target::None,
+    },
+    Metric {
+        workload: Workload::Iperf1,
+        label: "iperf3, 1 stream",
+        unit: "Gbit/s",
+        path: &["gbit_per_sec"],
+        scale: 1.0,
+        higher_better: true,
+        target: Target::Peer(1.3),
+    },
+    Metric {
+        workload: Workload::Iperf4,
+        label: "iperf3, 4 streams",
+        unit: "Gbit/s",
+        path: &["gbit_per_sec"],
+        scale: 1.0,
+        higher_better: true,
+        target: Target::Peer(1.3),
+    },
+    Metric {
+        workload: Workload::Redis,
+        label: "redis-benchmark PING, 50 keep-alive clients",
+        unit: "req/s",
+        path: &["req_per_sec"],
+        scale: 1.0,
+        higher_better: true,
+        target: Target::Peer(1.1),
+    },
+    Metric {
+        workload: Workload::Redis,
+        label: "proxy CPU per redis request",
+        unit: "µs",
+        path: &["proxy_cpu_us_per_request"],
+        scale: 1.0,
+        higher_better: false,
+        target: Target::Peer(0.8),
+    },
+    Metric {
+        workload: Workload::RedisNew,
+        label: "redis-benchmark PING, new connection each",
+        unit: "req/s",
+        path: &["req_per_sec"],
+        scale: 1.0,
+        higher_better: true,
+        target: Target::Peer(1.1),
+    },
+    Metric {
+        workload: Workload::RedisNew,
+        label: "proxy CPU per redis connection",
+        unit: "µs",
+        path: &["proxy_cpu_us_per_conn"],
+        scale: 1.0,
+        higher_better: false,
+        target: Target::Peer(1.0),
+    },
+    Metric {
+        workload: Workload::Dnsperf,
+        label: "dnsperf over UDP",
+        unit: "q/s",
+        path: &["qps"],
+        scale: 1.0,
+        higher_better: true,
+        target: Target::Nginx(2.0),
+    },
+    Metric {
+        workload: Workload::Dnsperf,
+        label: "proxy CPU per dnsperf query",
+        unit: "µs",
+        path: &["proxy_cpu_us_per_query"],
+        scale: 1.0,
+        higher_better: false,
+        target: Target::Nginx(0.5),
     },
 ];
 
