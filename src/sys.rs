@@ -1,5 +1,6 @@
 //! The one module that makes raw syscalls: pipes, `splice(2)`, the reuseport steering
-//! program, `recvmsg(2)` with the kernel's receive-drop counter (`SO_RXQ_OVFL`), and
+//! program, `recvmmsg(2)` with the kernel's receive-drop counter (`SO_RXQ_OVFL`) and
+//! `sendmmsg(2)` for UDP batches, and
 //! `sysconf(3)` for the process metrics. Every `unsafe` block of the crate is here, each with its `// SAFETY:` note;
 //! everything it returns is safe to use.
 #![allow(unsafe_code)]
@@ -136,10 +137,15 @@ pub fn count_receive_drops(socket: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// One datagram received by [`recv_from_counting_drops`].
+/// Most datagrams one [`recv_batch`] or [`send_batch`] moves: enough to spread a system call
+/// over a burst (a resolver's queries, a game tick), small enough that the slots (one
+/// receive buffer each) stay cheap.
+pub const BATCH: usize = 16;
+
+/// One datagram received by [`recv_batch`].
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
-    /// Payload bytes written to the buffer.
+    /// Payload bytes written to its slot.
     pub len: usize,
     /// Who sent it.
     pub from: std::net::SocketAddr,
@@ -148,58 +154,98 @@ pub struct Received {
     pub drops: Option<u32>,
 }
 
-/// `recvfrom` that also reads the `SO_RXQ_OVFL` drop count (a control message). Non-blocking
-/// when the socket is; a datagram longer than `buf` is truncated, as with `recvfrom`.
-pub fn recv_from_counting_drops(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: all-zero bytes are a valid `sockaddr_storage` (plain integers and arrays).
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // Room for one cmsghdr with a u32, aligned as cmsghdr requires (u64 words).
-    let mut control = [0u64; 8];
-    // SAFETY: all-zero bytes are a valid `msghdr` (null pointers, zero lengths).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&raw mut addr).cast();
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    let n = loop {
-        // SAFETY: the descriptor is borrowed, hence open; every pointer in `msg` points to a
-        // live local (`addr`, `iov`, `control`) or into `buf`, with the lengths of those, and
-        // they outlive the call.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut msg, 0) };
-        if n >= 0 {
-            break n as usize;
+/// `recvmmsg(2)`: up to `slots.len()` (at most [`BATCH`]) datagrams waiting at `socket`, each
+/// into its own slot, with its sender and the `SO_RXQ_OVFL` drop count; `received` is
+/// cleared and gets one entry per datagram, in slot order. Non-blocking when the socket is:
+/// `WouldBlock` when nothing waits, otherwise at least one datagram (a pending error, such as
+/// an ICMP refusal, comes with the next call). A datagram longer than its slot is truncated,
+/// as with `recvfrom`.
+pub fn recv_batch(
+    socket: BorrowedFd<'_>,
+    slots: &mut [Vec<u8>],
+    received: &mut Vec<Received>,
+) -> io::Result<()> {
+    received.clear();
+    let n = slots.len().min(BATCH);
+    // SAFETY: all-zero bytes are valid for these plain C structs (integers, arrays, null
+    // pointers, zero lengths).
+    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    // Room for one cmsghdr with a u32 per datagram, aligned as cmsghdr requires (u64 words).
+    let mut controls = [[0u64; 8]; BATCH];
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: slots[i].as_mut_ptr().cast(),
+            iov_len: slots[i].len(),
+        };
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = (&raw mut addrs[i]).cast();
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = &raw mut iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = controls[i].as_mut_ptr().cast();
+        h.msg_controllen = std::mem::size_of_val(&controls[i]);
+    }
+    let count = loop {
+        // SAFETY: the descriptor is borrowed, hence open; the first `n` headers point to live
+        // locals (`addrs`, `iovs`, `controls`) and into the slots, with their lengths, all of
+        // which outlive the call; no timeout is passed.
+        let rc = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc >= 0 {
+            break rc as usize;
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     };
-    let mut drops = None;
-    // SAFETY: `msg` was filled by a successful recvmsg: its control pointer and length describe
-    // the control messages the kernel wrote into `control`, which the CMSG macros walk within
-    // those bounds; a SO_RXQ_OVFL message carries one u32, read unaligned.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL {
-                drops = Some(std::ptr::read_unaligned(
-                    libc::CMSG_DATA(cmsg).cast::<u32>(),
-                ));
+    for i in 0..count {
+        let msg = &msgs[i].msg_hdr;
+        let mut drops = None;
+        // SAFETY: `msg` was filled by a successful recvmmsg: its control pointer and length
+        // describe the control messages the kernel wrote into `controls[i]`, which the CMSG
+        // macros walk within those bounds; a SO_RXQ_OVFL message carries one u32, read
+        // unaligned.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_RXQ_OVFL
+                {
+                    drops = Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<u32>(),
+                    ));
+                }
+                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
             }
-            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
         }
+        received.push(Received {
+            len: (msgs[i].msg_len as usize).min(slots[i].len()),
+            from: socket_addr(&addrs[i])?,
+            drops,
+        });
     }
-    let from = match libc::c_int::from(addr.ss_family) {
+    Ok(())
+}
+
+/// The address the kernel wrote into `addr`.
+fn socket_addr(addr: &libc::sockaddr_storage) -> io::Result<std::net::SocketAddr> {
+    Ok(match libc::c_int::from(addr.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the kernel wrote a `sockaddr_in`, which fits in the
             // storage and needs no more alignment than it.
-            let a = unsafe { &*(&raw const addr).cast::<libc::sockaddr_in>() };
+            let a =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             std::net::SocketAddr::from((
                 std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                 u16::from_be(a.sin_port),
@@ -207,7 +253,8 @@ pub fn recv_from_counting_drops(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::R
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for `sockaddr_in6`.
-            let a = unsafe { &*(&raw const addr).cast::<libc::sockaddr_in6>() };
+            let a =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
                 std::net::Ipv6Addr::from(a.sin6_addr.s6_addr),
                 u16::from_be(a.sin6_port),
@@ -217,15 +264,56 @@ pub fn recv_from_counting_drops(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::R
         }
         family => {
             return Err(io::Error::other(format!(
-                "recvmsg returned address family {family}"
+                "recvmmsg returned address family {family}"
             )));
         }
-    };
-    Ok(Received {
-        len: n.min(buf.len()),
-        from,
-        drops,
     })
+}
+
+/// `sendmmsg(2)`: the datagrams `payloads` (at most [`BATCH`]) from `socket` to `to`. Returns
+/// how many the kernel took, in order; `WouldBlock` (socket buffer full) when none.
+pub fn send_batch(
+    socket: BorrowedFd<'_>,
+    payloads: &[&[u8]],
+    to: std::net::SocketAddr,
+) -> io::Result<usize> {
+    let n = payloads.len().min(BATCH);
+    let to = socket2::SockAddr::from(to);
+    // SAFETY: all-zero bytes are valid for these plain C structs.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: payloads[i].as_ptr().cast_mut().cast(),
+            iov_len: payloads[i].len(),
+        };
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = to.as_ptr().cast_mut().cast();
+        h.msg_namelen = to.len();
+        h.msg_iov = &raw mut iovs[i];
+        h.msg_iovlen = 1;
+    }
+    loop {
+        // SAFETY: the descriptor is borrowed, hence open; the first `n` headers point to
+        // `to` and to the payloads (read only by the kernel: sendmmsg does not write through
+        // iov_base), all of which outlive the call.
+        let rc = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of CPU times in `/proc`.
@@ -309,16 +397,54 @@ mod tests {
             tx.send_to(&[1u8; 512], to).unwrap();
         }
         rx.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 2048];
+        let mut slots = vec![vec![0u8; 2048]; BATCH];
+        let mut got = Vec::new();
         let mut taken = 0u32;
-        while let Ok(r) = recv_from_counting_drops(rx.as_fd(), &mut buf) {
-            assert_eq!((r.len, r.from), (512, tx.local_addr().unwrap()));
-            assert_eq!(r.drops, None, "queued before any drop");
-            taken += 1;
+        while recv_batch(rx.as_fd(), &mut slots, &mut got).is_ok() {
+            assert!(!got.is_empty() && got.len() <= BATCH);
+            for r in &got {
+                assert_eq!((r.len, r.from), (512, tx.local_addr().unwrap()));
+                assert_eq!(r.drops, None, "queued before any drop");
+            }
+            taken += got.len() as u32;
         }
         tx.send_to(b"after", to).unwrap();
-        let r = recv_from_counting_drops(rx.as_fd(), &mut buf).unwrap();
-        assert_eq!(&buf[..r.len], b"after");
+        recv_batch(rx.as_fd(), &mut slots, &mut got).unwrap();
+        let r = got[0];
+        assert_eq!(&slots[0][..r.len], b"after");
         assert_eq!(r.drops, Some(200 - taken), "{taken} of 200 taken");
+    }
+
+    #[test]
+    fn batches_go_out_and_come_in_in_order_with_their_senders() {
+        let rx = std::net::UdpSocket::bind("127.1.7.22:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.1.7.23:0").unwrap();
+        let other = std::net::UdpSocket::bind("127.1.7.24:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 + i as usize]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        // At most BATCH per call.
+        assert_eq!(send_batch(tx.as_fd(), &refs, to).unwrap(), BATCH);
+        assert_eq!(send_batch(tx.as_fd(), &refs[BATCH..], to).unwrap(), 4);
+        other.send_to(&[9u8; 3000], to).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        // Small slots truncate (as recvfrom does); the rest are whole, in order.
+        let mut slots = vec![vec![0u8; 2048]; BATCH];
+        let mut got = Vec::new();
+        let mut seen = Vec::new();
+        while recv_batch(rx.as_fd(), &mut slots, &mut got).is_ok() {
+            for (i, r) in got.iter().enumerate() {
+                seen.push((slots[i][..r.len].to_vec(), r.from));
+            }
+        }
+        assert_eq!(seen.len(), 21);
+        for (i, (p, from)) in seen.iter().take(20).enumerate() {
+            assert_eq!((p, *from), (&payloads[i], tx.local_addr().unwrap()));
+        }
+        assert_eq!(seen[20].0.len(), 2048);
+        assert_eq!(seen[20].1, other.local_addr().unwrap());
+        let err = recv_batch(rx.as_fd(), &mut slots, &mut got).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(got.is_empty());
     }
 }

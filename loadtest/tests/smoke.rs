@@ -301,6 +301,8 @@ fn compare_runs_the_direct_path_and_writes_a_report() {
             "compare",
             "--contenders",
             "direct",
+            "--workloads",
+            "bulk1,bulk4,rr,latency,conn,idle,udp",
             "--rounds",
             "1",
             "--duration",
@@ -334,6 +336,82 @@ fn compare_runs_the_direct_path_and_writes_a_report() {
     );
     assert!(out.join("images/compare-throughput.svg").is_file());
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The real clients (iperf3, redis-benchmark, dnsperf against iperf3 -s, redis-server,
+/// dnsmasq) through the direct path and through dermaga (the debug build `cargo test
+/// --workspace` has made), on loopback and across the veth topology's namespaces: every
+/// figure read from the clients' own output, the proxy's CPU per operation from /proc, and
+/// the namespaces gone afterwards. Needs the Debian packages `.ci/run` installs, root (for
+/// the namespaces), taskset and two CPUs.
+#[test]
+fn compare_drives_real_clients_on_loopback_and_veth() {
+    needs_taskset_and_two_cpus();
+    let dermaga = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dermaga");
+    assert!(
+        dermaga.is_file(),
+        "{} missing: `cargo test --workspace` builds it",
+        dermaga.display()
+    );
+    for (topology, workloads, net) in [
+        ("loopback", "iperf1,redis,redis-new,dnsperf", "79"),
+        ("veth", "iperf4,redis-new,dnsperf", "80"),
+    ] {
+        let out =
+            std::env::temp_dir().join(format!("loadtest-real-{topology}-{}", std::process::id()));
+        let o = Command::new(BIN)
+            .args([
+                "compare",
+                "--contenders",
+                "direct,dermaga",
+                "--workloads",
+                workloads,
+            ])
+            .args(["--topology", topology, "--rounds", "1", "--duration", "1s"])
+            .arg("--dermaga")
+            .arg(&dermaga)
+            .args(["--net", net, "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "compare on {topology} failed: {stderr}");
+        let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+        let runs: Vec<serde_json::Value> = results
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(runs.len(), 2 * workloads.split(',').count(), "{results}");
+        for r in &runs {
+            let (w, c, v) = (&r["workload"], &r["contender"], &r["result"]);
+            assert!(v.get("error").is_none(), "{w} via {c} on {topology}: {v}");
+            let rate = ["gbit_per_sec", "req_per_sec", "qps"]
+                .iter()
+                .find_map(|k| v[k].as_f64())
+                .unwrap_or_else(|| panic!("{w} via {c}: no rate in {v}"));
+            assert!(rate > 0.0, "{w} via {c}: {v}");
+            if c == "dermaga" && w != "iperf1" && w != "iperf4" {
+                let cpu = [
+                    "proxy_cpu_us_per_request",
+                    "proxy_cpu_us_per_conn",
+                    "proxy_cpu_us_per_query",
+                ]
+                .iter()
+                .find_map(|k| v[k].as_f64());
+                assert!(cpu.is_some_and(|c| c > 0.0), "{w} via dermaga: {v}");
+            }
+        }
+        let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+        assert!(
+            report.contains(&format!("Latest run on {topology}")),
+            "{report}"
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains("lt80-"),
+        "the veth run's namespaces are removed"
+    );
 }
 
 /// `failover` straight to its own two backends, the second killed after half the

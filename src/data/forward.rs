@@ -140,6 +140,11 @@ impl Future for Forward<'_> {
         let client_first = this.client_first;
         this.client_first = !client_first;
         for client_turn in [client_first, !client_first] {
+            let other_done = if client_turn {
+                this.to_client.done
+            } else {
+                this.to_upstream.done
+            };
             let (pump, src, dst, src_side) = if client_turn {
                 (
                     &mut this.to_upstream,
@@ -158,7 +163,9 @@ impl Future for Forward<'_> {
             if pump.done {
                 continue;
             }
-            if let Poll::Ready(result) = pump.poll(cx, src, dst, src_side, env, this.progress) {
+            if let Poll::Ready(result) =
+                pump.poll(cx, src, dst, src_side, env, this.progress, other_done)
+            {
                 result?;
                 pump.done = true;
             }
@@ -189,7 +196,10 @@ struct Pump<'a> {
 impl<'a> Pump<'a> {
     /// Moves bytes from `src` to `dst` until `src` has none for now (`Pending`, with the
     /// task's waker registered on whichever socket it waits for), its EOF has been passed on
-    /// (`Ready(Ok)`), or a socket fails.
+    /// (`Ready(Ok)`), or a socket fails. `last`: the other direction is over, so both sockets
+    /// are closed next and their close sends the FIN (both receive queues are empty: each
+    /// direction has read its EOF), and no `shutdown` is needed for it.
+    #[allow(clippy::too_many_arguments)]
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -198,6 +208,7 @@ impl<'a> Pump<'a> {
         src_side: Side,
         env: Env<'a>,
         progress: &mut Progress,
+        last: bool,
     ) -> Poll<Result<(), ForwardError>> {
         let dst_side = match src_side {
             Side::Client => Side::Upstream,
@@ -260,6 +271,9 @@ impl<'a> Pump<'a> {
                 Poll::Ready(Ok(0)) => {
                     self.stage = None;
                     progress.first_eof.get_or_insert(src_side);
+                    if last {
+                        return Poll::Ready(Ok(()));
+                    }
                     // EOF from src: pass the half-close on; the other direction goes on.
                     return Poll::Ready(
                         match socket2::SockRef::from(&*dst).shutdown(Shutdown::Write) {

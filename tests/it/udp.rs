@@ -94,6 +94,53 @@ async fn the_largest_datagram_passes_intact_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_from_several_clients_pass_whole_and_in_order_both_ways() {
+    // Datagrams sent back to back queue at the port's socket and at each flow's upstream
+    // socket, and are received and sent on in batches (recvmmsg, sendmmsg): every one must
+    // reach its own client, whole, in its order, whatever its size (one above a page).
+    let a = udp_backend("127.0.0.2", "a").await;
+    let gw = start(&dns_yaml(&[a]), options("127.1.7.86"));
+    let port = gw.wait_bound(udp_key(5353)).await;
+    let sizes: Vec<usize> = (0..24)
+        .map(|i| if i % 8 == 5 { 9_000 } else { 1 + i * 50 })
+        .collect();
+    let clients: Vec<_> = (0..2u8)
+        .map(|c| {
+            let sizes = sizes.clone();
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                socket.connect(port).await.unwrap();
+                let sent: Vec<Vec<u8>> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        let mut d = random_block(*n, u64::from(c) * 100 + i as u64);
+                        d[0] = i as u8;
+                        d
+                    })
+                    .collect();
+                for d in &sent {
+                    socket.send(d).await.unwrap();
+                }
+                let mut buf = vec![0u8; 70_000];
+                for d in &sent {
+                    let n = tokio::time::timeout(Duration::from_secs(10), socket.recv(&mut buf))
+                        .await
+                        .expect("every datagram answered")
+                        .unwrap();
+                    assert_eq!(&buf[..2], b"a:");
+                    assert_eq!(&buf[2..n], &d[..], "reply {} of client {c}", d[0]);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_and_udp_on_the_same_port_go_to_different_services() {
     let tcp_backend = Backend::start("127.0.0.2", "dns-over-tcp").await;
     let udp = udp_backend("127.0.0.3", "dns-over-udp").await;

@@ -527,3 +527,32 @@ backend be
 {servers}"#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses_are_little_endian_words() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(listening(
+            std::process::id(),
+            l.local_addr().unwrap(),
+            false
+        ));
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        assert!(!listening(
+            std::process::id(),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            false
+        ));
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(listening(std::process::id(), u.local_addr().unwrap(), true));
+        assert!(!listening(
+            std::process::id(),
+            u.local_addr().unwrap(),
+            false
+        ));
+    }
+}

@@ -199,7 +199,10 @@ pub fn versions(contenders: &[Contender], workloads: &[Workload]) -> Vec<String>
     if uses(&[Workload::Dnsperf]) {
         let dnsperf = output("dnsperf", &["-h"]);
         if let Some(ver) = dnsperf.lines().find(|l| l.starts_with("Version")) {
-            v.push(format!("dnsperf {}", ver.trim_start_matches("Version").trim()));
+            v.push(format!(
+                "dnsperf {}",
+                ver.trim_start_matches("Version").trim()
+            ));
         }
         v.push(first_line(output("dnsmasq", &["--version"])));
     }

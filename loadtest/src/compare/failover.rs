@@ -28,8 +28,8 @@ use super::contenders::{
     Contender, Route, Setup, dermaga_config, haproxy_config, nginx_config, start_proxy_for,
     wait_listening,
 };
-use super::topology::Topology;
 use super::report::{Stat, splice_between, stat};
+use super::topology::Topology;
 use super::{env, run_child};
 use crate::common::{duration, hard_nofile};
 use crate::failover::Scenario;
@@ -167,7 +167,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         !contenders.is_empty() && !scenarios.is_empty(),
         "nothing to run"
     );
-    env::check(&contenders, &[], super::topology::Kind::Loopback, &args.dermaga)?;
+    env::check(
+        &contenders,
+        &[],
+        super::topology::Kind::Loopback,
+        &args.dermaga,
+    )?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     anyhow::ensure!(
         args.proxy_cpu != args.load_cpu && args.proxy_cpu.max(args.load_cpu) < cpus,
@@ -502,19 +507,6 @@ fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_net_tcp_addresses_are_little_endian_words() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert!(listening(std::process::id(), l.local_addr().unwrap(), false));
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        assert!(!listening(
-            std::process::id(),
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            false
-        ));
-    }
 
     #[test]
     fn thousands_separators() {

@@ -217,11 +217,7 @@ fn problems(runs: &[Run]) -> Vec<String> {
 }
 
 /// The charts: (file name, SVG), given the contenders in column order.
-pub fn charts(
-    runs: &[Run],
-    contenders: &[Contender],
-    topology: &str,
-) -> Vec<(String, String)> {
+pub fn charts(runs: &[Run], contenders: &[Contender], topology: &str) -> Vec<(String, String)> {
     let names: Vec<&str> = contenders.iter().map(|c| c.name()).collect();
     let proxies: Vec<Contender> = contenders
         .iter()

@@ -167,7 +167,9 @@ impl Topology {
         for ns in &names {
             steps.push(s(format!("-n {ns} link set lo up")));
         }
-        steps.push(s(format!("-n {client} route add 10.{n}.2.0/24 via 10.{n}.1.2")));
+        steps.push(s(format!(
+            "-n {client} route add 10.{n}.2.0/24 via 10.{n}.1.2"
+        )));
         steps.push(s(format!("-n {backend} route add default via 10.{n}.2.1")));
         for (ns, setting) in [
             (gateway, "net.ipv4.ip_forward=1"),
@@ -231,7 +233,15 @@ mod tests {
         let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
-            ["netns", "exec", "lt9-backend", "taskset", "-c", "1", "redis-server"]
+            [
+                "netns",
+                "exec",
+                "lt9-backend",
+                "taskset",
+                "-c",
+                "1",
+                "redis-server"
+            ]
         );
     }
 }

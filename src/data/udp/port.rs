@@ -263,7 +263,6 @@ pub async fn serve_udp(
         (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
     );
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; RECEIVE_BUFFER];
     let mut lingering = false;
     // The kernel's count of datagrams dropped at this socket (receive buffer full), attached
     // to the next datagram received after drops; exported as its increase.
@@ -294,22 +293,27 @@ pub async fn serve_udp(
                 }
                 continue;
             }
+            // Up to `sys::BATCH` datagrams per system call, each forwarded before the next
+            // receive; the slots are the runtime thread's, used without an await in between.
             r = shared.socket.async_io(tokio::io::Interest::READABLE, || {
-                sys::recv_from_counting_drops(shared.socket.as_fd(), &mut buf)
+                SLOTS.with_borrow_mut(|slots| {
+                    sys::recv_batch(shared.socket.as_fd(), &mut slots.bufs, &mut slots.received)?;
+                    for (i, received) in slots.received.iter().enumerate() {
+                        if let Some(drops) = received.drops
+                            && drops != drops_seen
+                        {
+                            kernel_drops.inc_by(u64::from(drops.wrapping_sub(drops_seen)));
+                            drops_seen = drops;
+                        }
+                        let client = canonical(received.from);
+                        on_datagram(&shared, &slots.bufs[i][..received.len], client, lingering);
+                    }
+                    Ok(())
+                })
             }) => r,
         };
-        match received {
-            Ok(received) => {
-                if let Some(drops) = received.drops
-                    && drops != drops_seen
-                {
-                    kernel_drops.inc_by(u64::from(drops.wrapping_sub(drops_seen)));
-                    drops_seen = drops;
-                }
-                let client = canonical(received.from);
-                on_datagram(&shared, &buf[..received.len], client, lingering);
-            }
-            Err(err) => tracing::debug!(port = %key, error = %err, "UDP receive failed"),
+        if let Err(err) = received {
+            tracing::debug!(port = %key, error = %err, "UDP receive failed");
         }
     }
     let flows = shared.table().drain();
@@ -526,10 +530,22 @@ fn connect_upstream(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
+/// Receive slots for one batch of datagrams (`recvmmsg`) and what was received into them.
+struct Slots {
+    bufs: Vec<Vec<u8>>,
+    received: Vec<sys::Received>,
+}
+
 thread_local! {
-    /// One receive buffer per runtime thread for every flow's replies: a flow holds no buffer
-    /// of its own (a datagram is received and sent on without an await in between).
-    static REPLY_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; RECEIVE_BUFFER]);
+    /// One set of slots per runtime thread for every port's datagrams and every flow's replies:
+    /// neither a port nor a flow holds a buffer of its own (a batch is received and passed on
+    /// without an await in between, and neither use runs inside the other). Zeroed memory is
+    /// mapped on first touch, so a slot costs resident memory only for the pages datagrams
+    /// have written.
+    static SLOTS: std::cell::RefCell<Slots> = std::cell::RefCell::new(Slots {
+        bufs: (0..sys::BATCH).map(|_| vec![0u8; RECEIVE_BUFFER]).collect(),
+        received: Vec::with_capacity(sys::BATCH),
+    });
 }
 
 async fn relay_replies(
@@ -550,17 +566,23 @@ async fn relay_replies(
         // when the closure reports WouldBlock.
         let relayed = upstream
             .async_io(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR, || {
-                REPLY_BUFFER.with_borrow_mut(|buf| {
+                SLOTS.with_borrow_mut(|slots| {
                     // Plain syscalls on the non-blocking sockets: tokio's own `try_*` would
                     // consult readiness bits that an ICMP error (ERROR only) or a socket whose
                     // writability was never polled do not carry, and report WouldBlock.
-                    let n = std::io::Read::read(&mut &*socket2::SockRef::from(&*upstream), buf)?;
-                    // Sent at once from the same buffer; a full socket buffer drops the reply,
-                    // as the network would.
-                    match socket2::SockRef::from(&*shared.socket).send_to(&buf[..n], &client.into()) {
+                    sys::recv_batch(upstream.as_fd(), &mut slots.bufs, &mut slots.received)?;
+                    let mut replies: [&[u8]; sys::BATCH] = [&[]; sys::BATCH];
+                    for (i, r) in slots.received.iter().enumerate() {
+                        replies[i] = &slots.bufs[i][..r.len];
+                    }
+                    let replies = &replies[..slots.received.len()];
+                    // Sent at once from the same slots, in one system call; what a full socket
+                    // buffer does not take is dropped, as the network would.
+                    match sys::send_batch(shared.socket.as_fd(), replies, client) {
                         Ok(m) => {
-                            sent.fetch_add(m as u64, Ordering::Relaxed);
-                            udp.datagrams_sent.inc();
+                            let bytes: usize = replies[..m].iter().map(|r| r.len()).sum();
+                            sent.fetch_add(bytes as u64, Ordering::Relaxed);
+                            udp.datagrams_sent.inc_by(m as u64);
                         }
                         Err(err) => tracing::debug!(client = %client, error = %err, "UDP send to client failed"),
                     }
