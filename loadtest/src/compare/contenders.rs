@@ -120,8 +120,10 @@ impl Drop for Proc {
 
 /// Settings shared by every proxy configuration.
 pub struct Setup {
-    /// CPU every proxy is pinned to.
-    pub proxy_cpu: usize,
+    /// CPUs every proxy is pinned to (a taskset list, e.g. `0` or `0,1`).
+    pub proxy_cpus: String,
+    /// Worker processes or threads of every proxy.
+    pub proxy_threads: usize,
     /// CPU the backends (and the load) are pinned to.
     pub load_cpu: usize,
     /// Where configurations and logs go.
@@ -155,11 +157,11 @@ impl Setup {
 
     /// `program` as proxy or backend: in its namespace, pinned to its CPU.
     pub fn command(&self, role: Role, program: &Path) -> Command {
-        let cpu = match role {
-            Role::Gateway => self.proxy_cpu,
-            Role::Backend => self.load_cpu,
+        let cpus = match role {
+            Role::Gateway => self.proxy_cpus.clone(),
+            Role::Backend => self.load_cpu.to_string(),
         };
-        self.topology.command(role, cpu, program)
+        self.topology.command(role, &cpus, program)
     }
 }
 
@@ -255,6 +257,7 @@ pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Re
                 "--drain-timeout",
                 "1s",
             ]);
+            cmd.args(["--worker-threads", &setup.proxy_threads.to_string()]);
             cmd.args(&setup.dermaga_args);
             if c == Contender::DermagaCopy {
                 cmd.args(["--max-pipes", "0"]);
@@ -477,7 +480,7 @@ pub fn nginx_config(setup: &Setup, route: &Route) -> String {
     };
     format!(
         r#"load_module {NGINX_STREAM_MODULE};
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile {nofile};
 daemon off;
 user root;
@@ -494,7 +497,8 @@ stream {{
   }}
 {udp}}}
 "#,
-        nofile = setup.nofile
+        nofile = setup.nofile,
+        workers = setup.proxy_threads
     )
 }
 
@@ -512,7 +516,7 @@ pub fn haproxy_config(setup: &Setup, route: &Route) -> String {
         .collect();
     format!(
         r#"global
-  nbthread 1
+  nbthread {threads}
   maxconn {maxconn}
 defaults
   mode tcp
@@ -524,7 +528,8 @@ frontend fe
   bind {listen} backlog 4096
   default_backend be
 backend be
-{servers}"#
+{servers}"#,
+        threads = setup.proxy_threads
     )
 }
 

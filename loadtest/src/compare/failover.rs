@@ -192,7 +192,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.dermaga.clone()
     };
     let setup = Setup {
-        proxy_cpu: args.proxy_cpu,
+        proxy_cpus: args.proxy_cpu.to_string(),
+        proxy_threads: 1,
         load_cpu: args.load_cpu,
         work: fs::canonicalize(&work)?,
         dermaga,
@@ -525,7 +526,8 @@ mod tests {
 
     fn nginx_config_has_upstream(r: &Route) -> bool {
         let setup = Setup {
-            proxy_cpu: 0,
+            proxy_cpus: "0".into(),
+            proxy_threads: 1,
             load_cpu: 1,
             work: PathBuf::from("/w"),
             dermaga: PathBuf::new(),

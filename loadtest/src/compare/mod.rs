@@ -79,9 +79,13 @@ pub struct Args {
     /// Offered rate of the latency workload (default: 50 % of nginx's closed-loop rate).
     #[arg(long)]
     latency_rate: Option<f64>,
-    /// CPU for every proxy.
+    /// CPU for every proxy (the first of them with --proxy-threads above 1).
     #[arg(long, default_value_t = 0)]
     proxy_cpu: usize,
+    /// Worker processes (nginx) or threads (HAProxy, dermaga) of every proxy, each on a CPU
+    /// of its own from --proxy-cpu on (wrapping: on a 2-CPU machine, 2 share the load's CPU).
+    #[arg(long, default_value_t = 1)]
+    proxy_threads: usize,
     /// CPU for the load generators and the backends.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
@@ -115,6 +119,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(!contenders.is_empty(), "no contenders");
     env::check(&contenders, &args.workloads, args.topology, &args.dermaga)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    anyhow::ensure!(
+        (1..=cpus).contains(&args.proxy_threads),
+        "--proxy-threads {} must be between 1 and the {cpus} CPUs available",
+        args.proxy_threads
+    );
+    let proxy_cpus: Vec<String> = (0..args.proxy_threads)
+        .map(|i| ((args.proxy_cpu + i) % cpus).to_string())
+        .collect();
     anyhow::ensure!(
         args.proxy_cpu != args.load_cpu && args.proxy_cpu.max(args.load_cpu) < cpus,
         "--proxy-cpu {} and --load-cpu {} must be two different CPUs of the {cpus} available",
@@ -158,7 +170,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.dermaga.clone()
     };
     let setup = Setup {
-        proxy_cpu: args.proxy_cpu,
+        proxy_cpus: proxy_cpus.join(","),
+        proxy_threads: args.proxy_threads,
         load_cpu: args.load_cpu,
         work: fs::canonicalize(&work)?,
         dermaga,
@@ -250,12 +263,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default(),
         rounds: args.rounds,
         duration: humantime::format_duration(args.duration).to_string(),
-        proxy_cpu: args.proxy_cpu,
+        proxy_cpus: setup.proxy_cpus.clone(),
+        proxy_threads: args.proxy_threads,
         load_cpu: args.load_cpu,
         latency: latency_note,
         idle: idle_note,
     };
-    let charts = report::charts(&runs, &contenders, meta.topology);
+    let charts = report::charts(&runs, &contenders, &meta.file_prefix());
     let names: Vec<String> = charts.iter().map(|(f, _)| f.clone()).collect();
     let section = report::markdown(&meta, &runs, &contenders, &names, "images");
     for (file, svg) in &charts {
@@ -269,7 +283,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             fs::write(images.join(file), svg)?;
         }
         let doc = fs::read_to_string(&args.docs).unwrap_or_default();
-        fs::write(&args.docs, report::splice(&doc, &section, meta.topology))?;
+        fs::write(&args.docs, report::splice(&doc, &section, &meta.variant()))?;
         eprintln!("wrote {} and {}", args.docs.display(), images.display());
     }
     println!("{section}");

@@ -97,9 +97,9 @@ impl Topology {
         (self.kind == Kind::Veth).then(|| format!("lt{}-{suffix}", self.net))
     }
 
-    /// `program` in the namespace of `role`, pinned to `cpu` (`ip netns exec` and `taskset`
-    /// both exec what they run, so the child's pid is the program's).
-    pub fn command(&self, role: Role, cpu: usize, program: &Path) -> Command {
+    /// `program` in the namespace of `role`, pinned to `cpus` (a taskset list; `ip netns
+    /// exec` and `taskset` both exec what they run, so the child's pid is the program's).
+    pub fn command(&self, role: Role, cpus: &str, program: &Path) -> Command {
         let mut c;
         match self.namespace(role) {
             Some(ns) => {
@@ -111,7 +111,7 @@ impl Topology {
                 c.arg("-c");
             }
         }
-        c.arg(cpu.to_string()).arg(program);
+        c.arg(cpus).arg(program);
         c
     }
 
@@ -221,7 +221,7 @@ mod tests {
         let l = Topology::loopback(77);
         assert_eq!(l.proxy_ip(Contender::Nginx).to_string(), "127.77.0.2");
         assert_eq!(l.backend_ip().to_string(), "127.77.0.10");
-        let c = l.command(Role::Gateway, 0, Path::new("nginx"));
+        let c = l.command(Role::Gateway, "0", Path::new("nginx"));
         assert_eq!(c.get_program(), "taskset");
         let v = Topology {
             kind: Kind::Veth,
@@ -229,7 +229,7 @@ mod tests {
         };
         assert_eq!(v.proxy_ip(Contender::Dermaga).to_string(), "10.9.1.11");
         assert_eq!(v.backend_ip().to_string(), "10.9.2.2");
-        let c = v.command(Role::Backend, 1, Path::new("redis-server"));
+        let c = v.command(Role::Backend, "1", Path::new("redis-server"));
         let args: Vec<_> = c.get_args().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
