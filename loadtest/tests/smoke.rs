@@ -389,11 +389,12 @@ fn compare_drives_real_clients_on_loopback_and_veth() {
                 .find_map(|k| v[k].as_f64())
                 .unwrap_or_else(|| panic!("{w} via {c}: no rate in {v}"));
             assert!(rate > 0.0, "{w} via {c}: {v}");
-            if c == "dermaga" && w != "iperf1" && w != "iperf4" {
+            if c == "dermaga" {
                 let cpu = [
                     "proxy_cpu_us_per_request",
                     "proxy_cpu_us_per_conn",
                     "proxy_cpu_us_per_query",
+                    "proxy_cpu_us_per_mb",
                 ]
                 .iter()
                 .find_map(|k| v[k].as_f64());

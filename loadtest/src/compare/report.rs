@@ -375,6 +375,14 @@ pub fn charts(runs: &[Run], contenders: &[Contender], prefix: &str) -> Vec<(Stri
             1.0,
         ));
     }
+    if has(Workload::Iperf4) {
+        g.push(group(
+            "per MB, iperf3 4",
+            "proxy CPU per MB, iperf3 4 streams",
+            &proxies,
+            1.0,
+        ));
+    }
     if has(Workload::Redis) {
         g.push(group(
             "per redis request",

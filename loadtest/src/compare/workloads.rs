@@ -314,6 +314,15 @@ pub const METRICS: &[Metric] = &[
         target: Target::Peer(1.3),
     },
     Metric {
+        workload: Workload::Iperf1,
+        label: "proxy CPU per MB, iperf3 1 stream",
+        unit: "µs",
+        path: &["proxy_cpu_us_per_mb"],
+        scale: 1.0,
+        higher_better: false,
+        target: Target::None,
+    },
+    Metric {
         workload: Workload::Iperf4,
         label: "iperf3, 4 streams",
         unit: "Gbit/s",
@@ -321,6 +330,15 @@ pub const METRICS: &[Metric] = &[
         scale: 1.0,
         higher_better: true,
         target: Target::Peer(1.3),
+    },
+    Metric {
+        workload: Workload::Iperf4,
+        label: "proxy CPU per MB, iperf3 4 streams",
+        unit: "µs",
+        path: &["proxy_cpu_us_per_mb"],
+        scale: 1.0,
+        higher_better: false,
+        target: Target::None,
     },
     Metric {
         workload: Workload::Redis,
