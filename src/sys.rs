@@ -17,6 +17,8 @@ pub struct Pipe {
     pub write: OwnedFd,
     /// Capacity in bytes as the kernel reports it.
     pub capacity: usize,
+    /// The kernel refused to make it larger ([`resize_pipe`]): not asked again.
+    pub resize_refused: bool,
 }
 
 /// Creates a pipe and asks for `size` bytes of capacity (best effort: the kernel may grant less,
@@ -43,7 +45,23 @@ pub fn pipe(size: usize) -> io::Result<Pipe> {
         read,
         write,
         capacity: capacity as usize,
+        resize_refused: false,
     })
+}
+
+/// Asks the kernel to give `pipe` a capacity of `size` bytes (`F_SETPIPE_SZ`; it may hold data:
+/// a pipe only grows here). On success `capacity` is what the kernel granted; on failure (EPERM
+/// past the per-user `pipe-user-pages-soft` limit or above `pipe-max-size`) the pipe is
+/// unchanged and usable.
+pub fn resize_pipe(pipe: &mut Pipe, size: usize) -> io::Result<()> {
+    let wanted = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ takes an int argument and only acts on the open descriptor `write`.
+    let granted = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, wanted) };
+    if granted < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    pipe.capacity = granted as usize;
+    Ok(())
 }
 
 /// Moves up to `len` bytes from `from` to `to` without copying through user space; at least one

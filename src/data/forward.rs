@@ -316,6 +316,11 @@ impl Stage<'_> {
                     Err(e) => return Poll::Ready(Err(e)),
                     Ok(n) => {
                         pipe.pending = n;
+                        if n == capacity {
+                            // A burst larger than the pipe: a bulk transfer, which a larger
+                            // pipe moves with fewer splices.
+                            pipe.filled();
+                        }
                         return Poll::Ready(Ok(n));
                     }
                 }
