@@ -267,14 +267,14 @@ pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Re
         Contender::Nginx => {
             let config = work.join("nginx.conf");
             fs::write(&config, nginx_config(setup, route))?;
-            let mut cmd = setup.command(Role::Gateway, Path::new("nginx"));
+            let mut cmd = setup.command(Role::Gateway, &super::env::program("nginx"));
             cmd.arg("-c").arg(&config).arg("-e").arg(&log);
             cmd
         }
         Contender::Haproxy => {
             let config = work.join("haproxy.cfg");
             fs::write(&config, haproxy_config(setup, route))?;
-            let mut cmd = setup.command(Role::Gateway, Path::new("haproxy"));
+            let mut cmd = setup.command(Role::Gateway, &super::env::program("haproxy"));
             cmd.arg("-db").arg("-f").arg(&config);
             cmd
         }

@@ -16,12 +16,20 @@ struct Need {
     package: &'static str,
 }
 
-fn on_path(program: &str) -> bool {
+/// Where `program` is: on PATH, else in /usr/sbin or /sbin (Debian puts nginx, haproxy and
+/// dnsmasq there, and not every user's PATH has them); the bare name if nowhere.
+pub fn program(program: &str) -> std::path::PathBuf {
     std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        || ["/usr/sbin", "/sbin"]
-            .iter()
-            .any(|d| Path::new(d).join(program).is_file())
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| program.into())
+}
+
+fn on_path(name: &str) -> bool {
+    program(name).is_absolute()
 }
 
 /// Checks every program the chosen contenders, workloads and topology need; on anything

@@ -64,7 +64,7 @@ pub fn start_servers(setup: &Setup, workloads: &[Workload]) -> anyhow::Result<Ve
     }
     if wants(&[Workload::Dnsperf]) {
         let a = server(setup, Workload::Dnsperf);
-        let mut cmd = setup.command(Role::Backend, Path::new("dnsmasq"));
+        let mut cmd = setup.command(Role::Backend, &super::env::program("dnsmasq"));
         cmd.args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",
