@@ -248,203 +248,121 @@ fn problems(runs: &[Run]) -> Vec<String> {
     out
 }
 
-/// The charts: (file name, SVG), given the contenders in column order.
+/// One chart: its file, title and unit, whether it shows the proxies only (no direct path),
+/// and its groups as (group label, metric label); a group is drawn when its metric's workload
+/// ran, a chart when one of its groups is.
+struct Chart {
+    file: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    proxies_only: bool,
+    groups: &'static [(&'static str, &'static str)],
+}
+
+const CHARTS: &[Chart] = &[
+    Chart {
+        file: "compare-throughput.svg",
+        title: "Bulk TCP throughput (higher is better)",
+        unit: "Gbit/s",
+        proxies_only: false,
+        groups: &[
+            ("1 stream", "bulk TCP, 1 stream"),
+            ("4 streams", "bulk TCP, 4 streams"),
+            ("iperf3 1", "iperf3, 1 stream"),
+            ("iperf3 4", "iperf3, 4 streams"),
+        ],
+    },
+    Chart {
+        file: "compare-rates.svg",
+        title: "Operations per second (higher is better)",
+        unit: "per second",
+        proxies_only: false,
+        groups: &[
+            ("request/response 64 B", "request/response 64 B, 50 conns"),
+            ("new connections", "new connections"),
+            ("UDP queries", "UDP request/response (DNS-sized)"),
+            (
+                "redis keep-alive",
+                "redis-benchmark PING, 50 keep-alive clients",
+            ),
+            (
+                "redis new conn",
+                "redis-benchmark PING, new connection each",
+            ),
+            ("dnsperf", "dnsperf over UDP"),
+        ],
+    },
+    Chart {
+        file: "compare-cpu.svg",
+        title: "Proxy CPU time per operation (lower is better)",
+        unit: "µs",
+        proxies_only: true,
+        groups: &[
+            ("per request", "proxy CPU per request"),
+            ("per connection", "proxy CPU per connection"),
+            ("per UDP query", "proxy CPU per UDP query"),
+            ("per MB, iperf3 4", "proxy CPU per MB, iperf3 4 streams"),
+            ("per redis request", "proxy CPU per redis request"),
+            ("per redis conn", "proxy CPU per redis connection"),
+            ("per dnsperf query", "proxy CPU per dnsperf query"),
+        ],
+    },
+    Chart {
+        file: "compare-latency.svg",
+        title: "Request/response latency at a fixed rate (lower is better)",
+        unit: "µs",
+        proxies_only: false,
+        groups: &[
+            ("p50", "latency p50 at fixed rate"),
+            ("p99", "latency p99 at fixed rate"),
+            ("p99.9", "latency p99.9 at fixed rate"),
+        ],
+    },
+    Chart {
+        file: "compare-idle.svg",
+        title: "Proxy RSS per idle connection (lower is better)",
+        unit: "KiB",
+        proxies_only: true,
+        groups: &[("per idle connection", "proxy RSS per idle connection")],
+    },
+];
+
+/// The charts: (file name, SVG), given the contenders in column order; every file name
+/// starts with `prefix`.
 pub fn charts(runs: &[Run], contenders: &[Contender], prefix: &str) -> Vec<(String, String)> {
-    let names: Vec<&str> = contenders.iter().map(|c| c.name()).collect();
     let proxies: Vec<Contender> = contenders
         .iter()
         .copied()
         .filter(|c| *c != Contender::Direct)
         .collect();
-    let proxy_names: Vec<&str> = proxies.iter().map(|c| c.name()).collect();
-    let find = |label: &str| {
-        METRICS
+    let mut out = Vec::new();
+    for chart in CHARTS {
+        let cs: &[Contender] = if chart.proxies_only {
+            &proxies
+        } else {
+            contenders
+        };
+        let groups: Vec<(String, Vec<Option<Stat>>)> = chart
+            .groups
             .iter()
-            .find(|m| m.label == label)
-            .expect("known metric")
-    };
-    let group = |label: &str, metric: &str, cs: &[Contender], scale: f64| {
-        let m = find(metric);
-        let stats = cs
-            .iter()
-            .map(|c| {
-                metric_stat(runs, m, *c).map(|s| Stat {
-                    median: s.median * scale,
-                    min: s.min * scale,
-                    max: s.max * scale,
-                    n: s.n,
-                })
+            .map(|(label, metric)| {
+                let m = METRICS
+                    .iter()
+                    .find(|m| m.label == *metric)
+                    .expect("known metric");
+                (label, m)
+            })
+            .filter(|(_, m)| runs.iter().any(|r| r.workload == m.workload))
+            .map(|(label, m)| {
+                let stats = cs.iter().map(|c| metric_stat(runs, m, *c)).collect();
+                (label.to_string(), stats)
             })
             .collect();
-        (label.to_string(), stats)
-    };
-    let has = |w: Workload| runs.iter().any(|r| r.workload == w);
-    let mut out = Vec::new();
-    let mut add = |file: &str,
-                   title: &str,
-                   unit: &str,
-                   series: &[&str],
-                   groups: Vec<(String, Vec<Option<Stat>>)>| {
         if !groups.is_empty() {
-            out.push((file.to_string(), bar_chart(title, unit, series, &groups)));
+            let series: Vec<&str> = cs.iter().map(|c| c.name()).collect();
+            let svg = bar_chart(chart.title, chart.unit, &series, &groups);
+            out.push((format!("{prefix}{}", chart.file), svg));
         }
-    };
-    let mut g = Vec::new();
-    if has(Workload::Bulk1) {
-        g.push(group("1 stream", "bulk TCP, 1 stream", contenders, 1.0));
-    }
-    if has(Workload::Bulk4) {
-        g.push(group("4 streams", "bulk TCP, 4 streams", contenders, 1.0));
-    }
-    if has(Workload::Iperf1) {
-        g.push(group("iperf3 1", "iperf3, 1 stream", contenders, 1.0));
-    }
-    if has(Workload::Iperf4) {
-        g.push(group("iperf3 4", "iperf3, 4 streams", contenders, 1.0));
-    }
-    add(
-        "compare-throughput.svg",
-        "Bulk TCP throughput (higher is better)",
-        "Gbit/s",
-        &names,
-        g,
-    );
-    let mut g = Vec::new();
-    if has(Workload::Rr) {
-        g.push(group(
-            "request/response 64 B",
-            "request/response 64 B, 50 conns",
-            contenders,
-            1.0,
-        ));
-    }
-    if has(Workload::Conn) {
-        g.push(group("new connections", "new connections", contenders, 1.0));
-    }
-    if has(Workload::Udp) {
-        g.push(group(
-            "UDP queries",
-            "UDP request/response (DNS-sized)",
-            contenders,
-            1.0,
-        ));
-    }
-    if has(Workload::Redis) {
-        g.push(group(
-            "redis keep-alive",
-            "redis-benchmark PING, 50 keep-alive clients",
-            contenders,
-            1.0,
-        ));
-    }
-    if has(Workload::RedisNew) {
-        g.push(group(
-            "redis new conn",
-            "redis-benchmark PING, new connection each",
-            contenders,
-            1.0,
-        ));
-    }
-    if has(Workload::Dnsperf) {
-        g.push(group("dnsperf", "dnsperf over UDP", contenders, 1.0));
-    }
-    add(
-        "compare-rates.svg",
-        "Operations per second (higher is better)",
-        "per second",
-        &names,
-        g,
-    );
-    let mut g = Vec::new();
-    if has(Workload::Rr) {
-        g.push(group("per request", "proxy CPU per request", &proxies, 1.0));
-    }
-    if has(Workload::Conn) {
-        g.push(group(
-            "per connection",
-            "proxy CPU per connection",
-            &proxies,
-            1.0,
-        ));
-    }
-    if has(Workload::Udp) {
-        g.push(group(
-            "per UDP query",
-            "proxy CPU per UDP query",
-            &proxies,
-            1.0,
-        ));
-    }
-    if has(Workload::Iperf4) {
-        g.push(group(
-            "per MB, iperf3 4",
-            "proxy CPU per MB, iperf3 4 streams",
-            &proxies,
-            1.0,
-        ));
-    }
-    if has(Workload::Redis) {
-        g.push(group(
-            "per redis request",
-            "proxy CPU per redis request",
-            &proxies,
-            1.0,
-        ));
-    }
-    if has(Workload::RedisNew) {
-        g.push(group(
-            "per redis conn",
-            "proxy CPU per redis connection",
-            &proxies,
-            1.0,
-        ));
-    }
-    if has(Workload::Dnsperf) {
-        g.push(group(
-            "per dnsperf query",
-            "proxy CPU per dnsperf query",
-            &proxies,
-            1.0,
-        ));
-    }
-    add(
-        "compare-cpu.svg",
-        "Proxy CPU time per operation (lower is better)",
-        "µs",
-        &proxy_names,
-        g,
-    );
-    if has(Workload::Latency) {
-        let g = vec![
-            group("p50", "latency p50 at fixed rate", contenders, 1.0),
-            group("p99", "latency p99 at fixed rate", contenders, 1.0),
-            group("p99.9", "latency p99.9 at fixed rate", contenders, 1.0),
-        ];
-        add(
-            "compare-latency.svg",
-            "Request/response latency at a fixed rate (lower is better)",
-            "µs",
-            &names,
-            g,
-        );
-    }
-    if has(Workload::Idle) {
-        let g = vec![group(
-            "per idle connection",
-            "proxy RSS per idle connection",
-            &proxies,
-            1.0,
-        )];
-        add(
-            "compare-idle.svg",
-            "Proxy RSS per idle connection (lower is better)",
-            "KiB",
-            &proxy_names,
-            g,
-        );
-    }
-    for (file, _) in &mut out {
-        *file = format!("{prefix}{file}");
     }
     out
 }
