@@ -237,31 +237,9 @@ pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Re
         Contender::Dermaga | Contender::DermagaCopy => {
             let config = work.join("dermaga.yaml");
             fs::write(&config, dermaga_config(route))?;
-            let ip = route.listen.ip().to_string();
             let mut cmd = setup.command(Role::Gateway, &setup.dermaga);
             cmd.arg("--config").arg(&config);
-            if route.udp {
-                cmd.args(["--udp-services-configmap", "dermaga/udp-services"]);
-            }
-            cmd.args([
-                "--listen-address",
-                &ip,
-                "--admin-address",
-                &format!("{ip}:0"),
-                "--access-log",
-                "off",
-                "--log-level",
-                "warn",
-                "--shutdown-delay",
-                "0s",
-                "--drain-timeout",
-                "1s",
-            ]);
-            cmd.args(["--worker-threads", &setup.proxy_threads.to_string()]);
-            cmd.args(&setup.dermaga_args);
-            if c == Contender::DermagaCopy {
-                cmd.args(["--max-pipes", "0"]);
-            }
+            cmd.args(dermaga_args(setup, route, c));
             cmd
         }
         Contender::Nginx => {
@@ -300,6 +278,44 @@ pub fn listening(pid: u32, addr: SocketAddr, udp: bool) -> bool {
             f.len() > 3 && f[1] == want && f[3] == state
         })
     })
+}
+
+/// dermaga's arguments after `--config FILE` for `route` (what the reports print, too):
+/// listen on the route's address, admin on a free port, no access log, one worker per proxy
+/// thread, and `--max-pipes 0` for dermaga-copy.
+pub fn dermaga_args(setup: &Setup, route: &Route, c: Contender) -> Vec<String> {
+    let ip = route.listen.ip();
+    let mut a: Vec<String> = Vec::new();
+    if route.udp {
+        a.extend([
+            "--udp-services-configmap".into(),
+            "dermaga/udp-services".into(),
+        ]);
+    }
+    a.extend([
+        "--listen-address".into(),
+        ip.to_string(),
+        "--admin-address".into(),
+        format!("{ip}:0"),
+    ]);
+    let fixed = [
+        "--access-log",
+        "off",
+        "--log-level",
+        "warn",
+        "--shutdown-delay",
+        "0s",
+        "--drain-timeout",
+        "1s",
+        "--worker-threads",
+    ];
+    a.extend(fixed.map(String::from));
+    a.push(setup.proxy_threads.to_string());
+    a.extend(setup.dermaga_args.iter().cloned());
+    if c == Contender::DermagaCopy {
+        a.extend(["--max-pipes".into(), "0".into()]);
+    }
+    a
 }
 
 /// Waits (up to 10 s) until `proxy` has bound `addr` (TCP, and UDP too when `udp`).

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::contenders::{
-    Contender, Route, Setup, dermaga_config, haproxy_config, nginx_config, start_proxy_for,
-    wait_listening,
+    Contender, Route, Setup, dermaga_args, dermaga_config, haproxy_config, nginx_config,
+    start_proxy_for, wait_listening,
 };
 use super::report::{Stat, splice_between, stat};
 use super::topology::Topology;
@@ -480,15 +480,9 @@ fn markdown(
             Contender::Dermaga => (
                 "yaml",
                 format!(
-                    "# dermaga --config dermaga.yaml --listen-address {ip} --admin-address {ip}:0 \
-                     --access-log off --log-level warn --shutdown-delay 0s --drain-timeout 1s{extra}\n{}",
+                    "# dermaga --config dermaga.yaml {}\n{}",
+                    dermaga_args(setup, &r, *c).join(" "),
                     dermaga_config(&r),
-                    ip = r.listen.ip(),
-                    extra = setup
-                        .dermaga_args
-                        .iter()
-                        .map(|a| format!(" {a}"))
-                        .collect::<String>()
                 ),
             ),
             Contender::Nginx => ("nginx", nginx_config(setup, &r)),
