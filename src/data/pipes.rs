@@ -4,8 +4,7 @@
 //! `size` bytes; one that a burst fills (a bulk transfer) grows to [`GROWN_PIPE`], as long as
 //! the capacity of all pipes together stays within `max × size`: the memory bound is the same
 //! as with every pipe at `size`, and bulk streams get the larger pipe, which moves more per
-//! `splice` (iperf3 through dermaga on loopback: 1 stream 9.9–11.2 Gbit/s with 64 KiB pipes,
-//! 13.8–17.5 with 1 MiB; proxy CPU per MB 530–639 µs against 254–317). When the pool is at
+//! `splice` (measured in docs/benchmarks.md, "Splice against copy"). When the pool is at
 //! its bound, when `pipe2` fails (EMFILE/ENFILE), or when the kernel grants less than the asked
 //! capacity (the per-user `pipe-user-pages-soft` limit, reached at about 500 connections for a
 //! non-root process with default settings), `acquire` returns `None` and the connection falls
