@@ -5,6 +5,8 @@
 //! everything it returns is safe to use.
 #![allow(unsafe_code)]
 
+pub mod sockmap;
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
