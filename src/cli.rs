@@ -435,11 +435,6 @@ pub struct RunArgs {
     )]
     pub max_pipes: usize,
 
-    /// Experimental, not kept: forward every TCP connection inside the kernel with a BPF
-    /// sockmap (needs CAP_BPF). No idle timeout; no memory bound on a slow receiver.
-    #[arg(long, global = true, hide = true)]
-    pub kernel_forward: bool,
-
     /// Capacity asked for each pipe, in bytes.
     #[arg(help_heading = "Limits and timeouts", long, global = true, env = "DERMAGA_PIPE_SIZE", value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(4096..=1048576))]
     pub pipe_size: u32,

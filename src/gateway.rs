@@ -42,8 +42,6 @@ pub struct GatewayOptions {
     pub max_pipes: usize,
     /// Capacity asked for each pipe.
     pub pipe_size: usize,
-    /// Experimental: forward every TCP connection in the kernel through this BPF sockmap.
-    pub kernel_forward: Option<Arc<crate::sys::sockmap::SockmapForwarder>>,
     /// UDP flow settings.
     pub udp: UdpSettings,
     /// Endpoint health: passive ejection and active checks.
@@ -60,7 +58,6 @@ impl Default for GatewayOptions {
             reuse_port: true,
             max_pipes: 1024,
             pipe_size: 64 * 1024,
-            kernel_forward: None,
             udp: UdpSettings::default(),
             health: HealthSettings::default(),
         }
@@ -132,7 +129,6 @@ impl Gateway {
             snapshot,
             settings: options.tcp.clone(),
             pipes: pipes.clone(),
-            kernel: options.kernel_forward.clone(),
             metrics: metrics.clone(),
             access_log,
             udp: options.udp.clone(),

@@ -63,7 +63,6 @@ pub use ops::admin::serve as serve_admin;
 pub use ops::check::run as run_check;
 pub use ops::doctor::run as run_doctor;
 pub use process::{ACCESS_LOG_FLUSH_TIMEOUT, run};
-pub use sys::sockmap::SockmapForwarder;
 pub use telemetry::access_log::{AccessLog, AccessLogFormat};
 pub use telemetry::logging::init as init_logging;
 pub use telemetry::metrics::Metrics;

@@ -88,7 +88,6 @@ impl RunArgs {
             reuse_port: self.reuse_port,
             max_pipes: self.max_pipes,
             pipe_size: self.pipe_size as usize,
-            kernel_forward: None,
             udp: UdpSettings {
                 idle_timeout: self.udp_idle_timeout,
                 max_flows: self.udp_max_flows,
@@ -165,20 +164,9 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         Box::new(std::io::stdout()),
         metrics.clone(),
     ));
-    let mut options = args.gateway_options();
-    if args.kernel_forward {
-        let capacity = u32::try_from(args.max_connections).unwrap_or(u32::MAX);
-        let capacity = if capacity == 0 { 65536 } else { capacity };
-        let kernel = crate::sys::sockmap::SockmapForwarder::new(capacity)
-            .context("--kernel-forward: setting up the BPF sockmap")?;
-        tracing::warn!(
-            "--kernel-forward: experimental; every TCP connection is forwarded in the kernel"
-        );
-        options.kernel_forward = Some(Arc::new(kernel));
-    }
     let gateway = Gateway::start_with(
         Index::new(args.index_settings()),
-        options,
+        args.gateway_options(),
         metrics.clone(),
         access_log.clone(),
     );

@@ -10,7 +10,6 @@ use super::health::HealthRegistry;
 use super::limits::OpenConnections;
 use super::pipes::PipePool;
 use crate::control::snapshot::Snapshot;
-use crate::sys::sockmap::SockmapForwarder;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::log_throttle::ConnWarnings;
 use crate::telemetry::metrics::Metrics;
@@ -74,8 +73,6 @@ pub struct ConnContext {
     pub settings: TcpSettings,
     /// Pipes for splice.
     pub pipes: Arc<PipePool>,
-    /// Experimental: every connection forwarded in the kernel through this sockmap.
-    pub kernel: Option<Arc<SockmapForwarder>>,
     /// Where outcomes are counted.
     pub metrics: Arc<Metrics>,
     /// Where each connection's line is written when it closes.

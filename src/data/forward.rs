@@ -46,8 +46,6 @@ pub enum ForwardMode {
     Splice,
     /// Buffered copy (no pipes available).
     Copy,
-    /// In the kernel through a BPF sockmap (experimental `--kernel-forward`).
-    Kernel,
 }
 
 /// Which peer an I/O error came from.

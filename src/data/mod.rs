@@ -15,7 +15,6 @@ pub(crate) mod endpoint_load;
 pub(crate) mod forward;
 pub mod health;
 pub(crate) mod idle;
-pub(crate) mod kernel_forward;
 pub(crate) mod limits;
 pub mod listener;
 pub(crate) mod net;

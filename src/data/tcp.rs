@@ -17,7 +17,6 @@ use super::context::ConnContext;
 use super::endpoint_load::LoadHold;
 use super::forward::{ForwardMode, Progress, Side, forward};
 use super::idle::{self, Activity};
-use super::kernel_forward;
 use super::limits::Slot;
 use super::net::{canonical, keepalive, reset, reset_on_close};
 use super::proxy_protocol::{self, Decoded};
@@ -141,7 +140,7 @@ fn finish(
     match outcome.progress.mode {
         Some(ForwardMode::Splice) => ctx.metrics.global.spliced.inc(),
         Some(ForwardMode::Copy) => ctx.metrics.global.copied.inc(),
-        Some(ForwardMode::Kernel) | None => 0,
+        None => 0,
     };
     if ctx.access_log.enabled() {
         ctx.access_log.record(AccessRecord {
@@ -530,23 +529,8 @@ async fn relay(
     } = established;
     let source = *source;
     let activity = activity.as_deref();
-    let progress = &mut outcome.progress;
-    let forwarding = async {
-        match &ctx.kernel {
-            Some(kernel) => match kernel_forward::join(client, upstream, kernel) {
-                Ok(joined) => {
-                    Box::pin(kernel_forward::kernel_forward(
-                        client, upstream, joined, progress,
-                    ))
-                    .await
-                }
-                Err(_) => forward(client, upstream, &ctx.pipes, progress, activity).await,
-            },
-            None => forward(client, upstream, &ctx.pipes, progress, activity).await,
-        }
-    };
     let result = tokio::select! {
-        r = forwarding => Ok(r),
+        r = forward(client, upstream, &ctx.pipes, &mut outcome.progress, activity) => Ok(r),
         _ = close.cancelled() => Err(CloseReason::Drained),
         _ = idle::expired(activity) => Err(CloseReason::IdleTimeout),
     };
@@ -748,7 +732,6 @@ mod tests {
             snapshot: Arc::new(Snapshot::new()),
             settings: TcpSettings::default(),
             pipes: Arc::new(PipePool::new(0, 65536)),
-            kernel: None,
             metrics: metrics.clone(),
             access_log: Arc::new(AccessLog::off(metrics.clone())),
             udp: Default::default(),

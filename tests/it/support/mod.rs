@@ -191,9 +191,6 @@ pub fn options(listen: &str) -> GatewayOptions {
         drain_timeout: Duration::from_secs(5),
         // Two in-process gateways on one address must fail to bind, not share the port.
         reuse_port: false,
-        // Issue 19's moonshot, measured before kept: the whole suite on the BPF sockmap path.
-        kernel_forward: std::env::var_os("DERMAGA_TEST_KERNEL_FORWARD")
-            .map(|_| std::sync::Arc::new(dermaga::SockmapForwarder::new(4096).unwrap())),
         ..GatewayOptions::default()
     }
 }

@@ -5,8 +5,6 @@
 //! everything it returns is safe to use.
 #![allow(unsafe_code)]
 
-pub mod sockmap;
-
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
