@@ -42,6 +42,9 @@ pub struct GatewayOptions {
     pub max_pipes: usize,
     /// Capacity asked for each pipe.
     pub pipe_size: usize,
+    /// With `reuse_port`: sockets bound per UDP port, each read by its own task (one per
+    /// worker thread, so that every worker can receive).
+    pub udp_sockets_per_port: usize,
     /// UDP flow settings.
     pub udp: UdpSettings,
     /// Endpoint health: passive ejection and active checks.
@@ -58,6 +61,7 @@ impl Default for GatewayOptions {
             reuse_port: true,
             max_pipes: 1024,
             pipe_size: 64 * 1024,
+            udp_sockets_per_port: 1,
             udp: UdpSettings::default(),
             health: HealthSettings::default(),
         }
@@ -139,7 +143,8 @@ impl Gateway {
         });
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout)
             .shutdown_grace(options.shutdown_grace)
-            .reuse_port(options.reuse_port);
+            .reuse_port(options.reuse_port)
+            .udp_sockets(options.udp_sockets_per_port);
         let status = manager.states();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(manager.run(shutdown.clone()));

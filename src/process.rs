@@ -88,6 +88,8 @@ impl RunArgs {
             reuse_port: self.reuse_port,
             max_pipes: self.max_pipes,
             pipe_size: self.pipe_size as usize,
+            // One per worker thread of the runtime this runs on (set in `run_with`).
+            udp_sockets_per_port: 1,
             udp: UdpSettings {
                 idle_timeout: self.udp_idle_timeout,
                 max_flows: self.udp_max_flows,
@@ -164,9 +166,11 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         Box::new(std::io::stdout()),
         metrics.clone(),
     ));
+    let mut options = args.gateway_options();
+    options.udp_sockets_per_port = tokio::runtime::Handle::current().metrics().num_workers();
     let gateway = Gateway::start_with(
         Index::new(args.index_settings()),
-        args.gateway_options(),
+        options,
         metrics.clone(),
         access_log.clone(),
     );

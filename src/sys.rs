@@ -95,23 +95,61 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
 /// `SO_ATTACH_REUSEPORT_CBPF` (Linux 4.5+; `asm-generic/socket.h`).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
-/// Attaches to the `SO_REUSEPORT` group of `socket` a classic BPF program that returns
-/// `index` for every new connection (TCP listener) or datagram (UDP): the kernel hands it to
-/// the group's socket at that index, and falls back to its usual hash when the group has no
-/// socket there. The program belongs to the group, not to the socket: attaching it again (from
-/// any member, from any process) replaces it with the same one.
+/// Attaches to the `SO_REUSEPORT` group of `socket` a classic BPF program that steers every new
+/// connection (TCP listener) or datagram (UDP) to the group's socket at index `per_process`
+/// or above: the kernel hands it to that socket, and falls back to its usual hash when the
+/// group has no socket there. The program belongs to the group, not to the socket: attaching
+/// it again (from any member, from any process) replaces it.
 ///
-/// dermaga attaches `index` 1: alone, a process gets everything by hashing over its one
-/// socket; once a second process joins the group (a successor, appended at index 1), every new
-/// connection goes to the successor, and the old process's accept queue stays empty.
-pub fn steer_reuseport_group(socket: BorrowedFd<'_>, index: u32) -> io::Result<()> {
-    // One instruction: `BPF_RET | BPF_K` with k = index.
-    let program = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
+/// dermaga binds `per_process` sockets per port (one for TCP; one per worker thread for UDP)
+/// and attaches this with that count. Alone, a process has indices `0..per_process`, the
+/// program's choice does not exist, and the kernel's hash spreads the traffic over its sockets.
+/// Once a successor with the same count joins (appended at `per_process..2 × per_process`),
+/// everything new goes to the successor: with one socket, to index 1; with several, to
+/// `per_process + (source address ^ source port) % per_process`, read from the packet's
+/// IPv4 or IPv6 and transport headers, so that a client keeps reaching the same socket.
+pub fn steer_reuseport_group(socket: BorrowedFd<'_>, per_process: u32) -> io::Result<()> {
+    let op = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
         jt: 0,
         jf: 0,
-        k: index,
-    }];
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    // Loads relative to the network header (`SKF_NET_OFF`): the kernel runs the program with
+    // the data pointer past the transport header.
+    let net = |offset: u32| (libc::SKF_NET_OFF as u32).wrapping_add(offset);
+    let (ld, ldh, ldb) = (
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        libc::BPF_LD | libc::BPF_H | libc::BPF_ABS,
+        libc::BPF_LD | libc::BPF_B | libc::BPF_ABS,
+    );
+    let program: Vec<libc::sock_filter> = if per_process <= 1 {
+        // One instruction: `BPF_RET | BPF_K` with k = 1.
+        vec![op(libc::BPF_RET | libc::BPF_K, 1)]
+    } else {
+        vec![
+            op(ldb, net(0)),                                    // 0: A = version << 4 | ihl
+            op(libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K, 4), // 1: A = IP version
+            jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 6, 4, 0), // 2: IPv6? to 7
+            op(ldh, net(20)),                                   // 3: IPv4 source port
+            op(libc::BPF_MISC | libc::BPF_TAX, 0),              // 4: X = port
+            op(ld, net(12)),                                    // 5: A = source address
+            op(libc::BPF_JMP | libc::BPF_JA, 3),                // 6: to 10
+            op(ldh, net(40)),                                   // 7: IPv6 source port
+            op(libc::BPF_MISC | libc::BPF_TAX, 0),              // 8: X = port
+            op(ld, net(20)),                                    // 9: A = address, low word
+            op(libc::BPF_ALU | libc::BPF_XOR | libc::BPF_X, 0), // 10: A ^= X
+            op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, per_process), // 11
+            op(libc::BPF_ALU | libc::BPF_ADD | libc::BPF_K, per_process), // 12
+            op(libc::BPF_RET | libc::BPF_A, 0),                 // 13: return A
+        ]
+    };
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr().cast_mut(),
@@ -400,6 +438,63 @@ mod tests {
         let new = listen(addr);
         let _b = connect(20);
         assert_eq!((queued(&old), queued(&new)), (0, 20));
+    }
+
+    #[test]
+    fn steering_spreads_a_process_sockets_and_sends_new_datagrams_to_the_successor_ones() {
+        use socket2::{Domain, Socket, Type};
+        let bind = |addr: std::net::SocketAddr| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            steer_reuseport_group(s.as_fd(), 2).unwrap();
+            s.set_nonblocking(true).unwrap();
+            std::net::UdpSocket::from(s)
+        };
+        let queued = |s: &std::net::UdpSocket| {
+            let mut buf = [0u8; 16];
+            std::iter::from_fn(|| s.recv(&mut buf).ok()).count()
+        };
+        let first = bind("127.1.6.41:0".parse().unwrap());
+        let addr = first.local_addr().unwrap();
+        let old = [first, bind(addr)];
+        let clients: Vec<_> = (0..40)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let send_all = || {
+            for c in &clients {
+                c.send_to(b"x", addr).unwrap();
+            }
+        };
+        // Alone, indices 2 and 3 do not exist: the kernel's hash spreads the clients.
+        send_all();
+        let counts = (queued(&old[0]), queued(&old[1]));
+        assert_eq!(counts.0 + counts.1, 40);
+        assert!(
+            counts.0 > 0 && counts.1 > 0,
+            "both sockets receive: {counts:?}"
+        );
+        // A successor's two sockets join: they get every datagram, spread by address and port.
+        let new = [bind(addr), bind(addr)];
+        send_all();
+        send_all();
+        let counts = [
+            queued(&old[0]),
+            queued(&old[1]),
+            queued(&new[0]),
+            queued(&new[1]),
+        ];
+        assert_eq!(counts[..2], [0, 0], "{counts:?}");
+        assert_eq!(counts[2] + counts[3], 80);
+        assert!(
+            counts[2] > 0 && counts[3] > 0,
+            "both new sockets receive: {counts:?}"
+        );
+        assert_eq!(
+            counts[2] % 2,
+            0,
+            "a client's two datagrams reach the same socket"
+        );
     }
 
     #[test]

@@ -79,6 +79,65 @@ async fn a_thousand_clients_each_get_their_own_answer_round_robin() {
     gw.shutdown().await;
 }
 
+/// Asks from `clients` new client sockets at once; returns each reply's tag.
+async fn ask_from_new_clients(port: SocketAddr, clients: usize) -> BTreeMap<String, usize> {
+    let asks: Vec<_> = (0..clients)
+        .map(|id| {
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let question = format!("query-{id}");
+                let answer = udp_ask_once(&socket, port, question.as_bytes()).await;
+                let answer = String::from_utf8(answer).unwrap();
+                let (tag, echoed) = answer.split_once(':').unwrap();
+                assert_eq!(echoed, question, "every reply reaches the right client");
+                tag.to_owned()
+            })
+        })
+        .collect();
+    let mut tags = BTreeMap::new();
+    for ask in asks {
+        *tags.entry(ask.await.unwrap()).or_insert(0) += 1;
+    }
+    tags
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_read_by_two_sockets_answers_every_client_and_a_successor_takes_the_new_ones() {
+    // Two sockets per port (SO_REUSEPORT, one per worker thread), as the binary binds them:
+    // the kernel spreads the clients over both, one flow table serves them; a second gateway
+    // binding the port the same way takes every new client (the steering program picks its
+    // sockets by the client's address and port).
+    let two_sockets = |listen| GatewayOptions {
+        reuse_port: true,
+        udp_sockets_per_port: 2,
+        ..options(listen)
+    };
+    let a = udp_backend("127.0.0.2", "a").await;
+    let b = udp_backend("127.0.0.3", "b").await;
+    let old = start(&dns_yaml(&[a]), two_sockets("127.1.7.87"));
+    let port = old.wait_bound(udp_key(5353)).await;
+    let tags = ask_from_new_clients(port, 200).await;
+    assert_eq!(tags, BTreeMap::from([("a".to_owned(), 200)]));
+    assert_eq!(
+        metric(&old, "dermaga_udp_flows_created_total", &[("port", "5353")]),
+        200.0
+    );
+    let new = start(&dns_yaml(&[b]), two_sockets("127.1.7.87"));
+    new.wait_bound(udp_key(5353)).await;
+    let tags = ask_from_new_clients(port, 200).await;
+    assert_eq!(
+        tags,
+        BTreeMap::from([("b".to_owned(), 200)]),
+        "the successor takes every new client"
+    );
+    assert_eq!(
+        metric(&old, "dermaga_udp_flows_created_total", &[("port", "5353")]),
+        200.0
+    );
+    new.shutdown().await;
+    old.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_datagram_passes_intact_both_ways() {
     let a = udp_backend("127.0.0.2", "a").await;

@@ -20,12 +20,14 @@ pub enum ListenAddress {
 /// Binds a data-port socket of `kind` (stream or datagram) on `address`: `[::]` accepting
 /// IPv4 too when all addresses are wanted, falling back to `0.0.0.0` without IPv6. With
 /// `reuse_port`, other processes may bind the same port (`SO_REUSEPORT`), and the newest
-/// of two takes the new connections and datagrams.
+/// of two takes the new connections and datagrams; `per_process` is how many sockets each
+/// process binds on the port (the steering program needs it).
 fn bind_socket(
     address: ListenAddress,
     port: u16,
     kind: socket2::Type,
     reuse_port: bool,
+    per_process: u32,
 ) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let attempt = |ip: IpAddr| -> io::Result<Socket> {
@@ -53,7 +55,10 @@ fn bind_socket(
         // Attached for UDP too, so a client's flow moves to a successor once, when it starts
         // (with hashing it would move when either process joins or leaves the group).
         if reuse_port {
-            warn_once_on_error(crate::sys::steer_reuseport_group(socket.as_fd(), 1));
+            warn_once_on_error(crate::sys::steer_reuseport_group(
+                socket.as_fd(),
+                per_process,
+            ));
         }
         socket.set_nonblocking(true)?;
         Ok(socket)
@@ -81,10 +86,29 @@ fn warn_once_on_error(result: io::Result<()>) -> bool {
 
 /// Binds a listening TCP socket for a data port.
 pub fn bind_tcp(address: ListenAddress, port: u16, reuse_port: bool) -> io::Result<TcpListener> {
-    TcpListener::from_std(bind_socket(address, port, socket2::Type::STREAM, reuse_port)?.into())
+    TcpListener::from_std(bind_socket(address, port, socket2::Type::STREAM, reuse_port, 1)?.into())
 }
 
-/// Binds a UDP socket for a data port, the way TCP ports are bound.
-pub fn bind_udp(address: ListenAddress, port: u16, reuse_port: bool) -> io::Result<UdpSocket> {
-    UdpSocket::from_std(bind_socket(address, port, socket2::Type::DGRAM, reuse_port)?.into())
+/// Binds the UDP sockets of a data port, the way TCP ports are bound: `count` of them with
+/// `reuse_port` (each receives its share of the clients, by the kernel's hash of their
+/// addresses, and can be read by another worker thread), one without.
+pub fn bind_udp(
+    address: ListenAddress,
+    port: u16,
+    reuse_port: bool,
+    count: usize,
+) -> io::Result<Vec<UdpSocket>> {
+    let count = if reuse_port { count.clamp(1, 64) } else { 1 };
+    (0..count)
+        .map(|_| {
+            let socket = bind_socket(
+                address,
+                port,
+                socket2::Type::DGRAM,
+                reuse_port,
+                count as u32,
+            )?;
+            UdpSocket::from_std(socket.into())
+        })
+        .collect()
 }

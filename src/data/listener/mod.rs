@@ -60,7 +60,7 @@ pub struct ListenerStatus {
 
 enum Socket {
     Tcp(TcpListener),
-    Udp(UdpSocket),
+    Udp(Vec<UdpSocket>),
 }
 
 struct RunningListener {
@@ -76,6 +76,8 @@ pub struct ListenerManager {
     drain_timeout: Duration,
     shutdown_grace: Duration,
     reuse_port: bool,
+    /// Sockets bound per UDP port with `reuse_port`, each read by its own task.
+    udp_sockets: usize,
     running: HashMap<RouteKey, RunningListener>,
     states: watch::Sender<ListenerStatus>,
     drains: TaskTracker,
@@ -96,6 +98,7 @@ impl ListenerManager {
             drain_timeout,
             shutdown_grace: Duration::from_secs(60),
             reuse_port: false,
+            udp_sockets: 1,
             running: HashMap::new(),
             states: watch::channel(ListenerStatus::default()).0,
             drains: TaskTracker::new(),
@@ -113,6 +116,13 @@ impl ListenerManager {
     /// Binds data ports with `SO_REUSEPORT` and the successor steering (default off).
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.reuse_port = on;
+        self
+    }
+
+    /// With `reuse_port`, binds `count` sockets per UDP port (default 1), each read by its own
+    /// task, so that several worker threads can receive a port's datagrams.
+    pub fn udp_sockets(mut self, count: usize) -> Self {
+        self.udp_sockets = count.max(1);
         self
     }
 
@@ -180,21 +190,26 @@ impl ListenerManager {
             if self.running.contains_key(&key) {
                 continue;
             }
-            let bound =
-                match key.protocol {
-                    Protocol::Tcp => bind_tcp(self.address, key.port.get(), self.reuse_port)
-                        .and_then(|l| {
-                            let local = l.local_addr()?;
-                            self.start(key, Socket::Tcp(l));
-                            Ok(local)
-                        }),
-                    Protocol::Udp => bind_udp(self.address, key.port.get(), self.reuse_port)
-                        .and_then(|s| {
-                            let local = s.local_addr()?;
-                            self.start(key, Socket::Udp(s));
-                            Ok(local)
-                        }),
-                };
+            let bound = match key.protocol {
+                Protocol::Tcp => {
+                    bind_tcp(self.address, key.port.get(), self.reuse_port).and_then(|l| {
+                        let local = l.local_addr()?;
+                        self.start(key, Socket::Tcp(l));
+                        Ok(local)
+                    })
+                }
+                Protocol::Udp => bind_udp(
+                    self.address,
+                    key.port.get(),
+                    self.reuse_port,
+                    self.udp_sockets,
+                )
+                .and_then(|s| {
+                    let local = s[0].local_addr()?;
+                    self.start(key, Socket::Udp(s));
+                    Ok(local)
+                }),
+            };
             match bound {
                 Ok(local) => {
                     let local = canonical(local);
@@ -230,7 +245,8 @@ impl ListenerManager {
         let listener = match socket {
             Socket::Tcp(listener) => listener,
             Socket::Udp(socket) => {
-                // UDP flows live inside the port's task (replies leave from the port's socket).
+                // UDP flows live inside the port's task (replies leave from the port's first
+                // socket; each socket is read by a task of its own).
                 running.drain.tasks().spawn(serve_udp(
                     socket,
                     key,

@@ -243,39 +243,77 @@ impl Shared {
 }
 
 /// Serves one UDP port until `stop`; then lingers while flows are open, until `close`, and
-/// ends every flow left.
+/// ends every flow left. With several `sockets` (bound with `SO_REUSEPORT`, the kernel hashing
+/// each client to one of them), each is read by a task of its own, so that every worker thread
+/// can receive; the flows are one table, and replies leave from the first socket (the same
+/// address and port).
 pub async fn serve_udp(
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     key: RouteKey,
     ctx: Arc<ConnContext>,
     settings: UdpSettings,
     stop: CancellationToken,
     close: CancellationToken,
 ) {
+    let mut sockets = sockets.into_iter().map(Arc::new);
+    let Some(first) = sockets.next() else {
+        return;
+    };
     let shared = Arc::new(Shared {
         ctx,
         key,
-        socket: Arc::new(socket),
+        socket: first.clone(),
         table: Mutex::new(FlowTable::new(settings.idle_timeout, settings.max_flows)),
         stop: stop.clone(),
     });
-    let mut sweep = tokio::time::interval(
-        (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
-    );
+    let sweep_every =
+        (settings.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    // Dropped (aborting them) if this task is cut; otherwise waited for below.
+    let mut others = tokio::task::JoinSet::new();
+    for socket in sockets {
+        others.spawn(receive(
+            shared.clone(),
+            socket,
+            sweep_every,
+            false,
+            close.clone(),
+        ));
+    }
+    receive(shared.clone(), first, sweep_every, true, close).await;
+    while others.join_next().await.is_some() {}
+    let flows = shared.table().drain();
+    for (client, flow) in flows {
+        shared.end(client, flow, CloseReason::Drained, None);
+    }
+}
+
+/// Receives on one of the port's sockets until `close`, or until the port has stopped and
+/// no flow is left. The `sweeper` also expires idle flows (the others only look at the table
+/// as often, to notice when it is empty).
+async fn receive(
+    shared: Arc<Shared>,
+    socket: Arc<UdpSocket>,
+    sweep_every: Duration,
+    sweeper: bool,
+    close: CancellationToken,
+) {
+    let key = shared.key;
+    let stop = shared.stop.clone();
+    let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lingering = false;
     // The kernel's count of datagrams dropped at this socket (receive buffer full), attached
     // to the next datagram received after drops; exported as its increase.
     let kernel_drops = shared.ctx.metrics.udp_kernel_drops(key.port);
     let mut drops_seen = 0u32;
-    if let Err(err) = sys::count_receive_drops(shared.socket.as_fd()) {
+    if let Err(err) = sys::count_receive_drops(socket.as_fd()) {
         tracing::debug!(port = %key, error = %err, "SO_RXQ_OVFL refused; kernel drops not counted");
     }
     loop {
         if !lingering && stop.is_cancelled() {
             lingering = true;
             let open = shared.table().len();
-            if open > 0 && !close.is_cancelled() {
+            if sweeper && open > 0 && !close.is_cancelled() {
                 tracing::info!(port = %key, open, "no new UDP flows; open flows go on until idle");
             }
         }
@@ -287,17 +325,19 @@ pub async fn serve_udp(
             _ = close.cancelled() => break,
             _ = stop.cancelled(), if !lingering => continue,
             _ = sweep.tick() => {
-                let expired = shared.table().expire(Instant::now());
-                for (client, flow) in expired {
-                    shared.end(client, flow, CloseReason::IdleTimeout, None);
+                if sweeper {
+                    let expired = shared.table().expire(Instant::now());
+                    for (client, flow) in expired {
+                        shared.end(client, flow, CloseReason::IdleTimeout, None);
+                    }
                 }
                 continue;
             }
             // Up to `sys::BATCH` datagrams per system call, each forwarded before the next
             // receive; the slots are the runtime thread's, used without an await in between.
-            r = shared.socket.async_io(tokio::io::Interest::READABLE, || {
+            r = socket.async_io(tokio::io::Interest::READABLE, || {
                 SLOTS.with_borrow_mut(|slots| {
-                    sys::recv_batch(shared.socket.as_fd(), &mut slots.bufs, &mut slots.received)?;
+                    sys::recv_batch(socket.as_fd(), &mut slots.bufs, &mut slots.received)?;
                     for (i, received) in slots.received.iter().enumerate() {
                         if let Some(drops) = received.drops
                             && drops != drops_seen
@@ -315,10 +355,6 @@ pub async fn serve_udp(
         if let Err(err) = received {
             tracing::debug!(port = %key, error = %err, "UDP receive failed");
         }
-    }
-    let flows = shared.table().drain();
-    for (client, flow) in flows {
-        shared.end(client, flow, CloseReason::Drained, None);
     }
 }
 
