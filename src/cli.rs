@@ -471,6 +471,20 @@ pub struct RunArgs {
     )]
     pub udp_max_flows: usize,
 
+    /// Sockets bound on each UDP port (SO_REUSEPORT; needs --reuse-port), each read by its own
+    /// task so that several worker threads can receive one port's datagrams; the kernel hashes
+    /// each client to one of them. A successor taking over the ports must use the same number.
+    #[arg(
+        help_heading = "Limits and timeouts",
+        long,
+        global = true,
+        env = "DERMAGA_UDP_SOCKETS_PER_PORT",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub udp_sockets_per_port: u16,
+
     /// Log format (logs go to stderr; the access log goes to stdout).
     #[arg(
         help_heading = "Logs",

@@ -42,8 +42,8 @@ pub struct GatewayOptions {
     pub max_pipes: usize,
     /// Capacity asked for each pipe.
     pub pipe_size: usize,
-    /// With `reuse_port`: sockets bound per UDP port, each read by its own task (one per
-    /// worker thread, so that every worker can receive).
+    /// With `reuse_port`: sockets bound per UDP port, each read by its own task (so that
+    /// several worker threads can receive).
     pub udp_sockets_per_port: usize,
     /// UDP flow settings.
     pub udp: UdpSettings,

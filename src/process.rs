@@ -88,8 +88,7 @@ impl RunArgs {
             reuse_port: self.reuse_port,
             max_pipes: self.max_pipes,
             pipe_size: self.pipe_size as usize,
-            // One per worker thread of the runtime this runs on (set in `run_with`).
-            udp_sockets_per_port: 1,
+            udp_sockets_per_port: usize::from(self.udp_sockets_per_port),
             udp: UdpSettings {
                 idle_timeout: self.udp_idle_timeout,
                 max_flows: self.udp_max_flows,
@@ -166,11 +165,9 @@ async fn run_with(args: RunArgs, provider: Provider) -> anyhow::Result<()> {
         Box::new(std::io::stdout()),
         metrics.clone(),
     ));
-    let mut options = args.gateway_options();
-    options.udp_sockets_per_port = tokio::runtime::Handle::current().metrics().num_workers();
     let gateway = Gateway::start_with(
         Index::new(args.index_settings()),
-        options,
+        args.gateway_options(),
         metrics.clone(),
         access_log.clone(),
     );
