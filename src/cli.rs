@@ -485,6 +485,21 @@ pub struct RunArgs {
     )]
     pub udp_sockets_per_port: u16,
 
+    /// Listening sockets bound on each TCP port (SO_REUSEPORT; needs --reuse-port), each with
+    /// its own accept loop, against one listener whose connections tokio's work stealing
+    /// spreads; the kernel hashes each new connection to one. A successor taking over the
+    /// ports must use the same number.
+    #[arg(
+        help_heading = "Limits and timeouts",
+        long,
+        global = true,
+        env = "DERMAGA_TCP_LISTENERS_PER_PORT",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub tcp_listeners_per_port: u16,
+
     /// Log format (logs go to stderr; the access log goes to stdout).
     #[arg(
         help_heading = "Logs",

@@ -45,6 +45,8 @@ pub struct GatewayOptions {
     /// With `reuse_port`: sockets bound per UDP port, each read by its own task (so that
     /// several worker threads can receive).
     pub udp_sockets_per_port: usize,
+    /// With `reuse_port`: listening sockets bound per TCP port, each with its own accept loop.
+    pub tcp_listeners_per_port: usize,
     /// UDP flow settings.
     pub udp: UdpSettings,
     /// Endpoint health: passive ejection and active checks.
@@ -62,6 +64,7 @@ impl Default for GatewayOptions {
             max_pipes: 1024,
             pipe_size: 64 * 1024,
             udp_sockets_per_port: 1,
+            tcp_listeners_per_port: 1,
             udp: UdpSettings::default(),
             health: HealthSettings::default(),
         }
@@ -144,7 +147,8 @@ impl Gateway {
         let manager = ListenerManager::new(ctx, options.address, options.drain_timeout)
             .shutdown_grace(options.shutdown_grace)
             .reuse_port(options.reuse_port)
-            .udp_sockets(options.udp_sockets_per_port);
+            .udp_sockets(options.udp_sockets_per_port)
+            .tcp_listeners(options.tcp_listeners_per_port);
         let status = manager.states();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(manager.run(shutdown.clone()));

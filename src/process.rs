@@ -89,6 +89,7 @@ impl RunArgs {
             max_pipes: self.max_pipes,
             pipe_size: self.pipe_size as usize,
             udp_sockets_per_port: usize::from(self.udp_sockets_per_port),
+            tcp_listeners_per_port: usize::from(self.tcp_listeners_per_port),
             udp: UdpSettings {
                 idle_timeout: self.udp_idle_timeout,
                 max_flows: self.udp_max_flows,

@@ -193,6 +193,50 @@ async fn per_port_max_connections_refuses_the_excess_at_once_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_with_two_listeners_serves_both_and_keeps_one_limit_and_a_successor_takes_over() {
+    // Two listening sockets per port (`--tcp-listeners-per-port 2`): the kernel hashes new
+    // connections over both, each with its own accept loop; the port's limit is one count.
+    let listen = "127.1.5.5";
+    let a = Backend::start("127.0.5.6", "a").await;
+    let b = Backend::start("127.0.5.7", "b").await;
+    let two_listeners = || {
+        let mut opts = options(listen);
+        opts.reuse_port = true;
+        opts.tcp_listeners_per_port = 2;
+        opts.tcp.max_connections_per_port = 24;
+        opts
+    };
+    let old = gateway(
+        &one_port_yaml(&[("10000", "default/a:80")], &[("a", &a)]),
+        two_listeners(),
+    );
+    let port = old.wait_bound(tcp(10000)).await;
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        held.push(open(port, "a").await);
+    }
+    for _ in 0..4 {
+        assert_refused(port).await;
+    }
+    assert_eq!(refused_max(&old, "10000"), 4.0);
+    // The kernel hashed the 28 connections over both listeners (all to one would happen once
+    // in 2^27 runs): had either accept loop not served, its share would have hung in `open`.
+    drop(held);
+    wait_active(&old, "10000", 0.0).await;
+    // A successor binding the port the same way takes every new connection.
+    let new = gateway(
+        &one_port_yaml(&[("10000", "default/b:80")], &[("b", &b)]),
+        two_listeners(),
+    );
+    new.wait_bound(tcp(10000)).await;
+    for _ in 0..20 {
+        drop(open(port, "b").await);
+    }
+    new.shutdown().await;
+    old.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_max_connections_spans_ports() {
     let listen = "127.1.5.3";
     let a = Backend::start("127.0.5.4", "a").await;

@@ -125,18 +125,20 @@ impl Admission {
     }
 }
 
-/// Accepts on `listener` until the drain's stop signal, spawning connection tasks into it.
+/// Accepts on `listener` until the drain's stop signal, spawning connection tasks into it;
+/// `counts` are the port's, shared by all its listeners.
 pub(super) async fn accept_loop(
     listener: TcpListener,
     key: RouteKey,
     ctx: Arc<ConnContext>,
     drain: Drain,
+    counts: Arc<PortCounts>,
 ) {
     let stop = drain.stop_accepting_signal();
     let mut admission = Admission {
         key,
         ctx: ctx.clone(),
-        counts: PortCounts::new(ctx.open.clone()),
+        counts,
         close: drain.close_signal(),
         connections: drain.tasks().clone(),
     };

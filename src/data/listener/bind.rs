@@ -85,11 +85,30 @@ fn warn_once_on_error(result: io::Result<()>) -> bool {
 }
 
 /// Binds a listening TCP socket for a data port.
-pub fn bind_tcp(address: ListenAddress, port: u16, reuse_port: bool) -> io::Result<TcpListener> {
-    TcpListener::from_std(bind_socket(address, port, socket2::Type::STREAM, reuse_port, 1)?.into())
+/// Binds the listening sockets of a TCP data port: `count` of them with `reuse_port` (the kernel
+/// hashes each new connection to one; each has its own accept loop), one without.
+pub fn bind_tcp(
+    address: ListenAddress,
+    port: u16,
+    reuse_port: bool,
+    count: usize,
+) -> io::Result<Vec<TcpListener>> {
+    let count = if reuse_port { count.clamp(1, 64) } else { 1 };
+    (0..count)
+        .map(|_| {
+            let socket = bind_socket(
+                address,
+                port,
+                socket2::Type::STREAM,
+                reuse_port,
+                count as u32,
+            )?;
+            TcpListener::from_std(socket.into())
+        })
+        .collect()
 }
 
-/// Binds the UDP sockets of a data port, the way TCP ports are bound: `count` of them with
+/// Binds the UDP sockets of a data port, as [`bind_tcp`] binds TCP ports: `count` of them with
 /// `reuse_port` (each receives its share of the clients, by the kernel's hash of their
 /// addresses, and can be read by another worker thread), one without.
 pub fn bind_udp(

@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 pub use self::bind::{ListenAddress, bind_tcp, bind_udp};
 use self::drain::{Drain, DrainCause, Settled};
 use super::context::ConnContext;
+use super::limits::PortCounts;
 use super::net::canonical;
 use super::udp::port::serve_udp;
 use crate::names::{Protocol, RouteKey};
@@ -59,14 +60,15 @@ pub struct ListenerStatus {
 }
 
 enum Socket {
-    Tcp(TcpListener),
+    Tcp(Vec<TcpListener>),
     Udp(Vec<UdpSocket>),
 }
 
 struct RunningListener {
     drain: Drain,
-    /// A TCP port's accept loop: it serves what is still queued when it stops.
-    accept: Option<JoinHandle<()>>,
+    /// A TCP port's accept loops (one per listening socket): each serves what is still queued
+    /// when it stops.
+    accept: Vec<JoinHandle<()>>,
 }
 
 /// Reconciles listening sockets with the published table.
@@ -78,6 +80,8 @@ pub struct ListenerManager {
     reuse_port: bool,
     /// Sockets bound per UDP port with `reuse_port`, each read by its own task.
     udp_sockets: usize,
+    /// Listening sockets bound per TCP port with `reuse_port`, each with its own accept loop.
+    tcp_listeners: usize,
     running: HashMap<RouteKey, RunningListener>,
     states: watch::Sender<ListenerStatus>,
     drains: TaskTracker,
@@ -99,6 +103,7 @@ impl ListenerManager {
             shutdown_grace: Duration::from_secs(60),
             reuse_port: false,
             udp_sockets: 1,
+            tcp_listeners: 1,
             running: HashMap::new(),
             states: watch::channel(ListenerStatus::default()).0,
             drains: TaskTracker::new(),
@@ -123,6 +128,13 @@ impl ListenerManager {
     /// task, so that several worker threads can receive a port's datagrams.
     pub fn udp_sockets(mut self, count: usize) -> Self {
         self.udp_sockets = count.max(1);
+        self
+    }
+
+    /// With `reuse_port`, binds `count` listening sockets per TCP port (default 1), each with
+    /// its own accept loop.
+    pub fn tcp_listeners(mut self, count: usize) -> Self {
+        self.tcp_listeners = count.max(1);
         self
     }
 
@@ -191,13 +203,17 @@ impl ListenerManager {
                 continue;
             }
             let bound = match key.protocol {
-                Protocol::Tcp => {
-                    bind_tcp(self.address, key.port.get(), self.reuse_port).and_then(|l| {
-                        let local = l.local_addr()?;
-                        self.start(key, Socket::Tcp(l));
-                        Ok(local)
-                    })
-                }
+                Protocol::Tcp => bind_tcp(
+                    self.address,
+                    key.port.get(),
+                    self.reuse_port,
+                    self.tcp_listeners,
+                )
+                .and_then(|l| {
+                    let local = l[0].local_addr()?;
+                    self.start(key, Socket::Tcp(l));
+                    Ok(local)
+                }),
                 Protocol::Udp => bind_udp(
                     self.address,
                     key.port.get(),
@@ -240,10 +256,10 @@ impl ListenerManager {
     fn start(&mut self, key: RouteKey, socket: Socket) {
         let mut running = RunningListener {
             drain: Drain::new(),
-            accept: None,
+            accept: Vec::new(),
         };
-        let listener = match socket {
-            Socket::Tcp(listener) => listener,
+        let listeners = match socket {
+            Socket::Tcp(listeners) => listeners,
             Socket::Udp(socket) => {
                 // UDP flows live inside the port's task (replies leave from the port's first
                 // socket; each socket is read by a task of its own).
@@ -259,12 +275,20 @@ impl ListenerManager {
                 return;
             }
         };
-        running.accept = Some(tokio::spawn(accept::accept_loop(
-            listener,
-            key,
-            self.ctx.clone(),
-            running.drain.clone(),
-        )));
+        // One count of the port's open connections and sources for all its listeners.
+        let counts = PortCounts::new(self.ctx.open.clone());
+        running.accept = listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(accept::accept_loop(
+                    listener,
+                    key,
+                    self.ctx.clone(),
+                    running.drain.clone(),
+                    counts.clone(),
+                ))
+            })
+            .collect();
         self.running.insert(key, running);
     }
 
@@ -293,8 +317,8 @@ impl ListenerManager {
             .insert(key, (revived.clone(), finished.clone()));
         self.drains.spawn(async move {
             let _finished = finished.drop_guard();
-            if let Some(accept) = accept {
-                // It serves the connections still queued, then closes the listener.
+            for accept in accept {
+                // Each serves the connections still queued, then closes its listener.
                 let _ = accept.await;
             }
             // A UDP port's one task holds its flows and logs them itself.
