@@ -20,7 +20,9 @@ fn udp_key(port: u16) -> dermaga::RouteKey {
     }
 }
 
-fn start(yaml: &str, opts: GatewayOptions) -> Gateway {
+fn start(yaml: &str, mut opts: GatewayOptions) -> Gateway {
+    // At shutdown, open flows would linger until idle (30 s); these tests end them at once.
+    opts.shutdown_grace = opts.shutdown_grace.min(Duration::from_millis(200));
     let gw = Gateway::start(Index::new(settings_with_udp()), opts);
     apply(&gw, yaml);
     gw
