@@ -311,6 +311,9 @@ async fn per_port_options_override_the_flags() {
         metric(&gw, "dermaga_idle_timeouts_total", &[("port", "10001")]),
         0.0
     );
+    // Closed first: open ones would hold the shutdown for its whole grace (60 s).
+    drop((on_b1, on_b2));
+    wait_active(&gw, "10001", 0.0).await;
     gw.shutdown().await;
 }
 
