@@ -442,9 +442,18 @@ mod tests {
 
     #[test]
     fn steering_spreads_a_process_sockets_and_sends_new_datagrams_to_the_successor_ones() {
+        // The program reads the source address and port from the IPv4 and the IPv6 headers.
+        for (port_ip, client_ip) in [("127.1.6.41", "127.0.0.1"), ("::1", "::1")] {
+            let port_ip: std::net::IpAddr = port_ip.parse().unwrap();
+            let client_ip: std::net::IpAddr = client_ip.parse().unwrap();
+            steering_spreads_and_hands_over(port_ip, client_ip);
+        }
+    }
+
+    fn steering_spreads_and_hands_over(port_ip: std::net::IpAddr, client_ip: std::net::IpAddr) {
         use socket2::{Domain, Socket, Type};
         let bind = |addr: std::net::SocketAddr| {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, None).unwrap();
             s.set_reuse_port(true).unwrap();
             s.bind(&addr.into()).unwrap();
             steer_reuseport_group(s.as_fd(), 2).unwrap();
@@ -455,11 +464,11 @@ mod tests {
             let mut buf = [0u8; 16];
             std::iter::from_fn(|| s.recv(&mut buf).ok()).count()
         };
-        let first = bind("127.1.6.41:0".parse().unwrap());
+        let first = bind(std::net::SocketAddr::new(port_ip, 0));
         let addr = first.local_addr().unwrap();
         let old = [first, bind(addr)];
         let clients: Vec<_> = (0..40)
-            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .map(|_| std::net::UdpSocket::bind((client_ip, 0)).unwrap())
             .collect();
         let send_all = || {
             for c in &clients {
@@ -469,7 +478,7 @@ mod tests {
         // Alone, indices 2 and 3 do not exist: the kernel's hash spreads the clients.
         send_all();
         let counts = (queued(&old[0]), queued(&old[1]));
-        assert_eq!(counts.0 + counts.1, 40);
+        assert_eq!(counts.0 + counts.1, 40, "{port_ip}");
         assert!(
             counts.0 > 0 && counts.1 > 0,
             "both sockets receive: {counts:?}"
@@ -484,8 +493,8 @@ mod tests {
             queued(&new[0]),
             queued(&new[1]),
         ];
-        assert_eq!(counts[..2], [0, 0], "{counts:?}");
-        assert_eq!(counts[2] + counts[3], 80);
+        assert_eq!(counts[..2], [0, 0], "{port_ip}: {counts:?}");
+        assert_eq!(counts[2] + counts[3], 80, "{port_ip}");
         assert!(
             counts[2] > 0 && counts[3] > 0,
             "both new sockets receive: {counts:?}"
