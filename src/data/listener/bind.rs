@@ -84,7 +84,6 @@ fn warn_once_on_error(result: io::Result<()>) -> bool {
     result.is_ok()
 }
 
-/// Binds a listening TCP socket for a data port.
 /// Binds the listening sockets of a TCP data port: `count` of them with `reuse_port` (the kernel
 /// hashes each new connection to one; each has its own accept loop), one without.
 pub fn bind_tcp(
