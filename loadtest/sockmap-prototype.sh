@@ -26,48 +26,34 @@ else
   (cd "$work/src" && cargo build --release -q -p dermaga)
   cp "$work/src/target/release/dermaga" "$work/dermaga"
 fi
-cat > "$work/routes.yaml" <<'Y'
+# A Service and its EndpointSlice: NAME, the backend's port on 127.0.0.1.
+service() {
+  cat <<Y
+---
+apiVersion: v1
+kind: Service
+metadata: {name: $1, namespace: default}
+spec: {ports: [{name: tcp, port: 80, protocol: TCP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: $1-1, namespace: default, labels: {kubernetes.io/service-name: $1}}
+addressType: IPv4
+ports: [{name: tcp, port: $2, protocol: TCP}]
+endpoints: [{addresses: ["127.0.0.1"]}]
+Y
+}
+{
+  cat <<'Y'
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: tcp-services, namespace: dermaga}
 data: {"5502": "default/iperf:80", "5503": "default/redis:80", "5506": "default/stuck:80"}
----
-apiVersion: v1
-kind: Service
-metadata: {name: iperf, namespace: default}
-spec: {ports: [{name: tcp, port: 80, protocol: TCP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: iperf-1, namespace: default, labels: {kubernetes.io/service-name: iperf}}
-addressType: IPv4
-ports: [{name: tcp, port: 5501, protocol: TCP}]
-endpoints: [{addresses: ["127.0.0.1"]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: redis, namespace: default}
-spec: {ports: [{name: tcp, port: 80, protocol: TCP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: redis-1, namespace: default, labels: {kubernetes.io/service-name: redis}}
-addressType: IPv4
-ports: [{name: tcp, port: 5504, protocol: TCP}]
-endpoints: [{addresses: ["127.0.0.1"]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: stuck, namespace: default}
-spec: {ports: [{name: tcp, port: 80, protocol: TCP}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: stuck-1, namespace: default, labels: {kubernetes.io/service-name: stuck}}
-addressType: IPv4
-ports: [{name: tcp, port: 5505, protocol: TCP}]
-endpoints: [{addresses: ["127.0.0.1"]}]
 Y
+  service iperf 5501
+  service redis 5504
+  service stuck 5505
+} > "$work/routes.yaml"
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 proxy_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 tick_us=$((1000000 / $(getconf CLK_TCK)))

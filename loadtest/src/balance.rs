@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{duration, latencies, percentiles, record};
-use crate::compare::{Route, dermaga_config_with};
+use crate::compare::{DERMAGA_BENCH_FLAGS, Route, dermaga_config_with};
 
 /// Options of `loadtest balance`.
 #[derive(clap::Args)]
@@ -193,15 +193,8 @@ fn start_dermaga(args: &Args, mode: &str, port: u16) -> anyhow::Result<Child> {
             LISTEN,
             "--admin-address",
             &format!("{LISTEN}:0"),
-            "--access-log",
-            "off",
-            "--log-level",
-            "warn",
-            "--shutdown-delay",
-            "0s",
-            "--drain-timeout",
-            "1s",
         ])
+        .args(DERMAGA_BENCH_FLAGS)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -228,6 +228,19 @@ pub fn start_proxy(setup: &Setup, c: Contender) -> anyhow::Result<Option<Proc>> 
     start_proxy_for(setup, c, &Route::bench(setup, c))
 }
 
+/// dermaga's flags in every benchmark: no access log, warnings only, no shutdown delay, a
+/// short drain (a stopped proxy gives its ports back at once).
+pub const DERMAGA_BENCH_FLAGS: [&str; 8] = [
+    "--access-log",
+    "off",
+    "--log-level",
+    "warn",
+    "--shutdown-delay",
+    "0s",
+    "--drain-timeout",
+    "1s",
+];
+
 /// [`start_proxy`] with any route.
 pub fn start_proxy_for(setup: &Setup, c: Contender, route: &Route) -> anyhow::Result<Option<Proc>> {
     let work = &setup.work;
@@ -298,18 +311,8 @@ pub fn dermaga_args(setup: &Setup, route: &Route, c: Contender) -> Vec<String> {
         "--admin-address".into(),
         format!("{ip}:0"),
     ]);
-    let fixed = [
-        "--access-log",
-        "off",
-        "--log-level",
-        "warn",
-        "--shutdown-delay",
-        "0s",
-        "--drain-timeout",
-        "1s",
-        "--worker-threads",
-    ];
-    a.extend(fixed.map(String::from));
+    a.extend(DERMAGA_BENCH_FLAGS.map(String::from));
+    a.push("--worker-threads".into());
     a.push(setup.proxy_threads.to_string());
     a.extend(setup.dermaga_args.iter().cloned());
     if c == Contender::DermagaCopy {

@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use crate::common::{duration, hard_nofile, progress};
 use contenders::{Contender, Proc, Setup, start_backend, start_proxy, wait_ready};
 /// The dermaga configuration the comparisons write, for `loadtest balance` too.
-pub use contenders::{Route, dermaga_config_with};
+pub use contenders::{DERMAGA_BENCH_FLAGS, Route, dermaga_config_with};
 use report::{Meta, Run};
 use workloads::{Params, Workload};
 

@@ -84,6 +84,21 @@ fn warn_once_on_error(result: io::Result<()>) -> bool {
     result.is_ok()
 }
 
+/// Binds `count` sockets of `kind` on the port with `reuse_port`, one without: each process
+/// binds its sockets alike, and the steering program is attached with that count.
+fn bind_group(
+    address: ListenAddress,
+    port: u16,
+    kind: socket2::Type,
+    reuse_port: bool,
+    count: usize,
+) -> io::Result<Vec<socket2::Socket>> {
+    let count = if reuse_port { count.clamp(1, 64) } else { 1 };
+    (0..count)
+        .map(|_| bind_socket(address, port, kind, reuse_port, count as u32))
+        .collect()
+}
+
 /// Binds the listening sockets of a TCP data port: `count` of them with `reuse_port` (the kernel
 /// hashes each new connection to one; each has its own accept loop), one without.
 pub fn bind_tcp(
@@ -92,18 +107,9 @@ pub fn bind_tcp(
     reuse_port: bool,
     count: usize,
 ) -> io::Result<Vec<TcpListener>> {
-    let count = if reuse_port { count.clamp(1, 64) } else { 1 };
-    (0..count)
-        .map(|_| {
-            let socket = bind_socket(
-                address,
-                port,
-                socket2::Type::STREAM,
-                reuse_port,
-                count as u32,
-            )?;
-            TcpListener::from_std(socket.into())
-        })
+    bind_group(address, port, socket2::Type::STREAM, reuse_port, count)?
+        .into_iter()
+        .map(|socket| TcpListener::from_std(socket.into()))
         .collect()
 }
 
@@ -116,17 +122,8 @@ pub fn bind_udp(
     reuse_port: bool,
     count: usize,
 ) -> io::Result<Vec<UdpSocket>> {
-    let count = if reuse_port { count.clamp(1, 64) } else { 1 };
-    (0..count)
-        .map(|_| {
-            let socket = bind_socket(
-                address,
-                port,
-                socket2::Type::DGRAM,
-                reuse_port,
-                count as u32,
-            )?;
-            UdpSocket::from_std(socket.into())
-        })
+    bind_group(address, port, socket2::Type::DGRAM, reuse_port, count)?
+        .into_iter()
+        .map(|socket| UdpSocket::from_std(socket.into()))
         .collect()
 }

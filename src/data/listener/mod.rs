@@ -59,9 +59,20 @@ pub struct ListenerStatus {
     pub ports: PortStates,
 }
 
+/// A port's bound sockets (at least one).
 enum Socket {
     Tcp(Vec<TcpListener>),
     Udp(Vec<UdpSocket>),
+}
+
+impl Socket {
+    /// The address the port is bound on (every socket of it has the same).
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Socket::Tcp(listeners) => listeners[0].local_addr(),
+            Socket::Udp(sockets) => sockets[0].local_addr(),
+        }
+    }
 }
 
 struct RunningListener {
@@ -209,23 +220,20 @@ impl ListenerManager {
                     self.reuse_port,
                     self.tcp_listeners,
                 )
-                .and_then(|l| {
-                    let local = l[0].local_addr()?;
-                    self.start(key, Socket::Tcp(l));
-                    Ok(local)
-                }),
+                .map(Socket::Tcp),
                 Protocol::Udp => bind_udp(
                     self.address,
                     key.port.get(),
                     self.reuse_port,
                     self.udp_sockets,
                 )
-                .and_then(|s| {
-                    let local = s[0].local_addr()?;
-                    self.start(key, Socket::Udp(s));
-                    Ok(local)
-                }),
-            };
+                .map(Socket::Udp),
+            }
+            .and_then(|sockets| {
+                let local = sockets.local_addr()?;
+                self.start(key, sockets);
+                Ok(local)
+            });
             match bound {
                 Ok(local) => {
                     let local = canonical(local);
