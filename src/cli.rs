@@ -471,7 +471,7 @@ pub struct RunArgs {
     )]
     pub udp_max_flows: usize,
 
-    /// Sockets bound on each UDP port (SO_REUSEPORT; needs --reuse-port), each read by its own
+    /// Sockets bound on each UDP port (SO_REUSEPORT; above 1 needs --reuse-port), each read by its own
     /// task so that several worker threads can receive one port's datagrams; the kernel hashes
     /// each client to one of them. A successor taking over the ports must use the same number.
     #[arg(
@@ -485,7 +485,7 @@ pub struct RunArgs {
     )]
     pub udp_sockets_per_port: u16,
 
-    /// Listening sockets bound on each TCP port (SO_REUSEPORT; needs --reuse-port), each with
+    /// Listening sockets bound on each TCP port (SO_REUSEPORT; above 1 needs --reuse-port), each with
     /// its own accept loop, against one listener whose connections tokio's work stealing
     /// spreads; the kernel hashes each new connection to one. A successor taking over the
     /// ports must use the same number.

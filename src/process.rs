@@ -125,6 +125,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             config.display()
         );
     }
+    if !args.reuse_port {
+        for (flag, count) in [
+            ("--tcp-listeners-per-port", args.tcp_listeners_per_port),
+            ("--udp-sockets-per-port", args.udp_sockets_per_port),
+        ] {
+            if count > 1 {
+                anyhow::bail!(
+                    "{flag} {count} binds {count} sockets per port with SO_REUSEPORT, but --reuse-port is false: drop one of them"
+                );
+            }
+        }
+    }
     let provider = match args.config.clone() {
         Some(path) => Provider::File(
             FileProvider::new(&path, args.config_poll_interval, args.config_max_bytes),

@@ -238,6 +238,24 @@ fn start_up_errors_are_clear_and_exit_non_zero() {
         stderr.contains("--worker-threads") && stderr.contains("0..=1024"),
         "{stderr}"
     );
+
+    // Several sockets per port need SO_REUSEPORT: said at start, not silently one socket.
+    let out = Command::new(bin)
+        .args([
+            "--config",
+            bad.to_str().unwrap(),
+            "--reuse-port=false",
+            "--udp-sockets-per-port",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--udp-sockets-per-port 2") && stderr.contains("--reuse-port is false"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
